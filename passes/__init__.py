@@ -1,0 +1,48 @@
+"""Rewrite passes: removal plan → physically smaller GraphModule.
+
+Each pass is ``run(gm, ctx) -> PassResult`` in its own file; :data:`PIPELINE` lists
+them in the order they run, and reads like the algorithm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import fx
+
+
+@dataclass
+class PassResult:
+    gm: fx.GraphModule
+    modified: bool
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RewriteContext:
+    plan: Any  # slimc.propagate.RemovalPlan
+    renorm: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _pipeline() -> list[tuple[str, Callable[[fx.GraphModule, RewriteContext], PassResult]]]:
+    from slimc.passes import drop_dead, exact_layernorm, patch_constants, slice_params
+
+    return [
+        ("slice_params", slice_params.run),  # smaller leaf modules and params, same classes
+        ("patch_constants", patch_constants.run),  # view/reshape sizes, split sizes, conv groups
+        ("exact_layernorm", exact_layernorm.run),  # LayerNorm stats as if removed channels were zeros
+        ("drop_dead", drop_dead.run),  # dead nodes out, lint, recompile
+    ]
+
+
+def run_pipeline(gm: fx.GraphModule, ctx: RewriteContext) -> tuple[fx.GraphModule, list[str]]:
+    notes: list[str] = []
+    for name, fn in _pipeline():
+        res = fn(gm, ctx)
+        gm = res.gm
+        if res.modified:
+            gm.graph.lint()
+        notes.extend(f"{name}: {n}" for n in res.notes)
+    gm.recompile()
+    return gm, notes

@@ -1,0 +1,72 @@
+"""Slice params and buffers to the kept indices; replace each leaf module by a smaller
+instance of the same class (so the slim model fine-tunes like the original)."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from slimc.passes import PassResult, RewriteContext
+from slimc.shape_rules import RESIZERS
+
+
+def _sliced(t: torch.Tensor, fqn: str, plan) -> torch.Tensor | None:
+    out = t
+    changed = False
+    for d in range(t.dim()):
+        k = plan.kept_idx(("p", fqn, d))
+        if k is not None:
+            out = out.index_select(d, torch.from_numpy(np.asarray(k)).to(out.device))
+            changed = True
+    return out.contiguous() if changed else None
+
+
+def _set(root: nn.Module, path: str, value) -> None:
+    parent, _, leaf = path.rpartition(".")
+    owner = root.get_submodule(parent) if parent else root
+    setattr(owner, leaf, value)
+
+
+def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
+    plan = ctx.plan
+    notes: list[str] = []
+    modified = False
+    done: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target not in done:
+            done.add(node.target)
+            mod = gm.get_submodule(node.target)
+            new_tensors = {}
+            for name, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]:
+                s = _sliced(t.detach(), f"{node.target}.{name}", plan)
+                if s is not None:
+                    new_tensors[name] = s
+            if not new_tensors:
+                continue
+            resize = RESIZERS.get(type(mod)) or next((RESIZERS[b] for b in type(mod).__mro__ if b in RESIZERS), None)
+            if resize is None:
+                raise RuntimeError(f"no resizer for {type(mod).__name__} at '{node.target}'")
+            new = copy.copy(mod)
+            new._parameters = dict(mod._parameters)
+            new._buffers = dict(mod._buffers)
+            for name, s in new_tensors.items():
+                if name in mod._parameters:
+                    new._parameters[name] = nn.Parameter(s, requires_grad=mod._parameters[name].requires_grad)
+                else:
+                    new._buffers[name] = s
+            sizes = {name: tuple(t.shape) for name, t in [*new._parameters.items(), *new._buffers.items()] if t is not None}
+            resize(new, sizes)
+            _set(gm, node.target, new)
+            modified = True
+        elif node.op == "get_attr" and node.target not in done:
+            done.add(node.target)
+            t = getattr(gm.get_submodule(node.target.rpartition(".")[0]) if "." in node.target else gm, node.target.rpartition(".")[2])
+            if isinstance(t, torch.Tensor):
+                s = _sliced(t.detach(), node.target, plan)
+                if s is not None:
+                    val = nn.Parameter(s, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else s
+                    _set(gm, node.target, val)
+                    modified = True
+    return PassResult(gm, modified, notes)

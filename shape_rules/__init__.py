@@ -1,0 +1,277 @@
+"""The shape-rule registry.
+
+A rule is a small pure function from an :class:`OpView` (one graph node, its inputs'
+shapes and its module) to a :class:`Coupling` (how channels of its inputs, params and
+outputs are tied) or :class:`Unsupported` (a readable reason; the node becomes a
+barrier). Rules are keyed by the op objects themselves: module classes, torch
+functions, Tensor method names, ATen overloads.
+
+Links are element-level maps between two *slots* (one dim of one value or param):
+
+* ``flow``: input value → output value (the output element depends on the input one);
+* ``source`` / ``follower`` / ``sink``: param slice ↔ value slice (see DESIGN.md).
+
+Each link into an output carries a *term*: an output element is zero when every term is
+zero, and a term is zero when any of its factors is (``a + b`` has two terms, ``a * b``
+one term with two factors, BatchNorm ``γ·x̂ + β`` the terms {γ, x̂} and {β}). The same
+structure, with followers left out, says when an output channel is *dead* (every
+source behind it masked).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Union
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+SlotKey = tuple  # ("v", node_name, dim) or ("p", param_fqn, dim)
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    reason: str
+
+
+@dataclass
+class Link:
+    kind: str  # flow | source | follower | sink
+    a: SlotKey  # flow: input value slot; param kinds: the param slot
+    b: SlotKey  # flow: output value slot; param kinds: the value slot
+    a_idx: np.ndarray | None = None  # element indices into a (None: arange)
+    b_idx: np.ndarray | None = None
+    term: int = 0
+    zero_ok: bool = True  # flow: a zero input gives a zero contribution
+
+
+@dataclass
+class Reshape:
+    """One block of a view/reshape: ``big`` (one dim) is the row-major product of ``parts``."""
+
+    big: SlotKey
+    parts: list[SlotKey]
+    sizes: list[int]
+    big_is_input: bool  # True: a split (big dim → parts); False: a merge (parts → big dim)
+    node: str
+
+
+@dataclass
+class Blocks:
+    """Whole blocks only: if any element of a block is kept, the whole block is (GroupNorm)."""
+
+    slot: SlotKey
+    block: int
+    why: str
+
+
+@dataclass
+class NeedsZero:
+    """Removed elements of ``slot`` must be exactly zero in the reference (LayerNorm stats)."""
+
+    slot: SlotKey
+    why: str
+
+
+@dataclass
+class Coupling:
+    links: list[Link] = field(default_factory=list)
+    barriers: list[tuple[SlotKey, str]] = field(default_factory=list)
+    reshapes: list[Reshape] = field(default_factory=list)
+    constraints: list[Any] = field(default_factory=list)
+    covered: set = field(default_factory=set)  # slots described without a link (size-1, scalars)
+
+    def flow(self, a: SlotKey, b: SlotKey, a_idx=None, b_idx=None, *, term: int = 0, zero_ok: bool = True) -> "Coupling":
+        self.links.append(Link("flow", a, b, a_idx, b_idx, term, zero_ok))
+        return self
+
+    def param(self, kind: str, p: SlotKey, v: SlotKey, p_idx=None, v_idx=None, *, term: int = 0) -> "Coupling":
+        assert kind in ("source", "follower", "sink"), kind
+        self.links.append(Link(kind, p, v, p_idx, v_idx, term))
+        return self
+
+    def barrier(self, slot: SlotKey, reason: str) -> "Coupling":
+        self.barriers.append((slot, reason))
+        return self
+
+    def cover(self, slot: SlotKey) -> "Coupling":
+        self.covered.add(slot)
+        return self
+
+
+Rule = Callable[["OpView"], Union[Coupling, Unsupported]]
+RULES: dict[Any, Rule] = {}
+RULE_DOCS: dict[Any, str] = {}
+RESIZERS: dict[type, Callable[[nn.Module, dict[str, list[int]]], None]] = {}
+
+
+def shape_rule(*ops: Any) -> Callable[[Rule], Rule]:
+    """Register ``fn`` for every op in ``ops`` (module classes, functions, method names)."""
+
+    def deco(fn: Rule) -> Rule:
+        for op in ops:
+            RULES[op] = fn
+            RULE_DOCS[op] = (fn.__doc__ or fn.__name__).strip().splitlines()[0]
+        return fn
+
+    return deco
+
+
+def resizer(*classes: type) -> Callable:
+    """Register how to patch a module's attributes after its params were sliced.
+
+    ``fn(module, new_sizes)`` gets ``new_sizes[param_name] = new shape``.
+    """
+
+    def deco(fn):
+        for c in classes:
+            RESIZERS[c] = fn
+        return fn
+
+    return deco
+
+
+def op_key(node: fx.Node, gm: fx.GraphModule) -> Any:
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target))
+    return node.target
+
+
+def op_name(key: Any) -> str:
+    if isinstance(key, type):
+        return f"{key.__module__.replace('torch.nn.modules', 'nn')}.{key.__name__}".replace("nn.activation.", "nn.").replace(
+            "nn.conv.", "nn."
+        )
+    if isinstance(key, str):
+        return f"Tensor.{key}"
+    if isinstance(key, torch._ops.OpOverload):
+        return f"aten.{key._opname}.{key._overloadname}"
+    mod = getattr(key, "__module__", "") or ""
+    name = getattr(key, "__name__", repr(key))
+    if mod in ("_operator", "operator"):
+        return f"operator.{name}"
+    if mod.startswith("torch.nn.functional"):
+        return f"F.{name}"
+    return f"torch.{name}" if mod.startswith("torch") else f"{mod}.{name}"
+
+
+def find_rule(node: fx.Node, gm: fx.GraphModule) -> Rule | None:
+    key = op_key(node, gm)
+    if key in RULES:
+        return RULES[key]
+    if isinstance(key, type) and key.__module__.startswith("torch.nn"):
+        for base in key.__mro__[1:]:
+            if base in RULES:
+                return RULES[base]
+    return None
+
+
+class OpView:
+    """What a rule sees of one node: its args, their shapes, its module and params."""
+
+    def __init__(self, node: fx.Node, gm: fx.GraphModule, shapes: dict[str, Any]):
+        self.node = node
+        self.gm = gm
+        self.shapes = shapes
+        self.module = gm.get_submodule(node.target) if node.op == "call_module" else None
+
+    # --- arguments -------------------------------------------------------------
+    def arg(self, i: int, name: str | None = None, default: Any = None) -> Any:
+        if i < len(self.node.args):
+            return self.node.args[i]
+        if name is not None and name in self.node.kwargs:
+            return self.node.kwargs[name]
+        return default
+
+    @property
+    def inputs(self) -> list[fx.Node]:
+        """Tensor-valued fx nodes among the args (flattened), in order."""
+        out: list[fx.Node] = []
+        for a in self.node.all_input_nodes:
+            if isinstance(self.shapes.get(a.name), tuple) or a.op == "get_attr":
+                out.append(a)
+        return out
+
+    def shape(self, x: Any) -> tuple | None:
+        if isinstance(x, fx.Node):
+            if x.op == "get_attr":
+                t = self.attr(x)
+                return tuple(t.shape) if isinstance(t, torch.Tensor) else None
+            s = self.shapes.get(x.name)
+            return s if isinstance(s, tuple) else None
+        return None
+
+    @property
+    def out_shape(self) -> Any:
+        return self.shapes.get(self.node.name)
+
+    def attr(self, x: fx.Node) -> Any:
+        obj: Any = self.gm
+        for part in str(x.target).split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    # --- slots -----------------------------------------------------------------
+    def slot(self, x: Any, dim: int) -> SlotKey:
+        """Slot of dim ``dim`` of value ``x`` (an fx node, or a get_attr param)."""
+        shp = self.shape(x)
+        assert shp is not None, f"{x} has no tensor shape"
+        d = dim % len(shp)
+        if x.op == "get_attr":
+            return ("p", str(x.target), d)
+        return ("v", x.name, d)
+
+    def out(self, dim: int, item: int | None = None) -> SlotKey:
+        shp = self.out_shape
+        if item is not None:
+            shp = shp[item]
+            return ("v", f"{self.node.name}#{item}", dim % len(shp))
+        return ("v", self.node.name, dim % len(shp))
+
+    def p(self, name: str, dim: int) -> SlotKey:
+        """Slot of dim ``dim`` of this module's param/buffer ``name``."""
+        return ("p", f"{self.node.target}.{name}", dim)
+
+    def has_param(self, name: str) -> bool:
+        return self.module is not None and getattr(self.module, name, None) is not None
+
+    def is_param(self, x: Any) -> bool:
+        return isinstance(x, fx.Node) and x.op == "get_attr"
+
+
+def identity_all(c: Coupling, op: OpView, x: fx.Node, *, zero_ok: bool = True, term: int = 0) -> Coupling:
+    """Output has the input's shape; couple every dim one-to-one."""
+    shp = op.shape(x)
+    for d in range(len(shp)):
+        c.flow(op.slot(x, d), op.out(d), term=term, zero_ok=zero_ok)
+    return c
+
+
+def zero_preserving(fn: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """f(0) == 0 elementwise? Checked numerically, not guessed."""
+    try:
+        with torch.no_grad():
+            y = fn(torch.zeros(4))
+        return bool((y == 0).all())
+    except Exception:
+        return False
+
+
+def arange(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int64)
+
+
+def _load_rule_modules() -> None:
+    from slimc.shape_rules import (  # noqa: F401
+        conv,
+        elementwise,
+        linear,
+        norm,
+        pooling,
+        reshape,
+        structural,
+    )
+
+
+_load_rule_modules()

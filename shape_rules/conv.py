@@ -1,0 +1,112 @@
+"""Convolutions: Conv1d/2d/3d (plain, grouped, depthwise), ConvTranspose1d/2d/3d."""
+from __future__ import annotations
+
+import numpy as np
+import torch.nn.functional as F
+from torch import nn
+
+from slimc.shape_rules import Coupling, OpView, Unsupported, arange, resizer, shape_rule
+
+SPATIAL = "spatial dim mixed by the convolution kernel"
+
+
+def _conv_slots(op: OpView):
+    """(x, weight slot fn, bias slot fn or None, groups) for module or functional form."""
+    if op.module is not None:
+        m = op.module
+        x = op.arg(0, "input")
+        w = lambda d: op.p("weight", d)  # noqa: E731
+        b = (lambda d: op.p("bias", d)) if m.bias is not None else None
+        return x, w, b, m.groups
+    x, wn, bn = op.arg(0, "input"), op.arg(1, "weight"), op.arg(2, "bias")
+    if not op.is_param(wn) or (bn is not None and not op.is_param(bn)):
+        return None
+    groups = op.arg(6, "groups", 1)
+    if not isinstance(groups, int):
+        return None
+    return x, (lambda d: op.slot(wn, d)), ((lambda d: op.slot(bn, d)) if bn is not None else None), groups
+
+
+def _spatial(c: Coupling, op: OpView, x) -> None:
+    for d in range(2, len(op.shape(x))):
+        c.barrier(op.slot(x, d), SPATIAL)
+        c.barrier(op.out(d), SPATIAL)
+
+
+@shape_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, F.conv1d, F.conv2d, F.conv3d)
+def conv(op: OpView) -> Coupling | Unsupported:
+    """out channels ← weight rows (source); in channels → weight cols (sink); bias follows."""
+    parts = _conv_slots(op)
+    if parts is None:
+        return Unsupported("functional conv whose weight/bias/groups are not plain params and ints")
+    x, w, b, groups = parts
+    xs, os_ = op.shape(x), op.out_shape
+    if len(xs) != len(os_) or len(xs) < 3:
+        return Unsupported("unbatched convolution input")
+    cin, cout = xs[1], os_[1]
+    c = Coupling().flow(op.slot(x, 0), op.out(0))
+    _spatial(c, op, x)
+    if b is not None:
+        c.param("follower", b(0), op.out(1), term=1)
+    if groups == 1:
+        c.param("sink", w(1), op.slot(x, 1))
+        c.param("source", w(0), op.out(1))
+    elif groups == cin:  # depthwise, channel multiplier m: out o = c*m + k
+        m = cout // cin
+        o = arange(cout)
+        c.flow(op.slot(x, 1), op.out(1), o // m, o)  # product of input and weight row
+        c.param("source", w(0), op.out(1))
+        c.cover(w(1))
+    else:  # grouped: the same in/out positions go in every group, groups stay aligned
+        ci, co = cin // groups, cout // groups
+        cidx = arange(cin)
+        c.param("sink", w(1), op.slot(x, 1), cidx % ci, cidx)
+        c.param("source", w(0), op.out(1))
+        oidx = arange(cout)
+        c.links.append(_tie(op.out(1), oidx, oidx % co))
+    return c
+
+
+def _tie(slot, a_idx, b_idx):
+    from slimc.shape_rules import Link
+
+    return Link("tie", slot, slot, a_idx, b_idx, term=None)
+
+
+@shape_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def conv_transpose(op: OpView) -> Coupling | Unsupported:
+    """Transposed conv: weight is (in, out/groups, *k): rows sink the input, cols source the output."""
+    m = op.module
+    if m.groups != 1:
+        return Unsupported("grouped ConvTranspose is not supported yet")
+    x = op.arg(0, "input")
+    if len(op.shape(x)) < 3:
+        return Unsupported("unbatched convolution input")
+    c = Coupling().flow(op.slot(x, 0), op.out(0))
+    _spatial(c, op, x)
+    c.param("sink", op.p("weight", 0), op.slot(x, 1))
+    c.param("source", op.p("weight", 1), op.out(1))
+    if m.bias is not None:
+        c.param("follower", op.p("bias", 0), op.out(1), term=1)
+    return c
+
+
+@resizer(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _resize_conv(m: nn.Module, new: dict) -> None:
+    w = new["weight"]
+    if m.groups > 1 and m.groups == m.in_channels:
+        mult = m.out_channels // m.in_channels
+        m.in_channels = w[0] // mult
+        m.groups = m.in_channels
+    else:
+        m.in_channels = w[1] * m.groups
+    m.out_channels = w[0]
+
+
+@resizer(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def _resize_convt(m: nn.Module, new: dict) -> None:
+    w = new["weight"]
+    m.in_channels, m.out_channels = w[0], w[1] * m.groups
+
+
+__all__ = ["np"]

@@ -1,0 +1,155 @@
+"""Elementwise ops: the unary family (activations, dropout, casts) and broadcasting
+binary ops (add/sub: one term per operand; mul: one term, factors; div: numerator)."""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from slimc.shape_rules import Coupling, OpView, Unsupported, identity_all, resizer, shape_rule, zero_preserving
+
+UNARY_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Softsign,
+    nn.Tanhshrink, nn.Hardshrink, nn.Softshrink, nn.Threshold, nn.LogSigmoid,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+)
+UNARY_FUNCTIONS = (
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.sigmoid, F.tanh, F.softplus, F.hardtanh, F.softsign, F.logsigmoid,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+    torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.rsqrt,
+    torch.square, torch.sin, torch.cos, torch.erf, torch.clamp, torch.clip, torch.pow,
+    torch.nn.functional.relu_, torch.relu_, torch.erf, operator.neg, torch.nn.functional.threshold,
+)
+UNARY_METHODS = (
+    "relu", "relu_", "sigmoid", "tanh", "exp", "abs", "neg", "sqrt", "rsqrt", "square", "sin",
+    "cos", "erf", "clamp", "clamp_", "clip", "pow", "contiguous", "clone", "detach", "float",
+    "half", "bfloat16", "to", "type_as", "sigmoid_", "tanh_", "mul_scalar",
+)
+
+
+def _unary_fn(op: OpView):
+    """The op as a function of its first input, other args fixed (None if they are tensors)."""
+    if op.module is not None:
+        return op.module
+    rest = op.node.args[1:]
+    if any(isinstance(a, fx.Node) for a in rest) or any(isinstance(v, fx.Node) for v in op.node.kwargs.values()):
+        return None
+    if op.node.op == "call_method":
+        name = op.node.target
+        if name in ("to", "type_as", "float", "half", "bfloat16", "contiguous", "clone", "detach"):
+            return lambda t: t  # casts keep zeros
+        return lambda t: getattr(t, name)(*rest, **op.node.kwargs)
+    return lambda t: op.node.target(t, *rest, **op.node.kwargs)
+
+
+@shape_rule(*UNARY_MODULES, *UNARY_FUNCTIONS, *UNARY_METHODS)
+def unary(op: OpView) -> Coupling | Unsupported:
+    """Elementwise unary: every dim passes one-to-one (zero kept iff f(0) == 0, checked)."""
+    x = op.arg(0, "input")
+    if not isinstance(x, fx.Node) or op.shape(x) != op.out_shape:
+        return Unsupported("elementwise op whose output shape differs from its input")
+    fn = _unary_fn(op)
+    return identity_all(Coupling(), op, x, zero_ok=fn is not None and zero_preserving(fn))
+
+
+@shape_rule(nn.PReLU, F.prelu)
+def prelu(op: OpView) -> Coupling | Unsupported:
+    """PReLU: a per-channel slope (dim 1) follows its channel; prelu(0) = 0."""
+    x = op.arg(0, "input")
+    c = identity_all(Coupling(), op, x)
+    if op.module is not None and op.module.num_parameters > 1:
+        c.param("follower", op.p("weight", 0), op.out(1 if len(op.shape(x)) > 1 else 0), term=None)
+    elif op.module is None:
+        w = op.arg(1, "weight")
+        if not op.is_param(w):
+            return Unsupported("F.prelu with a computed weight")
+        if op.shape(w)[0] > 1:
+            c.param("follower", op.slot(w, 0), op.out(1), term=None)
+        else:
+            c.cover(op.slot(w, 0))
+    return c
+
+
+@resizer(nn.PReLU)
+def _resize_prelu(m: nn.Module, new: dict) -> None:
+    m.num_parameters = new["weight"][0]
+
+
+def _broadcast(op: OpView, c: Coupling, x, *, kind: str, term, zero_ok: bool = True) -> None:
+    """Couple operand ``x`` to the output dim by dim (right-aligned broadcasting)."""
+    out = op.out_shape
+    xs = op.shape(x)
+    lead = len(out) - len(xs)
+    for d, n in enumerate(xs):
+        od = lead + d
+        if n == out[od]:
+            if op.is_param(x):
+                role = kind if kind != "flow" else "follower"
+                c.param(role, op.slot(x, d), op.out(od), term=term)
+            else:
+                c.flow(op.slot(x, d), op.out(od), term=term, zero_ok=zero_ok)
+        elif n == 1:
+            c.cover(op.slot(x, d))
+        else:
+            raise ValueError(f"operand dim {d} ({n}) does not broadcast to {out[od]}")
+
+
+def _operands(op: OpView) -> tuple:
+    a = op.arg(0, "input")
+    b = op.arg(1, "other")
+    return a, b
+
+
+def _is_tensor(op: OpView, x) -> bool:
+    return isinstance(x, fx.Node) and op.shape(x) is not None
+
+
+@shape_rule(operator.add, operator.iadd, torch.add, "add", "add_", operator.sub, operator.isub, torch.sub, "sub", "sub_")
+def add(op: OpView) -> Coupling | Unsupported:
+    """a ± b: operands' channels join one group; each operand is its own term.
+    A learned tensor added into the stream is a source."""
+    a, b = _operands(op)
+    if not isinstance(op.out_shape, tuple):
+        return Unsupported("add of non-tensors")
+    c = Coupling()
+    tensors = [x for x in (a, b) if _is_tensor(op, x)]
+    const = [x for x in (a, b) if not _is_tensor(op, x)]
+    nonzero_const = any(isinstance(v, (int, float)) and v != 0 for v in const) or any(
+        isinstance(v, fx.Node) for v in const
+    )
+    for t, x in enumerate(tensors):
+        _broadcast(op, c, x, kind="source", term=t, zero_ok=not nonzero_const)
+    return c
+
+
+@shape_rule(operator.mul, operator.imul, torch.mul, "mul", "mul_")
+def mul(op: OpView) -> Coupling | Unsupported:
+    """a * b: one term, each operand a factor: a channel is dead (zero) when either side is.
+    A learned per-channel scale (layer scale) follows."""
+    a, b = _operands(op)
+    if not isinstance(op.out_shape, tuple):
+        return Unsupported("mul of non-tensors")
+    c = Coupling()
+    for x in (a, b):
+        if _is_tensor(op, x):
+            _broadcast(op, c, x, kind="follower", term=0)
+    return c
+
+
+@shape_rule(operator.truediv, operator.itruediv, torch.div, "div", "div_")
+def div(op: OpView) -> Coupling | Unsupported:
+    """a / b: zero and dead follow the numerator; the denominator's channels join (tie only)."""
+    a, b = _operands(op)
+    if not isinstance(op.out_shape, tuple):
+        return Unsupported("div of non-tensors")
+    if not _is_tensor(op, a):
+        return Unsupported("a scalar divided by a tensor")
+    c = Coupling()
+    _broadcast(op, c, a, kind="follower", term=0)
+    if _is_tensor(op, b):
+        _broadcast(op, c, b, kind="follower", term=None, zero_ok=False)
+    return c

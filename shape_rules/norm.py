@@ -1,0 +1,88 @@
+"""Normalizations: BatchNorm, InstanceNorm (per channel), GroupNorm (whole groups),
+LayerNorm over the last dim (exact when removed channels are zero at its input)."""
+from __future__ import annotations
+
+from torch import nn
+
+from slimc.shape_rules import Blocks, Coupling, NeedsZero, OpView, Unsupported, resizer, shape_rule
+
+BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+      nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def _affine(c: Coupling, op: OpView, ch_slot) -> None:
+    """γ·x̂ + β: γ is a factor of term 0, β term 1; running stats only follow."""
+    if op.has_param("weight"):
+        c.param("follower", op.p("weight", 0), ch_slot, term=0)
+    if op.has_param("bias"):
+        c.param("follower", op.p("bias", 0), ch_slot, term=1)
+    for buf in ("running_mean", "running_var"):
+        if op.has_param(buf):
+            c.param("follower", op.p(buf, 0), ch_slot, term=None)
+
+
+@shape_rule(*BN)
+def batchnorm(op: OpView) -> Coupling | Unsupported:
+    """Per-channel statistics: γ, β, running stats follow the channel (always exact)."""
+    x = op.arg(0, "input")
+    xs = op.shape(x)
+    if len(xs) < 2:
+        return Unsupported("unbatched normalization input")
+    c = Coupling()
+    for d in range(len(xs)):
+        c.flow(op.slot(x, d), op.out(d), zero_ok=False)
+    _affine(c, op, op.out(1))
+    return c
+
+
+@shape_rule(nn.GroupNorm)
+def groupnorm(op: OpView) -> Coupling | Unsupported:
+    """Statistics per group of channels: only whole groups can go (num_groups shrinks)."""
+    x = op.arg(0, "input")
+    xs = op.shape(x)
+    c = Coupling()
+    for d in range(len(xs)):
+        c.flow(op.slot(x, d), op.out(d), zero_ok=False)
+    _affine(c, op, op.out(1))
+    per = op.module.num_channels // op.module.num_groups
+    c.constraints.append(Blocks(op.slot(x, 1), per, f"GroupNorm '{op.node.target}' removes whole groups of {per}"))
+    return c
+
+
+@shape_rule(nn.LayerNorm)
+def layernorm(op: OpView) -> Coupling | Unsupported:
+    """LayerNorm over the last dim: mixes channels through its mean/var; removed channels
+    must be exactly zero at its input (then the exact form or --renorm is emitted)."""
+    m = op.module
+    if len(m.normalized_shape) != 1:
+        return Unsupported("LayerNorm over several dims (only the last dim is supported)")
+    x = op.arg(0, "input")
+    xs = op.shape(x)
+    c = Coupling()
+    for d in range(len(xs)):
+        c.flow(op.slot(x, d), op.out(d), zero_ok=False)
+    _affine(c, op, op.out(-1))
+    c.constraints.append(NeedsZero(op.slot(x, -1), f"LayerNorm '{op.node.target}' averages over its channels"))
+    return c
+
+
+@resizer(*BN)
+def _resize_bn(m: nn.Module, new: dict) -> None:
+    for k in ("weight", "running_mean"):
+        if k in new:
+            m.num_features = new[k][0]
+            return
+
+
+@resizer(nn.GroupNorm)
+def _resize_gn(m: nn.Module, new: dict) -> None:
+    if "weight" in new:
+        per = m.num_channels // m.num_groups
+        m.num_channels = new["weight"][0]
+        m.num_groups = m.num_channels // per
+
+
+@resizer(nn.LayerNorm)
+def _resize_ln(m: nn.Module, new: dict) -> None:
+    if "weight" in new:
+        m.normalized_shape = (new["weight"][0],)

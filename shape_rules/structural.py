@@ -1,0 +1,130 @@
+"""Structure: cat / split / chunk along any dim, tuple items, transpose / permute,
+and shape queries (size, dim) that read a tensor without touching its channels."""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+from torch import fx
+
+from slimc.shape_rules import Coupling, OpView, Unsupported, arange, shape_rule
+
+
+@shape_rule(torch.cat, torch.concat, torch.concatenate)
+def cat(op: OpView) -> Coupling | Unsupported:
+    """cat: along ``dim`` each input maps to its offset range; other dims pass (one term each)."""
+    xs = op.arg(0, "tensors")
+    dim = op.arg(1, "dim", 0)
+    if not isinstance(xs, (list, tuple)) or not all(isinstance(x, fx.Node) for x in xs) or not isinstance(dim, int):
+        return Unsupported("cat of a computed list or along a computed dim")
+    out = op.out_shape
+    dim %= len(out)
+    c = Coupling()
+    off = 0
+    for t, x in enumerate(xs):
+        n = op.shape(x)[dim]
+        for d in range(len(out)):
+            if d == dim:
+                c.flow(op.slot(x, d), op.out(d), None, arange(n) + off, term=t)
+            else:
+                c.flow(op.slot(x, d), op.out(d), term=t)
+        off += n
+    return c
+
+
+@shape_rule(torch.split, "split", torch.chunk, "chunk", torch.tensor_split, "tensor_split")
+def split(op: OpView) -> Coupling | Unsupported:
+    """split / chunk: each piece is an offset range of the input along ``dim``."""
+    x = op.arg(0, "input")
+    out = op.out_shape
+    if not isinstance(out, list):
+        return Unsupported("split with an unknown number of pieces")
+    name = getattr(op.node.target, "__name__", op.node.target)
+    dim = op.arg(2, "dim", 0)
+    if not isinstance(dim, int):
+        return Unsupported("split along a computed dim")
+    xs = op.shape(x)
+    dim %= len(xs)
+    c = Coupling()
+    off = 0
+    for k, shp in enumerate(out):
+        n = shp[dim]
+        for d in range(len(xs)):
+            if d == dim:
+                c.flow(op.slot(x, d), op.out(d, item=k), arange(n) + off, None)
+            else:
+                c.flow(op.slot(x, d), op.out(d, item=k))
+        off += n
+    del name
+    return c
+
+
+@shape_rule(operator.getitem)
+def getitem(op: OpView) -> Coupling | Unsupported:
+    """Item k of a tuple-valued node (split pieces) is that piece, unchanged."""
+    src, k = op.node.args
+    if not isinstance(src, fx.Node) or not isinstance(k, int):
+        return Unsupported("indexing with a computed index")
+    if isinstance(op.shapes.get(src.name), list):
+        shp = op.shapes[src.name][k]
+        if not isinstance(shp, tuple):
+            return Unsupported("item of a non-tensor tuple")
+        c = Coupling()
+        for d in range(len(shp)):
+            c.flow(("v", f"{src.name}#{k}", d), op.out(d))
+        for j, other in enumerate(op.shapes[src.name]):  # the other pieces are not read here
+            if j != k and isinstance(other, tuple):
+                for d in range(len(other)):
+                    c.cover(("v", f"{src.name}#{j}", d))
+        return c
+    return Unsupported("tensor indexing x[...] is not supported yet (slices of a channel dim are not re-indexed)")
+
+
+def _perm(op: OpView, nd: int) -> list[int] | None:
+    t = op.node.target
+    if t in ("transpose", torch.transpose, "swapaxes", torch.swapaxes):
+        d0, d1 = op.arg(1, "dim0"), op.arg(2, "dim1")
+        if not (isinstance(d0, int) and isinstance(d1, int)):
+            return None
+        p = list(range(nd))
+        p[d0 % nd], p[d1 % nd] = p[d1 % nd], p[d0 % nd]
+        return p
+    if t == "t":
+        return list(range(nd))[::-1]
+    dims = op.node.args[1:] if t == "permute" else op.arg(1, "dims")
+    if t == "permute" and len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = dims[0]
+    if not isinstance(dims, (list, tuple)) or not all(isinstance(d, int) for d in dims):
+        return None
+    return [d % nd for d in dims]
+
+
+@shape_rule("transpose", torch.transpose, "permute", torch.permute, "t", "swapaxes", torch.swapaxes)
+def permute(op: OpView) -> Coupling | Unsupported:
+    """transpose / permute: output dim i is input dim perm[i], one-to-one."""
+    x = op.arg(0, "input")
+    nd = len(op.shape(x))
+    p = _perm(op, nd)
+    if p is None:
+        return Unsupported("permutation with computed dims")
+    c = Coupling()
+    for i, d in enumerate(p):
+        c.flow(op.slot(x, d), op.out(i))
+    return c
+
+
+@shape_rule("size", "dim", "numel", getattr, "type", "__len__", len)
+def shape_query(op: OpView) -> Coupling | Unsupported:
+    """Shape queries read sizes at run time, so the slim model reads the slim sizes."""
+    if op.out_shape is not None:
+        return Unsupported("attribute access that returns a tensor")
+    c = Coupling()
+    x = op.arg(0)
+    if isinstance(x, fx.Node) and op.shape(x) is not None:
+        for d in range(len(op.shape(x))):
+            c.cover(op.slot(x, d))
+    return c
+
+
+__all__ = ["np"]

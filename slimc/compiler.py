@@ -1,0 +1,148 @@
+"""``slimc.compile``: model + masks → physically slim, verified model."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from slimc import graph as graph_mod
+from slimc.errors import PlanError, SlimcError, VerifyError
+from slimc.loading import as_tuple
+from slimc.masks import MaskSet, normalize
+from slimc.passes import RewriteContext, run_pipeline
+from slimc.propagate import RemovalPlan, plan as make_plan
+from slimc.report import count_flops, count_params, layer_widths
+from slimc.trace import shapes_of, trace
+from slimc.verify import check, masks_cover
+
+
+@dataclass
+class CompileResult:
+    module: fx.GraphModule
+    masks: dict[str, torch.Tensor]
+    report: dict[str, Any]
+    plan: RemovalPlan = field(repr=False)
+    example_inputs: tuple = field(repr=False, default=())
+
+    def save(self, out_dir: str | Path, *, onnx: bool = True, opset: int | None = None,
+             dynamic_batch: bool = True) -> dict[str, str]:
+        """Write slim.pt, final masks.pth, slim.onnx (checked with onnxruntime) and report.json."""
+        from slimc.atomic import atomic_path, write_text
+        from slimc.masks import save_masks
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"slim.pt": str(out / "slim.pt"), "masks.pth": str(out / "masks.pth")}
+        with atomic_path(out / "slim.pt") as tmp:
+            torch.save(self.module, tmp)
+        save_masks(self.masks, out / "masks.pth")
+        if onnx:
+            from slimc.export import export_onnx
+
+            t0 = time.perf_counter()
+            info = export_onnx(self.module, self.example_inputs, out / "slim.onnx", opset=opset,
+                               dynamic_batch=dynamic_batch)
+            self.report["times_s"]["export"] = time.perf_counter() - t0
+            self.report["onnx"] = info.to_dict()
+            paths["slim.onnx"] = str(out / "slim.onnx")
+        write_text(out / "report.json", json.dumps(self.report, indent=2, default=str))
+        paths["report.json"] = str(out / "report.json")
+        return paths
+
+
+def expected_params(p: RemovalPlan) -> int:
+    total = 0
+    for fqn, t in p.dg.gm.named_parameters():
+        total += math.prod(p.new_size(("p", fqn, d)) for d in range(t.dim()))
+    return total
+
+
+def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, mode: str = "channel",
+            verify: bool = True, front_end: str = "auto", renorm: bool = False, allow_empty: bool = False,
+            name: str | None = None) -> CompileResult:
+    """Compile ``model`` under ``masks`` into a physically smaller module.
+
+    ``model`` is never modified: the slim module is a new object. ``masks`` may be NNI
+    style, flat ``{param_fqn: 0/1 tensor}``, a prune state dict or a MaskSet.
+    """
+    if not isinstance(model, nn.Module):
+        raise SlimcError(f"model is a {type(model).__name__}, not an nn.Module")
+    if example_inputs is None:
+        raise SlimcError("example_inputs are needed to trace the model: pass a tensor or a tuple")
+    inputs = as_tuple(example_inputs)
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    user = normalize(masks, model)
+    traced = trace(model, inputs, front_end)
+    times["trace"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    dg = graph_mod.build(traced.gm, shapes_of(traced.gm))
+    times["graph"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    p = make_plan(dg, user, mode=mode, allow_empty=allow_empty)
+    want_params = expected_params(p)
+    times["propagate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    MaskSet(p.final_masks).apply(traced.gm)  # kept-but-masked weights stay zero
+    ctx = RewriteContext(p, renorm=renorm)
+    try:
+        slim, notes = run_pipeline(traced.gm, ctx)
+    except SlimcError:
+        raise
+    except Exception as e:
+        raise PlanError(f"rewriting failed: {type(e).__name__}: {e}".splitlines()[0]) from e
+    slim.train(model.training)
+    times["rewrite"] = time.perf_counter() - t
+
+    bad = masks_cover(p.final_masks, user)
+    if bad:
+        raise VerifyError(f"internal: final masks would un-zero user-masked entries of {bad[0]}")
+    got_params = count_params(slim)
+    report: dict[str, Any] = {
+        "model": name or type(model).__name__,
+        "mode": mode,
+        "front_end": traced.front_end,
+        "params": {"before": count_params(model), "after": got_params, "expected_after": want_params},
+        "groups_removed": p.n_groups_removed,
+        "kept": p.kept_reasons,
+        "barriers": graph_mod.unsupported_table(dg),
+        "unstructured_zeros": user.unstructured_zeros(),
+        "notes": [*traced.notes, *p.notes, *notes],
+        "times_s": times,
+    }
+    if verify:
+        t = time.perf_counter()
+        try:
+            chk = check(slim, model, p.final_masks, inputs, user)
+        except SlimcError:
+            raise
+        except Exception as e:
+            raise VerifyError(f"the slim model failed to run: {type(e).__name__}: {e}".splitlines()[0]) from e
+        times["verify"] = time.perf_counter() - t
+        report["verify"] = chk.to_dict()
+        if got_params != want_params and not renorm:
+            raise VerifyError(f"the slim model has {got_params:,} params, the kept indices imply {want_params:,}")
+        if not chk.ok:
+            raise VerifyError(
+                f"the slim model differs from the masked model by {chk.max_abs_diff:.3g} "
+                f"(tolerance {chk.tolerance:.3g}): please report this model; use --debug for details"
+            )
+    t = time.perf_counter()
+    report["flops"] = {"before": count_flops(model, inputs), "after": count_flops(slim, inputs)}
+    times["flops"] = time.perf_counter() - t
+    report["layers"] = layer_widths(traced_original_modules(model), slim)
+    times["total"] = sum(v for k, v in times.items() if k != "flops")
+    return CompileResult(slim, p.final_masks, report, p, inputs)
+
+
+def traced_original_modules(model: nn.Module) -> nn.Module:
+    return model

@@ -1,0 +1,202 @@
+"""GraphModule → dependency graph of (value, dim) slots.
+
+Every dim of every value (node outputs, params, buffers) is a *slot*; its channels are
+*elements* with global integer ids. Shape rules couple slots of one op; the couplings
+are kept as a ``networkx.MultiDiGraph`` over slots (for ``inspect`` and reports) and as
+element-id arrays (for the vectorized union-find in :mod:`slimc.propagate`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import networkx as nx
+import numpy as np
+import torch
+from torch import fx
+
+from slimc.shape_rules import (
+    Coupling,
+    OpView,
+    SlotKey,
+    Unsupported,
+    find_rule,
+    op_key,
+    op_name,
+)
+
+
+@dataclass
+class NodeFacts:
+    node: fx.Node
+    op: str  # readable op name
+    coupling: Coupling
+    unsupported: str | None = None
+
+
+@dataclass
+class DependencyGraph:
+    gm: fx.GraphModule
+    shapes: dict[str, Any]
+    facts: list[NodeFacts]
+    offset: dict[SlotKey, int]
+    size: dict[SlotKey, int]
+    n: int
+    barrier_reasons: dict[SlotKey, str]
+    nx: nx.MultiDiGraph = field(repr=False, default_factory=nx.MultiDiGraph)
+
+    def ids(self, slot: SlotKey, idx: np.ndarray | None = None) -> np.ndarray:
+        base = self.offset[slot]
+        if idx is None:
+            return np.arange(base, base + self.size[slot], dtype=np.int64)
+        return base + np.asarray(idx, dtype=np.int64)
+
+    def value_slots(self) -> Iterator[SlotKey]:
+        return (s for s in self.offset if s[0] == "v")
+
+    def param_slots(self) -> Iterator[SlotKey]:
+        return (s for s in self.offset if s[0] == "p")
+
+    @property
+    def unsupported(self) -> list[NodeFacts]:
+        return [f for f in self.facts if f.unsupported]
+
+
+def _value_shapes(node: fx.Node, shapes: dict[str, Any]) -> list[tuple[str, tuple]]:
+    s = shapes.get(node.name)
+    if isinstance(s, tuple):
+        return [(node.name, s)]
+    if isinstance(s, list):
+        return [(f"{node.name}#{i}", t) for i, t in enumerate(s) if isinstance(t, tuple)]
+    return []
+
+
+def _source_line(node: fx.Node) -> str:
+    st = node.meta.get("stack_trace") or ""
+    lines = [ln.strip() for ln in st.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _touched(c: Coupling) -> set:
+    t = set(c.covered)
+    for ln in c.links:
+        t.add(ln.a)
+        t.add(ln.b)
+    for s, _ in c.barriers:
+        t.add(s)
+    for r in c.reshapes:
+        t.add(r.big)
+        t.update(r.parts)
+    return t
+
+
+def _apply_rule(node: fx.Node, gm: fx.GraphModule, shapes: dict[str, Any]) -> NodeFacts:
+    key = op_key(node, gm)
+    name = op_name(key)
+    rule = find_rule(node, gm)
+    view = OpView(node, gm, shapes)
+    if rule is None:
+        result: Coupling | Unsupported = Unsupported(f"no shape rule for {name}")
+    else:
+        try:
+            result = rule(view)
+        except Exception as e:  # a rule bug must not produce a wrong model
+            result = Unsupported(f"rule for {name} failed: {type(e).__name__}: {e}".splitlines()[0])
+    if isinstance(result, Unsupported):
+        c = Coupling()
+        _barrier_everything(c, node, shapes, result.reason)
+        return NodeFacts(node, name, c, result.reason)
+    # safety net: every dim of every tensor input and output must be described
+    touched = _touched(result)
+    for x in node.all_input_nodes:
+        for vname, shp in _value_shapes(x, shapes):
+            for d, n in enumerate(shp):
+                s = ("v", vname, d)
+                if s not in touched and n > 1:
+                    result.barrier(s, f"{name}: dim {d} of input '{vname}' not described by its rule")
+    for vname, shp in _value_shapes(node, shapes):
+        for d, n in enumerate(shp):
+            s = ("v", vname, d)
+            if s not in touched and n > 1:
+                result.barrier(s, f"{name}: output dim {d} not described by its rule")
+    return NodeFacts(node, name, result)
+
+
+def _barrier_everything(c: Coupling, node: fx.Node, shapes: dict[str, Any], reason: str) -> None:
+    for x in [*node.all_input_nodes, node]:
+        for vname, shp in _value_shapes(x, shapes):
+            for d in range(len(shp)):
+                c.barrier(("v", vname, d), reason)
+
+
+def build(gm: fx.GraphModule, shapes: dict[str, Any]) -> DependencyGraph:
+    facts: list[NodeFacts] = []
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            c = Coupling()
+            for vname, shp in _value_shapes(node, shapes):
+                for d in range(len(shp)):
+                    c.barrier(("v", vname, d), f"graph input '{node.name}'")
+            facts.append(NodeFacts(node, "input", c))
+        elif node.op == "output":
+            c = Coupling()
+            for x in node.all_input_nodes:
+                for vname, shp in _value_shapes(x, shapes):
+                    for d in range(len(shp)):
+                        c.barrier(("v", vname, d), "graph output")
+            facts.append(NodeFacts(node, "output", c))
+        elif node.op == "get_attr":
+            continue  # params are slots of their own
+        elif not _value_shapes(node, shapes) and not any(_value_shapes(x, shapes) for x in node.all_input_nodes):
+            facts.append(NodeFacts(node, "scalar", Coupling()))  # size arithmetic: no tensors involved
+        else:
+            facts.append(_apply_rule(node, gm, shapes))
+
+    offset: dict[SlotKey, int] = {}
+    size: dict[SlotKey, int] = {}
+    n = 0
+
+    def alloc(slot: SlotKey, k: int) -> None:
+        nonlocal n
+        if slot not in offset:
+            offset[slot] = n
+            size[slot] = int(k)
+            n += int(k)
+
+    for node in gm.graph.nodes:
+        for vname, shp in _value_shapes(node, shapes):
+            for d, k in enumerate(shp):
+                alloc(("v", vname, d), k)
+    for fqn, t in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]:
+        for d, k in enumerate(t.shape):
+            alloc(("p", fqn, d), k)
+
+    barrier_reasons: dict[SlotKey, str] = {}
+    g = nx.MultiDiGraph()
+    for f in facts:
+        for s, why in f.coupling.barriers:
+            barrier_reasons.setdefault(s, why)
+        for ln in f.coupling.links:
+            g.add_edge(ln.a, ln.b, kind=ln.kind, node=f.node.name)
+    for s, k in size.items():
+        if s in g:
+            g.nodes[s]["size"] = k
+    for s, why in barrier_reasons.items():
+        if s in g:
+            g.nodes[s]["barrier"] = why
+    return DependencyGraph(gm, shapes, facts, offset, size, n, barrier_reasons, g)
+
+
+def describe_node(node: fx.Node) -> str:
+    line = _source_line(node)
+    return node.format_node() + (f"  [{line}]" if line else "")
+
+
+def unsupported_table(dg: DependencyGraph) -> list[dict[str, str]]:
+    return [
+        {"node": f.node.name, "op": f.op, "reason": f.unsupported or "", "source": _source_line(f.node)}
+        for f in dg.unsupported
+    ]
+
+
+__all__ = ["DependencyGraph", "NodeFacts", "build", "describe_node", "unsupported_table", "torch"]

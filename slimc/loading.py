@@ -1,0 +1,105 @@
+"""Model specs → (nn.Module, example inputs).
+
+A spec is a path to a ``model.py`` or ``pkg.module:attr``. A model file defines
+``model`` (an nn.Module) or ``build_model()``, and ``example_inputs`` (a tensor or a
+tuple; ``dummy_input`` is accepted as an alias). ``zoo:NAME`` builds a zoo model.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimc.errors import LoadError
+
+
+def as_tuple(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    raise LoadError(
+        f"example_inputs is a {type(example_inputs).__name__}: give a tensor or a tuple of tensors"
+    )
+
+
+def _import_file(path: Path) -> ModuleType:
+    name = f"_slimc_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise LoadError(f"cannot import '{path}': give a Python file that defines `model` and `example_inputs`")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:
+        raise LoadError(f"importing '{path}' failed: {type(e).__name__}: {e}".splitlines()[0]) from e
+    finally:
+        sys.path.pop(0)
+    return mod
+
+
+def load_model(spec: str) -> tuple[nn.Module, tuple]:
+    """Load a model spec; returns the module and its example inputs as a tuple."""
+    if spec.startswith("zoo:"):
+        from slimc import zoo
+
+        name = spec[4:]
+        if name not in zoo.ZOO:
+            raise LoadError(f"no zoo model '{name}': choose one of {', '.join(zoo.names())}")
+        return zoo.build(name), zoo.example_inputs(name)
+    path = Path(spec)
+    if spec.endswith(".py") or path.exists():
+        if not path.is_file():
+            raise LoadError(f"model file '{spec}' does not exist: pass a model.py or pkg.module:attr")
+        mod = _import_file(path)
+        where = f"'{spec}'"
+    else:
+        modname, _, attr = spec.partition(":")
+        try:
+            mod = importlib.import_module(modname)
+        except Exception as e:
+            raise LoadError(f"cannot import '{modname}' ({type(e).__name__}: {e}): check the spec or PYTHONPATH") from e
+        where = f"module '{modname}'"
+        if attr:
+            obj = getattr(mod, attr, None)
+            if obj is None:
+                raise LoadError(f"{where} has no attribute '{attr}'")
+            if callable(obj) and not isinstance(obj, nn.Module):
+                obj = obj()
+            if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], nn.Module):
+                return obj[0], as_tuple(obj[1])
+            if not isinstance(obj, nn.Module):
+                raise LoadError(f"'{spec}' is a {type(obj).__name__}, not an nn.Module")
+            return obj, _example_inputs(mod, where)
+    model = getattr(mod, "model", None)
+    if model is None and callable(getattr(mod, "build_model", None)):
+        try:
+            model = mod.build_model()
+        except Exception as e:
+            raise LoadError(f"build_model() in {where} failed: {type(e).__name__}: {e}".splitlines()[0]) from e
+    if not isinstance(model, nn.Module):
+        raise LoadError(
+            f"{where} defines no `model` (nn.Module) or `build_model()`: add e.g. `model = MyNet()`"
+        )
+    return model, _example_inputs(mod, where)
+
+
+def _example_inputs(mod: ModuleType, where: str) -> tuple:
+    for name in ("example_inputs", "dummy_input"):
+        if hasattr(mod, name):
+            val = getattr(mod, name)
+            if callable(val) and not isinstance(val, torch.Tensor):
+                val = val()
+            return as_tuple(val)
+    raise LoadError(
+        f"{where} defines no `example_inputs`: add e.g. `example_inputs = torch.randn(1, 3, 32, 32)`"
+    )

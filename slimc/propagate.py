@@ -1,0 +1,449 @@
+"""Shape rules → coupled channel groups → removal plan (with reasons).
+
+1. union-find over channel elements (scipy connected components on the link edges);
+2. reshapes resolved once fixed dims are known (flatten joins the free part; several
+   free parts are matched by coordinates and kept as a rectangle);
+3. forward *dead* analysis (every source behind a channel masked, ``any`` through
+   products) and *zero* analysis (is the channel exactly zero in the reference);
+4. a group goes iff it has no barrier and either its sink-facing channels are dead or
+   every sink slice is masked (``channel`` mode), or it is provably zero/unused in the
+   user-masked model (``exact`` mode);
+5. closure under constraints (GroupNorm blocks, rectangles, zero-at-LayerNorm);
+6. final masks (⊇ user masks) and kept indices for every slot.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from slimc.errors import PlanError
+from slimc.graph import DependencyGraph
+from slimc.masks import MaskSet
+from slimc.shape_rules import Blocks, Link, NeedsZero, SlotKey
+
+
+@dataclass
+class ProductFact:
+    big: np.ndarray  # element ids of the big dim
+    coords: list[np.ndarray]  # per free part: element id of that part for each big element
+    why: str
+
+
+@dataclass
+class RemovalPlan:
+    dg: DependencyGraph
+    mode: str
+    removed: np.ndarray  # bool per element
+    group: np.ndarray  # group label per element
+    kept: dict[SlotKey, np.ndarray]  # slots that lose elements → kept indices
+    final_masks: dict[str, torch.Tensor]
+    kept_reasons: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    n_groups_removed: int = 0
+
+    def kept_idx(self, slot: SlotKey) -> np.ndarray | None:
+        return self.kept.get(slot)
+
+    def new_size(self, slot: SlotKey) -> int:
+        k = self.kept.get(slot)
+        return self.dg.size[slot] if k is None else len(k)
+
+
+class _Union:
+    def __init__(self, n: int):
+        self.n = n
+        self.a: list[np.ndarray] = []
+        self.b: list[np.ndarray] = []
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.a.append(a)
+        self.b.append(b)
+
+    def labels(self) -> np.ndarray:
+        if not self.a:
+            return np.arange(self.n)
+        a, b = np.concatenate(self.a), np.concatenate(self.b)
+        m = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(self.n, self.n))
+        return connected_components(m, directed=False)[1]
+
+
+def _link_ids(dg: DependencyGraph, ln: Link) -> tuple[np.ndarray, np.ndarray]:
+    a, b = dg.ids(ln.a, ln.a_idx), dg.ids(ln.b, ln.b_idx)
+    if len(a) != len(b):
+        raise PlanError(f"internal: link {ln.kind} {ln.a} → {ln.b} pairs {len(a)} with {len(b)} elements")
+    return a, b
+
+
+def _any_by_group(flags: np.ndarray, grp: np.ndarray, g: int) -> np.ndarray:
+    return np.bincount(grp, weights=flags.astype(np.float64), minlength=g) > 0
+
+
+def _count_by_group(flags: np.ndarray, grp: np.ndarray, g: int) -> np.ndarray:
+    return np.bincount(grp, weights=flags.astype(np.float64), minlength=g)
+
+
+class Propagation:
+    """All element-level arrays for one (graph, masks) pair."""
+
+    def __init__(self, dg: DependencyGraph, masks: MaskSet):
+        self.dg = dg
+        self.masks = masks
+        n = dg.n
+        self.links = [(f, ln, *_link_ids(dg, ln)) for f in dg.facts for ln in f.coupling.links]
+        self.barrier = np.zeros(n, bool)
+        self.barrier_why: dict[SlotKey, str] = dict(dg.barrier_reasons)
+        for slot in dg.barrier_reasons:
+            if slot in dg.offset:
+                self.barrier[dg.ids(slot)] = True
+        self.uf = _Union(n)
+        for _, ln, a, b in self.links:
+            self.uf.add(a, b)
+        self.products: list[ProductFact] = []
+        self.group = self.uf.labels()
+        self._resolve_reshapes()
+        self.ng = int(self.group.max()) + 1 if n else 0
+        self._roles()
+
+    # --- reshapes -----------------------------------------------------------------
+    def _resolve_reshapes(self) -> None:
+        dg = self.dg
+        gb = _any_by_group(self.barrier, self.group, int(self.group.max()) + 1 if dg.n else 0)
+        pending: list[tuple] = []
+        for f in dg.facts:
+            for r in f.coupling.reshapes:
+                big = dg.ids(r.big)
+                sizes = np.array(r.sizes)
+                strides = np.concatenate([np.cumprod(sizes[::-1])[::-1][1:], [1]]).astype(np.int64)
+                e = np.arange(len(big))
+                coords = [(e // strides[k]) % sizes[k] for k in range(len(sizes))]
+                free = [k for k, s in enumerate(r.parts) if r.sizes[k] > 1 and not gb[self.group[dg.ids(s)]].any()]
+                why = f"reshape at '{r.node}'"
+                if not free:
+                    self.barrier[big] = True
+                    self.barrier_why.setdefault(r.big, f"{why} of fixed dims")
+                elif len(free) == 1:
+                    k = free[0]
+                    part = dg.ids(r.parts[k])[coords[k]]
+                    self.uf.add(big, part)
+                    if r.big_is_input:  # a part element is dead/zero when its whole fiber is
+                        fiber = (e // (strides[k] * sizes[k])) * strides[k] + e % strides[k]
+                        self._flow(f, big, part, fiber)
+                    else:
+                        self._flow(f, part, big, np.zeros(len(big), np.int64))
+                else:
+                    pending.append((f, big, [dg.ids(r.parts[k])[coords[k]] for k in free], why, r.big_is_input))
+        if not pending:
+            self.group = self.uf.labels()
+            return
+        grp = self.uf.labels()
+        width = max(len(p[2]) for p in pending)
+        keys = []
+        for f, big, parts, why, _ in pending:
+            key = np.full((len(big), width), -1, dtype=np.int64)
+            key[:, : len(parts)] = np.sort(np.stack([grp[p] for p in parts], axis=1), axis=1)
+            keys.append(key)
+            self.products.append(ProductFact(big, parts, why))
+        _, inv = np.unique(np.concatenate(keys), axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        allel = np.concatenate([p[1] for p in pending])
+        first = np.full(inv.max() + 1, -1, dtype=np.int64)
+        first[inv[::-1]] = allel[::-1]
+        self.uf.add(allel, first[inv])
+        # dead/zero flow from a split's elements to the merge elements with the same coordinates
+        src = np.full(inv.max() + 1, -1, dtype=np.int64)
+        pos = 0
+        spans = []
+        for f, big, parts, why, is_input in pending:
+            spans.append((f, big, inv[pos: pos + len(big)], is_input))
+            pos += len(big)
+        for f, big, key, is_input in spans:
+            if is_input:
+                src[key] = big
+        for f, big, key, is_input in spans:
+            if not is_input:
+                ok = src[key] >= 0
+                self._flow(f, src[key][ok], big[ok], np.zeros(int(ok.sum()), np.int64))
+        self.group = self.uf.labels()
+
+    def _flow(self, fact, a: np.ndarray, b: np.ndarray, terms: np.ndarray) -> None:
+        """Synthetic flow links (one per term) for the dead/zero analyses through a reshape."""
+        for t in np.unique(terms).tolist():
+            sel = terms == t
+            self.links.append((fact, Link("flow", ("reshape",), ("reshape",), term=int(t)), a[sel], b[sel]))
+
+    # --- roles and masks ----------------------------------------------------------
+    def _roles(self) -> None:
+        n, dg = self.dg.n, self.dg
+        self.is_source = np.zeros(n, bool)
+        self.is_sink = np.zeros(n, bool)
+        self.is_follower = np.zeros(n, bool)
+        self.sink_consumed = np.zeros(n, bool)
+        self.user_masked = np.zeros(n, bool)
+        self.linked_params: set[SlotKey] = set()
+        for _, ln, a, b in self.links:
+            if ln.kind == "source":
+                self.is_source[a] = True
+            elif ln.kind == "sink":
+                self.is_sink[a] = True
+                self.sink_consumed[b] = True
+            elif ln.kind == "follower":
+                self.is_follower[a] = True
+            if ln.kind in ("source", "sink", "follower"):
+                self.linked_params.add(ln.a)
+        for slot in self.linked_params:
+            fqn, d = slot[1], slot[2]
+            if fqn in self.masks:
+                self.user_masked[dg.ids(slot)] = self.masks.zero_slices(fqn, d).numpy()
+
+    # --- forward analyses ---------------------------------------------------------
+    def forward(self, value: Callable[[Link, np.ndarray, np.ndarray], np.ndarray | None]) -> np.ndarray:
+        """Per element: every term zero/dead, a term being zero/dead if any factor is."""
+        state = np.zeros(self.dg.n, bool)
+        by_fact: dict[int, list] = {}
+        for f, ln, a, b in self.links:
+            if ln.term is None or ln.kind in ("sink", "tie"):
+                continue
+            by_fact.setdefault(id(f), []).append((ln, a, b))
+        for f in self.dg.facts:
+            items = by_fact.get(id(f))
+            if not items:
+                continue
+            contribs = []
+            for ln, a, b in items:
+                v = value(ln, a, state)
+                if v is not None:
+                    contribs.append((b, ln.term, v))
+            if not contribs:
+                continue
+            uniq = np.unique(np.concatenate([c[0] for c in contribs]))
+            result = np.ones(len(uniq), bool)
+            has = np.zeros(len(uniq), bool)
+            for t in sorted({c[1] for c in contribs}):
+                anyv = np.zeros(len(uniq), bool)
+                present = np.zeros(len(uniq), bool)
+                for b, tt, v in contribs:
+                    if tt != t:
+                        continue
+                    li = np.searchsorted(uniq, b)
+                    np.logical_or.at(anyv, li, v)
+                    present[li] = True
+                result &= anyv | ~present
+                has |= present
+            state[uniq] = result & has
+        return state
+
+    def dead(self) -> np.ndarray:
+        def value(ln: Link, a: np.ndarray, state: np.ndarray):
+            if ln.kind == "flow":
+                return state[a]
+            if ln.kind == "source":
+                return self.user_masked[a]
+            return None  # followers do not keep a channel alive nor kill it
+
+        return self.forward(value)
+
+    def zero(self, param_zero: np.ndarray) -> np.ndarray:
+        def value(ln: Link, a: np.ndarray, state: np.ndarray):
+            if ln.kind == "flow":
+                return state[a] & ln.zero_ok
+            return param_zero[a]
+
+        return self.forward(value)
+
+
+def _constraints(dg: DependencyGraph):
+    for f in dg.facts:
+        for c in f.coupling.constraints:
+            yield c
+
+
+def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty: bool = False) -> RemovalPlan:
+    if mode not in ("channel", "exact"):
+        raise PlanError(f"unknown mode '{mode}': use channel or exact")
+    P = Propagation(dg, masks)
+    grp, ng = P.group, P.ng
+    gbar = _any_by_group(P.barrier, grp, ng)
+    is_value = np.zeros(dg.n, bool)
+    for s in dg.value_slots():
+        is_value[dg.ids(s)] = True
+    param_el = P.is_source | P.is_sink | P.is_follower
+
+    if mode == "channel":
+        dead = P.dead()
+        n_sc = _count_by_group(P.sink_consumed, grp, ng)
+        n_sc_dead = _count_by_group(P.sink_consumed & dead, grp, ng)
+        n_src = _count_by_group(P.is_source, grp, ng)
+        n_src_m = _count_by_group(P.is_source & P.user_masked, grp, ng)
+        by_src = (n_src > 0) & np.where(n_sc > 0, n_sc_dead == n_sc, n_src_m == n_src)
+    else:
+        zero_user = P.zero(P.user_masked)
+        n_val = _count_by_group(is_value, grp, ng)
+        n_val_zero = _count_by_group(is_value & zero_user, grp, ng)
+        by_src = (n_val > 0) & (n_val_zero == n_val)
+    n_sink = _count_by_group(P.is_sink, grp, ng)
+    n_sink_m = _count_by_group(P.is_sink & P.user_masked, grp, ng)
+    by_sink = (n_sink > 0) & (n_sink_m == n_sink)
+    removed_g = ~gbar & (by_src | by_sink)
+    wanted_g = removed_g.copy()
+    forced: dict[int, str] = {}
+
+    def keep(groups: np.ndarray, why: str) -> bool:
+        groups = np.unique(groups)
+        groups = groups[removed_g[groups]]
+        if len(groups) == 0:
+            return False
+        removed_g[groups] = False
+        for g in groups.tolist():
+            forced.setdefault(g, why)
+        return True
+
+    cons = list(_constraints(dg))
+    axis_groups = np.zeros(ng, bool)
+    for pf in P.products:
+        for c in pf.coords:
+            axis_groups[grp[c]] = True
+    for _ in range(100):
+        changed = False
+        kept_el = ~removed_g[grp]
+        for c in cons:
+            if isinstance(c, Blocks) and c.slot in dg.offset:
+                ids = dg.ids(c.slot).reshape(-1, c.block)
+                partial = kept_el[ids].any(axis=1) & ~kept_el[ids].all(axis=1)
+                if partial.any():
+                    changed |= keep(grp[ids[partial].reshape(-1)], c.why)
+        for pf in P.products:
+            big_kept = kept_el[pf.big]
+            axis_kept = np.zeros(ng, bool)
+            for co in pf.coords:
+                axis_kept[grp[co[big_kept]]] = True
+                axis_kept |= gbar  # a fixed axis keeps all its indices
+            rect = np.ones(len(pf.big), bool)
+            for co in pf.coords:
+                rect &= axis_kept[grp[co]]
+            grow = rect & ~big_kept
+            if grow.any():
+                changed |= keep(grp[pf.big[grow]], f"{pf.why}: kept set must stay a rectangle")
+        needs = [c for c in cons if isinstance(c, NeedsZero) and c.slot in dg.offset]
+        if needs and mode == "channel":
+            param_zero = P.user_masked | (removed_g[grp] & param_el)
+            z = P.zero(param_zero)
+            for c in needs:
+                ids = dg.ids(c.slot)
+                bad = removed_g[grp[ids]] & ~z[ids]
+                if bad.any():
+                    changed |= keep(grp[ids[bad]], f"{c.why}: the removed channel is not zero at its input")
+        if not changed:
+            break
+    # axis-only groups (split dims of a rectangle) go with their rows/columns
+    kept_el = ~removed_g[grp]
+    for pf in P.products:
+        axis_kept = np.zeros(ng, bool)
+        for co in pf.coords:
+            axis_kept[grp[co[kept_el[pf.big]]]] = True
+        for co in pf.coords:
+            g = grp[co]
+            removed_g[g] = ~axis_kept[g] & ~gbar[g]
+    removed = removed_g[grp]
+
+    # empty layers
+    for s in dg.value_slots():
+        ids = dg.ids(s)
+        if len(ids) > 1 and removed[ids].all():
+            name = _slot_name(dg, s)
+            if not allow_empty:
+                raise PlanError(
+                    f"the masks remove every channel of {name} ({len(ids)} channels): keep at least one, "
+                    "or pass --allow-empty to keep one zero channel"
+                )
+            removed_g[grp[ids[0]]] = False
+            removed = removed_g[grp]
+            forced.setdefault(int(grp[ids[0]]), f"{name} would be empty: one zero channel kept")
+
+    kept: dict[SlotKey, np.ndarray] = {}
+    for s in dg.offset:
+        ids = dg.ids(s)
+        r = removed[ids]
+        if r.any():
+            kept[s] = np.nonzero(~r)[0]
+
+    final = _final_masks(dg, P, removed, masks)
+    result = RemovalPlan(dg, mode, removed, grp, kept, final, n_groups_removed=int(removed_g.sum()))
+    result.kept_reasons = _kept_reasons(dg, P, grp, removed_g, wanted_g, gbar, forced)
+    return result
+
+
+def _final_masks(dg: DependencyGraph, P: Propagation, removed: np.ndarray, masks: MaskSet) -> dict[str, torch.Tensor]:
+    params = dict(dg.gm.named_parameters(remove_duplicate=False))
+    out: dict[str, torch.Tensor] = {k: v.clone() for k, v in masks.masks.items()}
+    for slot in P.linked_params:
+        fqn, d = slot[1], slot[2]
+        if fqn not in params:
+            continue
+        r = removed[dg.ids(slot)]
+        if not r.any():
+            continue
+        m = out.get(fqn)
+        if m is None:
+            m = torch.ones(params[fqn].shape, dtype=torch.bool)
+        idx = torch.from_numpy(np.nonzero(r)[0])
+        m = m.clone()
+        m.index_fill_(d, idx, False)
+        out[fqn] = m
+    return out
+
+
+def _slot_name(dg: DependencyGraph, s: SlotKey) -> str:
+    kind, name, d = s
+    if kind == "p":
+        return f"param '{name}' dim {d}"
+    node = next((n for n in dg.gm.graph.nodes if n.name == name.split("#")[0]), None)
+    where = f" ({node.op} {node.target})" if node is not None and node.op == "call_module" else ""
+    return f"'{name}'{where} dim {d}"
+
+
+def _kept_reasons(dg, P, grp, removed_g, wanted_g, gbar, forced) -> list[dict]:
+    """Groups the user masked in part (or wholly) that are kept, aggregated by reason."""
+    partly = _any_by_group((P.is_source | P.is_sink) & P.user_masked, grp, len(removed_g))
+    interesting = np.nonzero(partly & ~removed_g)[0]
+    if len(interesting) == 0:
+        return []
+    starts = np.array([dg.offset[s] for s in dg.offset])
+    slots = list(dg.offset)
+    order = np.argsort(starts)
+    starts_sorted = starts[order]
+
+    def slot_of(e: int) -> tuple[SlotKey, int]:
+        i = order[np.searchsorted(starts_sorted, e, side="right") - 1]
+        return slots[i], e - starts[i]
+
+    # first element of each group, in element order, for each property
+    def first_where(flags: np.ndarray) -> dict[int, int]:
+        ids = np.nonzero(flags)[0]
+        g = grp[ids]
+        _, first = np.unique(g, return_index=True)
+        return dict(zip(g[first].tolist(), ids[first].tolist()))
+
+    first_bar = first_where(P.barrier)
+    first_unmasked_src = first_where(P.is_source & ~P.user_masked)
+    agg: dict[str, dict] = {}
+    for g in interesting.tolist():
+        if gbar[g]:
+            s, _ = slot_of(first_bar[g])
+            why = f"barrier: {P.barrier_why.get(s, 'fixed dim')}"
+        elif g in forced:
+            why = forced[g]
+        elif g in first_unmasked_src:
+            s, i = slot_of(first_unmasked_src[g])
+            why = f"held by unmasked source '{s[1]}' (dim {s[2]})"
+        elif wanted_g[g]:
+            why = "kept by a constraint"
+        else:
+            why = "only part of the group's sinks are masked"
+        a = agg.setdefault(why, {"reason": why, "groups": 0})
+        a["groups"] += 1
+    return sorted(agg.values(), key=lambda r: -r["groups"])

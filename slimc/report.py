@@ -1,0 +1,107 @@
+"""Compile report: params/FLOPs before and after, per-layer widths, kept-and-why, checks,
+stage times. A plain dict (JSON-ready) plus a rich table for humans."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def count_flops(m: nn.Module, inputs: tuple) -> int | None:
+    was = m.training
+    m.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            m(*inputs)
+        return int(fc.get_total_flops())
+    except Exception:
+        return None
+    finally:
+        m.train(was)
+
+
+def layer_widths(before: nn.Module, after: nn.Module) -> list[dict[str, Any]]:
+    """Leaf modules with a weight: shape before → after (only those that changed first)."""
+    after_mods = dict(after.named_modules())
+    rows = []
+    for name, m in before.named_modules():
+        w = getattr(m, "weight", None)
+        if not name or not isinstance(w, torch.Tensor) or name not in after_mods:
+            continue
+        w2 = getattr(after_mods[name], "weight", None)
+        if not isinstance(w2, torch.Tensor):
+            continue
+        rows.append({
+            "layer": name,
+            "type": type(m).__name__,
+            "before": list(w.shape),
+            "after": list(w2.shape),
+            "changed": tuple(w.shape) != tuple(w2.shape),
+        })
+    return rows
+
+
+def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    p, f = report["params"], report["flops"]
+    t = Table(title=f"slimc compile — {report.get('model', 'model')}", show_header=True)
+    t.add_column("")
+    t.add_column("before", justify="right")
+    t.add_column("after", justify="right")
+    t.add_column("ratio", justify="right")
+    t.add_row("params", f"{p['before']:,}", f"{p['after']:,}", f"{p['before'] / max(p['after'], 1):.2f}×")
+    if f.get("before") and f.get("after"):
+        t.add_row("FLOPs", f"{f['before']:,}", f"{f['after']:,}", f"{f['before'] / max(f['after'], 1):.2f}×")
+    console.print(t)
+    layers = [r for r in report["layers"] if r["changed"]]
+    if layers:
+        lt = Table(title=f"layers changed ({len(layers)} of {len(report['layers'])})")
+        lt.add_column("layer")
+        lt.add_column("type")
+        lt.add_column("weight before → after")
+        for r in layers[:max_layers]:
+            lt.add_row(r["layer"], r["type"], f"{tuple(r['before'])} → {tuple(r['after'])}")
+        if len(layers) > max_layers:
+            lt.add_row(f"… {len(layers) - max_layers} more (report.json)", "", "")
+        console.print(lt)
+    if report.get("kept"):
+        kt = Table(title="masked channels kept, and why")
+        kt.add_column("groups", justify="right")
+        kt.add_column("reason")
+        for r in report["kept"][:15]:
+            kt.add_row(str(r["groups"]), r["reason"])
+        console.print(kt)
+    if report.get("barriers"):
+        bt = Table(title="unsupported ops (barriers)")
+        bt.add_column("node")
+        bt.add_column("reason")
+        for r in report["barriers"][:15]:
+            bt.add_row(r["node"], r["reason"])
+        console.print(bt)
+    v = report.get("verify")
+    if v:
+        status = "[green]OK[/green]" if v["ok"] else "[red]FAILED[/red]"
+        line = f"check slim vs masked (final masks): max abs diff {v['max_abs_diff']:.3g} (≤ {v['tolerance']:.3g}) {status}"
+        if v.get("vs_user_masked") is not None:
+            line += f"; vs your masks as given: {v['vs_user_masked']:.3g}"
+        console.print(line)
+    o = report.get("onnx")
+    if o:
+        console.print(
+            f"onnx ({o['exporter']}, opset {o['opset']}): onnxruntime max abs diff {o['max_abs_diff']:.3g} "
+            f"at batch {o['batch_sizes']}, {o['initializer_bytes']:,} initializer bytes"
+        )
+    times = report.get("times_s", {})
+    if times:
+        console.print("time: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()))
+    for n in report.get("notes", [])[:10]:
+        console.print(f"note: {n}")

@@ -1,0 +1,86 @@
+"""Front ends: nn.Module → torch.fx GraphModule with shape metadata.
+
+* ``fx``: ``torch.fx`` symbolic trace, standard ``torch.nn`` modules as leaves.
+* ``export``: ``torch.export.export(strict=False)`` then the unlifted GraphModule,
+  for models with data-dependent Python control flow; ATen-level ops.
+* ``auto``: try ``fx``, fall back to ``export``, and say which one was used.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from slimc.errors import TraceError
+
+
+@dataclass
+class Traced:
+    gm: fx.GraphModule
+    front_end: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _meta_shape(meta: Any) -> Any:
+    if isinstance(meta, TensorMetadata):
+        return tuple(int(s) for s in meta.shape)
+    if isinstance(meta, (list, tuple)):
+        return [_meta_shape(m) for m in meta]
+    return None
+
+
+def shapes_of(gm: fx.GraphModule) -> dict[str, Any]:
+    """node name → shape tuple, list of shapes (tuple outputs), or None."""
+    return {n.name: _meta_shape(n.meta.get("tensor_meta")) for n in gm.graph.nodes}
+
+
+def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example_inputs)
+    finally:
+        gm.train(was_training)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+def trace_fx(model: nn.Module) -> fx.GraphModule:
+    return fx.symbolic_trace(model)
+
+
+def trace_export(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
+    ep = torch.export.export(model, example_inputs, strict=False)
+    return ep.module()
+
+
+def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto") -> Traced:
+    """Trace a *copy* of ``model``; the model passed in is never touched."""
+    model = copy.deepcopy(model)
+    notes: list[str] = []
+    errors: list[str] = []
+    order = {"auto": ["fx", "export"], "fx": ["fx"], "export": ["export"]}.get(front_end)
+    if order is None:
+        raise TraceError(f"unknown front end '{front_end}': use auto, fx or export")
+    for fe in order:
+        try:
+            gm = trace_fx(model) if fe == "fx" else trace_export(model, example_inputs)
+            propagate_shapes(gm, example_inputs)
+        except Exception as e:  # tracing user code can raise anything
+            errors.append(f"{fe}: {_first_line(e)}")
+            continue
+        if errors:
+            notes.append(f"front end '{fe}' used; " + "; ".join(errors))
+        return Traced(gm, fe, notes)
+    raise TraceError(
+        "cannot trace the model (" + "; ".join(errors) + "): remove data-dependent Python control flow "
+        "from forward() or try --front-end export"
+    )
