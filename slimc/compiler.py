@@ -42,6 +42,8 @@ class CompileResult:
         with atomic_path(out / "slim.pt") as tmp:
             torch.save(self.module, tmp)
         save_masks(self.masks, out / "masks.pth")
+        with atomic_path(out / "inputs.pt") as tmp:  # lets `slimc export/bench out/` rebuild inputs
+            torch.save(list(self.example_inputs), tmp)
         if onnx:
             from slimc.export import export_onnx
 

@@ -54,7 +54,13 @@ def _first_line(e: BaseException) -> str:
 
 
 def trace_fx(model: nn.Module) -> fx.GraphModule:
-    return fx.symbolic_trace(model)
+    gm = fx.symbolic_trace(model)
+    # forward() type annotations become node types, and torch 2.13 cannot pickle a
+    # GraphModule whose code references them (torch.save fails on '_torch_Tensor_').
+    for n in gm.graph.nodes:
+        n.type = None
+    gm.recompile()
+    return gm
 
 
 def trace_export(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:

@@ -1,0 +1,38 @@
+# Quick start:  make demo   (venv + install + compile the bundled example)
+#               make test   (venv + dev extras + the test suite)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch first, pinned: this machine has the CPU wheel of 2.13.0 on disk; any other
+# spec would pull a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+
+.PHONY: demo test test-all bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/slimc compile examples/demo/model.py --masks examples/demo/masks.pth -o out/demo
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not gpu" -p no:cacheprovider
+
+test-all: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -n 2 -m "not gpu" -p no:cacheprovider
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/latency.py
+	$(BIN)/python benchmarks/compile_time.py
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

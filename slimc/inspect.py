@@ -1,0 +1,117 @@
+"""``slimc inspect``: what slimc sees in a model — channel families, barriers and why."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from slimc import graph as graph_mod
+from slimc.loading import as_tuple
+from slimc.masks import normalize
+from slimc.propagate import Propagation, _any_by_group, plan as make_plan
+from slimc.trace import shapes_of, trace
+
+
+def inspect_model(model: nn.Module, example_inputs: Any, masks: Any = None, front_end: str = "auto") -> dict:
+    inputs = as_tuple(example_inputs)
+    traced = trace(model, inputs, front_end)
+    dg = graph_mod.build(traced.gm, shapes_of(traced.gm))
+    user = normalize(masks, model)
+    P = Propagation(dg, user)
+    grp, ng = P.group, P.ng
+    gbar = _any_by_group(P.barrier, grp, ng)
+    removed = None
+    if masks is not None:
+        removed = make_plan(dg, user, allow_empty=True).removed
+    fam: dict[frozenset, dict[str, Any]] = {}
+    group_sources: dict[int, set] = {}
+    group_sinks: dict[int, set] = {}
+    for _, ln, a, _b in P.links:
+        if ln.kind == "source":
+            for g in np.unique(grp[a]).tolist():
+                group_sources.setdefault(g, set()).add(ln.a[1])
+        elif ln.kind == "sink":
+            for g in np.unique(grp[a]).tolist():
+                group_sinks.setdefault(g, set()).add(ln.a[1])
+    first_bar: dict[int, Any] = {}
+    bar_ids = np.nonzero(P.barrier)[0]
+    if len(bar_ids):
+        starts = sorted((dg.offset[s], s) for s in dg.offset)
+        offs = np.array([o for o, _ in starts])
+        for e in bar_ids[np.unique(grp[bar_ids], return_index=True)[1]].tolist():
+            s = starts[int(np.searchsorted(offs, e, side="right")) - 1][1]
+            first_bar[int(grp[e])] = P.barrier_why.get(s, "fixed dim")
+    for g, srcs in group_sources.items():
+        key = frozenset(srcs)
+        f = fam.setdefault(key, {"sources": sorted(srcs), "sinks": set(), "channels": 0, "barrier": None,
+                                 "masked_sources": 0, "removed": 0})
+        f["channels"] += 1
+        f["sinks"].update(group_sinks.get(g, ()))
+        if gbar[g] and f["barrier"] is None:
+            f["barrier"] = first_bar.get(g, "fixed dim")
+    if removed is not None:
+        rem_g = np.zeros(ng, bool)
+        rem_g[grp[removed]] = True
+        for g, srcs in group_sources.items():
+            if rem_g[g]:
+                fam[frozenset(srcs)]["removed"] += 1
+    families = []
+    for f in fam.values():
+        f["sinks"] = sorted(f["sinks"])
+        families.append(f)
+    families.sort(key=lambda f: f["sources"])
+    barrier_reasons: dict[str, int] = {}
+    for s, why in dg.barrier_reasons.items():
+        if s[0] == "v" and dg.size.get(s, 0) > 1 and not why.startswith(("graph input", "graph output")) and "spatial" not in why and "pooled" not in why and "resampled" not in why:
+            barrier_reasons[why] = barrier_reasons.get(why, 0) + 1
+    return {
+        "front_end": traced.front_end,
+        "nodes": len(traced.gm.graph.nodes),
+        "elements": dg.n,
+        "families": families,
+        "unsupported": graph_mod.unsupported_table(dg),
+        "barrier_reasons": [{"reason": k, "dims": v} for k, v in sorted(barrier_reasons.items(), key=lambda kv: -kv[1])],
+        "masked": masks is not None,
+    }
+
+
+def render_inspection(info: dict, console, verbose: bool = False) -> None:
+    from rich.table import Table
+
+    console.print(f"front end: {info['front_end']}, {info['nodes']} nodes, {info['elements']:,} channel elements")
+    t = Table(title="channel families (channels created by the same source params)")
+    t.add_column("sources")
+    t.add_column("channels", justify="right")
+    if info["masked"]:
+        t.add_column("removed", justify="right")
+    t.add_column("sinks", justify="right")
+    t.add_column("status")
+    fams = info["families"] if verbose else info["families"][:60]
+    for f in fams:
+        src = ", ".join(f["sources"][:3]) + (f" +{len(f['sources']) - 3}" if len(f["sources"]) > 3 else "")
+        status = f"[yellow]barrier: {f['barrier']}[/yellow]" if f["barrier"] else "[green]prunable[/green]"
+        row = [src, str(f["channels"])]
+        if info["masked"]:
+            row.append(str(f["removed"]))
+        row += [str(len(f["sinks"])), status]
+        t.add_row(*row)
+    console.print(t)
+    if len(info["families"]) > len(fams):
+        console.print(f"… {len(info['families']) - len(fams)} more families (--verbose)")
+    if info["unsupported"]:
+        u = Table(title="ops without a usable rule (barriers)")
+        u.add_column("node")
+        u.add_column("op")
+        u.add_column("reason")
+        u.add_column("source")
+        for r in info["unsupported"]:
+            u.add_row(r["node"], r["op"], r["reason"], r["source"])
+        console.print(u)
+    if info["barrier_reasons"]:
+        b = Table(title="other fixed dims (not spatial, not graph inputs/outputs)")
+        b.add_column("reason")
+        b.add_column("dims", justify="right")
+        for r in info["barrier_reasons"][:30]:
+            b.add_row(r["reason"], str(r["dims"]))
+        console.print(b)
