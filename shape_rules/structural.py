@@ -64,9 +64,11 @@ def split(op: OpView) -> Coupling | Unsupported:
 def getitem(op: OpView) -> Coupling | Unsupported:
     """Item k of a tuple-valued node (split pieces) is that piece, unchanged."""
     src, k = op.node.args
-    if not isinstance(src, fx.Node) or not isinstance(k, int):
-        return Unsupported("indexing with a computed index")
+    if not isinstance(src, fx.Node):
+        return Unsupported("indexing a constant")
     if isinstance(op.shapes.get(src.name), list):
+        if not isinstance(k, int):
+            return Unsupported("tuple item with a computed index")
         shp = op.shapes[src.name][k]
         if not isinstance(shp, tuple):
             return Unsupported("item of a non-tensor tuple")
@@ -78,7 +80,46 @@ def getitem(op: OpView) -> Coupling | Unsupported:
                 for d in range(len(other)):
                     c.cover(("v", f"{src.name}#{j}", d))
         return c
-    return Unsupported("tensor indexing x[...] is not supported yet (slices of a channel dim are not re-indexed)")
+    return _index(op, src, k)
+
+
+def _index(op: OpView, x: fx.Node, k) -> Coupling | Unsupported:
+    """x[...] with full slices (dim passes), None (new size-1 dim), Ellipsis, ints and
+    partial slices (that dim is fixed). Tensor indices are not supported."""
+    xs = op.shape(x)
+    if xs is None:
+        return Unsupported("indexing a non-tensor")
+    idx = list(k) if isinstance(k, tuple) else [k]
+    if any(isinstance(i, (fx.Node, list, torch.Tensor)) for i in idx):
+        return Unsupported("advanced indexing with tensor or list indices")
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    if Ellipsis in idx:
+        e = idx.index(Ellipsis)
+        idx[e: e + 1] = [slice(None)] * (len(xs) - n_real)
+    idx += [slice(None)] * (len(xs) - sum(1 for i in idx if i is not None))
+    c = Coupling()
+    d_in, d_out = 0, 0
+    for i in idx:
+        if i is None:
+            c.cover(op.out(d_out))
+            d_out += 1
+        elif isinstance(i, int):
+            c.barrier(op.slot(x, d_in), "indexed by an int (one element selected)")
+            d_in += 1
+        elif isinstance(i, slice):
+            full = i == slice(None) or (i.start in (None, 0) and i.stop is None and i.step in (None, 1))
+            if full and op.is_param(x):
+                c.param("follower", op.slot(x, d_in), op.out(d_out), term=0)
+            elif full:
+                c.flow(op.slot(x, d_in), op.out(d_out))
+            else:
+                c.barrier(op.slot(x, d_in), "sliced (x[a:b] picks fixed positions)")
+                c.barrier(op.out(d_out), "sliced (x[a:b] picks fixed positions)")
+            d_in += 1
+            d_out += 1
+        else:
+            return Unsupported(f"indexing with {type(i).__name__}")
+    return c
 
 
 def _perm(op: OpView, nd: int) -> list[int] | None:

@@ -63,6 +63,8 @@ class DependencyGraph:
 
 
 def _value_shapes(node: fx.Node, shapes: dict[str, Any]) -> list[tuple[str, tuple]]:
+    if node.op == "get_attr":
+        return []  # params and buffers are slots ("p", fqn, dim) of their own
     s = shapes.get(node.name)
     if isinstance(s, tuple):
         return [(node.name, s)]
@@ -72,8 +74,16 @@ def _value_shapes(node: fx.Node, shapes: dict[str, Any]) -> list[tuple[str, tupl
 
 
 def _source_line(node: fx.Node) -> str:
+    """'file.py:LINE: code' of the user's line that created the node, if recorded."""
     st = node.meta.get("stack_trace") or ""
     lines = [ln.strip() for ln in st.strip().splitlines() if ln.strip()]
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("File "):
+            parts = lines[i].split('"')
+            fname = parts[1].rsplit("/", 1)[-1] if len(parts) > 1 else "?"
+            lineno = lines[i].split("line ")[-1].split(",")[0]
+            code = lines[i + 1] if i + 1 < len(lines) else ""
+            return f"{fname}:{lineno}: {code}"
     return lines[-1] if lines else ""
 
 

@@ -201,9 +201,14 @@ class Propagation:
                 self.user_masked[dg.ids(slot)] = self.masks.zero_slices(fqn, d).numpy()
 
     # --- forward analyses ---------------------------------------------------------
-    def forward(self, value: Callable[[Link, np.ndarray, np.ndarray], np.ndarray | None]) -> np.ndarray:
-        """Per element: every term zero/dead, a term being zero/dead if any factor is."""
+    def forward(self, value: Callable[[Link, np.ndarray, np.ndarray, np.ndarray], np.ndarray | None]) -> np.ndarray:
+        """Per element: every term true, a term being true if any of its factors is.
+
+        ``value`` gives each contribution as int8: 1 true, 0 false, -1 neutral (left out,
+        like a follower; an element with only neutral contributions stays neutral).
+        """
         state = np.zeros(self.dg.n, bool)
+        neutral = np.zeros(self.dg.n, bool)
         by_fact: dict[int, list] = {}
         for f, ln, a, b in self.links:
             if ln.term is None or ln.kind in ("sink", "tie"):
@@ -215,7 +220,7 @@ class Propagation:
                 continue
             contribs = []
             for ln, a, b in items:
-                v = value(ln, a, state)
+                v = value(ln, a, state, neutral)
                 if v is not None:
                     contribs.append((b, ln.term, v))
             if not contribs:
@@ -230,28 +235,29 @@ class Propagation:
                     if tt != t:
                         continue
                     li = np.searchsorted(uniq, b)
-                    np.logical_or.at(anyv, li, v)
-                    present[li] = True
+                    np.logical_or.at(anyv, li, v == 1)
+                    np.logical_or.at(present, li, v != -1)
                 result &= anyv | ~present
                 has |= present
             state[uniq] = result & has
+            neutral[uniq] = ~has
         return state
 
     def dead(self) -> np.ndarray:
-        def value(ln: Link, a: np.ndarray, state: np.ndarray):
+        def value(ln: Link, a: np.ndarray, state: np.ndarray, neutral: np.ndarray):
             if ln.kind == "flow":
-                return state[a]
+                return np.where(neutral[a], -1, state[a]).astype(np.int8)
             if ln.kind == "source":
-                return self.user_masked[a]
-            return None  # followers do not keep a channel alive nor kill it
+                return self.user_masked[a].astype(np.int8)
+            return np.full(len(a), -1, np.int8)  # followers neither keep a channel alive nor kill it
 
         return self.forward(value)
 
     def zero(self, param_zero: np.ndarray) -> np.ndarray:
-        def value(ln: Link, a: np.ndarray, state: np.ndarray):
+        def value(ln: Link, a: np.ndarray, state: np.ndarray, neutral: np.ndarray):
             if ln.kind == "flow":
-                return state[a] & ln.zero_ok
-            return param_zero[a]
+                return (state[a] & ln.zero_ok).astype(np.int8)
+            return param_zero[a].astype(np.int8)
 
         return self.forward(value)
 

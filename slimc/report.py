@@ -84,8 +84,9 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
         bt = Table(title="unsupported ops (barriers)")
         bt.add_column("node")
         bt.add_column("reason")
+        bt.add_column("source")
         for r in report["barriers"][:15]:
-            bt.add_row(r["node"], r["reason"])
+            bt.add_row(r["node"], r["reason"], r.get("source", ""))
         console.print(bt)
     v = report.get("verify")
     if v:

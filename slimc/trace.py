@@ -54,7 +54,11 @@ def _first_line(e: BaseException) -> str:
 
 
 def trace_fx(model: nn.Module) -> fx.GraphModule:
-    gm = fx.symbolic_trace(model)
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True  # so reports and `inspect` can show the user's source line
+    graph = tracer.trace(model)
+    name = model.__class__.__name__
+    gm = fx.GraphModule(tracer.root, graph, name)
     # forward() type annotations become node types, and torch 2.13 cannot pickle a
     # GraphModule whose code references them (torch.save fails on '_torch_Tensor_').
     for n in gm.graph.nodes:

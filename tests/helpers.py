@@ -1,0 +1,300 @@
+"""Shared test helpers: the DESIGN.md contract, checked independently of slimc's own
+``verify`` step, and mask generators.
+
+``assert_contract`` compiles with ``verify=False`` and then re-derives every claim of
+the contract from first principles:
+
+(a) slim(x) == original-with-FINAL-masks(x) on fresh random inputs
+    (max abs diff <= 1e-5 * max(1, output scale), fp32);
+(b) final masks ⊇ user masks (nothing the user zeroed is un-zeroed);
+(c) the slim model holds exactly the parameters the plan's kept indices imply
+    (per parameter shape and in total), and each slim parameter *is* the masked
+    original sliced at the kept indices;
+(d) the original model is unchanged and still runs;
+(e) the slim model comes back in the original's train/eval mode;
+plus: every removed slice is zero in the final masks, and no gather/index_select
+is left in the slim graph (removal is physical).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.utils.prune as torch_prune
+from torch import nn
+
+import slimc
+from slimc.verify import masked_copy
+
+TOL = 1e-5
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONVT_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+# --------------------------------------------------------------------------- basics
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def as_tuple(x: Any) -> tuple:
+    return x if isinstance(x, tuple) else (x,)
+
+
+def random_inputs_like(inputs: tuple, seed: int) -> tuple:
+    g = torch.Generator().manual_seed(10_000 + seed)
+    out = []
+    for t in inputs:
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            out.append(torch.randn(t.shape, generator=g, dtype=t.dtype))
+        else:
+            out.append(t)
+    return tuple(out)
+
+
+def flat_outputs(y: Any) -> list[torch.Tensor]:
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, Mapping):
+        y = list(y.values())
+    if isinstance(y, (list, tuple)):
+        return [t for v in y for t in flat_outputs(v)]
+    raise TypeError(f"unexpected model output {type(y).__name__}")
+
+
+def run_eval(m: nn.Module, x: tuple) -> list[torch.Tensor]:
+    """Outputs of ``m`` in eval mode (dropout off, running stats), mode restored after."""
+    was = m.training
+    m.eval()
+    try:
+        with torch.no_grad():
+            return flat_outputs(m(*x))
+    finally:
+        m.train(was)
+
+
+def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float]:
+    assert len(a) == len(b), f"{len(a)} outputs vs {len(b)}"
+    diff, scale = 0.0, 0.0
+    for x, y in zip(a, b):
+        assert x.shape == y.shape, f"output shape {tuple(x.shape)} vs reference {tuple(y.shape)}"
+        if x.numel():
+            diff = max(diff, float((x.double() - y.double()).abs().max()))
+            scale = max(scale, float(y.double().abs().max()))
+    return diff, scale
+
+
+def outputs_diff(m1: nn.Module, m2: nn.Module, inputs: tuple, n: int = 3) -> tuple[float, float]:
+    """(max abs diff, max |m2 output|) over ``n`` random inputs shaped like ``inputs``."""
+    diff, scale = 0.0, 0.0
+    for s in range(n):
+        x = random_inputs_like(inputs, s)
+        d, sc = max_diff(run_eval(m1, x), run_eval(m2, x))
+        diff, scale = max(diff, d), max(scale, sc)
+    return diff, scale
+
+
+# --------------------------------------------------------------------------- masks
+def flat_user_masks(raw: Any) -> dict[str, torch.Tensor]:
+    """The three accepted mask formats → flat ``{param_fqn: bool (True = kept)}``.
+
+    Written independently of slimc.masks on purpose: the test must not trust the code
+    under test to tell it what the user asked for."""
+    if raw is None:
+        return {}
+    if isinstance(raw, slimc.MaskSet):
+        raw = raw.masks
+    flat: dict[str, Any] = {}
+    for k, v in raw.items():
+        if isinstance(v, Mapping):
+            for sub, t in v.items():
+                flat[f"{k}.{sub}"] = t
+        else:
+            flat[k] = v
+    if any(k.endswith("_mask") for k in flat):
+        flat = {k[: -len("_mask")]: v for k, v in flat.items() if k.endswith("_mask")}
+    return {k: torch.as_tensor(v) != 0 for k, v in flat.items()}
+
+
+def random_filter_masks(model: nn.Module, ratio: float, seed: int = 0, *, bias: bool = False,
+                        linear: bool = True) -> dict[str, torch.Tensor]:
+    """Mask ``floor(ratio * n)`` random output filters (at least one kept) of every
+    Conv / ConvTranspose / Linear weight. Flat format, float 0/1."""
+    g = torch.Generator().manual_seed(seed)
+    masks: dict[str, torch.Tensor] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, CONV_TYPES):
+            dim = 0
+        elif isinstance(m, CONVT_TYPES) and m.groups == 1:
+            dim = 1
+        elif linear and isinstance(m, nn.Linear):
+            dim = 0
+        else:
+            continue
+        w = m.weight
+        n = w.shape[dim]
+        k = min(int(n * ratio), n - 1)
+        if k <= 0:
+            continue
+        idx = torch.randperm(n, generator=g)[:k]
+        mask = torch.ones_like(w)
+        mask.index_fill_(dim, idx, 0.0)
+        masks[f"{name}.weight"] = mask
+        if bias and m.bias is not None and dim == 0:
+            b = torch.ones_like(m.bias)
+            b[idx] = 0.0
+            masks[f"{name}.bias"] = b
+    return masks
+
+
+def sink_masks(model: nn.Module, ratio: float, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Mask ``floor(ratio * n)`` random input columns (weight dim 1) of every conv with
+    more than one input column per group; nothing else."""
+    g = torch.Generator().manual_seed(seed)
+    masks: dict[str, torch.Tensor] = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, CONV_TYPES) or m.weight.shape[1] <= 1:
+            continue
+        n = m.weight.shape[1]
+        k = min(int(n * ratio), n - 1)
+        if k <= 0:
+            continue
+        idx = torch.randperm(n, generator=g)[:k]
+        mask = torch.ones_like(m.weight)
+        mask.index_fill_(1, idx, 0.0)
+        masks[f"{name}.weight"] = mask
+    return masks
+
+
+def torch_prune_masks(model: nn.Module, amount: float = 0.5, n: int = 2, dim: int = 0) -> dict[str, torch.Tensor]:
+    """``torch.nn.utils.prune.ln_structured`` on every conv of a deep copy; returns that
+    copy's state dict (``*.weight_orig`` + ``*.weight_mask`` + everything else)."""
+    m2 = copy.deepcopy(model)
+    for mod in m2.modules():
+        if isinstance(mod, CONV_TYPES):
+            torch_prune.ln_structured(mod, "weight", amount=amount, n=n, dim=dim)
+    return m2.state_dict()
+
+
+def to_nni(flat: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Flat ``{"a.b.weight": m}`` → NNI style ``{"a.b": {"weight": m}}``."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in flat.items():
+        mod, _, leaf = k.rpartition(".")
+        out.setdefault(mod, {})[leaf] = v
+    return out
+
+
+# --------------------------------------------------------------------------- contract
+def _expected_slim_param(orig: torch.Tensor, mask: torch.Tensor | None, fqn: str, plan) -> torch.Tensor:
+    t = orig.detach()
+    if mask is not None:
+        t = t * mask.to(t.dtype)
+    for d in range(t.dim()):
+        k = plan.kept_idx(("p", fqn, d))
+        if k is not None:
+            t = t.index_select(d, torch.as_tensor(np.asarray(k), dtype=torch.long))
+    return t
+
+
+def assert_contract(model: nn.Module, masks: Any, inputs: Any, *, n_inputs: int = 3,
+                    check_values: bool = True, **kw) -> "slimc.CompileResult":
+    """Compile ``model`` under ``masks`` (verify=False) and check the DESIGN.md contract
+    independently. Extra keyword arguments go to ``slimc.compile``. Returns the result."""
+    inputs = as_tuple(inputs)
+    state_before = copy.deepcopy(model.state_dict())
+    training_before = model.training
+    res = slimc.compile(model, masks, inputs, verify=False, **kw)
+
+    # (d) the original model is unchanged and still runs
+    state_after = model.state_dict()
+    assert state_after.keys() == state_before.keys(), "compile changed the original model's state dict keys"
+    for k, v in state_before.items():
+        assert torch.equal(state_after[k], v), f"compile modified the original model's '{k}'"
+    assert model.training == training_before, "compile changed the original model's train/eval mode"
+    run_eval(model, inputs)
+
+    # (e) same train/eval mode
+    assert res.module.training == model.training, (
+        f"slim module training={res.module.training}, original training={model.training}")
+
+    # (b) final masks ⊇ user masks
+    params = dict(model.named_parameters())
+    user = flat_user_masks(masks)
+    for fqn, um in user.items():
+        assert fqn in res.masks, f"user masked '{fqn}' but it is missing from the final masks"
+        fm = res.masks[fqn]
+        assert tuple(fm.shape) == tuple(params[fqn].shape), f"final mask '{fqn}' has shape {tuple(fm.shape)}"
+        unzeroed = (~um) & (fm != 0)
+        assert not bool(unzeroed.any()), (
+            f"final masks un-zero {int(unzeroed.sum())} user-masked entries of '{fqn}'")
+    for fqn, fm in res.masks.items():
+        assert fqn in params, f"final mask for unknown param '{fqn}'"
+        assert tuple(fm.shape) == tuple(params[fqn].shape), f"final mask '{fqn}' has shape {tuple(fm.shape)}"
+
+    # (c) parameter count and shapes implied by the plan; every removed slice is masked;
+    #     slim params are the masked originals sliced at the kept indices
+    plan = res.plan
+    expected_total = 0
+    expected_shapes: dict[str, tuple] = {}
+    for fqn, p in params.items():
+        shp = tuple(plan.new_size(("p", fqn, d)) for d in range(p.dim()))
+        expected_shapes[fqn] = shp
+        expected_total += math.prod(shp)
+        for d in range(p.dim()):
+            k = plan.kept_idx(("p", fqn, d))
+            if k is None:
+                continue
+            removed = np.setdiff1d(np.arange(p.shape[d]), np.asarray(k))
+            if len(removed) == 0:
+                continue
+            fm = res.masks.get(fqn)
+            assert fm is not None, f"'{fqn}' dim {d} loses {len(removed)} slices but has no final mask"
+            sl = fm.index_select(d, torch.as_tensor(removed, dtype=torch.long))
+            assert not bool((sl != 0).any()), f"'{fqn}' dim {d}: a removed slice is not zero in the final masks"
+    slim_params = dict(res.module.named_parameters())
+    assert n_params(res.module) == expected_total, (
+        f"slim model has {n_params(res.module):,} params, the kept indices imply {expected_total:,}")
+    for fqn, p in slim_params.items():
+        if fqn in expected_shapes:
+            assert tuple(p.shape) == expected_shapes[fqn], (
+                f"slim '{fqn}' has shape {tuple(p.shape)}, plan implies {expected_shapes[fqn]}")
+            if check_values:
+                want = _expected_slim_param(params[fqn], res.masks.get(fqn), fqn, plan)
+                assert torch.equal(p.detach(), want), f"slim '{fqn}' is not the masked original sliced at kept indices"
+    assert res.report["params"]["after"] == expected_total
+    assert res.report["params"]["before"] == n_params(model)
+
+    # removal is physical: no gather / index_select left behind
+    for node in res.module.graph.nodes:
+        name = getattr(node.target, "__name__", str(node.target))
+        assert name not in ("index_select", "gather", "take"), f"slim graph has {node.format_node()}"
+
+    # (a) slim(x) == original-with-final-masks(x)
+    ref = masked_copy(model, res.masks)
+    diff, scale = outputs_diff(res.module, ref, inputs, n_inputs)
+    tol = TOL * max(1.0, scale)
+    assert diff <= tol, f"slim differs from masked-with-final-masks by {diff:.3g} (tolerance {tol:.3g})"
+    return res
+
+
+def kept_reasons(res) -> str:
+    return " | ".join(r["reason"] for r in res.report["kept"])
+
+
+def removed_idx(res, model: nn.Module, fqn: str, dim: int = 0) -> set[int]:
+    """Indices of ``model``'s param ``fqn`` along ``dim`` that the plan removes."""
+    k = res.plan.kept_idx(("p", fqn, dim))
+    if k is None:
+        return set()
+    n = dict(model.named_parameters())[fqn].shape[dim]
+    return set(range(n)) - set(np.asarray(k).tolist())
+
+
+def masked_idx(mask: torch.Tensor, dim: int = 0) -> set[int]:
+    """Indices along ``dim`` whose whole slice of ``mask`` is zero."""
+    other = [d for d in range(mask.dim()) if d != dim]
+    nz = (mask != 0).sum(dim=other) if other else (mask != 0).long()
+    return set(torch.nonzero(nz == 0).flatten().tolist())
