@@ -51,6 +51,7 @@ __all__ = [
     "write_outputs",
     "cpu_busy_fraction",
     "wait_for_quiet_cpu",
+    "ContentionMeter",
     "VARIANTS",
     "RUNTIMES",
     "DTYPES",
@@ -61,6 +62,8 @@ RUNTIMES = ("torch", "ort")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: p90 above this multiple of the median marks a measurement as noisy.
 NOISY_RATIO = 1.25
+#: other processes using more than this fraction of all CPUs during a CPU timing.
+CONTENDED_BUSY = 0.10
 
 
 # --------------------------------------------------------------------------- inputs
@@ -341,7 +344,8 @@ def bench(
 
         def record(v: str, runtime_label: str, b: int, fn: Callable[..., Timing]) -> None:
             try:
-                t, pilot_ms = _measure(fn, **common)
+                with ContentionMeter() as cm:
+                    t, pilot_ms = _measure(fn, **common)
             except Exception as e:  # noqa: BLE001 - recorded in the result
                 msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
                 result["errors"].append({"variant": v, "runtime": runtime_label, "batch": b, "error": msg})
@@ -349,6 +353,7 @@ def bench(
                 return
             row = _row(t, model=name, pruner=pruner, variant=v, keep_samples=keep_samples)
             row["pilot_ms"] = pilot_ms
+            row["other_cpu_busy"] = cm.other_busy
             rows.append(row)
             timings[(v, t.runtime, b)] = t
             say(f"[{name}] {v:8s} {t.summary()}")
@@ -369,13 +374,16 @@ def bench(
                     record(v, f"ort-{dev.type}", b, lambda p=onnx_paths[v], x=x, **kw: time_ort(
                         p, x, device=str(dev), threads=n_threads, min_time_s=min_time_s, **kw))
     result["rows"] = rows
-    result["speedup"] = _speedups(timings, result["flops_ratio"])
+    busy = {(r["variant"], r["runtime"], r["batch"]): r.get("other_cpu_busy") for r in rows}
+    result["speedup"] = _speedups(timings, result["flops_ratio"], busy)
     result["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     result["loadavg_1m_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     return result
 
 
-def _speedups(timings: dict[tuple, Timing], flops_ratio: float | None) -> list[dict]:
+def _speedups(timings: dict[tuple, Timing], flops_ratio: float | None,
+              busy: dict[tuple, float | None] | None = None) -> list[dict]:
+    busy = busy or {}
     out: list[dict] = []
     keys = sorted({(rt, b) for (_v, rt, b) in timings}, key=lambda k: (k[0], k[1]))
     for rt, b in keys:
@@ -395,7 +403,9 @@ def _speedups(timings: dict[tuple, Timing], flops_ratio: float | None) -> list[d
             "flops_ratio": flops_ratio,
             "launch_bound": False,
             "noisy": any(t.p90_ms > NOISY_RATIO * t.median_ms for t in (m, s)),
+            "other_cpu_busy": max((busy.get((v, rt, b)) or 0.0) for v in ("masked", "slim")),
         }
+        entry["contended"] = m.device == "cpu" and entry["other_cpu_busy"] > CONTENDED_BUSY
         if rt == "torch-eager" and m.device == "cuda":
             gm, gs = timings.get(("masked", "torch-cudagraph", b)), timings.get(("slim", "torch-cudagraph", b))
             lb = [launch_bound(e, g) for e, g in ((m, gm), (s, gs)) if g is not None]
@@ -463,6 +473,37 @@ def cpu_busy_fraction(interval_s: float = 1.0) -> float | None:
     return 1.0 - (b[1] - a[1]) / (b[0] - a[0])
 
 
+class ContentionMeter:
+    """CPU time used by *other* processes while a measurement runs.
+
+    ``other_busy`` = (busy jiffies of all CPUs − this process's CPU time) / all
+    jiffies over the window, from /proc/stat and ``os.times()``; None where
+    /proc/stat is unreadable.  0.5 on a 2-core machine: another process held a
+    whole core, and a 2-thread timing of this process is not trustworthy.
+    """
+
+    def __init__(self) -> None:
+        self.other_busy: float | None = None
+
+    def __enter__(self) -> "ContentionMeter":
+        self._a = _cpu_times()
+        t = os.times()
+        self._own = t.user + t.system
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        b = _cpu_times()
+        t = os.times()
+        own_s = t.user + t.system - self._own
+        if self._a is None or b is None or b[0] <= self._a[0]:
+            return
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        total = b[0] - self._a[0]
+        busy = total - (b[1] - self._a[1])
+        other = (busy - own_s * hz) / total
+        self.other_busy = round(min(1.0, max(0.0, other)), 3)
+
+
 def wait_for_quiet_cpu(max_wait_s: float = 120.0, busy_below: float = 0.15, interval_s: float = 2.0,
                        log: Callable[[str], None] | None = None) -> float | None:
     """Wait (up to ``max_wait_s``) until other processes leave the CPUs idle.
@@ -491,6 +532,10 @@ def _fmt_ms(x: float | None) -> str:
     return f"{x:.3f}"
 
 
+def _fmt_pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0%}"
+
+
 def _fmt_int(x: int | None) -> str:
     return "–" if x is None else f"{x:,}"
 
@@ -515,6 +560,8 @@ def _note(e: dict) -> str:
     if e.get("launch_bound"):
         notes.append("launch-bound in eager (CUDA graphs ≥ "
                      f"{1 / LAUNCH_BOUND_RATIO:.2g}× faster): see the torch-cudagraph row")
+    if e.get("contended"):
+        notes.append(f"CONTENDED: other processes used {e['other_cpu_busy']:.0%} of the CPUs")
     if e.get("noisy"):
         notes.append(f"noisy (p90 > {NOISY_RATIO}× median)")
     if e["speedup"] < 1.0 and not e.get("launch_bound"):
@@ -575,15 +622,15 @@ def to_markdown(results: dict | Sequence[dict], *, detail: bool = False) -> str:
         "",
         "Every timed configuration (ms per batch):",
         "",
-        "| model | variant | runtime | batch | threads | min | median | p90 | n |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | variant | runtime | batch | threads | min | median | p90 | n | other CPU load |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res:
         for row in r.get("rows", []):
             spread.append(
                 f"| {row['model']} | {row['variant']} | {row['runtime']} | {row['batch']} | {row['threads']} | "
                 f"{_fmt_ms(row['min_ms'])} | {_fmt_ms(row['median_ms'])} | {_fmt_ms(row['p90_ms'])} | "
-                f"{row['repeats']} |"
+                f"{row['repeats']} | {_fmt_pct(row.get('other_cpu_busy'))} |"
             )
     errs = [(r["model"], e) for r in res for e in r.get("errors", [])]
     notes = [(r["model"], n) for r in res for n in r.get("notes", [])]

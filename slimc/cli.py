@@ -155,11 +155,29 @@ def cmd_prune(a: argparse.Namespace) -> int:
     return 0
 
 
+def rules_markdown() -> str:
+    """The supported-op table of the README, one row per rule family."""
+    from slimc.shape_rules import RULES, op_name
+
+    fams: dict = {}
+    for key, fn in RULES.items():
+        fams.setdefault(fn, []).append(op_name(key))
+    lines = ["| rule | ops | coupling |", "|---|---|---|"]
+    for fn, ops in sorted(fams.items(), key=lambda kv: (kv[0].__module__, kv[0].__name__)):
+        doc = " ".join((fn.__doc__ or "").split())
+        fam = f"`{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}`"
+        lines.append(f"| {fam} | {', '.join(f'`{o}`' for o in sorted(set(ops)))} | {doc} |")
+    return "\n".join(lines)
+
+
 def cmd_rules(a: argparse.Namespace) -> int:
     from rich.table import Table
 
     from slimc.shape_rules import RULE_DOCS, op_name
 
+    if a.markdown:
+        print(rules_markdown())
+        return 0
     t = Table(title="shape rules (ops without a rule are barriers)")
     t.add_column("op")
     t.add_column("rule")
@@ -233,6 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.set_defaults(fn=cmd_prune)
 
     r = sub.add_parser("rules", help="list the ops slimc has shape rules for")
+    r.add_argument("--markdown", action="store_true", help="one row per rule family, as in the README")
     r.set_defaults(fn=cmd_rules)
     return p
 
@@ -251,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `slimc rules | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # an internal bug: still one line unless --debug
         if debug:
             raise

@@ -1,0 +1,141 @@
+"""Fast test of the benchmark harness (slimc.bench) on a tiny conv net at batch 1."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from slimc.bench import (
+    ContentionMeter,
+    batched_inputs,
+    bench,
+    to_markdown,
+    write_outputs,
+)
+
+ROW_KEYS = {"model", "pruner", "variant", "runtime", "device", "batch", "dtype", "threads",
+            "min_ms", "median_ms", "p90_ms", "repeats", "other_cpu_busy"}
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.c2(torch.relu(self.bn(self.c1(x))))))
+
+
+def _masks(m: Tiny) -> dict[str, torch.Tensor]:
+    w1 = torch.ones_like(m.c1.weight)
+    w1[4:] = 0  # half of c1's filters
+    w2 = torch.ones_like(m.c2.weight)
+    w2[:3] = 0  # three of c2's filters
+    return {"c1.weight": w1, "c2.weight": w2}
+
+
+@pytest.fixture(scope="module")
+def result() -> dict:
+    torch.manual_seed(0)
+    m = Tiny().eval()
+    x = torch.randn(2, 3, 8, 8)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    # masked and slim only: each ONNX export costs a few seconds (original: see below)
+    r = bench(m, _masks(m), x, batches=(1,), threads=1, min_time_s=0.001, warmup=1,
+              min_repeats=2, max_repeats=3, onnx_check=False, name="tiny", pruner="manual",
+              variants=("masked", "slim"))
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "bench must not modify the model"
+    return r
+
+
+def test_rows(result: dict) -> None:
+    rows = result["rows"]
+    got = {(r["variant"], r["runtime"]) for r in rows}
+    assert got == {(v, rt) for v in ("masked", "slim") for rt in ("torch-eager", "ort-cpu")}
+    for r in rows:
+        assert ROW_KEYS <= set(r)
+        assert r["batch"] == 1 and r["device"] == "cpu" and r["threads"] == 1
+        assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"]
+        assert 2 <= r["repeats"] <= 3
+    assert result["errors"] == []
+    assert result["machine"]["torch"] == torch.__version__
+
+
+def test_sizes_and_speedup(result: dict) -> None:
+    p, f = result["params"], result["flops"]
+    assert p["original"] == p["masked"] > p["slim"]
+    assert f["original"] == f["masked"] > f["slim"] > 0
+    assert result["flops_ratio"] == pytest.approx(f["original"] / f["slim"])
+    fb = result["file_bytes"]
+    # (whole .onnx files of a model this tiny are dominated by graph metadata)
+    assert fb["slim"]["onnx_initializer_bytes"] < fb["masked"]["onnx_initializer_bytes"]
+    assert fb["slim"]["pt"] < fb["masked"]["pt"]
+    sp = result["speedup"]
+    assert {e["runtime"] for e in sp} == {"torch-eager", "ort-cpu"}
+    for e in sp:
+        assert e["batch"] == 1 and e["launch_bound"] is False
+        assert e["speedup"] == pytest.approx(e["masked_ms"] / e["slim_ms"])
+        assert e["flops_ratio"] == pytest.approx(result["flops_ratio"])
+
+
+def test_markdown(result: dict) -> None:
+    md = to_markdown(result)
+    lines = md.strip().splitlines()
+    assert lines[0].startswith("| model | pruner | runtime | batch | masked ms | slim ms | speedup | FLOPs ratio")
+    assert len(lines) == 2 + len(result["speedup"])
+    assert all(ln.startswith("| tiny | manual |") for ln in lines[2:])
+    detail = to_markdown([result, result], detail=True)
+    assert "| min | median | p90 |" in detail and detail.count("| tiny | slim |") == 4
+
+
+def test_write_outputs(result: dict, tmp_path) -> None:
+    paths = write_outputs([result], tmp_path / "out", "bench")
+    for kind in ("json", "md", "png"):
+        assert paths[kind].endswith(f"bench.{kind}")
+    doc = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert doc["results"][0]["rows"] == json.loads(json.dumps(result["rows"]))
+    assert "machine" in doc and "loadavg_1m" in doc["machine"]
+    assert (tmp_path / "out" / "bench.md").read_text().count("| tiny |") >= 2
+    assert (tmp_path / "out" / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.json", "bench.md", "bench.png"]
+
+
+def test_original_variant_and_precomputed_slim() -> None:
+    m = Tiny().eval()
+    slim = Tiny().eval()  # any module stands in for a precomputed slim model
+    r = bench(m, _masks(m), torch.randn(2, 3, 8, 8), batches=(1, 2), runtimes=("torch",), slim=slim,
+              threads=1, repeats=2, warmup=1, name="tiny")
+    got = sorted((row["variant"], row["batch"], row["repeats"]) for row in r["rows"])
+    assert got == sorted((v, b, 2) for v in ("original", "masked", "slim") for b in (1, 2))
+    assert [e["batch"] for e in r["speedup"]] == [1, 2]
+    assert all(e["original_ms"] is not None for e in r["speedup"])
+    assert r["file_bytes"]["slim"]["onnx"] is None and "compile_s" not in r
+
+
+def test_batched_inputs() -> None:
+    x = torch.randn(2, 3, 4, 4)
+    ids = torch.tensor([[1, 2], [3, 4]])
+    a, b = batched_inputs((x, ids), 5, seed=1)
+    assert a.shape == (5, 3, 4, 4) and a.dtype == x.dtype
+    assert torch.equal(a, batched_inputs((x, ids), 5, seed=1)[0])
+    assert b.shape == (5, 2) and torch.equal(b[2], ids[0])
+
+
+def test_contention_meter() -> None:
+    with ContentionMeter() as cm:
+        sum(range(10000))
+    assert cm.other_busy is None or 0.0 <= cm.other_busy <= 1.0
+
+
+def test_bad_arguments() -> None:
+    m = Tiny().eval()
+    with pytest.raises(ValueError):
+        bench(m, _masks(m), torch.randn(1, 3, 8, 8), variants=("dense",))
+    with pytest.raises(ValueError):
+        bench(m, _masks(m), torch.randn(1, 3, 8, 8), dtype="int8")

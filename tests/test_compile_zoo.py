@@ -1,0 +1,312 @@
+"""slimc.compile over the whole model zoo × mask patterns, each checked against the
+DESIGN.md contract by ``helpers.assert_contract`` (independently of slimc's verify).
+
+The four large models (vgg16, resnet18, resnet50, mobilenetv2) run their mask-pattern
+sweeps under ``-m slow``; by default they run only their golden-number checks
+(resnet18, mobilenetv2) and one resnet50 end-to-end compile that records stage times.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+import slimc
+from helpers import (
+    assert_contract,
+    flat_user_masks,
+    kept_reasons,
+    masked_idx,
+    n_params,
+    outputs_diff,
+    random_filter_masks,
+    removed_idx,
+    sink_masks,
+    to_nni,
+    torch_prune_masks,
+)
+from slimc import zoo
+from slimc.errors import PlanError
+from slimc.prune import group_masks
+from slimc.verify import masked_copy
+
+BIG = ("vgg16", "resnet18", "resnet50", "mobilenetv2")
+VERY_BIG = ("vgg16", "resnet50")
+ALL = zoo.names()
+
+# params after group_masks(ratio=0.5, criterion="l1") — measured, exact
+GOLDEN_GROUP_L1_05 = {
+    "vgg16": 3_752_746,
+    "resnet18": 2_797_610,
+    "resnet50": 5_899_050,
+    "mobilenetv2": 587_178,
+}
+
+
+def zoo_param(names, slow_for=BIG):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow_for else n for n in names]
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name: str) -> nn.Module:
+    return zoo.build(name)
+
+
+def model_and_inputs(name: str) -> tuple[nn.Module, tuple]:
+    """Cached model (assert_contract proves compile never mutates it) and example inputs."""
+    return _model(name), zoo.example_inputs(name, batch=2)
+
+
+@functools.lru_cache(maxsize=None)
+def _group_masks(name: str, ratio: float, criterion: str) -> dict:
+    m, x = model_and_inputs(name)
+    return group_masks(m, x, ratio=ratio, criterion=criterion)
+
+
+# --------------------------------------------------------------------------- mask patterns
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+@pytest.mark.parametrize("name", zoo_param(ALL))
+def test_random_filter_masks(name, ratio):
+    m, x = model_and_inputs(name)
+    res = assert_contract(m, random_filter_masks(m, ratio, seed=int(ratio * 10)), x)
+    assert n_params(res.module) < n_params(m)
+    assert res.report["params"]["after"] == n_params(res.module)
+    assert res.report["flops"]["after"] < res.report["flops"]["before"]
+
+
+@pytest.mark.parametrize("name", zoo_param(ALL))
+def test_group_masks_l1(name):
+    m, x = model_and_inputs(name)
+    masks = _group_masks(name, 0.5, "l1")
+    res = assert_contract(m, masks, x)
+    p = res.report["params"]
+    print(f"{name}: group_masks l1 0.5 params {p['before']:,} -> {p['after']:,}; "
+          f"flops {res.report['flops']['before']:,} -> {res.report['flops']['after']:,}")
+    if name in BIG:
+        assert p["after"] < 0.45 * p["before"]
+    if name == "shufflenetv2_small":
+        # channel shuffle keeps rectangles: the only acceptable reason to keep a masked channel
+        assert res.report["kept"]
+        assert all("rectangle" in r["reason"] for r in res.report["kept"]), res.report["kept"]
+        return
+    assert res.report["kept"] == [], res.report["kept"]
+    # every masked source row is physically gone
+    for fqn, mk in masks.items():
+        assert masked_idx(mk, 0) <= removed_idx(res, m, fqn, 0), fqn
+
+
+@pytest.mark.parametrize("name", zoo_param(BIG, slow_for=VERY_BIG))
+def test_group_masks_golden_params(name):
+    m, x = model_and_inputs(name)
+    res = slimc.compile(m, _group_masks(name, 0.5, "l1"), x, verify=False)
+    after = res.report["params"]["after"]
+    print(f"GOLDEN {name}: params after group_masks l1 0.5 = {after:,} (before {res.report['params']['before']:,})")
+    assert after == n_params(res.module) == res.report["params"]["expected_after"]
+    assert after == GOLDEN_GROUP_L1_05[name]
+
+
+@pytest.mark.parametrize("criterion", ["l2", "random"])
+def test_group_masks_other_criteria(criterion):
+    m, x = model_and_inputs("resnet_tiny")
+    masks = group_masks(m, x, ratio=0.5, criterion=criterion, seed=3)
+    res = assert_contract(m, masks, x)
+    assert res.report["kept"] == []
+    assert n_params(res.module) < 0.45 * n_params(m)
+
+
+def _residual_branch_tails(m: nn.Module) -> list[str]:
+    """The conv whose output is added into the residual stream, in every block."""
+    tails = []
+    for name, mod in m.named_modules():
+        if hasattr(mod, "shortcut"):
+            tails.append(f"{name}.conv3" if hasattr(mod, "conv3") else f"{name}.conv2")
+    return tails
+
+
+@pytest.mark.parametrize("name", zoo_param(["resnet_tiny", "resnet18", "resnet50"], slow_for=VERY_BIG + ("resnet18",)))
+def test_residual_branch_only_is_held(name):
+    """Masks on one branch of a residual add only: channels stay (held by the other
+    writer), reported with a 'held by' reason, masked weights stay zero, still exact."""
+    m, x = model_and_inputs(name)
+    tails = _residual_branch_tails(m)
+    assert tails
+    params = dict(m.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    masks = {}
+    for t in tails:
+        w = params[f"{t}.weight"]
+        mk = torch.ones_like(w)
+        mk[torch.randperm(w.shape[0], generator=g)[: w.shape[0] // 2]] = 0
+        masks[f"{t}.weight"] = mk
+    res = assert_contract(m, masks, x)
+    assert n_params(res.module) == n_params(m)
+    assert "held by" in kept_reasons(res), res.report["kept"]
+    for fqn, mk in masks.items():
+        assert removed_idx(res, m, fqn) == set()
+        assert torch.equal(res.masks[fqn] != 0, mk != 0), f"{fqn}: final masks must equal the user's here"
+
+
+@pytest.mark.parametrize("name", zoo_param(ALL))
+def test_sink_masks_only(name):
+    m, x = model_and_inputs(name)
+    res = assert_contract(m, sink_masks(m, 0.5, seed=0), x)
+    assert n_params(res.module) < n_params(m)
+
+
+@pytest.mark.parametrize("masks", [None, {}], ids=["None", "empty"])
+@pytest.mark.parametrize("name", zoo_param(ALL))
+def test_empty_masks_change_nothing(name, masks):
+    m, x = model_and_inputs(name)
+    res = assert_contract(m, masks, x)
+    assert res.report["params"]["after"] == res.report["params"]["before"] == n_params(m)
+    assert all(bool(v.all()) for v in res.masks.values())
+    assert res.report["barriers"] == []
+    assert res.report["kept"] == []
+    slim_shapes = {k: tuple(v.shape) for k, v in res.module.named_parameters()}
+    assert slim_shapes == {k: tuple(v.shape) for k, v in m.named_parameters()}
+    d, _ = outputs_diff(res.module, m, x)
+    assert d <= 1e-5
+
+
+# --------------------------------------------------------------------------- empty layers
+def test_whole_layer_masked_needs_allow_empty():
+    m, x = model_and_inputs("vgg11_small")
+    conv = "features.4"  # Conv2d(16, 32)
+    w = dict(m.named_parameters())[f"{conv}.weight"]
+    masks = {f"{conv}.weight": torch.zeros_like(w)}
+    with pytest.raises(PlanError, match="every channel"):
+        slimc.compile(m, masks, x)
+    res = assert_contract(m, masks, x, allow_empty=True)
+    assert res.module.get_submodule(conv).out_channels == 1
+    assert res.module.get_submodule("features.8").in_channels == 1
+    assert any("empty" in r["reason"] for r in res.report["kept"]), res.report["kept"]
+
+
+# --------------------------------------------------------------------------- BN β
+@pytest.mark.parametrize("name", ["vgg11_small", "resnet_tiny", "mobilenetv2_small"])
+def test_bn_beta_behind_pruned_filters(name):
+    """Zoo BNs have non-zero β: a removed filter's channel is a non-zero constant in the
+    user-masked model. The slim model equals the model with the FINAL masks, which zero
+    the BN γ and β of every removed channel."""
+    m, x = model_and_inputs(name)
+    bns = {n: mod for n, mod in m.named_modules() if isinstance(mod, nn.BatchNorm2d)}
+    assert all(float(b.bias.abs().min()) > 0 for b in bns.values())
+    user = random_filter_masks(m, 0.5, seed=4)
+    res = assert_contract(m, user, x)
+    # conv → BN pairs: the BN's removed channels are zero in the final masks, both γ and β
+    checked = 0
+    mods = dict(m.named_modules())
+    for cname, conv in mods.items():
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        bn_name = _bn_after(cname, mods)
+        if bn_name is None:
+            continue
+        gone = removed_idx(res, m, f"{bn_name}.weight")
+        assert gone == removed_idx(res, m, f"{bn_name}.bias") == removed_idx(res, m, f"{cname}.weight")
+        if gone:
+            checked += 1
+            for p in ("weight", "bias"):
+                assert gone <= masked_idx(res.masks[f"{bn_name}.{p}"])
+    assert checked > 0
+    # β matters: the user-masked model differs from the final-masked one
+    d, _ = outputs_diff(masked_copy(m, user), masked_copy(m, res.masks), x, n=1)
+    assert d > 1e-3
+
+
+def _bn_after(conv_name: str, mods: dict) -> str | None:
+    parent, _, leaf = conv_name.rpartition(".")
+    candidates = []
+    if leaf.startswith("conv"):
+        candidates.append(f"{parent}.bn{leaf[4:]}".lstrip("."))
+    if leaf.isdigit():
+        candidates.append(f"{parent}.{int(leaf) + 1}")
+    for c in candidates:
+        if isinstance(mods.get(c), nn.BatchNorm2d):
+            return c
+    return None
+
+
+def test_bn_beta_exact_with_explicit_model():
+    """A hand-built conv → BN(β ≠ 0) → ReLU → conv: removed BN channels carry β."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    with torch.no_grad():
+        m[1].bias.copy_(torch.linspace(0.5, 1.5, 8))
+        m[1].running_mean.uniform_(-0.5, 0.5)
+    mk = torch.ones(8, 3, 3, 3)
+    mk[[1, 6]] = 0
+    x = torch.randn(2, 3, 6, 6)
+    res = assert_contract(m, {"0.weight": mk}, x)
+    assert removed_idx(res, m, "1.bias") == {1, 6}
+    assert masked_idx(res.masks["1.bias"]) == {1, 6}
+    assert masked_idx(res.masks["1.weight"]) == {1, 6}
+    assert masked_idx(res.masks["3.weight"], 1) == {1, 6}
+    assert res.module.get_submodule("1").num_features == 6
+
+
+# --------------------------------------------------------------------------- mask formats
+def test_three_mask_formats_agree_on_resnet_tiny():
+    m, x = model_and_inputs("resnet_tiny")
+    sd = torch_prune_masks(m, amount=0.5)
+    assert any(k.endswith("weight_orig") for k in sd)
+    flat = {k[: -len("_mask")]: v for k, v in sd.items() if k.endswith("_mask")}
+    nni = to_nni(flat)
+    results = {}
+    for label, masks in [("flat", flat), ("nni", nni), ("torch_prune", sd)]:
+        results[label] = assert_contract(m, masks, x)
+    base = results["flat"]
+    assert flat_user_masks(sd).keys() == flat.keys()
+    for label, res in results.items():
+        assert res.masks.keys() == base.masks.keys(), label
+        for k in base.masks:
+            assert torch.equal(res.masks[k] != 0, base.masks[k] != 0), (label, k)
+        assert n_params(res.module) == n_params(base.module) < n_params(m)
+
+
+def test_compile_accepts_a_prunified_model():
+    """A model still carrying torch.nn.utils.prune reparametrization compiles (its
+    ``weight_orig`` params are addressed by the plain name)."""
+    import torch.nn.utils.prune as P
+
+    m = copy.deepcopy(_model("vgg11_small"))
+    x = zoo.example_inputs("vgg11_small")
+    for mod in m.modules():
+        if isinstance(mod, nn.Conv2d):
+            P.ln_structured(mod, "weight", amount=0.5, n=2, dim=0)
+    sd = m.state_dict()
+    res = slimc.compile(m, sd, x, verify=True)
+    assert res.report["verify"]["ok"]
+    assert n_params(res.module) < n_params(m)
+
+
+# --------------------------------------------------------------------------- pipeline
+def test_resnet50_pipeline_times():
+    """The whole pipeline (verify included) on ResNet-50; stage times are recorded, not asserted."""
+    m, x = model_and_inputs("resnet50")
+    res = slimc.compile(m, random_filter_masks(m, 0.5, seed=1), x, verify=True)
+    assert res.report["verify"]["ok"]
+    assert res.report["params"]["after"] == res.report["params"]["expected_after"] < res.report["params"]["before"]
+    times = res.report["times_s"]
+    print("resnet50 times_s:", {k: round(v, 3) for k, v in times.items()})
+    assert {"trace", "graph", "propagate", "rewrite", "verify", "total"} <= times.keys()
+
+
+def test_report_shape():
+    m, x = model_and_inputs("resnet_tiny")
+    res = slimc.compile(m, random_filter_masks(m, 0.5, seed=1), x)
+    r = res.report
+    assert r["verify"]["ok"] and r["verify"]["max_abs_diff"] <= r["verify"]["tolerance"]
+    assert r["verify"]["vs_user_masked"] is not None
+    assert r["params"]["before"] > r["params"]["after"] == r["params"]["expected_after"]
+    assert r["flops"]["before"] > r["flops"]["after"] > 0
+    changed = [row for row in r["layers"] if row["changed"]]
+    assert changed and all(row["after"] != row["before"] for row in changed)
+    slim_mods = dict(res.module.named_modules())
+    for row in changed:
+        assert list(slim_mods[row["layer"]].weight.shape) == row["after"]
+    for k in r["kept"]:
+        assert set(k) >= {"reason", "groups"} and k["groups"] > 0
