@@ -249,7 +249,9 @@ class Propagation:
                 return np.where(neutral[a], -1, state[a]).astype(np.int8)
             if ln.kind == "source":
                 return self.user_masked[a].astype(np.int8)
-            return np.full(len(a), -1, np.int8)  # followers neither keep a channel alive nor kill it
+            # a masked follower (BN γ in network slimming, a layer scale) kills its factor;
+            # an unmasked one neither keeps a channel alive nor kills it
+            return np.where(self.user_masked[a], 1, -1).astype(np.int8)
 
         return self.forward(value)
 

@@ -193,7 +193,7 @@ def test_bn_beta_behind_pruned_filters(name):
     the BN γ and β of every removed channel."""
     m, x = model_and_inputs(name)
     bns = {n: mod for n, mod in m.named_modules() if isinstance(mod, nn.BatchNorm2d)}
-    assert all(float(b.bias.abs().min()) > 0 for b in bns.values())
+    assert all(float(b.bias.detach().abs().min()) > 0 for b in bns.values())
     user = random_filter_masks(m, 0.5, seed=4)
     res = assert_contract(m, user, x)
     # conv → BN pairs: the BN's removed channels are zero in the final masks, both γ and β
@@ -267,6 +267,8 @@ def test_three_mask_formats_agree_on_resnet_tiny():
         assert n_params(res.module) == n_params(base.module) < n_params(m)
 
 
+@pytest.mark.xfail(reason="BUG: compile() on a model still carrying torch.nn.utils.prune hooks crashes in "
+                          "trace's copy.deepcopy with a bare RuntimeError (non-leaf 'weight')", strict=True)
 def test_compile_accepts_a_prunified_model():
     """A model still carrying torch.nn.utils.prune reparametrization compiles (its
     ``weight_orig`` params are addressed by the plain name)."""
