@@ -95,7 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--wait-idle", type=float, default=120.0,
                     help="CPU: wait up to this many seconds for other processes to go quiet (0: don't)")
     ap.add_argument("--retries", type=int, default=2,
-                    help="CPU: re-measure a model up to this many times when other processes were busy")
+                    help="CPU: re-measure a configuration up to this many times when other processes "
+                         "used more than 10%% of the CPUs during it (the least contended one is kept)")
     ap.add_argument("--no-onnx-check", action="store_true", help="skip the onnxruntime check of each export")
     a = ap.parse_args(argv)
     a.batch = [int(b) for b in _csv(a.batch or ("1,8,64" if a.full else "1,64"))]
@@ -136,28 +137,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[{name}] masks + compile {time.perf_counter() - t0:.1f} s; params "
               f"{res.report['params']['before']:,} → {res.report['params']['after']:,}")
-        best = None
-        for attempt in range(1 + max(0, a.retries)):
-            if attempt and a.device == "cpu" and a.wait_idle > 0:
-                busy = wait_for_quiet_cpu(a.wait_idle, log=print)
-            r = bench(
-                model, masks, x, slim=res, name=name, pruner=pruner,
-                batches=a.batch, device=a.device, runtimes=_csv(a.runtimes), variants=a.variants,
-                threads=a.threads, dtype=a.dtype, channels_last=a.channels_last,
-                cuda_graphs=False if a.no_cuda_graphs else None,
-                min_time_s=a.min_time, warmup=a.warmup, repeats=a.repeats, min_repeats=a.min_repeats,
-                onnx_check=not a.no_onnx_check, log=print,
-            )
-            r["other_cpu_busy_at_start"] = busy
-            r["attempt"] = attempt + 1
-            load = max([e.get("other_cpu_busy") or 0.0 for e in r["speedup"]] or [0.0])
-            if best is None or load < best[0]:
-                best = (load, r)
-            if not any(e.get("contended") for e in r["speedup"]):
-                break
-            print(f"[{name}] other processes used up to {load:.0%} of the CPUs during the timing"
-                  + ("; measuring again" if attempt < a.retries else "; keeping the least contended run"))
-        r = best[1]
+        r = bench(
+            model, masks, x, slim=res, name=name, pruner=pruner,
+            batches=a.batch, device=a.device, runtimes=_csv(a.runtimes), variants=a.variants,
+            threads=a.threads, dtype=a.dtype, channels_last=a.channels_last,
+            cuda_graphs=False if a.no_cuda_graphs else None,
+            min_time_s=a.min_time, warmup=a.warmup, repeats=a.repeats, min_repeats=a.min_repeats,
+            onnx_check=not a.no_onnx_check, retries=a.retries if a.device == "cpu" else 0,
+            wait_idle_s=a.wait_idle, log=print,
+        )
+        r["other_cpu_busy_at_start"] = busy
         results.append(r)
         print(to_markdown(r))
     if not results:

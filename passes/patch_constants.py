@@ -8,8 +8,11 @@ from torch import fx
 
 from slimc.passes import PassResult, RewriteContext
 
-RESHAPES = {"view", "reshape", torch.reshape}
-SPLITS = {"split", torch.split, "chunk", torch.chunk}
+from slimc.shape_rules import aten
+
+RESHAPES = {"view", "reshape", torch.reshape, *aten("view.default", "reshape.default", "_unsafe_view.default")}
+CONVS = {F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default")}
+SPLITS = {"split", torch.split, "chunk", torch.chunk, *aten("split.Tensor", "split_with_sizes.default", "chunk.default")}
 
 
 def _new_shape(plan, name: str, old: tuple) -> list[int]:
@@ -57,7 +60,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             node.args, node.kwargs = (x, sizes), {"dim": dim}
             modified = True
             notes.append(f"{node.name}: split sizes → {sizes}")
-        elif node.target in (F.conv1d, F.conv2d, F.conv3d):
+        elif node.target in CONVS:
             x = node.args[0]
             groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
             cin_old = shapes[x.name][1]

@@ -132,6 +132,17 @@ def resizer(*classes: type) -> Callable:
     return deco
 
 
+def aten(*names: str) -> list:
+    """ATen overloads by name ("conv2d.default"); names this torch lacks are skipped."""
+    out = []
+    for n in names:
+        op, _, overload = n.partition(".")
+        packet = getattr(torch.ops.aten, op, None)
+        if packet is not None and hasattr(packet, overload or "default"):
+            out.append(getattr(packet, overload or "default"))
+    return out
+
+
 def op_key(node: fx.Node, gm: fx.GraphModule) -> Any:
     if node.op == "call_module":
         return type(gm.get_submodule(node.target))

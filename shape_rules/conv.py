@@ -5,7 +5,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
-from slimc.shape_rules import Coupling, OpView, Unsupported, arange, resizer, shape_rule
+from slimc.shape_rules import Coupling, OpView, Unsupported, aten, arange, resizer, shape_rule
 
 SPATIAL = "spatial dim mixed by the convolution kernel"
 
@@ -33,7 +33,8 @@ def _spatial(c: Coupling, op: OpView, x) -> None:
         c.barrier(op.out(d), SPATIAL)
 
 
-@shape_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, F.conv1d, F.conv2d, F.conv3d)
+@shape_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, F.conv1d, F.conv2d, F.conv3d,
+            *aten("conv1d.default", "conv2d.default", "conv3d.default"))
 def conv(op: OpView) -> Coupling | Unsupported:
     """out channels ← weight rows (source); in channels → weight cols (sink); bias follows."""
     parts = _conv_slots(op)
@@ -73,21 +74,31 @@ def _tie(slot, a_idx, b_idx):
     return Link("tie", slot, slot, a_idx, b_idx, term=None)
 
 
-@shape_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+@shape_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, F.conv_transpose1d, F.conv_transpose2d,
+            F.conv_transpose3d, *aten("conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input"))
 def conv_transpose(op: OpView) -> Coupling | Unsupported:
     """Transposed conv: weight is (in, out/groups, *k): rows sink the input, cols source the output."""
-    m = op.module
-    if m.groups != 1:
+    if op.module is not None:
+        groups = op.module.groups
+        w = lambda d: op.p("weight", d)  # noqa: E731
+        b = (lambda d: op.p("bias", d)) if op.module.bias is not None else None
+    else:
+        wn, bn, groups = op.arg(1, "weight"), op.arg(2, "bias"), op.arg(6, "groups", 1)
+        if not op.is_param(wn) or (bn is not None and not op.is_param(bn)):
+            return Unsupported("functional transposed conv with a computed weight or bias")
+        w = lambda d: op.slot(wn, d)  # noqa: E731
+        b = (lambda d: op.slot(bn, d)) if bn is not None else None
+    if groups != 1:
         return Unsupported("grouped ConvTranspose is not supported yet")
     x = op.arg(0, "input")
     if len(op.shape(x)) < 3:
         return Unsupported("unbatched convolution input")
     c = Coupling().flow(op.slot(x, 0), op.out(0))
     _spatial(c, op, x)
-    c.param("sink", op.p("weight", 0), op.slot(x, 1))
-    c.param("source", op.p("weight", 1), op.out(1))
-    if m.bias is not None:
-        c.param("follower", op.p("bias", 0), op.out(1), term=1)
+    c.param("sink", w(0), op.slot(x, 1))
+    c.param("source", w(1), op.out(1))
+    if b is not None:
+        c.param("follower", b(0), op.out(1), term=1)
     return c
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from slimc.shape_rules import Coupling, OpView, Unsupported, identity_all, resizer, shape_rule, zero_preserving
+from slimc.shape_rules import Coupling, OpView, Unsupported, aten, identity_all, resizer, shape_rule, zero_preserving
 
 UNARY_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -24,6 +24,14 @@ UNARY_FUNCTIONS = (
     torch.square, torch.sin, torch.cos, torch.erf, torch.clamp, torch.clip, torch.pow,
     torch.nn.functional.relu_, torch.relu_, torch.erf, operator.neg, torch.nn.functional.threshold,
 )
+UNARY_ATEN = tuple(aten(
+    "relu.default", "relu_.default", "relu6.default", "hardtanh.default", "hardtanh_.default", "leaky_relu.default",
+    "elu.default", "gelu.default", "silu.default", "silu_.default", "mish.default", "hardswish.default",
+    "hardswish_.default", "hardsigmoid.default", "sigmoid.default", "tanh.default", "softplus.default",
+    "dropout.default", "clone.default", "contiguous.default", "alias.default", "exp.default", "abs.default",
+    "neg.default", "sqrt.default", "rsqrt.default", "clamp.default", "pow.Tensor_Scalar", "_to_copy.default",
+    "to.dtype", "erf.default",
+))
 UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "tanh", "exp", "abs", "neg", "sqrt", "rsqrt", "square", "sin",
     "cos", "erf", "clamp", "clamp_", "clip", "pow", "contiguous", "clone", "detach", "float",
@@ -46,7 +54,7 @@ def _unary_fn(op: OpView):
     return lambda t: op.node.target(t, *rest, **op.node.kwargs)
 
 
-@shape_rule(*UNARY_MODULES, *UNARY_FUNCTIONS, *UNARY_METHODS)
+@shape_rule(*UNARY_MODULES, *UNARY_FUNCTIONS, *UNARY_METHODS, *UNARY_ATEN)
 def unary(op: OpView) -> Coupling | Unsupported:
     """Elementwise unary: every dim passes one-to-one (zero kept iff f(0) == 0, checked)."""
     x = op.arg(0, "input")
@@ -108,7 +116,8 @@ def _is_tensor(op: OpView, x) -> bool:
     return isinstance(x, fx.Node) and op.shape(x) is not None
 
 
-@shape_rule(operator.add, operator.iadd, torch.add, "add", "add_", operator.sub, operator.isub, torch.sub, "sub", "sub_")
+@shape_rule(operator.add, operator.iadd, torch.add, "add", "add_", operator.sub, operator.isub, torch.sub, "sub", "sub_",
+            *aten("add.Tensor", "add_.Tensor", "sub.Tensor", "sub_.Tensor", "add.Scalar", "sub.Scalar"))
 def add(op: OpView) -> Coupling | Unsupported:
     """a ± b: operands' channels join one group; each operand is its own term.
     A learned tensor added into the stream is a source."""
@@ -126,7 +135,7 @@ def add(op: OpView) -> Coupling | Unsupported:
     return c
 
 
-@shape_rule(operator.mul, operator.imul, torch.mul, "mul", "mul_")
+@shape_rule(operator.mul, operator.imul, torch.mul, "mul", "mul_", *aten("mul.Tensor", "mul_.Tensor", "mul.Scalar"))
 def mul(op: OpView) -> Coupling | Unsupported:
     """a * b: one term, each operand a factor: a channel is dead (zero) when either side is.
     A learned per-channel scale (layer scale) follows."""
@@ -140,7 +149,7 @@ def mul(op: OpView) -> Coupling | Unsupported:
     return c
 
 
-@shape_rule(operator.truediv, operator.itruediv, torch.div, "div", "div_")
+@shape_rule(operator.truediv, operator.itruediv, torch.div, "div", "div_", *aten("div.Tensor", "div_.Tensor", "div.Scalar"))
 def div(op: OpView) -> Coupling | Unsupported:
     """a / b: zero and dead follow the numerator; the denominator's channels join (tie only)."""
     a, b = _operands(op)

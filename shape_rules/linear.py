@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from slimc.shape_rules import Coupling, OpView, Unsupported, resizer, shape_rule
+from slimc.shape_rules import Coupling, OpView, Unsupported, aten, resizer, shape_rule
 
 
-@shape_rule(nn.Linear, F.linear)
+@shape_rule(nn.Linear, F.linear, *aten("linear.default"))
 def linear(op: OpView) -> Coupling | Unsupported:
     """out features ← weight rows (source); in features → weight cols (sink); leading dims pass."""
     x = op.arg(0, "input")

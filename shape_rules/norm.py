@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from slimc.shape_rules import Blocks, Coupling, NeedsZero, OpView, Unsupported, resizer, shape_rule
+import torch.nn.functional as F
+
+from slimc.shape_rules import Blocks, Coupling, NeedsZero, OpView, Unsupported, aten, resizer, shape_rule
 
 BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
       nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -63,6 +65,35 @@ def layernorm(op: OpView) -> Coupling | Unsupported:
         c.flow(op.slot(x, d), op.out(d), zero_ok=False)
     _affine(c, op, op.out(-1))
     c.constraints.append(NeedsZero(op.slot(x, -1), f"LayerNorm '{op.node.target}' averages over its channels"))
+    return c
+
+
+# functional forms: positions of (weight, bias, running_mean, running_var) among the args
+_FUNCTIONAL_BN = {F.batch_norm: (3, 4, 1, 2)}
+for _op in aten("batch_norm.default"):
+    _FUNCTIONAL_BN[_op] = (1, 2, 3, 4)
+for _op in aten("_native_batch_norm_legit_no_training.default"):
+    _FUNCTIONAL_BN[_op] = (1, 2, 3, 4)
+
+
+@shape_rule(*_FUNCTIONAL_BN)
+def batchnorm_functional(op: OpView) -> Coupling | Unsupported:
+    """Functional / ATen batch norm: the same per-channel coupling, params as graph attributes."""
+    x = op.arg(0, "input")
+    xs = op.shape(x)
+    if not isinstance(op.out_shape, tuple) or xs is None or len(xs) < 2:
+        return Unsupported("batch norm with several results or an unbatched input")
+    c = Coupling()
+    for d in range(len(xs)):
+        c.flow(op.slot(x, d), op.out(d), zero_ok=False)
+    terms = (0, 1, None, None)
+    for pos, term in zip(_FUNCTIONAL_BN[op.node.target], terms):
+        p = op.arg(pos)
+        if p is None:
+            continue
+        if not op.is_param(p):
+            return Unsupported("batch norm whose weight/bias/statistics are computed tensors")
+        c.param("follower", op.slot(p, 0), op.out(1), term=term)
     return c
 
 

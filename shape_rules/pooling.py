@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from slimc.shape_rules import Coupling, OpView, Unsupported, shape_rule
+from slimc.shape_rules import Coupling, OpView, Unsupported, aten, shape_rule
 
 POOL_MODULES = {
     nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
@@ -18,6 +18,13 @@ POOL_FUNCTIONS = {
     F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3,
     F.adaptive_max_pool1d: 1, F.adaptive_max_pool2d: 2, F.adaptive_max_pool3d: 3,
 }
+
+for _name, _k in [("max_pool1d.default", 1), ("max_pool2d.default", 2), ("max_pool3d.default", 3),
+                  ("avg_pool1d.default", 1), ("avg_pool2d.default", 2), ("avg_pool3d.default", 3),
+                  ("adaptive_avg_pool1d.default", 1), ("adaptive_avg_pool2d.default", 2),
+                  ("adaptive_avg_pool3d.default", 3), ("_adaptive_avg_pool2d.default", 2)]:
+    for _op in aten(_name):
+        POOL_FUNCTIONS[_op] = _k
 
 
 def _spatial_count(op: OpView) -> int | None:
@@ -48,7 +55,9 @@ def _channels_pass(op: OpView, x, n_lead: int, why: str, *, zero_ok: bool = True
     return c
 
 
-@shape_rule(nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, F.interpolate, F.upsample)
+@shape_rule(nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, F.interpolate, F.upsample,
+            *aten("upsample_bilinear2d.vec", "upsample_nearest2d.vec", "upsample_bilinear2d.default",
+                  "upsample_nearest2d.default", "upsample_bicubic2d.vec"))
 def resample(op: OpView) -> Coupling | Unsupported:
     """Upsample / interpolate: batch and channel dims pass; spatial dims are resampled (fixed)."""
     x = op.arg(0, "input")
@@ -74,7 +83,8 @@ def _dims(op: OpView, nd: int) -> list[int] | None:
     return None
 
 
-@shape_rule(torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin")
+@shape_rule(torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin",
+            *aten("mean.dim", "sum.dim_IntList", "amax.default", "amin.default"))
 def reduce(op: OpView) -> Coupling | Unsupported:
     """Reduction: kept dims pass one-to-one; reduced dims become fixed (their channels are mixed)."""
     x = op.arg(0, "input")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from slimc.shape_rules import Coupling, OpView, Reshape, Unsupported, shape_rule
+from slimc.shape_rules import Coupling, OpView, Reshape, Unsupported, aten, shape_rule
 
 
 def blocks(ins: tuple, outs: tuple) -> list[tuple[list[int], list[int]]] | None:
@@ -45,6 +45,8 @@ def blocks(ins: tuple, outs: tuple) -> list[tuple[list[int], list[int]]] | None:
 @shape_rule(
     "view", "reshape", torch.reshape, "flatten", torch.flatten, nn.Flatten, nn.Unflatten,
     "squeeze", torch.squeeze, "unsqueeze", torch.unsqueeze, "unflatten", torch.unflatten,
+    *aten("view.default", "reshape.default", "_unsafe_view.default", "flatten.using_ints", "squeeze.dim",
+          "squeeze.dims", "squeeze.default", "unsqueeze.default", "unflatten.int"),
 )
 def reshape(op: OpView) -> Coupling | Unsupported:
     """Reshape: pass 1↔1 dims, record merges/splits for propagation to resolve."""

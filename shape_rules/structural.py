@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch import fx
 
-from slimc.shape_rules import Coupling, OpView, Unsupported, arange, shape_rule
+from slimc.shape_rules import Coupling, OpView, Unsupported, aten, arange, shape_rule
 
 
-@shape_rule(torch.cat, torch.concat, torch.concatenate)
+@shape_rule(torch.cat, torch.concat, torch.concatenate, *aten("cat.default"))
 def cat(op: OpView) -> Coupling | Unsupported:
     """cat: along ``dim`` each input maps to its offset range; other dims pass (one term each)."""
     xs = op.arg(0, "tensors")
@@ -33,7 +33,8 @@ def cat(op: OpView) -> Coupling | Unsupported:
     return c
 
 
-@shape_rule(torch.split, "split", torch.chunk, "chunk", torch.tensor_split, "tensor_split")
+@shape_rule(torch.split, "split", torch.chunk, "chunk", torch.tensor_split, "tensor_split",
+            *aten("split.Tensor", "split_with_sizes.default", "chunk.default"))
 def split(op: OpView) -> Coupling | Unsupported:
     """split / chunk: each piece is an offset range of the input along ``dim``."""
     x = op.arg(0, "input")
@@ -124,7 +125,7 @@ def _index(op: OpView, x: fx.Node, k) -> Coupling | Unsupported:
 
 def _perm(op: OpView, nd: int) -> list[int] | None:
     t = op.node.target
-    if t in ("transpose", torch.transpose, "swapaxes", torch.swapaxes):
+    if t in ("transpose", torch.transpose, "swapaxes", torch.swapaxes, *aten("transpose.int")):
         d0, d1 = op.arg(1, "dim0"), op.arg(2, "dim1")
         if not (isinstance(d0, int) and isinstance(d1, int)):
             return None
@@ -134,6 +135,8 @@ def _perm(op: OpView, nd: int) -> list[int] | None:
     if t == "t":
         return list(range(nd))[::-1]
     dims = op.node.args[1:] if t == "permute" else op.arg(1, "dims")
+    if t in aten("permute.default"):
+        dims = op.arg(1, "dims")
     if t == "permute" and len(dims) == 1 and isinstance(dims[0], (list, tuple)):
         dims = dims[0]
     if not isinstance(dims, (list, tuple)) or not all(isinstance(d, int) for d in dims):
@@ -141,7 +144,8 @@ def _perm(op: OpView, nd: int) -> list[int] | None:
     return [d % nd for d in dims]
 
 
-@shape_rule("transpose", torch.transpose, "permute", torch.permute, "t", "swapaxes", torch.swapaxes)
+@shape_rule("transpose", torch.transpose, "permute", torch.permute, "t", "swapaxes", torch.swapaxes,
+            *aten("transpose.int", "permute.default"))
 def permute(op: OpView) -> Coupling | Unsupported:
     """transpose / permute: output dim i is input dim perm[i], one-to-one."""
     x = op.arg(0, "input")
@@ -155,7 +159,7 @@ def permute(op: OpView) -> Coupling | Unsupported:
     return c
 
 
-@shape_rule("size", "dim", "numel", getattr, "type", "__len__", len)
+@shape_rule("size", "dim", "numel", getattr, "type", "__len__", len, *aten("sym_size.int", "sym_numel.default"))
 def shape_query(op: OpView) -> Coupling | Unsupported:
     """Shape queries read sizes at run time, so the slim model reads the slim sizes."""
     if op.out_shape is not None:

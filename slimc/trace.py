@@ -68,8 +68,21 @@ def trace_fx(model: nn.Module) -> fx.GraphModule:
 
 
 def trace_export(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
-    ep = torch.export.export(model, example_inputs, strict=False)
-    return ep.module()
+    was = model.training
+    dyn = tuple({0: torch.export.Dim.AUTO} if isinstance(t, torch.Tensor) and t.dim() else None for t in example_inputs)
+    ep = torch.export.export(model.eval(), example_inputs, dynamic_shapes=dyn, strict=False)
+    model.train(was)
+    unlifted = ep.module()
+    # the unlifted module refuses .train()/.eval(); a plain GraphModule over the same graph does not
+    gm = fx.GraphModule(unlifted, unlifted.graph, model.__class__.__name__)
+    # export's input guards pin the example's shapes (batch size included): drop them
+    for n in list(gm.graph.nodes):
+        if n.op == "call_module" and type(gm.get_submodule(n.target)).__name__ == "GuardsFn" and not n.users:
+            gm.graph.erase_node(n)
+            gm.delete_submodule(n.target)
+    gm.recompile()
+    gm.train(was)
+    return gm
 
 
 def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto") -> Traced:

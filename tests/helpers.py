@@ -221,18 +221,19 @@ def assert_contract(model: nn.Module, masks: Any, inputs: Any, *, n_inputs: int 
         f"slim module training={res.module.training}, original training={model.training}")
 
     # (b) final masks ⊇ user masks
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters())  # tied params once, as parameters() counts them
+    all_params = dict(model.named_parameters(remove_duplicate=False))  # every name a mask may use
     user = flat_user_masks(masks)
     for fqn, um in user.items():
         assert fqn in res.masks, f"user masked '{fqn}' but it is missing from the final masks"
         fm = res.masks[fqn]
-        assert tuple(fm.shape) == tuple(params[fqn].shape), f"final mask '{fqn}' has shape {tuple(fm.shape)}"
+        assert tuple(fm.shape) == tuple(all_params[fqn].shape), f"final mask '{fqn}' has shape {tuple(fm.shape)}"
         unzeroed = (~um) & (fm != 0)
         assert not bool(unzeroed.any()), (
             f"final masks un-zero {int(unzeroed.sum())} user-masked entries of '{fqn}'")
     for fqn, fm in res.masks.items():
-        assert fqn in params, f"final mask for unknown param '{fqn}'"
-        assert tuple(fm.shape) == tuple(params[fqn].shape), f"final mask '{fqn}' has shape {tuple(fm.shape)}"
+        assert fqn in all_params, f"final mask for unknown param '{fqn}'"
+        assert tuple(fm.shape) == tuple(all_params[fqn].shape), f"final mask '{fqn}' has shape {tuple(fm.shape)}"
 
     # (c) parameter count and shapes implied by the plan; every removed slice is masked;
     #     slim params are the masked originals sliced at the kept indices
@@ -291,7 +292,7 @@ def removed_idx(res, model: nn.Module, fqn: str, dim: int = 0) -> set[int]:
     k = res.plan.kept_idx(("p", fqn, dim))
     if k is None:
         return set()
-    n = dict(model.named_parameters())[fqn].shape[dim]
+    n = dict(model.named_parameters(remove_duplicate=False))[fqn].shape[dim]
     return set(range(n)) - set(np.asarray(k).tolist())
 
 

@@ -11,7 +11,7 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 import slimc
-from helpers import assert_contract, n_params, random_filter_masks, to_nni, torch_prune_masks
+from helpers import assert_contract, n_params, random_filter_masks, removed_idx, to_nni, torch_prune_masks
 from slimc.errors import LoadError, MaskError
 from slimc.masks import MaskSet, load_masks, normalize, save_masks
 
@@ -166,12 +166,20 @@ def test_unstructured_zeros_are_counted_and_kept(model):
     assert w[3, 0, 1, 1] == 0 and w[4, 2, 0, 0] == 0
 
 
-def test_follower_masks_alone_remove_nothing(model):
-    """Masking only BN γ/β (followers) does not create a removable channel in channel mode."""
+def test_follower_masks(model):
+    """BN β alone masked: γ·x̂ keeps the channel alive, nothing may go. BN γ masked
+    (network slimming): removing the channel is allowed, not required — if it goes, its
+    β and its conv row are zeroed in the final masks (assert_contract checks that every
+    removed slice is masked) and the slim model is exact."""
     g = torch.ones(8)
     g[[0, 1]] = 0
-    res = assert_contract(model, {"bn1.weight": g, "bn1.bias": g.clone()}, X)
+    res = assert_contract(model, {"bn1.bias": g}, X)
     assert n_params(res.module) == n_params(model)
+    for masks in ({"bn1.weight": g}, {"bn1.weight": g, "bn1.bias": g.clone()}):
+        res = assert_contract(model, masks, X)
+        gone = removed_idx(res, model, "bn1.weight")
+        assert gone in (set(), {0, 1})
+        assert removed_idx(res, model, "conv1.weight") == gone
 
 
 @pytest.mark.xfail(reason="BUG: a mask on a parameter the forward never uses crashes compile with a bare "

@@ -8,6 +8,8 @@ BN affine, at random densities. The DESIGN.md contract must hold for every draw.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -18,10 +20,17 @@ hyp = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+import slimc  # noqa: E402
 from helpers import assert_contract, n_params, outputs_diff  # noqa: E402
 from slimc.verify import masked_copy  # noqa: E402
 
-PROPS = settings(max_examples=25, deadline=None, derandomize=True, print_blob=True)
+# CI: 25 derandomized examples. Bug hunting: SLIMC_PROP_EXAMPLES=500 SLIMC_PROP_RANDOM=1
+PROPS = settings(
+    max_examples=int(os.environ.get("SLIMC_PROP_EXAMPLES", "25")),
+    deadline=None,
+    derandomize=not os.environ.get("SLIMC_PROP_RANDOM"),
+    print_blob=True,
+)
 WIDTH = st.integers(4, 16)
 X_SHAPE = (2, 3, 8, 8)
 
@@ -172,10 +181,11 @@ def _pairs(model: nn.Module):
 
 
 @st.composite
-def structured_masks(draw, model: nn.Module, *, whole_channels: float = 0.3):
+def structured_masks(draw, model: nn.Module, *, whole_channels: float = 0.3, followers: float = 0.2):
     """Random rows per layer (density in [0, 0.9], at least one kept), sometimes sink
     columns; with probability ``whole_channels`` also the bias and following BN γ/β
-    (so exact mode can prove the channel zero)."""
+    (so exact mode can prove the channel zero); with probability ``followers`` random
+    BN γ and/or β entries on their own."""
     mods = dict(model.named_modules())
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     masks: dict[str, torch.Tensor] = {}
@@ -199,6 +209,12 @@ def structured_masks(draw, model: nn.Module, *, whole_channels: float = 0.3):
                         t = torch.ones(n)
                         t[torch.as_tensor(rows)] = 0
                         masks[f"{bn}.{p}"] = t
+        if bn is not None and draw(st.floats(0, 1)) < followers:
+            # follower masks on their own (network slimming masks BN γ): γ and/or β
+            for p in draw(st.sampled_from([("weight",), ("bias",), ("weight", "bias")])):
+                t = masks.get(f"{bn}.{p}", torch.ones(n)).clone()
+                t[torch.as_tensor(rng.choice(n, size=int(rng.integers(1, n)), replace=False))] = 0
+                masks[f"{bn}.{p}"] = t
         if w.shape[1] > 1 and draw(st.booleans()):
             cols = rng.choice(w.shape[1], size=int(rng.integers(0, w.shape[1])), replace=False)
             mk[:, torch.as_tensor(cols, dtype=torch.long)] = 0
@@ -235,14 +251,17 @@ def test_exact_mode_equals_the_user_masked_model(data):
 
 @PROPS
 @given(data=st.data())
-def test_channel_mode_is_idempotent(data):
-    """Compiling again with the final masks removes exactly the same channels."""
+def test_recompiling_with_final_masks_is_monotone(data):
+    """Compiling again with the final masks never brings anything back: the second
+    final masks ⊇ the first, the model is no larger, and the contract still holds.
+
+    (It is not always a fixed point: removing a channel zeroes its sink columns, and a
+    row whose remaining columns the user had masked becomes a whole masked filter the
+    second time round. DESIGN.md does not promise idempotence.)"""
     model, desc = data.draw(architectures(), label="architecture")
     masks = data.draw(structured_masks(model), label="masks")
-    import slimc
-
     r1 = slimc.compile(model, masks, (_x(),), verify=False, allow_empty=True)
-    r2 = slimc.compile(model, r1.masks, (_x(),), verify=False, allow_empty=True)
-    assert n_params(r2.module) == n_params(r1.module)
+    r2 = assert_contract(model, r1.masks, (_x(),), allow_empty=True)
+    assert n_params(r2.module) <= n_params(r1.module)
     for k, v in r1.masks.items():
-        assert torch.equal(r2.masks[k] != 0, v != 0), k
+        assert not bool(((v == 0) & (r2.masks[k] != 0)).any()), k
