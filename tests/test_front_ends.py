@@ -9,7 +9,10 @@ from slimc import zoo
 from slimc.prune import group_masks
 
 
-@pytest.mark.parametrize("name", ["resnet_tiny", "mobilenetv2_small", "shufflenetv2_small", "senet_small", "unet_small", "densenet_small"])
+@pytest.mark.parametrize("name", [
+    "resnet_tiny", "shufflenetv2_small",
+    *(pytest.param(n, marks=pytest.mark.slow) for n in ["mobilenetv2_small", "senet_small", "unet_small", "densenet_small"]),
+])
 def test_export_front_end_matches_fx(name):
     model, x = zoo.build(name), zoo.example_inputs(name)
     masks = group_masks(model, x, 0.5)
