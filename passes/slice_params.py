@@ -34,6 +34,13 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
     notes: list[str] = []
     modified = False
     done: set[str] = set()
+    shared: dict[int, nn.Parameter] = {}  # tied weights stay tied: one sliced Parameter per original
+
+    def param(orig: torch.Tensor, sliced: torch.Tensor) -> nn.Parameter:
+        if id(orig) not in shared:
+            shared[id(orig)] = nn.Parameter(sliced, requires_grad=orig.requires_grad)
+        return shared[id(orig)]
+
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target not in done:
             done.add(node.target)
@@ -53,7 +60,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             new._buffers = dict(mod._buffers)
             for name, s in new_tensors.items():
                 if name in mod._parameters:
-                    new._parameters[name] = nn.Parameter(s, requires_grad=mod._parameters[name].requires_grad)
+                    new._parameters[name] = param(mod._parameters[name], s)
                 else:
                     new._buffers[name] = s
             sizes = {name: tuple(t.shape) for name, t in [*new._parameters.items(), *new._buffers.items()] if t is not None}
@@ -66,7 +73,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             if isinstance(t, torch.Tensor):
                 s = _sliced(t.detach(), node.target, plan)
                 if s is not None:
-                    val = nn.Parameter(s, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else s
+                    val = param(t, s) if isinstance(t, nn.Parameter) else s
                     _set(gm, node.target, val)
                     modified = True
     return PassResult(gm, modified, notes)

@@ -39,12 +39,18 @@ UNARY_METHODS = (
 )
 
 
+_ZERO_KEEPING_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
+_ZERO_KEEPING_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d)
+
+
 def _unary_fn(op: OpView):
     """The op as a function of its first input, other args fixed (None if they are tensors)."""
+    if isinstance(op.module, _ZERO_KEEPING_MODULES) or op.node.target in _ZERO_KEEPING_FUNCTIONS:
+        return lambda t: t  # dropout scales kept entries: zeros stay zeros, whatever the mode
     if op.module is not None:
         return op.module
     rest = op.node.args[1:]
-    if any(isinstance(a, fx.Node) for a in rest) or any(isinstance(v, fx.Node) for v in op.node.kwargs.values()):
+    if any(isinstance(a, fx.Node) and a.op != "get_attr" for a in rest) or any(isinstance(v, fx.Node) for v in op.node.kwargs.values()):
         return None
     if op.node.op == "call_method":
         name = op.node.target

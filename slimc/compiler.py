@@ -1,6 +1,7 @@
 """``slimc.compile``: model + masks → physically slim, verified model."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -58,6 +59,35 @@ class CompileResult:
         return paths
 
 
+def without_prune_hooks(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with torch.nn.utils.prune reparametrizations made permanent
+    (``weight = weight_orig * weight_mask``); the model itself if it has none."""
+    from torch.nn.utils import prune
+
+    hooked = [(name, mod, h) for name, mod in model.named_modules() for h in mod._forward_pre_hooks.values()
+              if isinstance(h, prune.BasePruningMethod)]
+    if not hooked:
+        return model
+    saved = []
+    for _, mod, h in hooked:  # computed attributes cannot be deep-copied: lift them out for the copy
+        for hh in getattr(h, "_pruning_methods", [h]):
+            name = hh._tensor_name
+            if name in mod.__dict__:
+                saved.append((mod, name, mod.__dict__.pop(name)))
+    try:
+        clean = copy.deepcopy(model)
+    finally:
+        for mod, name, val in saved:
+            setattr(mod, name, val)
+    for name, mod in clean.named_modules():
+        for h in [h for h in mod._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]:
+            for hh in getattr(h, "_pruning_methods", [h]):
+                name = hh._tensor_name
+                setattr(mod, name, getattr(mod, name + "_orig") * getattr(mod, name + "_mask"))
+            prune.remove(mod, h._tensor_name)
+    return clean
+
+
 def expected_params(p: RemovalPlan) -> int:
     total = 0
     for fqn, t in p.dg.gm.named_parameters():
@@ -81,7 +111,9 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     times: dict[str, float] = {}
     t = time.perf_counter()
     user = normalize(masks, model)
+    model = without_prune_hooks(model)
     traced = trace(model, inputs, front_end)
+    used_params = count_params(traced.gm)
     times["trace"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -109,16 +141,20 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     if bad:
         raise VerifyError(f"internal: final masks would un-zero user-masked entries of {bad[0]}")
     got_params = count_params(slim)
+    unused = count_params(model) - used_params
+    approximate = renorm and any("--renorm" in n for n in notes)
     report: dict[str, Any] = {
         "model": name or type(model).__name__,
         "mode": mode,
         "front_end": traced.front_end,
-        "params": {"before": count_params(model), "after": got_params, "expected_after": want_params},
+        "params": {"before": used_params, "after": got_params, "expected_after": want_params,
+                   "unused_dropped": unused},
         "groups_removed": p.n_groups_removed,
         "kept": p.kept_reasons,
         "barriers": graph_mod.unsupported_table(dg),
         "unstructured_zeros": user.unstructured_zeros(),
-        "notes": [*traced.notes, *p.notes, *notes],
+        "notes": [*traced.notes, *p.notes, *notes,
+                  *([f"{unused:,} params of modules forward() never uses are not in the slim model"] if unused else [])],
         "times_s": times,
     }
     if verify:
@@ -130,10 +166,12 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         except Exception as e:
             raise VerifyError(f"the slim model failed to run: {type(e).__name__}: {e}".splitlines()[0]) from e
         times["verify"] = time.perf_counter() - t
-        report["verify"] = chk.to_dict()
-        if got_params != want_params and not renorm:
+        report["verify"] = {**chk.to_dict(), "approximate": approximate}
+        if got_params != want_params:
             raise VerifyError(f"the slim model has {got_params:,} params, the kept indices imply {want_params:,}")
-        if not chk.ok:
+        if approximate:
+            report["notes"].append(f"--renorm: approximate LayerNorm, measured max abs diff {chk.max_abs_diff:.3g}")
+        elif not chk.ok:
             raise VerifyError(
                 f"the slim model differs from the masked model by {chk.max_abs_diff:.3g} "
                 f"(tolerance {chk.tolerance:.3g}): please report this model; use --debug for details"

@@ -78,7 +78,7 @@ def _source_line(node: fx.Node) -> str:
     st = node.meta.get("stack_trace") or ""
     lines = [ln.strip() for ln in st.strip().splitlines() if ln.strip()]
     for i in range(len(lines) - 1, -1, -1):
-        if lines[i].startswith("File "):
+        if lines[i].startswith("File ") and "/torch/" not in lines[i] and "/site-packages/torch" not in lines[i]:
             parts = lines[i].split('"')
             fname = parts[1].rsplit("/", 1)[-1] if len(parts) > 1 else "?"
             lineno = lines[i].split("line ")[-1].split(",")[0]

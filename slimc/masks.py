@@ -66,7 +66,8 @@ class MaskSet:
         params = dict(model.named_parameters(remove_duplicate=False))
         with torch.no_grad():
             for fqn, m in self.masks.items():
-                params[fqn].mul_(m.to(params[fqn].dtype))
+                if fqn in params:  # a traced graph drops modules forward() never uses
+                    params[fqn].mul_(m.to(params[fqn].dtype))
         return model
 
     def to_state(self) -> dict[str, torch.Tensor]:
@@ -146,6 +147,8 @@ def _closest(name: str, params: Mapping[str, object]) -> str | None:
 def load_masks(path: str | os.PathLike) -> dict[str, object]:
     """Read a masks file (.pth/.pt with weights_only=True, or .safetensors)."""
     p = Path(path)
+    if p.is_dir():
+        raise LoadError(f"masks path '{p}' is a folder: pass the path of a .pth or .safetensors file")
     if not p.is_file():
         raise LoadError(f"masks file '{p}' does not exist: pass the path of a .pth or .safetensors file")
     try:

@@ -54,6 +54,14 @@ class RemovalPlan:
         return self.dg.size[slot] if k is None else len(k)
 
 
+def param_aliases(dg: DependencyGraph) -> list[list[str]]:
+    """Names that refer to one shared Parameter (tied weights), each list with ≥ 2 names."""
+    by_id: dict[int, list[str]] = {}
+    for fqn, t in dg.gm.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(t), []).append(fqn)
+    return [v for v in by_id.values() if len(v) > 1]
+
+
 class _Union:
     def __init__(self, n: int):
         self.n = n
@@ -103,6 +111,11 @@ class Propagation:
         self.uf = _Union(n)
         for _, ln, a, b in self.links:
             self.uf.add(a, b)
+        self.aliases = param_aliases(dg)
+        for names in self.aliases:  # one tensor under several names: one set of channels
+            for other in names[1:]:
+                for d in range(len(dg.gm.get_parameter(names[0]).shape)):
+                    self.uf.add(dg.ids(("p", names[0], d)), dg.ids(("p", other, d)))
         self.products: list[ProductFact] = []
         self.group = self.uf.labels()
         self._resolve_reshapes()
@@ -311,10 +324,32 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
         return True
 
     cons = list(_constraints(dg))
-    axis_groups = np.zeros(ng, bool)
+    # Reshape products: an element (i, j, …) of a merged/split dim lives iff every axis index
+    # lives. Elements that carry sources (a shuffled channel) are *primary*: their axes follow
+    # them and the kept set stays a rectangle. Elements without sources (features of a
+    # flatten of two channel dims) are *derived*: they go with any of their axes.
+    has_src = _any_by_group(P.is_source, grp, ng)
+    pfs = []
     for pf in P.products:
-        for c in pf.coords:
-            axis_groups[grp[c]] = True
+        bg = grp[pf.big]
+        ax = [grp[c] for c in pf.coords]
+        pfs.append((pf, bg, ~has_src[bg] & ~gbar[bg], ax, [has_src[a] | gbar[a] for a in ax]))
+
+    def axis_kept(pf, derived, ax, primary_ax) -> np.ndarray:
+        """Per big element: is every axis index it sits on kept?"""
+        kept_el = ~removed_g[grp]
+        lead = kept_el[pf.big] & ~derived
+        rect = np.ones(len(pf.big), bool)
+        for a, prim in zip(ax, primary_ax):
+            if derived.all():
+                proj_ok = np.ones(len(a), bool)  # nothing leads: source-less axes stay
+            else:
+                proj = np.zeros(ng, bool)
+                proj[a[lead]] = True
+                proj_ok = proj[a]
+            rect &= np.where(prim, ~removed_g[a], proj_ok) | gbar[a]
+        return rect
+
     for _ in range(100):
         changed = False
         kept_el = ~removed_g[grp]
@@ -324,18 +359,15 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
                 partial = kept_el[ids].any(axis=1) & ~kept_el[ids].all(axis=1)
                 if partial.any():
                     changed |= keep(grp[ids[partial].reshape(-1)], c.why)
-        for pf in P.products:
-            big_kept = kept_el[pf.big]
-            axis_kept = np.zeros(ng, bool)
-            for co in pf.coords:
-                axis_kept[grp[co[big_kept]]] = True
-                axis_kept |= gbar  # a fixed axis keeps all its indices
-            rect = np.ones(len(pf.big), bool)
-            for co in pf.coords:
-                rect &= axis_kept[grp[co]]
-            grow = rect & ~big_kept
+        for pf, bg, derived, ax, primary_ax in pfs:
+            lead = kept_el[pf.big] & ~derived
+            for a, prim in zip(ax, primary_ax):  # a kept primary element keeps its axes
+                changed |= keep(a[lead & prim], f"{pf.why}: kept set must stay a rectangle")
+            kept_el = ~removed_g[grp]
+            rect = axis_kept(pf, derived, ax, primary_ax)
+            grow = rect & ~kept_el[pf.big] & ~derived
             if grow.any():
-                changed |= keep(grp[pf.big[grow]], f"{pf.why}: kept set must stay a rectangle")
+                changed |= keep(bg[grow], f"{pf.why}: kept set must stay a rectangle")
         needs = [c for c in cons if isinstance(c, NeedsZero) and c.slot in dg.offset]
         if needs and mode == "channel":
             param_zero = P.user_masked | (removed_g[grp] & param_el)
@@ -347,15 +379,18 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
                     changed |= keep(grp[ids[bad]], f"{c.why}: the removed channel is not zero at its input")
         if not changed:
             break
-    # axis-only groups (split dims of a rectangle) go with their rows/columns
+    # derived elements and source-less axes follow the rectangle
     kept_el = ~removed_g[grp]
-    for pf in P.products:
-        axis_kept = np.zeros(ng, bool)
-        for co in pf.coords:
-            axis_kept[grp[co[kept_el[pf.big]]]] = True
-        for co in pf.coords:
-            g = grp[co]
-            removed_g[g] = ~axis_kept[g] & ~gbar[g]
+    for pf, bg, derived, ax, primary_ax in pfs:
+        rect = axis_kept(pf, derived, ax, primary_ax)
+        removed_g[bg[derived]] = ~rect[derived]
+        lead = kept_el[pf.big] & ~derived
+        if lead.any() or not derived.all():
+            for a, prim in zip(ax, primary_ax):
+                proj = np.zeros(ng, bool)
+                proj[a[lead]] = True
+                sel = ~prim
+                removed_g[a[sel]] = ~proj[a[sel]]
     removed = removed_g[grp]
 
     # empty layers
@@ -402,6 +437,14 @@ def _final_masks(dg: DependencyGraph, P: Propagation, removed: np.ndarray, masks
         m = m.clone()
         m.index_fill_(d, idx, False)
         out[fqn] = m
+    for names in P.aliases:  # tied weights share one final mask
+        ms = [out[n] for n in names if n in out]
+        if ms:
+            joint = ms[0].clone()
+            for m in ms[1:]:
+                joint &= m.bool()
+            for n in names:
+                out[n] = joint.clone()
     return out
 
 

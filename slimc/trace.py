@@ -53,11 +53,41 @@ def _first_line(e: BaseException) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
+_DROPOUTS = {
+    torch.nn.functional.dropout: 2, torch.nn.functional.dropout1d: 2, torch.nn.functional.dropout2d: 2,
+    torch.nn.functional.dropout3d: 2, torch.nn.functional.alpha_dropout: 2,
+    torch.nn.functional.feature_alpha_dropout: 2,
+}
+
+
+def _live_training_flags(graph: fx.Graph, training: bool) -> None:
+    """`F.dropout(x, p, self.training)` traces `self.training` as a constant; read it from
+    the module at run time instead, so the slim model's dropout follows .train()/.eval().
+    Only where the source line names `training` (a literal True/False stays literal)."""
+    from slimc.graph import _source_line
+
+    for n in graph.nodes:
+        pos = _DROPOUTS.get(n.target) if n.op == "call_function" else None
+        if pos is None:
+            continue
+        flag = n.args[pos] if len(n.args) > pos else n.kwargs.get("training")
+        if flag is training and "training" in _source_line(n):
+            with graph.inserting_before(n):
+                attr = graph.get_attr("training")
+            if len(n.args) > pos:
+                a = list(n.args)
+                a[pos] = attr
+                n.args = tuple(a)
+            else:
+                n.kwargs = {**n.kwargs, "training": attr}
+
+
 def trace_fx(model: nn.Module) -> fx.GraphModule:
     tracer = fx.Tracer()
     tracer.record_stack_traces = True  # so reports and `inspect` can show the user's source line
     graph = tracer.trace(model)
     name = model.__class__.__name__
+    _live_training_flags(graph, model.training)
     gm = fx.GraphModule(tracer.root, graph, name)
     # forward() type annotations become node types, and torch 2.13 cannot pickle a
     # GraphModule whose code references them (torch.save fails on '_torch_Tensor_').

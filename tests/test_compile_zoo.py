@@ -293,8 +293,6 @@ def test_three_mask_formats_agree_on_resnet_tiny():
         assert n_params(res.module) == n_params(base.module) < n_params(m)
 
 
-@pytest.mark.xfail(reason="BUG: compile() on a model still carrying torch.nn.utils.prune hooks crashes in "
-                          "trace's copy.deepcopy with a bare RuntimeError (non-leaf 'weight')", strict=True)
 def test_compile_accepts_a_prunified_model():
     """A model still carrying torch.nn.utils.prune reparametrization compiles (its
     ``weight_orig`` params are addressed by the plain name)."""
