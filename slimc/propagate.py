@@ -416,7 +416,7 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
 
     final = _final_masks(dg, P, removed, masks)
     result = RemovalPlan(dg, mode, removed, grp, kept, final, n_groups_removed=int(removed_g.sum()))
-    result.kept_reasons = _kept_reasons(dg, P, grp, removed_g, wanted_g, gbar, forced)
+    result.kept_reasons = _kept_reasons(dg, P, grp, removed_g, wanted_g, gbar, forced, mode)
     return result
 
 
@@ -457,7 +457,7 @@ def _slot_name(dg: DependencyGraph, s: SlotKey) -> str:
     return f"'{name}'{where} dim {d}"
 
 
-def _kept_reasons(dg, P, grp, removed_g, wanted_g, gbar, forced) -> list[dict]:
+def _kept_reasons(dg, P, grp, removed_g, wanted_g, gbar, forced, mode: str = "channel") -> list[dict]:
     """Groups the user masked in part (or wholly) that are kept, aggregated by reason."""
     partly = _any_by_group((P.is_source | P.is_sink) & P.user_masked, grp, len(removed_g))
     interesting = np.nonzero(partly & ~removed_g)[0]
@@ -488,6 +488,8 @@ def _kept_reasons(dg, P, grp, removed_g, wanted_g, gbar, forced) -> list[dict]:
             why = f"barrier: {P.barrier_why.get(s, 'fixed dim')}"
         elif g in forced:
             why = forced[g]
+        elif mode == "exact":
+            why = "exact mode: not provably zero in your masked model (a bias or BatchNorm β keeps it non-zero)"
         elif g in first_unmasked_src:
             s, i = slot_of(first_unmasked_src[g])
             why = f"held by unmasked source '{s[1]}' (dim {s[2]})"
