@@ -53,6 +53,8 @@ def cmd_compile(a: argparse.Namespace) -> int:
     model, inputs, masks = _load(a.model, a.masks)
     res = slimc.compile(model, masks, inputs, mode=a.mode, verify=not a.no_verify, front_end=a.front_end,
                         renorm=a.renorm, allow_empty=a.allow_empty, name=Path(a.model).stem)
+    spec = str(Path(a.model).resolve()) if Path(a.model).is_file() else a.model
+    res.report["source"] = {"model": spec, "masks": str(Path(a.masks).resolve()) if a.masks else None}
     res.save(out, onnx=not a.no_onnx, opset=a.opset, dynamic_batch=not a.static_batch)
     if a.json:
         print(json.dumps(res.report, indent=2, default=str))
@@ -111,14 +113,30 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     from slimc import bench as bench_mod
 
-    batches = tuple(int(b) for b in a.batch.split(",") if b.strip())
+    try:
+        batches = tuple(int(b) for b in a.batch.split(",") if b.strip())
+    except ValueError:
+        raise LoadError(f"--batch '{a.batch}' is not a comma-separated list of integers, e.g. 1,8,64") from None
     src = Path(a.model)
-    if src.is_dir():
-        raise LoadError("bench needs the original model and masks to time original/masked/slim: slimc bench model.py --masks m.pth")
-    model, inputs, masks = _load(a.model, a.masks)
-    result = bench_mod.bench(model, masks, inputs, batches=batches, device=a.device,
-                             runtimes=tuple(a.runtimes.split(",")), threads=a.threads, dtype=a.dtype,
-                             channels_last=a.channels_last, min_time_s=a.min_time, name=src.stem)
+    kw = dict(batches=batches, device=a.device, runtimes=tuple(a.runtimes.split(",")), threads=a.threads,
+              dtype=a.dtype, channels_last=a.channels_last, min_time_s=a.min_time)
+    if a.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LoadError("--device cuda but no CUDA device is available: use --device cpu")
+    if src.is_dir():  # a compile output: the model spec is in its report, the slim model in slim.pt
+        rep = src / "report.json"
+        try:
+            spec = json.loads(rep.read_text())["source"]["model"]
+        except (OSError, KeyError, TypeError, ValueError):
+            raise LoadError(f"'{src}' is not a `slimc compile` output folder with a report.json naming its model") from None
+        result = bench_mod.bench_spec(spec, compiled_dir=src, name=Path(spec).stem, **kw)
+    else:
+        if not a.masks:
+            raise LoadError("bench needs masks: slimc bench model.py --masks m.pth (or a compile output folder)")
+        model, inputs, masks = _load(a.model, a.masks)
+        result = bench_mod.bench(model, masks, inputs, name=src.stem, **kw)
     out = Path(a.output)
     bench_mod.write_outputs([result], out, "bench")
     print(bench_mod.to_markdown([result]))

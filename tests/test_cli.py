@@ -184,3 +184,21 @@ def test_debug_shows_traceback(tmp_path, model_py):
 
     with pytest.raises(MaskError):
         main(["compile", str(model_py), "--masks", str(masks), "--debug"])
+
+
+def test_bench_model_and_compile_output(tmp_path, capsys, model_py):
+    m = torch.ones(8, 3, 3, 3)
+    m[:4] = 0
+    masks = _masks(tmp_path, {"conv1.weight": m})
+    out = tmp_path / "b"
+    args = ["--batch", "1,2", "--min-time", "0.02", "--runtimes", "torch", "-o", str(out)]
+    assert main(["bench", str(model_py), "--masks", str(masks), *args]) == 0
+    assert {"bench.json", "bench.md", "bench.png"} <= set(os.listdir(out))
+    rows = json.loads((out / "bench.json").read_text())
+    assert "masked ms" in capsys.readouterr().out
+    comp = tmp_path / "c"
+    assert main(["compile", str(model_py), "--masks", str(masks), "-o", str(comp), "--no-onnx"]) == 0
+    assert main(["bench", str(comp), *args]) == 0
+    assert main(["bench", str(model_py), "--masks", str(masks), "--batch", "one"]) == 2
+    assert "--batch" in _err(capsys)
+    del rows
