@@ -13,7 +13,7 @@ residual basic blocks (``residual``) at tiny width and spatial size, N in
 10, 30, 100, 300, 1000; ``slimc.compile(verify=False)``; the exponent k of
 time ≈ c · nodes^k is fitted by least squares on log-log (expected ≈ 1: linear).
 
-    python benchmarks/compile_time.py                 # quick (~2-4 min on 2 cores)
+    python benchmarks/compile_time.py                 # quick (~3 min on 2 idle cores)
     python benchmarks/compile_time.py --sizes 10,100,1000 --kinds plain --repeats 3
 
 Writes <out>/compile_time_<device>.json, .md and .png.
@@ -24,7 +24,6 @@ import argparse
 import datetime as _dt
 import gc
 import json
-import math
 import os
 import sys
 import tempfile

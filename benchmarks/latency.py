@@ -7,7 +7,7 @@ models are timed with ``slimc.bench.bench`` at the requested batch sizes.  The C
 nets use input ``randn(B, 3, 32, 32)``; B = 64 is the input of the published
 ModelSpeedup tables (see ../shared/REFERENCES.md).
 
-    python benchmarks/latency.py                      # quick CPU run (< 10 min on 2 cores)
+    python benchmarks/latency.py                      # quick CPU run (minutes of compute on 2 idle cores)
     python benchmarks/latency.py --full               # batch 1,8,64, original too, longer timing
     python benchmarks/latency.py --device cuda        # + CUDA graphs, writes latency_cuda.*
     python benchmarks/latency.py --models vgg16 --batch 64 --out /tmp/x
