@@ -912,52 +912,34 @@ def export_onnx(
     success = False
     try:
         tmp_path = os.path.join(tmpdir, os.path.basename(final))
-        exporter = "dynamo"
-        fallback_reason: str | None = None
         t0 = time.perf_counter()
+        common = dict(opset=opset, dynamic_batch=dynamic_batch, input_names=in_names, output_names=out_names)
+        attempts = [
+            ("dynamo", lambda: _export_dynamo(module, example_inputs, tmp_path, **common)),
+            ("torchscript", lambda: _export_torchscript(module, example_inputs, tmp_path, outputs=outputs, **common)),
+        ]
+        failures: list[str] = []
         with _eval_mode(module):
-            q = _Quiet()
-            try:
-                with q:
-                    _export_dynamo(
-                        module,
-                        example_inputs,
-                        tmp_path,
-                        opset=opset,
-                        dynamic_batch=dynamic_batch,
-                        input_names=in_names,
-                        output_names=out_names,
-                    )
-                notes.extend(q.warnings)
-            except Exception as e_dyn:
-                # the failed attempt's own log spam is dropped; its cause is kept
-                fallback_reason = _describe_exception(e_dyn)
-                exporter = "torchscript"
-                _clear_dir(tmpdir)
-                q2 = _Quiet()
+            for exporter, attempt in attempts:
+                q = _Quiet()
                 try:
-                    with q2:
-                        _export_torchscript(
-                            module,
-                            example_inputs,
-                            tmp_path,
-                            opset=opset,
-                            dynamic_batch=dynamic_batch,
-                            input_names=in_names,
-                            output_names=out_names,
-                            outputs=outputs,
-                        )
-                    notes.extend(q2.warnings)
-                except Exception as e_ts:
-                    raise ExportError(
-                        f"ONNX export of {name} failed with both exporters - dynamo: {fallback_reason}"
-                        f" | torchscript: {_describe_exception(e_ts)}"
-                        " | make forward() traceable by torch.export (no data-dependent Python control flow,"
-                        " no custom ops without an ONNX translation) and retry"
-                    ) from e_ts
-                notes.insert(
-                    0, f"dynamo exporter failed, used TorchScript fallback: {fallback_reason}"
+                    with q:
+                        attempt()
+                except Exception as e:  # the failed attempt's log spam is dropped; its cause is kept
+                    failures.append(f"{exporter}: {_describe_exception(e)}")
+                    _clear_dir(tmpdir)
+                    continue
+                notes.extend(q.warnings)
+                break
+            else:
+                raise ExportError(
+                    f"ONNX export of {name} failed with both exporters - " + " | ".join(failures)
+                    + " | make forward() traceable by torch.export (no data-dependent Python control flow,"
+                    " no custom ops without an ONNX translation) and retry"
                 )
+        fallback_reason = failures[0].split(": ", 1)[1] if failures else None
+        if fallback_reason:
+            notes.insert(0, f"dynamo exporter failed, used TorchScript fallback: {fallback_reason}")
         if not os.path.isfile(tmp_path):
             raise ExportError(f"exporter produced no file for {name}; report this as a slimc bug")
         try:

@@ -298,6 +298,13 @@ def _resolve_threads(threads: int | None) -> int:
     return threads
 
 
+def _device(device: str) -> tuple[torch.device, bool]:
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}: use 'cpu' or 'cuda'")
+    return dev, dev.type == "cuda"
+
+
 def _check_counts(warmup: int, repeats: int | None, min_time_s: float, max_repeats: int) -> None:
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
@@ -392,10 +399,7 @@ def time_torch(
         inputs = (inputs,)
     inputs = tuple(inputs)
     _check_counts(warmup, repeats, min_time_s, max_repeats)
-    dev = torch.device(device)
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}: use 'cpu' or 'cuda'")
-    is_cuda = dev.type == "cuda"
+    dev, is_cuda = _device(device)
     if is_cuda:
         if not torch.cuda.is_available():
             raise RuntimeError(f"device={device!r} requested but CUDA is not available")
@@ -544,10 +548,7 @@ def time_ort(
         inputs = (inputs,)
     inputs = tuple(inputs)
     _check_counts(warmup, repeats, min_time_s, max_repeats)
-    dev = torch.device(device)
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}: use 'cpu' or 'cuda'")
-    is_cuda = dev.type == "cuda"
+    dev, is_cuda = _device(device)
     device_id = dev.index or 0
     n_threads = _resolve_threads(threads)
 
