@@ -19,9 +19,8 @@ source behind it masked).
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch

@@ -1,7 +1,6 @@
 """Convolutions: Conv1d/2d/3d (plain, grouped, depthwise), ConvTranspose1d/2d/3d."""
 from __future__ import annotations
 
-import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
@@ -119,5 +118,3 @@ def _resize_convt(m: nn.Module, new: dict) -> None:
     w = new["weight"]
     m.in_channels, m.out_channels = w[0], w[1] * m.groups
 
-
-__all__ = ["np"]

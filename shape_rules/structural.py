@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import operator
 
-import numpy as np
 import torch
 from torch import fx
 
@@ -41,7 +40,6 @@ def split(op: OpView) -> Coupling | Unsupported:
     out = op.out_shape
     if not isinstance(out, list):
         return Unsupported("split with an unknown number of pieces")
-    name = getattr(op.node.target, "__name__", op.node.target)
     dim = op.arg(2, "dim", 0)
     if not isinstance(dim, int):
         return Unsupported("split along a computed dim")
@@ -57,7 +55,6 @@ def split(op: OpView) -> Coupling | Unsupported:
             else:
                 c.flow(op.slot(x, d), op.out(d, item=k))
         off += n
-    del name
     return c
 
 
@@ -171,5 +168,3 @@ def shape_query(op: OpView) -> Coupling | Unsupported:
             c.cover(op.slot(x, d))
     return c
 
-
-__all__ = ["np"]

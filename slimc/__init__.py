@@ -12,7 +12,6 @@ from slimc.errors import LoadError, MaskError, PlanError, SlimcError, TraceError
 # passes/ and shape_rules/ are top-level folders installed as slimc.passes / slimc.shape_rules;
 # when running from a source tree without installing, map them here.
 if "slimc.shape_rules" not in _sys.modules:
-    import importlib.util as _ilu
     import os as _os
 
     _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))

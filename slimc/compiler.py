@@ -179,10 +179,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     t = time.perf_counter()
     report["flops"] = {"before": count_flops(model, inputs), "after": count_flops(slim, inputs)}
     times["flops"] = time.perf_counter() - t
-    report["layers"] = layer_widths(traced_original_modules(model), slim)
+    report["layers"] = layer_widths(model, slim)
     times["total"] = sum(v for k, v in times.items() if k != "flops")
     return CompileResult(slim, p.final_masks, report, p, inputs)
 
-
-def traced_original_modules(model: nn.Module) -> nn.Module:
-    return model

@@ -12,7 +12,6 @@ from typing import Any, Iterator
 
 import networkx as nx
 import numpy as np
-import torch
 from torch import fx
 
 from slimc.shape_rules import (
@@ -209,4 +208,4 @@ def unsupported_table(dg: DependencyGraph) -> list[dict[str, str]]:
     ]
 
 
-__all__ = ["DependencyGraph", "NodeFacts", "build", "describe_node", "unsupported_table", "torch"]
+__all__ = ["DependencyGraph", "NodeFacts", "build", "describe_node", "unsupported_table"]
