@@ -50,7 +50,10 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                 s = _sliced(t.detach(), f"{node.target}.{name}", plan)
                 if s is not None:
                     new_tensors[name] = s
-            if not new_tensors:
+            x = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+            old_in = plan.dg.shapes.get(x.name) if x is not None else None
+            new_in = tuple(plan.new_size(("v", x.name, d)) for d in range(len(old_in))) if isinstance(old_in, tuple) else None
+            if not new_tensors and (new_in is None or new_in == old_in or type(mod) not in RESIZERS):
                 continue
             resize = RESIZERS.get(type(mod)) or next((RESIZERS[b] for b in type(mod).__mro__ if b in RESIZERS), None)
             if resize is None:
@@ -64,6 +67,8 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                 else:
                     new._buffers[name] = s
             sizes = {name: tuple(t.shape) for name, t in [*new._parameters.items(), *new._buffers.items()] if t is not None}
+            if new_in is not None:
+                sizes["__input__"] = new_in  # for modules whose sizes no param carries (affine=False)
             resize(new, sizes)
             _set(gm, node.target, new)
             modified = True

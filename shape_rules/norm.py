@@ -103,17 +103,17 @@ def _resize_bn(m: nn.Module, new: dict) -> None:
         if k in new:
             m.num_features = new[k][0]
             return
+    if "__input__" in new:
+        m.num_features = new["__input__"][1]
 
 
 @resizer(nn.GroupNorm)
 def _resize_gn(m: nn.Module, new: dict) -> None:
-    if "weight" in new:
-        per = m.num_channels // m.num_groups
-        m.num_channels = new["weight"][0]
-        m.num_groups = m.num_channels // per
+    per = m.num_channels // m.num_groups
+    m.num_channels = new["weight"][0] if "weight" in new else new["__input__"][1]
+    m.num_groups = m.num_channels // per
 
 
 @resizer(nn.LayerNorm)
 def _resize_ln(m: nn.Module, new: dict) -> None:
-    if "weight" in new:
-        m.normalized_shape = (new["weight"][0],)
+    m.normalized_shape = (new["weight"][0] if "weight" in new else new["__input__"][-1],)

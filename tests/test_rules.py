@@ -981,3 +981,38 @@ def test_barrier_report_points_at_user_source():
     res = slimc.compile(m, {}, x_(2, 3, 5, 5))
     row = next(b for b in res.report["barriers"] if "cumsum" in b["op"])
     assert "torch.cumsum(x, dim=1)" in row["source"], row["source"]
+
+
+class NoAffineNorms(nn.Module):
+    """Norm layers whose sizes no parameter carries: GroupNorm/LayerNorm/InstanceNorm without affine."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.gn = nn.GroupNorm(4, 8, affine=False)
+        self.inorm = nn.InstanceNorm2d(8)
+        self.c2 = nn.Conv2d(8, 6, 1)
+        self.fc1 = nn.Linear(6, 12)
+        self.ln = nn.LayerNorm(12, elementwise_affine=False)
+        self.fc2 = nn.Linear(12, 3)
+
+    def forward(self, x):
+        y = self.c2(F.relu(self.inorm(self.gn(self.c1(x)))))
+        return self.fc2(self.ln(self.fc1(y.mean((2, 3)))))
+
+
+def test_norms_without_affine_are_resized():
+    torch.manual_seed(0)
+    m = NoAffineNorms().eval()
+    wm = torch.ones(8, 3, 3, 3)
+    wm[:2] = 0  # one whole GroupNorm group (channels 0, 1)
+    bm = torch.ones(8)
+    bm[:2] = 0
+    fm = torch.ones(12, 6)
+    fm[:4] = 0
+    fb = torch.ones(12)
+    fb[:4] = 0
+    res = assert_contract(m, {"c1.weight": wm, "c1.bias": bm, "fc1.weight": fm, "fc1.bias": fb}, x_(2, 3, 6, 6))
+    gn = slim_module(res, "gn")
+    assert (gn.num_groups, gn.num_channels) == (3, 6)
+    assert slim_module(res, "c1").out_channels == 6 and slim_module(res, "fc1").out_features == 8
