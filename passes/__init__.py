@@ -22,7 +22,7 @@ class PassResult:
 class RewriteContext:
     plan: Any  # slimc.propagate.RemovalPlan
     renorm: bool = False
-    notes: list[str] = field(default_factory=list)
+    approximate: bool = False  # set by a pass that emits a non-exact rewrite (--renorm)
 
 
 def _pipeline() -> list[tuple[str, Callable[[fx.GraphModule, RewriteContext], PassResult]]]:

@@ -31,6 +31,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
         if c_new == c_old:
             continue
         if ctx.renorm:
+            ctx.approximate = True
             notes.append(f"{node.target}: plain LayerNorm({c_new}) (--renorm: approximate)")
             continue
         k = c_old - c_new

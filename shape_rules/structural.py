@@ -120,9 +120,12 @@ def _index(op: OpView, x: fx.Node, k) -> Coupling | Unsupported:
     return c
 
 
+_TRANSPOSES = ("transpose", torch.transpose, "swapaxes", torch.swapaxes, *aten("transpose.int"))
+
+
 def _perm(op: OpView, nd: int) -> list[int] | None:
     t = op.node.target
-    if t in ("transpose", torch.transpose, "swapaxes", torch.swapaxes, *aten("transpose.int")):
+    if t in _TRANSPOSES:
         d0, d1 = op.arg(1, "dim0"), op.arg(2, "dim1")
         if not (isinstance(d0, int) and isinstance(d1, int)):
             return None
@@ -132,8 +135,6 @@ def _perm(op: OpView, nd: int) -> list[int] | None:
     if t == "t":
         return list(range(nd))[::-1]
     dims = op.node.args[1:] if t == "permute" else op.arg(1, "dims")
-    if t in aten("permute.default"):
-        dims = op.arg(1, "dims")
     if t == "permute" and len(dims) == 1 and isinstance(dims[0], (list, tuple)):
         dims = dims[0]
     if not isinstance(dims, (list, tuple)) or not all(isinstance(d, int) for d in dims):

@@ -64,27 +64,22 @@ def without_prune_hooks(model: nn.Module) -> nn.Module:
     (``weight = weight_orig * weight_mask``); the model itself if it has none."""
     from torch.nn.utils import prune
 
-    hooked = [(name, mod, h) for name, mod in model.named_modules() for h in mod._forward_pre_hooks.values()
-              if isinstance(h, prune.BasePruningMethod)]
+    def hooks(m: nn.Module) -> list[tuple[nn.Module, str]]:
+        return [(mod, h._tensor_name) for mod in m.modules() for h in list(mod._forward_pre_hooks.values())
+                if isinstance(h, prune.BasePruningMethod)]
+
+    hooked = hooks(model)
     if not hooked:
         return model
-    saved = []
-    for _, mod, h in hooked:  # computed attributes cannot be deep-copied: lift them out for the copy
-        for hh in getattr(h, "_pruning_methods", [h]):
-            name = hh._tensor_name
-            if name in mod.__dict__:
-                saved.append((mod, name, mod.__dict__.pop(name)))
+    # the computed `weight` attributes cannot be deep-copied: lift them out for the copy
+    saved = [(mod, name, mod.__dict__.pop(name)) for mod, name in hooked if name in mod.__dict__]
     try:
         clean = copy.deepcopy(model)
     finally:
         for mod, name, val in saved:
             setattr(mod, name, val)
-    for name, mod in clean.named_modules():
-        for h in [h for h in mod._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]:
-            for hh in getattr(h, "_pruning_methods", [h]):
-                name = hh._tensor_name
-                setattr(mod, name, getattr(mod, name + "_orig") * getattr(mod, name + "_mask"))
-            prune.remove(mod, h._tensor_name)
+    for mod, name in hooks(clean):
+        prune.remove(mod, name)  # weight = weight_orig * weight_mask, as a plain Parameter
     return clean
 
 
@@ -142,7 +137,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         raise VerifyError(f"internal: final masks would un-zero user-masked entries of {bad[0]}")
     got_params = count_params(slim)
     unused = count_params(model) - used_params
-    approximate = renorm and any("--renorm" in n for n in notes)
+    approximate = ctx.approximate
     report: dict[str, Any] = {
         "model": name or type(model).__name__,
         "mode": mode,

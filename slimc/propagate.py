@@ -335,18 +335,19 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
         ax = [grp[c] for c in pf.coords]
         pfs.append((pf, bg, ~has_src[bg] & ~gbar[bg], ax, [has_src[a] | gbar[a] for a in ax]))
 
+    def projected(a: np.ndarray, lead: np.ndarray) -> np.ndarray:
+        """Per element: does some leading (kept primary) element sit on its axis index?"""
+        proj = np.zeros(ng, bool)
+        proj[a[lead]] = True
+        return proj[a]
+
     def axis_kept(pf, derived, ax, primary_ax) -> np.ndarray:
         """Per big element: is every axis index it sits on kept?"""
-        kept_el = ~removed_g[grp]
-        lead = kept_el[pf.big] & ~derived
+        lead = ~removed_g[grp[pf.big]] & ~derived
         rect = np.ones(len(pf.big), bool)
         for a, prim in zip(ax, primary_ax):
-            if derived.all():
-                proj_ok = np.ones(len(a), bool)  # nothing leads: source-less axes stay
-            else:
-                proj = np.zeros(ng, bool)
-                proj[a[lead]] = True
-                proj_ok = proj[a]
+            # with nothing to lead (derived-only), source-less axes stay
+            proj_ok = np.ones(len(a), bool) if derived.all() else projected(a, lead)
             rect &= np.where(prim, ~removed_g[a], proj_ok) | gbar[a]
         return rect
 
@@ -384,13 +385,10 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
     for pf, bg, derived, ax, primary_ax in pfs:
         rect = axis_kept(pf, derived, ax, primary_ax)
         removed_g[bg[derived]] = ~rect[derived]
-        lead = kept_el[pf.big] & ~derived
-        if lead.any() or not derived.all():
+        if not derived.all():
+            lead = kept_el[pf.big] & ~derived
             for a, prim in zip(ax, primary_ax):
-                proj = np.zeros(ng, bool)
-                proj[a[lead]] = True
-                sel = ~prim
-                removed_g[a[sel]] = ~proj[a[sel]]
+                removed_g[a[~prim]] = ~projected(a, lead)[~prim]
     removed = removed_g[grp]
 
     # empty layers
