@@ -12,6 +12,24 @@ import torch
 from torch import fx, nn
 
 from slimc.passes import PassResult, RewriteContext
+from slimc.shape_rules.norm import LAYER_NORMS
+
+
+def _layer_norm(gm: fx.GraphModule, node: fx.Node):
+    """(input, weight, bias, eps) of a LayerNorm node — module, functional or ATen — else None.
+    weight/bias are get_attr targets (str) or None."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        if not isinstance(mod, nn.LayerNorm):
+            return None
+        w = f"{node.target}.weight" if mod.weight is not None else None
+        b = f"{node.target}.bias" if mod.bias is not None else None
+        return node.args[0], w, b, float(mod.eps)
+    if node.op == "call_function" and node.target in LAYER_NORMS:
+        arg = lambda i, name, default=None: node.args[i] if len(node.args) > i else node.kwargs.get(name, default)  # noqa: E731
+        w, b = arg(2, "weight"), arg(3, "bias")
+        return arg(0, "input"), w.target if w is not None else None, b.target if b is not None else None, float(arg(4, "eps", 1e-5))
+    return None
 
 
 def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
@@ -19,12 +37,10 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
     notes: list[str] = []
     modified = False
     for node in list(gm.graph.nodes):
-        if node.op != "call_module":
+        found = _layer_norm(gm, node)
+        if found is None:
             continue
-        mod = gm.get_submodule(node.target)
-        if not isinstance(mod, nn.LayerNorm):
-            continue
-        x = node.args[0]
+        x, weight, bias, eps = found
         old = plan.dg.shapes[x.name]
         c_old = old[-1]
         c_new = plan.new_size(("v", x.name, len(old) - 1))
@@ -32,7 +48,9 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             continue
         if ctx.renorm:
             ctx.approximate = True
-            notes.append(f"{node.target}: plain LayerNorm({c_new}) (--renorm: approximate)")
+            if node.op == "call_function":  # the module form is resized with its params
+                node.args = (node.args[0], [c_new], *node.args[2:])
+            notes.append(f"{node.name}: plain LayerNorm({c_new}) (--renorm: approximate)")
             continue
         k = c_old - c_new
         g = gm.graph
@@ -46,17 +64,15 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             kmm = g.call_function(torch.mul, (mm, float(k)))
             tot = g.call_function(torch.add, (ssq, kmm))
             var = g.call_function(torch.div, (tot, float(c_old)))
-            ve = g.call_function(torch.add, (var, float(mod.eps)))
+            ve = g.call_function(torch.add, (var, eps))
             r = g.call_function(torch.rsqrt, (ve,))
             y = g.call_function(torch.mul, (d, r))
-            if mod.weight is not None:
-                w = g.get_attr(f"{node.target}.weight")
-                y = g.call_function(torch.mul, (y, w))
-            if mod.bias is not None:
-                b = g.get_attr(f"{node.target}.bias")
-                y = g.call_function(torch.add, (y, b))
+            if weight is not None:
+                y = g.call_function(torch.mul, (y, g.get_attr(weight)))
+            if bias is not None:
+                y = g.call_function(torch.add, (y, g.get_attr(bias)))
         node.replace_all_uses_with(y)
         g.erase_node(node)
         modified = True
-        notes.append(f"{node.target}: exact LayerNorm over {c_new} of {c_old} channels")
+        notes.append(f"{node.name}: exact LayerNorm over {c_new} of {c_old} channels")
     return PassResult(gm, modified, notes)

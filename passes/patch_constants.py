@@ -1,6 +1,13 @@
-"""Patch sizes written into the graph: view/reshape literals, split/chunk sizes,
-functional depthwise-conv groups. Sizes computed at run time (``x.size(1)``) need none."""
+"""Patch sizes written into the graph: view/reshape/expand sizes, split/chunk sizes,
+functional depthwise-conv groups, the implicit scale of scaled-dot-product attention.
+
+A size computed at run time (``B, N, C = x.shape``) reads the slim model's size; where a
+reshape needs a different one (``reshape(B, N, C)`` after heads went), or the size it
+reads changed, the argument becomes the new literal. Batch-like dims never change, so
+they stay dynamic."""
 from __future__ import annotations
+
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -9,8 +16,10 @@ from torch import fx
 from slimc.passes import PassResult, RewriteContext
 
 from slimc.shape_rules import aten
+from slimc.shape_rules.attention import SDPA, sdpa_scale
+from slimc.shape_rules.structural import EXPANDS, size_query
 
-RESHAPES = {"view", "reshape", torch.reshape, *aten("view.default", "reshape.default", "_unsafe_view.default")}
+RESHAPES = {"view", "reshape", torch.reshape, *aten("view.default", "reshape.default", "_unsafe_view.default"), *EXPANDS}
 CONVS = {F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default")}
 SPLITS = {"split", torch.split, "chunk", torch.chunk, *aten("split.Tensor", "split_with_sizes.default", "chunk.default")}
 
@@ -19,9 +28,40 @@ def _new_shape(plan, name: str, old: tuple) -> list[int]:
     return [plan.new_size(("v", name, d)) for d in range(len(old))]
 
 
-def _patch_sizes(args, new: list[int]):
-    """Replace literal ints (not -1) in a size list with the new sizes."""
-    return [n if isinstance(a, int) and a != -1 else a for a, n in zip(args, new)]
+def _reads_changed(plan, n, seen: set | None = None) -> bool:
+    """Does the (integer) value of ``n`` depend on the size of a dim whose size changed?"""
+    seen = set() if seen is None else seen
+    if not isinstance(n, fx.Node) or n in seen:
+        return False
+    seen.add(n)
+    shapes = plan.dg.shapes
+    q = size_query(n)
+    if q is None and n.target is operator.getitem and isinstance(n.args[1], int) and isinstance(n.args[0], fx.Node):
+        q = size_query(n.args[0])
+        q = (q[0], n.args[1]) if q is not None and q[1] is None else q
+    if q is not None:
+        x, d = q
+        old = shapes.get(x.name)
+        if not isinstance(old, tuple):
+            return False
+        dims = range(len(old)) if d is None else [d % len(old)]
+        return any(plan.new_size(("v", x.name, dd)) != old[dd] for dd in dims)
+    if isinstance(shapes.get(n.name), (tuple, list)):
+        return False  # a tensor: its sizes are not read here
+    return any(_reads_changed(plan, a, seen) for a in n.all_input_nodes)
+
+
+def _patch_sizes(plan, args, new: list[int], old: tuple):
+    """Sizes whose value changes become the new literal; -1 and unchanged sizes stay."""
+    out = []
+    for a, n, o in zip(args, new, old):
+        if isinstance(a, int) and a != -1:
+            out.append(n)
+        elif isinstance(a, fx.Node) and (n != o or _reads_changed(plan, a)):
+            out.append(n)
+        else:
+            out.append(a)
+    return out
 
 
 def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
@@ -33,15 +73,17 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
         old = shapes.get(node.name)
         if node.target in RESHAPES and node.op in ("call_method", "call_function") and isinstance(old, tuple):
             new = _new_shape(plan, node.name, old)
-            if new == list(old):
+            if new == list(old) and not any(_reads_changed(plan, a) for a in node.all_input_nodes[1:]):
                 continue
             args = list(node.args)
             if len(args) == 2 and isinstance(args[1], (list, tuple)):
-                args[1] = type(args[1])(_patch_sizes(args[1], new))
-            elif "shape" in node.kwargs:
-                node.kwargs = {**node.kwargs, "shape": _patch_sizes(node.kwargs["shape"], new)}
+                args[1] = type(args[1])(_patch_sizes(plan, args[1], new, old))
+            elif "shape" in node.kwargs or "size" in node.kwargs:
+                key = "shape" if "shape" in node.kwargs else "size"
+                node.kwargs = {**node.kwargs, key: _patch_sizes(plan, node.kwargs[key], new, old)}
+                modified = True
             else:
-                args[1:] = _patch_sizes(args[1:], new)
+                args[1:] = _patch_sizes(plan, args[1:], new, old)
             if tuple(args) != node.args:
                 node.args = tuple(args)
                 modified = True
@@ -60,6 +102,14 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             node.args, node.kwargs = (x, sizes), {"dim": dim}
             modified = True
             notes.append(f"{node.name}: split sizes → {sizes}")
+        elif node.target in SDPA:
+            q = node.args[0]
+            e_old = shapes[q.name][-1]
+            scale = sdpa_scale(node, e_old)
+            if scale is not None and plan.new_size(("v", q.name, len(shapes[q.name]) - 1)) != e_old:
+                node.kwargs = {**node.kwargs, "scale": scale}
+                modified = True
+                notes.append(f"{node.name}: scale kept at 1/√{e_old}")
         elif node.target in CONVS:
             x = node.args[0]
             groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)

@@ -74,6 +74,13 @@ class NeedsZero:
 
 
 @dataclass
+class HeadAxis:
+    """A hint, not a constraint: this dim indexes attention heads (pruners remove whole heads)."""
+
+    slot: SlotKey
+
+
+@dataclass
 class Coupling:
     links: list[Link] = field(default_factory=list)
     barriers: list[tuple[SlotKey, str]] = field(default_factory=list)
@@ -274,6 +281,7 @@ def arange(n: int) -> np.ndarray:
 
 def _load_rule_modules() -> None:
     from slimc.shape_rules import (  # noqa: F401
+        attention,
         conv,
         elementwise,
         linear,

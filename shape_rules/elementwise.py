@@ -30,7 +30,7 @@ UNARY_ATEN = tuple(aten(
     "hardswish_.default", "hardsigmoid.default", "sigmoid.default", "tanh.default", "softplus.default",
     "dropout.default", "clone.default", "contiguous.default", "alias.default", "exp.default", "abs.default",
     "neg.default", "sqrt.default", "rsqrt.default", "clamp.default", "pow.Tensor_Scalar", "_to_copy.default",
-    "to.dtype", "erf.default",
+    "to.dtype", "to.dtype_layout", "to.device", "erf.default", "lift_fresh_copy.default", "detach.default",
 ))
 UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "tanh", "exp", "abs", "neg", "sqrt", "rsqrt", "square", "sin",
@@ -167,4 +167,75 @@ def div(op: OpView) -> Coupling | Unsupported:
     _broadcast(op, c, a, kind="follower", term=0)
     if _is_tensor(op, b):
         _broadcast(op, c, b, kind="follower", term=None, zero_ok=False)
+    return c
+
+
+COMPARISONS = (
+    operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, torch.eq, torch.ne, torch.lt,
+    torch.le, torch.gt, torch.ge, "eq", "ne", "lt", "le", "gt", "ge", torch.logical_and, torch.logical_or,
+    "logical_and", "logical_or", operator.and_, operator.or_,
+    torch.logical_not, "logical_not", torch.bitwise_not, operator.invert,
+    *aten("__and__.Tensor", "__or__.Tensor", "bitwise_and.Tensor", "bitwise_or.Tensor", "logical_not.default",
+          "bitwise_not.default"),
+    *aten("eq.Scalar", "eq.Tensor", "ne.Scalar", "ne.Tensor", "lt.Scalar", "lt.Tensor", "le.Scalar", "le.Tensor",
+          "gt.Scalar", "gt.Tensor", "ge.Scalar", "ge.Tensor", "logical_and.default", "logical_or.default"),
+)
+
+
+@shape_rule(*COMPARISONS)
+def compare(op: OpView) -> Coupling | Unsupported:
+    """Comparisons and logic (masks): operands' channels join the result's, which carries
+    no data of its own (neither zero nor dead)."""
+    if not isinstance(op.out_shape, tuple):
+        return Unsupported("comparison of non-tensors")
+    c = Coupling()
+    for x in _operands(op):
+        if _is_tensor(op, x):
+            _broadcast(op, c, x, kind="follower", term=None, zero_ok=False)
+    return c
+
+
+@shape_rule("masked_fill", "masked_fill_", torch.masked_fill,
+            *aten("masked_fill.Scalar", "masked_fill.Tensor", "masked_fill_.Scalar"))
+def masked_fill(op: OpView) -> Coupling | Unsupported:
+    """masked_fill(x, mask, v): x's dims pass (zero kept iff v == 0); the mask's join them."""
+    x, mask, value = op.arg(0, "input"), op.arg(1, "mask"), op.arg(2, "value")
+    if not _is_tensor(op, x) or not _is_tensor(op, mask):
+        return Unsupported("masked_fill of non-tensors")
+    c = Coupling()
+    _broadcast(op, c, x, kind="follower", term=0, zero_ok=isinstance(value, (int, float)) and value == 0)
+    _broadcast(op, c, mask, kind="follower", term=None, zero_ok=False)
+    return c
+
+
+@shape_rule(torch.where, *aten("where.self", "where.ScalarOther", "where.ScalarSelf", "where.Scalar"))
+def where(op: OpView) -> Coupling | Unsupported:
+    """where(cond, a, b): a and b are two terms (like a + b); the condition's channels join."""
+    cond, a, b = op.arg(0, "condition"), op.arg(1, "input"), op.arg(2, "other")
+    if not isinstance(op.out_shape, tuple) or not _is_tensor(op, cond):
+        return Unsupported("where with one argument (returns indices)")
+    c = Coupling()
+    consts = [v for v in (a, b) if not _is_tensor(op, v)]
+    zero_ok = all(isinstance(v, (int, float)) and v == 0 for v in consts)
+    for t, x in enumerate((a, b)):
+        if _is_tensor(op, x):
+            _broadcast(op, c, x, kind="source", term=t, zero_ok=zero_ok)
+    _broadcast(op, c, cond, kind="follower", term=None, zero_ok=False)
+    return c
+
+
+@shape_rule(torch.tril, torch.triu, "tril", "triu", *aten("tril.default", "triu.default"))
+def triangle(op: OpView) -> Coupling | Unsupported:
+    """tril / triu: the last two dims are positions (fixed); leading dims pass."""
+    x = op.arg(0, "input")
+    xs = op.shape(x)
+    if xs is None or len(xs) < 2:
+        return Unsupported("tril/triu of a vector")
+    c = Coupling()
+    for d in range(len(xs)):
+        if d >= len(xs) - 2:
+            c.barrier(op.slot(x, d), "tril/triu: positions")
+            c.barrier(op.out(d), "tril/triu: positions")
+        else:
+            c.flow(op.slot(x, d), op.out(d))
     return c

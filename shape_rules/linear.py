@@ -1,6 +1,7 @@
 """Linear layers and embeddings."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -31,14 +32,37 @@ def linear(op: OpView) -> Coupling | Unsupported:
     return c
 
 
-@shape_rule(nn.Embedding)
-def embedding(op: OpView) -> Coupling:
+@shape_rule(torch.addmm, *aten("addmm.default"))
+def addmm(op: OpView) -> Coupling | Unsupported:
+    """bias + x @ W (HF's GPT-2 Conv1D): W rows are sinks of x's columns, W columns and the
+    bias are the output's source and follower."""
+    bias, x, w = op.arg(0, "input"), op.arg(1, "mat1"), op.arg(2, "mat2")
+    if not (op.is_param(w) and op.is_param(bias)) or op.is_param(x) or len(op.shape(bias)) != 1:
+        return Unsupported("addmm whose weight and bias are not parameters")
+    if op.arg(3, "beta", 1) != 1 or op.arg(4, "alpha", 1) != 1:
+        return Unsupported("addmm with beta/alpha")
+    c = Coupling()
+    c.flow(op.slot(x, 0), op.out(0))
+    c.param("sink", op.slot(w, 0), op.slot(x, 1))
+    c.param("source", op.slot(w, 1), op.out(1))
+    c.param("follower", op.slot(bias, 0), op.out(1), term=1)
+    return c
+
+
+@shape_rule(nn.Embedding, F.embedding, *aten("embedding.default"))
+def embedding(op: OpView) -> Coupling | Unsupported:
     """Embedding columns are sources of the hidden dim; index dims pass through."""
-    x = op.arg(0, "input")
+    if op.module is not None:
+        x, w = op.arg(0, "input"), (lambda d: op.p("weight", d))
+    else:  # F.embedding(input, weight); aten.embedding(weight, indices)
+        wn, x = (op.arg(1, "weight"), op.arg(0, "input")) if op.node.target is F.embedding else (op.arg(0), op.arg(1))
+        if not op.is_param(wn):
+            return Unsupported("embedding with a computed table")
+        w = lambda d: op.slot(wn, d)  # noqa: E731
     c = Coupling()
     for d in range(len(op.shape(x))):
         c.flow(op.slot(x, d), op.out(d))
-    c.param("source", op.p("weight", 1), op.out(-1))
+    c.param("source", w(1), op.out(-1))
     return c
 
 

@@ -2,11 +2,11 @@
 LayerNorm over the last dim (exact when removed channels are zero at its input)."""
 from __future__ import annotations
 
-from torch import nn
-
 import torch.nn.functional as F
+from torch import fx, nn
 
 from slimc.shape_rules import Blocks, Coupling, NeedsZero, OpView, Unsupported, aten, resizer, shape_rule
+from slimc.shape_rules.structural import size_query
 
 BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
       nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -65,6 +65,32 @@ def layernorm(op: OpView) -> Coupling | Unsupported:
         c.flow(op.slot(x, d), op.out(d), zero_ok=False)
     _affine(c, op, op.out(-1))
     c.constraints.append(NeedsZero(op.slot(x, -1), f"LayerNorm '{op.node.target}' averages over its channels"))
+    return c
+
+
+LAYER_NORMS = (F.layer_norm, *aten("layer_norm.default"))
+
+
+@shape_rule(*LAYER_NORMS)
+def layernorm_functional(op: OpView) -> Coupling | Unsupported:
+    """Functional / ATen LayerNorm: the module's coupling, γ and β as graph attributes."""
+    x, shape = op.arg(0, "input"), op.arg(1, "normalized_shape")
+    xs = op.shape(x)
+    if isinstance(shape, fx.Node) and size_query(shape) is not None:  # F.layer_norm(x, self.weight.shape, …)
+        shape = op.shape(size_query(shape)[0])
+    if xs is None or not isinstance(shape, (list, tuple)) or len(shape) != 1:
+        return Unsupported("LayerNorm over several dims (only the last dim is supported)")
+    c = Coupling()
+    for d in range(len(xs)):
+        c.flow(op.slot(x, d), op.out(d), zero_ok=False)
+    for pos, name, term in ((2, "weight", 0), (3, "bias", 1)):
+        p = op.arg(pos, name)
+        if p is None:
+            continue
+        if not op.is_param(p):
+            return Unsupported("LayerNorm whose weight/bias are computed tensors")
+        c.param("follower", op.slot(p, 0), op.out(-1), term=term)
+    c.constraints.append(NeedsZero(op.slot(x, -1), f"LayerNorm '{op.node.name}' averages over its channels"))
     return c
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import operator
 
 import torch
+import torch.nn.functional as F
 from torch import fx
 
-from slimc.shape_rules import Coupling, OpView, Unsupported, aten, arange, shape_rule
+from slimc.shape_rules import Coupling, OpView, Unsupported, aten, arange, op_name, shape_rule
 
 
 @shape_rule(torch.cat, torch.concat, torch.concatenate, *aten("cat.default"))
@@ -157,15 +158,209 @@ def permute(op: OpView) -> Coupling | Unsupported:
     return c
 
 
+SYM_SIZE = tuple(aten("sym_size.int"))
+SYM_NUMEL = tuple(aten("sym_numel.default"))
+
+# ops whose int arguments are sizes: a size read there may change (patch_constants fixes it)
+SIZE_CONSUMERS = {
+    "view", "reshape", torch.reshape, "expand", "unflatten", torch.unflatten, "new_zeros", "new_ones",
+    "new_empty", "new_full", torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, F.layer_norm,
+    *aten("view.default", "layer_norm.default", "reshape.default", "_unsafe_view.default", "expand.default"),
+}
+
+
+def size_query(node: fx.Node) -> tuple[fx.Node, int | None] | None:
+    """(tensor, dim read — None for the whole size —) if ``node`` reads a tensor's size."""
+    t, args = node.target, node.args
+    if not args or not isinstance(args[0], fx.Node):
+        return None
+    if t == "size" or t in SYM_SIZE:
+        d = args[1] if len(args) > 1 else node.kwargs.get("dim")
+        return args[0], d
+    if (t is getattr and len(args) > 1 and args[1] == "shape") or t in ("numel", *SYM_NUMEL):
+        return args[0], None
+    return None
+
+
+def size_reads(node: fx.Node) -> list[tuple[int | None, fx.Node]]:
+    """(dim read — None for all —, node carrying the value) for a shape query node."""
+    q = size_query(node)
+    if q is None:
+        return []
+    if q[1] is not None:
+        return [(q[1], node)]
+    return [(u.args[1], u) if u.target is operator.getitem and isinstance(u.args[1], int) else (None, node)
+            for u in node.users]
+
+
+def _used_as_size_only(n: fx.Node, shapes: dict, depth: int = 0) -> bool:
+    """Does the value of ``n`` reach only size arguments (through integer arithmetic)?"""
+    if depth > 50:
+        return False
+    for u in n.users:
+        if u.target in SIZE_CONSUMERS and u.args and u.args[0] is not n:
+            continue
+        if u.op == "output" or isinstance(shapes.get(u.name), (tuple, list)):
+            return False  # into tensor arithmetic (a scale), a tensor op, or the model's output
+        if not _used_as_size_only(u, shapes, depth + 1):
+            return False
+    return True
+
+
 @shape_rule("size", "dim", "numel", getattr, "type", "__len__", len, *aten("sym_size.int", "sym_numel.default"))
 def shape_query(op: OpView) -> Coupling | Unsupported:
-    """Shape queries read sizes at run time, so the slim model reads the slim sizes."""
+    """Shape queries read sizes at run time: a size used for a view reads the slim size
+    (patched where needed); a size used as a value (a scale) fixes that dim."""
     if op.out_shape is not None:
         return Unsupported("attribute access that returns a tensor")
     c = Coupling()
     x = op.arg(0)
     if isinstance(x, fx.Node) and op.shape(x) is not None:
-        for d in range(len(op.shape(x))):
+        nd = len(op.shape(x))
+        for d in range(nd):
+            c.cover(op.slot(x, d))
+        for d, carrier in size_reads(op.node):
+            if not _used_as_size_only(carrier, op.shapes):
+                for dd in range(nd) if d is None else [d % nd]:
+                    c.barrier(op.slot(x, dd), f"its size is used as a value at '{carrier.name}' (e.g. a scale)")
+    return c
+
+
+
+@shape_rule("unbind", torch.unbind, *aten("unbind.int"))
+def unbind(op: OpView) -> Coupling | Unsupported:
+    """unbind(dim): one output per index of ``dim`` (so that dim is fixed); other dims pass."""
+    x = op.arg(0, "input")
+    dim = op.arg(1, "dim", 0)
+    xs, out = op.shape(x), op.out_shape
+    if xs is None or not isinstance(out, list) or not isinstance(dim, int):
+        return Unsupported("unbind along a computed dim")
+    dim %= len(xs)
+    c = Coupling()
+    c.barrier(op.slot(x, dim), "unbind: one output per index")
+    for k in range(len(out)):
+        for d in range(len(xs)):
+            if d != dim:
+                c.flow(op.slot(x, d), op.out(d - (d > dim), item=k))
+    return c
+
+
+EXPANDS = ("expand", *aten("expand.default"))
+
+
+@shape_rule(*EXPANDS, "expand_as")
+def expand(op: OpView) -> Coupling | Unsupported:
+    """expand: dims kept pass (a parameter expanded into the stream, a cls token, is a
+    source); size-1 dims broadcast to n and new leading dims are fixed."""
+    x = op.arg(0, "input")
+    xs, out = op.shape(x), op.out_shape
+    if xs is None or not isinstance(out, tuple):
+        return Unsupported("expand of a non-tensor")
+    c = Coupling()
+    lead = len(out) - len(xs)
+    for od in range(lead):
+        if out[od] > 1:
+            c.barrier(op.out(od), "new dim made by expand")
+        else:
+            c.cover(op.out(od))
+    for d, n in enumerate(xs):
+        od = lead + d
+        if n == out[od]:
+            if op.is_param(x):
+                c.param("source", op.slot(x, d), op.out(od), term=0)
+            else:
+                c.flow(op.slot(x, d), op.out(od))
+        else:
+            c.cover(op.slot(x, d))
+            c.barrier(op.out(od), "broadcast from size 1 by expand")
+    for extra in op.inputs[1:]:  # expand_as(other): other's sizes are only read
+        for d in range(len(op.shape(extra) or ())):
+            c.cover(op.slot(extra, d))
+    return c
+
+
+@shape_rule(*aten("select.int"))
+def select(op: OpView) -> Coupling | Unsupported:
+    """select(dim, i) (``x[:, 0]`` at ATen level): ``dim`` is fixed, other dims pass."""
+    x, dim = op.arg(0), op.arg(1)
+    xs = op.shape(x)
+    if xs is None or not isinstance(dim, int):
+        return Unsupported("select along a computed dim")
+    dim %= len(xs)
+    c = Coupling()
+    c.barrier(op.slot(x, dim), "indexed by an int (one element selected)")
+    for d in range(len(xs)):
+        if d != dim:
+            c.flow(op.slot(x, d), op.out(d - (d > dim)))
+    return c
+
+
+def _pick(op: OpView, x: fx.Node, dim: int, whole: bool, why: str) -> Coupling:
+    """x with positions picked along ``dim``: all of them pass, a part of them is fixed."""
+    c = Coupling()
+    for d in range(len(op.shape(x))):
+        if d == dim and not whole:
+            c.barrier(op.slot(x, d), why)
+            c.barrier(op.out(d), why)
+        elif op.is_param(x):
+            c.param("follower", op.slot(x, d), op.out(d), term=0)
+        else:
+            c.flow(op.slot(x, d), op.out(d))
+    return c
+
+
+@shape_rule(*aten("slice.Tensor"))
+def slice_(op: OpView) -> Coupling | Unsupported:
+    """slice(dim, a, b) (``x[:, a:b]`` at ATen level): a full slice passes; otherwise ``dim`` is fixed."""
+    x, dim = op.arg(0), op.arg(1, "dim", 0)
+    xs, out = op.shape(x), op.out_shape
+    if xs is None or not isinstance(dim, int) or not isinstance(out, tuple):
+        return Unsupported("slice along a computed dim")
+    dim %= len(xs)
+    return _pick(op, x, dim, xs[dim] == out[dim], "sliced (x[a:b] picks fixed positions)")
+
+
+@shape_rule(*aten("_assert_tensor_metadata.default"))
+def assertion(op: OpView) -> Coupling:
+    """A run-time check of dtype/shape: reads its input, touches no channel."""
+    c = Coupling()
+    for x in op.inputs:
+        for d in range(len(op.shape(x) or ())):
             c.cover(op.slot(x, d))
     return c
 
+
+@shape_rule("narrow", torch.narrow, *aten("narrow.default"))
+def narrow(op: OpView) -> Coupling | Unsupported:
+    """narrow(dim, start, length): the whole dim passes; a part of it is fixed positions."""
+    x, dim, start = op.arg(0, "input"), op.arg(1, "dim"), op.arg(2, "start")
+    xs, out = op.shape(x), op.out_shape
+    if xs is None or not isinstance(dim, int) or not isinstance(out, tuple):
+        return Unsupported("narrow along a computed dim")
+    dim %= len(xs)
+    return _pick(op, x, dim, xs[dim] == out[dim] and start == 0, "narrowed (picks fixed positions)")
+
+
+FACTORIES = (torch.arange, torch.zeros, torch.ones, torch.full, torch.empty, torch.rand, torch.randn, "new_zeros",
+             "new_ones", "new_full", "new_empty",
+             *aten("arange.default", "arange.start", "arange.start_step", "zeros.default", "ones.default",
+                   "full.default", "empty.memory_format", "new_zeros.default", "new_ones.default",
+                   "new_full.default", "new_empty.default"))
+LIKE = (torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like, torch.randn_like,
+        *aten("zeros_like.default", "ones_like.default", "full_like.default", "empty_like.default"))
+
+
+@shape_rule(*FACTORIES, *LIKE)
+def factory(op: OpView) -> Coupling | Unsupported:
+    """A new tensor (arange, zeros, ones_like…): its dims are positions (fixed); a ``*_like``
+    or ``new_*`` source tensor is only read for its shape."""
+    out = op.out_shape
+    if not isinstance(out, tuple):
+        return Unsupported("factory with a non-tensor result")
+    c = Coupling()
+    for x in op.inputs:
+        for d in range(len(op.shape(x) or ())):
+            c.cover(op.slot(x, d))
+    for d in range(len(out)):
+        c.barrier(op.out(d), f"new tensor made by {op_name(op.node.target)}")
+    return c

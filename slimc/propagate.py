@@ -139,17 +139,18 @@ class Propagation:
                 if not free:
                     self.barrier[big] = True
                     self.barrier_why.setdefault(r.big, f"{why} of fixed dims")
-                elif len(free) == 1:
-                    k = free[0]
-                    part = dg.ids(r.parts[k])[coords[k]]
-                    self.uf.add(big, part)
-                    if r.big_is_input:  # a part element is dead/zero when its whole fiber is
-                        fiber = (e // (strides[k] * sizes[k])) * strides[k] + e % strides[k]
-                        self._flow(f, big, part, fiber)
-                    else:
-                        self._flow(f, part, big, np.zeros(len(big), np.int64))
                 else:
-                    pending.append((f, big, [dg.ids(r.parts[k])[coords[k]] for k in free], why, r.big_is_input))
+                    parts = [dg.ids(r.parts[k])[coords[k]] for k in free]
+                    for k, part in zip(free, parts):
+                        if r.big_is_input:  # an axis element is dead/zero when its whole fiber is
+                            fiber = (e // (strides[k] * sizes[k])) * strides[k] + e % strides[k]
+                            self._flow(f, big, part, fiber)
+                        else:  # a merged element is dead/zero when any of its axis elements is
+                            self._flow(f, part, big, np.zeros(len(big), np.int64))
+                    if len(free) == 1:
+                        self.uf.add(big, parts[0])
+                    else:
+                        pending.append((f, big, parts, why, r.big_is_input))
         if not pending:
             self.group = self.uf.labels()
             return
@@ -335,20 +336,25 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
         ax = [grp[c] for c in pf.coords]
         pfs.append((pf, bg, ~has_src[bg] & ~gbar[bg], ax, [has_src[a] | gbar[a] for a in ax]))
 
-    def projected(a: np.ndarray, lead: np.ndarray) -> np.ndarray:
-        """Per element: does some leading (kept primary) element sit on its axis index?"""
+    def projections(kept_el: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per group: does a kept primary element of *any* product sit on it (``proj``), and
+        does any product have a primary element on it at all (``leadable``)? One axis is one
+        dim of one tensor: a head kept by q keeps that head in v's reshape too."""
         proj = np.zeros(ng, bool)
-        proj[a[lead]] = True
-        return proj[a]
+        leadable = np.zeros(ng, bool)
+        for pf, bg, derived, ax, primary_ax in pfs:
+            lead = kept_el[pf.big] & ~derived
+            for a in ax:
+                proj[a[lead]] = True
+                leadable[a[~derived]] = True
+        return proj, leadable
 
-    def axis_kept(pf, derived, ax, primary_ax) -> np.ndarray:
+    def axis_kept(ax, primary_ax, proj, leadable) -> np.ndarray:
         """Per big element: is every axis index it sits on kept?"""
-        lead = ~removed_g[grp[pf.big]] & ~derived
-        rect = np.ones(len(pf.big), bool)
+        rect = np.ones(len(ax[0]), bool)
         for a, prim in zip(ax, primary_ax):
-            # with nothing to lead (derived-only), source-less axes stay
-            proj_ok = np.ones(len(a), bool) if derived.all() else projected(a, lead)
-            rect &= np.where(prim, ~removed_g[a], proj_ok) | gbar[a]
+            # an axis no primary element leads (only derived products use it) stays
+            rect &= np.where(prim, ~removed_g[a], proj[a] | ~leadable[a]) | gbar[a]
         return rect
 
     for _ in range(100):
@@ -360,13 +366,15 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
                 partial = kept_el[ids].any(axis=1) & ~kept_el[ids].all(axis=1)
                 if partial.any():
                     changed |= keep(grp[ids[partial].reshape(-1)], c.why)
+        kept_el = ~removed_g[grp]
         for pf, bg, derived, ax, primary_ax in pfs:
             lead = kept_el[pf.big] & ~derived
             for a, prim in zip(ax, primary_ax):  # a kept primary element keeps its axes
                 changed |= keep(a[lead & prim], f"{pf.why}: kept set must stay a rectangle")
-            kept_el = ~removed_g[grp]
-            rect = axis_kept(pf, derived, ax, primary_ax)
-            grow = rect & ~kept_el[pf.big] & ~derived
+        kept_el = ~removed_g[grp]
+        proj, leadable = projections(kept_el)
+        for pf, bg, derived, ax, primary_ax in pfs:
+            grow = axis_kept(ax, primary_ax, proj, leadable) & ~kept_el[pf.big] & ~derived
             if grow.any():
                 changed |= keep(bg[grow], f"{pf.why}: kept set must stay a rectangle")
         needs = [c for c in cons if isinstance(c, NeedsZero) and c.slot in dg.offset]
@@ -381,14 +389,14 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
         if not changed:
             break
     # derived elements and source-less axes follow the rectangle
-    kept_el = ~removed_g[grp]
+    proj, leadable = projections(~removed_g[grp])
     for pf, bg, derived, ax, primary_ax in pfs:
-        rect = axis_kept(pf, derived, ax, primary_ax)
+        rect = axis_kept(ax, primary_ax, proj, leadable)
         removed_g[bg[derived]] = ~rect[derived]
-        if not derived.all():
-            lead = kept_el[pf.big] & ~derived
-            for a, prim in zip(ax, primary_ax):
-                removed_g[a[~prim]] = ~projected(a, lead)[~prim]
+    for pf, bg, derived, ax, primary_ax in pfs:
+        for a, prim in zip(ax, primary_ax):
+            sel = a[~prim & leadable[a]]
+            removed_g[sel] = ~proj[sel]
     removed = removed_g[grp]
 
     # empty layers
