@@ -1,5 +1,7 @@
-"""Model zoo: small, self-contained CNN architectures used to exercise slimc.
+"""Model zoo: small, self-contained architectures used to exercise slimc.
 
+Family ``"cnn"``: CNNs on images; family ``"transformer"``: a ViT on images and
+BERT / GPT / LLaMA-style models on token ids (``torch.long``, shape (batch, 16)).
 Every entry is built from plain ``torch.nn`` layers and plain torch functions,
 and is traceable with ``torch.fx.symbolic_trace``.
 
@@ -8,30 +10,51 @@ Usage::
     from slimc import zoo
     model = zoo.build("resnet18")          # seeded, eval() mode, randomized BN stats
     (x,) = zoo.example_inputs("resnet18")  # seeded input of shape (2, 3, 32, 32)
+    (ids,) = zoo.example_inputs("gpt_tiny")  # seeded token ids of shape (2, 16)
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from . import densenet, mobilenet, resnet, senet, shufflenet, unet, vgg
+from . import densenet, mobilenet, resnet, senet, shufflenet, transformer, unet, vgg
 
-__all__ = ["ZooEntry", "ZOO", "build", "example_inputs", "names", "normalize_scales", "randomize_bn"]
+__all__ = [
+    "ZooEntry", "ZOO", "build", "example_inputs", "names", "normalize_scales", "randomize_bn", "randomize_norms",
+]
 
 
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
     build: Callable[[], nn.Module]
-    input_shape: tuple[int, ...]  # without the batch dimension, e.g. (3, 32, 32)
-    family: str  # "cnn"
+    input_shape: tuple[int, ...]  # without the batch dimension, e.g. (3, 32, 32) or (16,) for token ids
+    family: str  # "cnn" or "transformer"
+    #: ``make_input(batch, generator)`` -> one input tensor; None: float ``randn((batch, *input_shape))``
+    make_input: Callable[[int, torch.Generator], torch.Tensor] | None = None
+
+    def inputs(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """The model's inputs for ``batch`` samples, drawn from ``generator``."""
+        if self.make_input is not None:
+            return (self.make_input(batch, generator),)
+        return (torch.randn((batch, *self.input_shape), generator=generator),)
+
+
+def _token_ids(vocab: int, seq_len: int, batch: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, seq_len), generator=generator, dtype=torch.long)
+
+
+def _tokens(vocab: int, seq_len: int = 16) -> Callable[[int, torch.Generator], torch.Tensor]:
+    return functools.partial(_token_ids, vocab, seq_len)
 
 
 _CIFAR = (3, 32, 32)
+_SEQ = (16,)
 
 _ENTRIES = [
     ZooEntry("vgg16", vgg.vgg16, _CIFAR, "cnn"),
@@ -45,6 +68,10 @@ _ENTRIES = [
     ZooEntry("shufflenetv2_small", shufflenet.shufflenetv2_small, _CIFAR, "cnn"),
     ZooEntry("senet_small", senet.senet_small, _CIFAR, "cnn"),
     ZooEntry("unet_small", unet.unet_small, _CIFAR, "cnn"),
+    ZooEntry("vit_tiny", transformer.vit_tiny, _CIFAR, "transformer"),
+    ZooEntry("bert_tiny", transformer.bert_tiny, _SEQ, "transformer", _tokens(100)),
+    ZooEntry("gpt_tiny", transformer.gpt_tiny, _SEQ, "transformer", _tokens(128)),
+    ZooEntry("llama_tiny", transformer.llama_tiny, _SEQ, "transformer", _tokens(128)),
 ]
 
 ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
@@ -82,6 +109,29 @@ def randomize_bn(model: nn.Module, seed: int = 1234) -> nn.Module:
     return model
 
 
+_NORM_TYPES = (nn.LayerNorm, nn.RMSNorm, transformer.LayerNorm, transformer.LlamaRMSNorm)
+
+
+@torch.no_grad()
+def randomize_norms(model: nn.Module, seed: int = 4321) -> nn.Module:
+    """Give every LayerNorm / RMSNorm non-trivial affine parameters.
+
+    The transformer counterpart of ``randomize_bn``: freshly initialised norms
+    have weight 1 and bias 0, which would hide bugs in how a compiler slices them.
+    Weight becomes ``rand + 0.5``, bias (where there is one) ``randn * 0.2``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if not isinstance(m, _NORM_TYPES):
+            continue
+        w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+        if isinstance(w, torch.Tensor):
+            w.copy_(torch.rand(w.shape, generator=gen) + 0.5)
+        if isinstance(b, torch.Tensor):
+            b.copy_(torch.randn(b.shape, generator=gen) * 0.2)
+    return model
+
+
 _SCALED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
 
 
@@ -96,7 +146,9 @@ def normalize_scales(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> nn.M
     this: each layer, in execution order, divides its weight and bias by the
     RMS of its output and returns the rescaled output, so every later layer is
     calibrated on already-normalized activations.  BN parameters and buffers
-    are left exactly as ``randomize_bn`` set them.
+    are left exactly as ``randomize_bn`` set them (norm parameters as
+    ``randomize_norms`` set them).  A weight tied to an embedding (GPT's
+    ``lm_head``) rescales the embedding with it.
     """
     done: set[nn.Module] = set()
 
@@ -124,26 +176,32 @@ def normalize_scales(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> nn.M
 def build(name: str) -> nn.Module:
     """Fresh, deterministic model in ``eval()`` mode.
 
-    BN statistics/affine parameters are randomized (``randomize_bn``) and
-    conv/linear weights rescaled for unit-scale activations
-    (``normalize_scales``) so outputs depend strongly on the input.
+    BN statistics/affine parameters are randomized (``randomize_bn``), as are
+    LayerNorm/RMSNorm affine parameters (``randomize_norms``), and conv/linear
+    weights rescaled for unit-scale activations (``normalize_scales``, calibrated
+    on the entry's own kind of input) so outputs depend strongly on the input.
     """
     entry = _entry(name)
     torch.manual_seed(0)
     model = entry.build()
     randomize_bn(model)
+    randomize_norms(model)
     model.eval()
     gen = torch.Generator().manual_seed(1)
-    calib = (torch.randn((8, *entry.input_shape), generator=gen),)
+    calib = entry.inputs(8, gen)
     normalize_scales(model, calib)
     return model
 
 
-def example_inputs(name: str, batch: int = 2) -> tuple[torch.Tensor, ...]:
-    """Deterministic example inputs of shape ``(batch, *input_shape)``."""
+def example_inputs(name: str, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Deterministic example inputs of shape ``(batch, *input_shape)``.
+
+    Float ``randn`` images for the CNNs and the ViT, ``torch.long`` token ids in
+    ``[0, vocab)`` for the token models.
+    """
     entry = _entry(name)
-    gen = torch.Generator().manual_seed(0)
-    return (torch.randn((batch, *entry.input_shape), generator=gen),)
+    gen = torch.Generator().manual_seed(seed)
+    return entry.inputs(batch, gen)
 
 
 def names(family: str | None = None) -> list[str]:
