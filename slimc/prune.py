@@ -5,6 +5,12 @@ filters; a residual stream's channels across every block that writes it). Within
 family, channels are ranked by the summed norm of all their source slices, and the
 lowest ``ratio`` are masked in every source — so a residual channel goes in every block
 at once, and the slim model really shrinks.
+
+Channels that a reshape splits into attention heads × head dim only go as rectangles,
+so there the ranked *unit* is one index of an axis: a whole head (``attention="heads"``,
+the default) or the same channel of every head (``"dims"``). A channel shuffle is
+ranked per channel: successive shuffles entangle their axes, and the compiler keeps
+what a rectangle needs (the report says so).
 """
 from __future__ import annotations
 
@@ -18,16 +24,48 @@ from slimc import graph as graph_mod
 from slimc.loading import as_tuple
 from slimc.masks import MaskSet
 from slimc.propagate import Propagation, _any_by_group
+from slimc.shape_rules import HeadAxis
 from slimc.trace import shapes_of, trace
 
 CRITERIA = ("l1", "l2", "random")
+ATTENTION = ("heads", "dims")
+
+
+def _units(P: Propagation, has_src: np.ndarray, attention: str) -> tuple[dict[int, set], dict[int, tuple]]:
+    """Reshape products → {unit group: member groups}, {unit group: family key}.
+
+    A unit is one index of the product axis that is ranked (heads, or the innermost axis);
+    its members are the groups of every product element on that index."""
+    dg, grp = P.dg, P.group
+    heads = np.zeros(P.ng, bool)
+    for f in dg.facts:
+        for c in f.coupling.constraints:
+            if isinstance(c, HeadAxis) and c.slot in dg.offset:
+                heads[grp[dg.ids(c.slot)]] = True
+    members: dict[int, set] = {}
+    fam: dict[int, tuple] = {}
+    for i, pf in enumerate(P.products):
+        if not has_src[grp[pf.big]].any():
+            continue  # a flatten of channel dims that no source creates: nothing to rank
+        axes = [grp[c] for c in pf.coords]
+        head = next((j for j, a in enumerate(axes) if heads[a].any()), None)
+        if head is None:
+            continue  # a channel shuffle: successive shuffles entangle their axes; ranked per channel
+        k = head if attention == "heads" else len(axes) - 1
+        for u, m in zip(axes[k].tolist(), grp[pf.big].tolist()):
+            members.setdefault(u, {u}).add(m)  # the axis itself may carry sources (GQA's k rows)
+            fam.setdefault(u, (i, k))
+    return members, fam
 
 
 def group_masks(model: nn.Module, example_inputs: Any, ratio: float = 0.5, criterion: str = "l1",
-                seed: int = 0, min_channels: int = 1) -> dict[str, torch.Tensor]:
-    """Masks (flat ``{param_fqn: 0/1}``) zeroing the lowest-``ratio`` channels of every family."""
+                seed: int = 0, min_channels: int = 1, attention: str = "heads") -> dict[str, torch.Tensor]:
+    """Masks (flat ``{param_fqn: 0/1}``) zeroing the lowest-``ratio`` channels of every family
+    (whole heads, or the same channels of every head, where a reshape splits channels)."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion '{criterion}': use one of {', '.join(CRITERIA)}")
+    if attention not in ATTENTION:
+        raise ValueError(f"unknown attention unit '{attention}': use heads or dims")
     if not 0 <= ratio < 1:
         raise ValueError("ratio must be in [0, 1)")
     inputs = as_tuple(example_inputs)
@@ -59,18 +97,30 @@ def group_masks(model: nn.Module, example_inputs: Any, ratio: float = 0.5, crite
         for gi in np.unique(g).tolist():
             family.setdefault(gi, set()).add(ln.a)
         source_slices.append((fqn, d, idx, g))
-    fam_of: dict[frozenset, list[int]] = {}
+    members, unit_fam = _units(P, _any_by_group(P.is_source, grp, ng), attention)
+    in_unit = np.zeros(ng, bool)
+    for ms in members.values():
+        in_unit[list(ms)] = True
+    fam_of: dict[Any, list[int]] = {}
     for g, slots in family.items():
-        if not gbar[g]:
+        if not gbar[g] and not in_unit[g]:
             fam_of.setdefault(frozenset(slots), []).append(g)
+    unit_score = np.zeros(ng)
+    for u, ms in members.items():
+        if not gbar[u] and not gbar[list(ms)].any():
+            unit_score[u] = score[list(ms)].sum()
+            fam_of.setdefault(unit_fam[u], []).append(u)
     chosen = np.zeros(ng, bool)
-    for groups in fam_of.values():
+    for key, groups in fam_of.items():
         groups = np.array(sorted(groups))
         k = min(int(len(groups) * ratio), len(groups) - min_channels)
         if k <= 0:
             continue
-        order = np.argsort(score[groups], kind="stable")
-        chosen[groups[order[:k]]] = True
+        s = unit_score if isinstance(key, tuple) else score
+        pick = groups[np.argsort(s[groups], kind="stable")[:k]]
+        if isinstance(key, tuple):
+            pick = np.array(sorted({m for u in pick.tolist() for m in members[u]}))
+        chosen[pick] = True
     masks: dict[str, torch.Tensor] = {}
     for fqn, d, idx, g in source_slices:
         sel = chosen[g]

@@ -149,13 +149,13 @@ def random_filter_masks(model: nn.Module, ratio: float, seed: int = 0, *, bias: 
     return masks
 
 
-def sink_masks(model: nn.Module, ratio: float, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Mask ``floor(ratio * n)`` random input columns (weight dim 1) of every conv with
-    more than one input column per group; nothing else."""
+def sink_masks(model: nn.Module, ratio: float, seed: int = 0, types: tuple = CONV_TYPES) -> dict[str, torch.Tensor]:
+    """Mask ``floor(ratio * n)`` random input columns (weight dim 1) of every conv (or other
+    layer of ``types``) with more than one input column per group; nothing else."""
     g = torch.Generator().manual_seed(seed)
     masks: dict[str, torch.Tensor] = {}
     for name, m in model.named_modules():
-        if not isinstance(m, CONV_TYPES) or m.weight.shape[1] <= 1:
+        if not isinstance(m, types) or m.weight.shape[1] <= 1:
             continue
         n = m.weight.shape[1]
         k = min(int(n * ratio), n - 1)

@@ -15,6 +15,7 @@ from torch import nn
 
 import slimc
 from helpers import (
+    CONV_TYPES,
     assert_contract,
     flat_user_masks,
     kept_reasons,
@@ -96,7 +97,7 @@ def test_group_masks_l1(name):
     for fqn, mk in masks.items():
         assert masked_idx(mk, 0) <= removed_idx(res, m, fqn, 0), fqn
     # the slim model is not tied to the example batch size
-    x3 = (torch.randn(3, *x[0].shape[1:], generator=torch.Generator().manual_seed(7)),)
+    x3 = zoo.example_inputs(name, batch=3, seed=7)
     d, scale = outputs_diff(res.module, masked_copy(m, res.masks), x3, n=1)
     assert d <= 1e-5 * max(1.0, scale)
 
@@ -155,7 +156,7 @@ def test_residual_branch_only_is_held(name):
 @pytest.mark.parametrize("name", zoo_param(ALL))
 def test_sink_masks_only(name):
     m, x = model_and_inputs(name)
-    res = assert_contract(m, sink_masks(m, 0.5, seed=0), x)
+    res = assert_contract(m, sink_masks(m, 0.5, seed=0, types=(*CONV_TYPES, nn.Linear)), x)
     assert n_params(res.module) < n_params(m)
 
 
@@ -189,7 +190,8 @@ def test_exact_mode_on_zoo(name):
     r_exact = assert_contract(m, masks, x, mode="exact")
     d, s = outputs_diff(r_exact.module, masked_copy(m, masks), x, n=2)
     assert d <= 1e-5 * max(1.0, s)
-    assert n_params(r_exact.module) == n_params(m)
+    if name in zoo.names("cnn"):  # masked filters there all have a bias or BN β; the LLaMA-style
+        assert n_params(r_exact.module) == n_params(m)  # projections have none and go in exact mode too
     r_channel = slimc.compile(m, masks, x, verify=False)
     r2 = assert_contract(m, r_channel.masks, x, mode="exact")
     d, s = outputs_diff(r2.module, masked_copy(m, r_channel.masks), x, n=2)
