@@ -173,15 +173,20 @@ def op_name(key: Any) -> str:
     return f"torch.{name}" if mod.startswith("torch") else f"{mod}.{name}"
 
 
-def find_rule(node: fx.Node, gm: fx.GraphModule) -> Rule | None:
-    key = op_key(node, gm)
-    if key in RULES:
-        return RULES[key]
-    if isinstance(key, type) and key.__module__.startswith("torch.nn"):
-        for base in key.__mro__[1:]:
+def module_rule(cls: type) -> Rule | None:
+    """The rule for a module class (a torch.nn subclass inherits its base's rule)."""
+    if cls in RULES:
+        return RULES[cls]
+    if cls.__module__.startswith("torch.nn"):
+        for base in cls.__mro__[1:]:
             if base in RULES:
                 return RULES[base]
     return None
+
+
+def find_rule(node: fx.Node, gm: fx.GraphModule) -> Rule | None:
+    key = op_key(node, gm)
+    return module_rule(key) if isinstance(key, type) else RULES.get(key)
 
 
 class OpView:

@@ -82,8 +82,26 @@ def _live_training_flags(graph: fx.Graph, training: bool) -> None:
                 n.kwargs = {**n.kwargs, "training": attr}
 
 
-def trace_fx(model: nn.Module) -> fx.GraphModule:
-    tracer = fx.Tracer()
+class _Tracer(fx.Tracer):
+    """torch.nn modules with a shape rule stay leaves; others (a TransformerEncoderLayer,
+    a MultiheadAttention) are traced into, so their parts can be seen — or, if their code
+    is not traceable, the export front end takes over. ``leaf_all``: every torch.nn module
+    is a leaf (the last resort: one without a rule is then a barrier)."""
+
+    def __init__(self, leaf_all: bool = False):
+        super().__init__()
+        self.leaf_all = leaf_all
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from slimc.shape_rules import module_rule
+
+        if not super().is_leaf_module(m, qualname):
+            return False
+        return self.leaf_all or module_rule(type(m)) is not None
+
+
+def trace_fx(model: nn.Module, leaf_all: bool = False) -> fx.GraphModule:
+    tracer = _Tracer(leaf_all)
     tracer.record_stack_traces = True  # so reports and `inspect` can show the user's source line
     graph = tracer.trace(model)
     name = model.__class__.__name__
@@ -120,19 +138,21 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto") -> T
     model = copy.deepcopy(model)
     notes: list[str] = []
     errors: list[str] = []
-    order = {"auto": ["fx", "export"], "fx": ["fx"], "export": ["export"]}.get(front_end)
+    # "fx (leaves)": torch.nn modules without a rule kept whole (barriers), when neither
+    # tracing into them nor torch.export works
+    order = {"auto": ["fx", "export", "fx (leaves)"], "fx": ["fx", "fx (leaves)"], "export": ["export"]}.get(front_end)
     if order is None:
         raise TraceError(f"unknown front end '{front_end}': use auto, fx or export")
     for fe in order:
         try:
-            gm = trace_fx(model) if fe == "fx" else trace_export(model, example_inputs)
+            gm = trace_export(model, example_inputs) if fe == "export" else trace_fx(model, leaf_all=fe != "fx")
             propagate_shapes(gm, example_inputs)
         except Exception as e:  # tracing user code can raise anything
             errors.append(f"{fe}: {_first_line(e)}")
             continue
         if errors:
             notes.append(f"front end '{fe}' used; " + "; ".join(errors))
-        return Traced(gm, fe, notes)
+        return Traced(gm, fe.split()[0], notes)
     raise TraceError(
         "cannot trace the model (" + "; ".join(errors) + "): remove data-dependent Python control flow "
         "from forward() or try --front-end export"

@@ -323,3 +323,23 @@ def test_pruner_removes_whole_heads_or_head_dims(unit):
 def test_pruner_rejects_unknown_unit():
     with pytest.raises(ValueError, match="heads or dims"):
         group_masks(_model(TimmAttention), _x(), attention="rows")
+
+
+def test_torch_transformer_encoder_is_seen_through():
+    """torch.nn modules without a rule are traced into (here: via torch.export, as the
+    encoder's fast-path checks are not fx-traceable) instead of being one opaque barrier."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+            self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+        def forward(self, x):
+            return self.enc(x)
+
+    m = _model(M)
+    masks = {f"enc.layers.{i}.linear1.weight": _rows(64, range(0, 64, 2)) for i in range(2)}
+    res = assert_contract(m, masks, _x())
+    assert _widths(res, "enc.layers.0.linear1", "enc.layers.1.linear2") == ((32, 32), (32, 32))
+    f = res.report["flops"]
+    assert f["after"] < f["before"] < 2 * f["after"]  # the fused fast path is not counted as free
