@@ -32,6 +32,7 @@ test-all: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/latency.py
+	$(BIN)/python benchmarks/latency.py --models transformers --stem latency_cpu_transformers
 	$(BIN)/python benchmarks/compile_time.py
 
 clean:

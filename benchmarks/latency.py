@@ -1,16 +1,18 @@
 #!/usr/bin/env python
-"""Masked vs physically slim latency of the zoo CNNs (torch eager and onnxruntime).
+"""Masked vs physically slim latency of the zoo models (torch eager and onnxruntime).
 
-Every coupled filter group is pruned 50 % by L1 norm (``slimc.prune.group_masks``), the
-model is compiled with ``slimc.compile`` (verified), and the original / masked / slim
-models are timed with ``slimc.bench.bench`` at the requested batch sizes.  The CIFAR
-nets use input ``randn(B, 3, 32, 32)``; B = 64 is the input of the published
-ModelSpeedup tables (see ../shared/REFERENCES.md).
+Every coupled filter group is pruned 50 % by L1 norm (``slimc.prune.group_masks``; on
+the transformers: half the attention heads and half of every other group), the model is
+compiled with ``slimc.compile`` (verified), and the original / masked / slim models are
+timed with ``slimc.bench.bench`` at the requested batch sizes.  The CIFAR nets (and the
+ViT) use input ``randn(B, 3, 32, 32)``; B = 64 is the input of the published
+ModelSpeedup tables (see ../shared/REFERENCES.md). The token models take B × 16 ids.
 
     python benchmarks/latency.py                      # quick CPU run (minutes of compute on 2 idle cores)
     python benchmarks/latency.py --full               # batch 1,8,64, original too, longer timing
     python benchmarks/latency.py --device cuda        # + CUDA graphs, writes latency_cuda.*
     python benchmarks/latency.py --models vgg16 --batch 64 --out /tmp/x
+    python benchmarks/latency.py --models transformers --stem latency_cpu_transformers
 
 Writes <out>/<stem>.json, .md and .png (stem: latency_<device>[_<dtype>][_cl]).
 """
@@ -33,6 +35,7 @@ from slimc.bench import bench, to_markdown, wait_for_quiet_cpu, write_outputs  #
 from slimc.prune import group_masks  # noqa: E402
 
 DEFAULT_MODELS = "vgg16,resnet18,resnet50,mobilenetv2,densenet_small,shufflenetv2_small"
+TRANSFORMERS = "vit_tiny,bert_tiny,gpt_tiny,llama_tiny"  # --models transformers
 
 # Published numbers (shared/REFERENCES.md), shown beside ours.
 PUBLISHED = """\
@@ -101,7 +104,8 @@ def _csv(s: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=DEFAULT_MODELS, help=f"zoo models (default {DEFAULT_MODELS})")
+    ap.add_argument("--models", default=DEFAULT_MODELS,
+                    help=f"zoo models (default {DEFAULT_MODELS}; \"transformers\": {TRANSFORMERS})")
     ap.add_argument("--batch", default=None, help="batch sizes, e.g. 1,8,64 (default 1,64; --full 1,8,64)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--runtimes", default="torch,ort", help="torch,ort")
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     results, skipped = [], []
     pruner = f"{a.criterion.upper()} filter {a.ratio:.0%}"
-    for name in _csv(a.models):
+    for name in _csv(a.models.replace("transformers", TRANSFORMERS)):
         if name not in zoo.ZOO:
             print(f"unknown zoo model {name!r}; available: {', '.join(zoo.names())}", file=sys.stderr)
             return 2

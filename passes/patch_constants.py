@@ -7,6 +7,7 @@ reads changed, the argument becomes the new literal. Batch-like dims never chang
 they stay dynamic."""
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -21,6 +22,7 @@ from slimc.shape_rules.structural import EXPANDS, size_query
 
 RESHAPES = {"view", "reshape", torch.reshape, *aten("view.default", "reshape.default", "_unsafe_view.default"), *EXPANDS}
 CONVS = {F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default")}
+UNFLATTENS = {"unflatten", torch.unflatten, *aten("unflatten.int")}
 SPLITS = {"split", torch.split, "chunk", torch.chunk, *aten("split.Tensor", "split_with_sizes.default", "chunk.default")}
 
 
@@ -51,14 +53,22 @@ def _reads_changed(plan, n, seen: set | None = None) -> bool:
     return any(_reads_changed(plan, a, seen) for a in n.all_input_nodes)
 
 
-def _patch_sizes(plan, args, new: list[int], old: tuple):
-    """Sizes whose value changes become the new literal; -1 and unchanged sizes stay."""
+def _patch_sizes(plan, node: fx.Node, args, new: list[int], old: tuple):
+    """Literal sizes become the new ones (-1 stays). A size computed at run time that reads
+    a changed size becomes the new literal (channel dims are static); one that does not
+    but must change — ``bsz * num_heads`` with heads removed — is scaled by new/old, which
+    keeps a dynamic batch factor dynamic."""
     out = []
     for a, n, o in zip(args, new, old):
         if isinstance(a, int) and a != -1:
             out.append(n)
-        elif isinstance(a, fx.Node) and (n != o or _reads_changed(plan, a)):
+        elif isinstance(a, fx.Node) and _reads_changed(plan, a):
             out.append(n)
+        elif isinstance(a, fx.Node) and n != o:
+            g = math.gcd(n, o)
+            with node.graph.inserting_before(node):
+                scaled = node.graph.call_function(operator.mul, (a, n // g))
+                out.append(node.graph.call_function(operator.floordiv, (scaled, o // g)))
         else:
             out.append(a)
     return out
@@ -77,15 +87,24 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                 continue
             args = list(node.args)
             if len(args) == 2 and isinstance(args[1], (list, tuple)):
-                args[1] = type(args[1])(_patch_sizes(plan, args[1], new, old))
+                args[1] = type(args[1])(_patch_sizes(plan, node, args[1], new, old))
             elif "shape" in node.kwargs or "size" in node.kwargs:
                 key = "shape" if "shape" in node.kwargs else "size"
-                node.kwargs = {**node.kwargs, key: _patch_sizes(plan, node.kwargs[key], new, old)}
+                node.kwargs = {**node.kwargs, key: _patch_sizes(plan, node, node.kwargs[key], new, old)}
                 modified = True
             else:
-                args[1:] = _patch_sizes(plan, args[1:], new, old)
+                args[1:] = _patch_sizes(plan, node, args[1:], new, old)
             if tuple(args) != node.args:
                 node.args = tuple(args)
+                modified = True
+                notes.append(f"{node.name}: sizes → {new}")
+        elif node.target in UNFLATTENS and isinstance(old, tuple):
+            dim, sizes = node.args[1], node.args[2]
+            dim %= len(shapes[node.args[0].name])
+            new = _new_shape(plan, node.name, old)[dim: dim + len(sizes)]
+            patched = _patch_sizes(plan, node, sizes, new, old[dim: dim + len(sizes)])
+            if list(patched) != list(sizes):
+                node.args = (node.args[0], dim, type(sizes)(patched), *node.args[3:])
                 modified = True
                 notes.append(f"{node.name}: sizes → {new}")
         elif node.target in SPLITS and isinstance(old, list):

@@ -87,6 +87,7 @@ class Coupling:
     reshapes: list[Reshape] = field(default_factory=list)
     constraints: list[Any] = field(default_factory=list)
     covered: set = field(default_factory=set)  # slots described without a link (size-1, scalars)
+    virtual: dict = field(default_factory=dict)  # slots of no tensor (a reshape's common refinement) → size
 
     def flow(self, a: SlotKey, b: SlotKey, a_idx=None, b_idx=None, *, term: int = 0, zero_ok: bool = True) -> "Coupling":
         self.links.append(Link("flow", a, b, a_idx, b_idx, term, zero_ok))

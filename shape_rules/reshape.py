@@ -8,6 +8,7 @@ heads) elements are matched by coordinates and the kept set stays a rectangle.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -74,9 +75,56 @@ def reshape(op: OpView) -> Coupling | Unsupported:
         elif len(bi) == 1:
             c.reshapes.append(Reshape(op.slot(x, bi[0]), [op.out(d) for d in bj], [outs[d] for d in bj], True, op.node.name))
         else:
-            why = f"reshape regroups dims {[ins[d] for d in bi]} → {[outs[d] for d in bj]}"
-            for d in bi:
-                c.barrier(op.slot(x, d), why)
-            for d in bj:
-                c.barrier(op.out(d), why)
+            _regroup(op, c, x, bi, bj)
     return c
+
+
+def refinement(a: list[int], b: list[int]) -> list[int] | None:
+    """Finest sizes that both ``a`` and ``b`` are row-major products of consecutive runs of
+    ((B, H·D) and (B·H, D) → (B, H, D)); None when their boundaries do not nest."""
+    cuts = sorted({int(v) for v in (*np.cumprod(a), *np.cumprod(b))})
+    out, prev = [], 1
+    for v in cuts:
+        if v % prev:
+            return None
+        out.append(v // prev)
+        prev = v
+    return out
+
+
+def _regroup(op: OpView, c: Coupling, x: fx.Node, bi: list[int], bj: list[int]) -> None:
+    """Dims regrouped (``view(L, B * H, D)`` of (L, B, H·D)): split the input dims into
+    their common refinement — virtual slots — and merge those into the output dims."""
+    ins, outs = op.shape(x), op.out_shape
+    a, b = [ins[d] for d in bi], [outs[d] for d in bj]
+    ref = refinement(a, b)
+    if ref is None:
+        why = f"reshape regroups dims {a} → {b}"
+        for d in bi:
+            c.barrier(op.slot(x, d), why)
+        for d in bj:
+            c.barrier(op.out(d), why)
+        return
+    virt = [("v", f"{op.node.name}#r{k}", 0) for k in range(len(ref))]
+    c.virtual.update(zip(virt, ref))
+
+    def runs(sizes: list[int]):
+        k = 0
+        for n in sizes:
+            j, p = k, 1
+            while p < n:
+                p *= ref[j]
+                j += 1
+            yield k, j
+            k = j
+
+    for d, (k, j) in zip(bi, runs(a)):
+        if j - k == 1:
+            c.flow(op.slot(x, d), virt[k])
+        else:
+            c.reshapes.append(Reshape(op.slot(x, d), virt[k:j], ref[k:j], True, op.node.name))
+    for d, (k, j) in zip(bj, runs(b)):
+        if j - k == 1:
+            c.flow(virt[k], op.out(d))
+        else:
+            c.reshapes.append(Reshape(op.out(d), virt[k:j], ref[k:j], False, op.node.name))

@@ -179,6 +179,9 @@ def build(gm: fx.GraphModule, shapes: dict[str, Any]) -> DependencyGraph:
     for fqn, t in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]:
         for d, k in enumerate(t.shape):
             alloc(("p", fqn, d), k)
+    for f in facts:
+        for slot, k in f.coupling.virtual.items():
+            alloc(slot, k)
 
     barrier_reasons: dict[SlotKey, str] = {}
     g = nx.MultiDiGraph()

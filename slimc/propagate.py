@@ -124,37 +124,41 @@ class Propagation:
 
     # --- reshapes -----------------------------------------------------------------
     def _resolve_reshapes(self) -> None:
+        """Reshapes with at most one free part are resolved first, in rounds: a union can fix
+        a part of another reshape (a batch dim reached through a chain of views). What still
+        has several free parts is then matched by coordinates."""
         dg = self.dg
-        gb = _any_by_group(self.barrier, self.group, int(self.group.max()) + 1 if dg.n else 0)
-        pending: list[tuple] = []
-        for f in dg.facts:
-            for r in f.coupling.reshapes:
+        todo = [(f, r) for f in dg.facts for r in f.coupling.reshapes]
+        multi: list[tuple] = []
+        while todo:
+            grp = self.uf.labels()
+            gb = _any_by_group(self.barrier, grp, int(grp.max()) + 1 if dg.n else 0)
+            multi, progress = [], False
+            for f, r in todo:
+                free = [k for k, s in enumerate(r.parts) if r.sizes[k] > 1 and not gb[grp[dg.ids(s)]].any()]
+                if len(free) > 1:
+                    multi.append((f, r))
+                    continue
+                progress = True
                 big = dg.ids(r.big)
-                sizes = np.array(r.sizes)
-                strides = np.concatenate([np.cumprod(sizes[::-1])[::-1][1:], [1]]).astype(np.int64)
-                e = np.arange(len(big))
-                coords = [(e // strides[k]) % sizes[k] for k in range(len(sizes))]
-                free = [k for k, s in enumerate(r.parts) if r.sizes[k] > 1 and not gb[self.group[dg.ids(s)]].any()]
-                why = f"reshape at '{r.node}'"
                 if not free:
                     self.barrier[big] = True
-                    self.barrier_why.setdefault(r.big, f"{why} of fixed dims")
-                else:
-                    parts = [dg.ids(r.parts[k])[coords[k]] for k in free]
-                    for k, part in zip(free, parts):
-                        if r.big_is_input:  # an axis element is dead/zero when its whole fiber is
-                            fiber = (e // (strides[k] * sizes[k])) * strides[k] + e % strides[k]
-                            self._flow(f, big, part, fiber)
-                        else:  # a merged element is dead/zero when any of its axis elements is
-                            self._flow(f, part, big, np.zeros(len(big), np.int64))
-                    if len(free) == 1:
-                        self.uf.add(big, parts[0])
-                    else:
-                        pending.append((f, big, parts, why, r.big_is_input))
-        if not pending:
-            self.group = self.uf.labels()
-            return
+                    self.barrier_why.setdefault(r.big, f"reshape at '{r.node}' of fixed dims")
+                    continue
+                part = self._part_flows(f, r, free)[0]
+                self.uf.add(big, part)
+            if not progress:
+                break
+            todo = multi
         grp = self.uf.labels()
+        if not multi:
+            self.group = grp
+            return
+        gb = _any_by_group(self.barrier, grp, int(grp.max()) + 1)
+        pending: list[tuple] = []
+        for f, r in multi:
+            free = [k for k, s in enumerate(r.parts) if r.sizes[k] > 1 and not gb[grp[dg.ids(s)]].any()]
+            pending.append((f, dg.ids(r.big), self._part_flows(f, r, free), f"reshape at '{r.node}'", r.big_is_input))
         width = max(len(p[2]) for p in pending)
         keys = []
         for f, big, parts, why, _ in pending:
@@ -183,6 +187,23 @@ class Propagation:
                 ok = src[key] >= 0
                 self._flow(f, src[key][ok], big[ok], np.zeros(int(ok.sum()), np.int64))
         self.group = self.uf.labels()
+
+    def _part_flows(self, f, r, free: list[int]) -> list[np.ndarray]:
+        """Element ids of each free part for every big element; dead/zero flows between them."""
+        big = self.dg.ids(r.big)
+        sizes = np.array(r.sizes)
+        strides = np.concatenate([np.cumprod(sizes[::-1])[::-1][1:], [1]]).astype(np.int64)
+        e = np.arange(len(big))
+        parts = []
+        for k in free:
+            part = self.dg.ids(r.parts[k])[(e // strides[k]) % sizes[k]]
+            if r.big_is_input:  # an axis element is dead/zero when its whole fiber is
+                fiber = (e // (strides[k] * sizes[k])) * strides[k] + e % strides[k]
+                self._flow(f, big, part, fiber)
+            else:  # a merged element is dead/zero when any of its axis elements is
+                self._flow(f, part, big, np.zeros(len(big), np.int64))
+            parts.append(part)
+        return parts
 
     def _flow(self, fact, a: np.ndarray, b: np.ndarray, terms: np.ndarray) -> None:
         """Synthetic flow links (one per term) for the dead/zero analyses through a reshape."""

@@ -121,8 +121,11 @@ def trace_export(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
     ep = torch.export.export(model.eval(), example_inputs, dynamic_shapes=dyn, strict=False)
     model.train(was)
     unlifted = ep.module()
-    # the unlifted module refuses .train()/.eval(); a plain GraphModule over the same graph does not
+    # the unlifted module refuses .train()/.eval(); a plain GraphModule over the same graph does not.
+    # Its graph remembers export's tracer class, which cannot re-trace when torch.load unpickles it.
+    unlifted.graph._tracer_cls = None
     gm = fx.GraphModule(unlifted, unlifted.graph, model.__class__.__name__)
+    gm._tracer_cls, gm._tracer_extras = None, {}
     # export's input guards pin the example's shapes (batch size included): drop them
     for n in list(gm.graph.nodes):
         if n.op == "call_module" and type(gm.get_submodule(n.target)).__name__ == "GuardsFn" and not n.users:

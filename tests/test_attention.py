@@ -343,3 +343,34 @@ def test_torch_transformer_encoder_is_seen_through():
     assert _widths(res, "enc.layers.0.linear1", "enc.layers.1.linear2") == ((32, 32), (32, 32))
     f = res.report["flops"]
     assert f["after"] < f["before"] < 2 * f["after"]  # the fused fast path is not counted as free
+
+
+def test_multihead_attention_module_loses_whole_heads(tmp_path):
+    """nn.MultiheadAttention (seen through via torch.export): views that merge the batch
+    with the heads (``view(L, B * H, D)``) are split into a common refinement, and the
+    ``bsz * num_heads`` size stays dynamic."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(32, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    m = _model(M)
+    res = assert_contract(m, {"mha.in_proj_weight": _rows(96, head_rows([1, 2], 3))}, _x())
+    p = dict(res.module.named_parameters())
+    assert tuple(p["mha.in_proj_weight"].shape) == (48, 32) and tuple(p["mha.out_proj.weight"].shape) == (32, 16)
+    res.save(tmp_path, onnx=False)
+    slim = torch.load(tmp_path / "slim.pt", weights_only=False)  # an export-traced module reloads
+    x5 = torch.randn(5, 10, 32)  # export keeps the batch dynamic (the sequence length is traced)
+    d = (slim(x5) - res.module(x5)).abs().max()
+    assert d == 0
+
+
+def test_common_refinement_of_regrouped_dims():
+    from slimc.shape_rules.reshape import refinement
+
+    assert refinement([2, 32], [8, 8]) == [2, 4, 8]
+    assert refinement([10, 6], [60]) == [10, 6]
+    assert refinement([4, 6], [6, 4]) is None
