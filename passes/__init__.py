@@ -26,12 +26,13 @@ class RewriteContext:
 
 
 def _pipeline() -> list[tuple[str, Callable[[fx.GraphModule, RewriteContext], PassResult]]]:
-    from slimc.passes import drop_dead, exact_layernorm, patch_constants, slice_params
+    from slimc.passes import drop_dead, exact_layernorm, exact_mean, patch_constants, slice_params
 
     return [
         ("slice_params", slice_params.run),  # smaller leaf modules and params, same classes
         ("patch_constants", patch_constants.run),  # view/reshape sizes, split sizes, conv groups
         ("exact_layernorm", exact_layernorm.run),  # LayerNorm stats as if removed channels were zeros
+        ("exact_mean", exact_mean.run),  # a mean over pruned channels divides by the original count
         ("drop_dead", drop_dead.run),  # dead nodes out, lint, recompile
     ]
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from slimc.shape_rules import Coupling, OpView, Unsupported, aten, shape_rule
+from slimc.shape_rules import Coupling, NeedsZero, OpView, Unsupported, aten, shape_rule
 
 POOL_MODULES = {
     nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
@@ -83,10 +83,16 @@ def _dims(op: OpView, nd: int) -> list[int] | None:
     return None
 
 
+MEANS = (torch.mean, "mean", *aten("mean.dim"))
+ADDITIVE = (*MEANS, torch.sum, "sum", *aten("sum.dim_IntList"))
+
+
 @shape_rule(torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin",
             *aten("mean.dim", "sum.dim_IntList", "amax.default", "amin.default"))
 def reduce(op: OpView) -> Coupling | Unsupported:
-    """Reduction: kept dims pass one-to-one; reduced dims become fixed (their channels are mixed)."""
+    """Reduction: kept dims pass one-to-one. A sum or mean reads every channel of a reduced
+    dim: removed channels must be zero there (a mean is then rewritten to divide by the
+    original count: RMSNorm, a channels-first LayerNorm); max/min dims are fixed."""
     x = op.arg(0, "input")
     if not isinstance(x, fx.Node):
         return Unsupported("reduction of a non-tensor")
@@ -99,7 +105,11 @@ def reduce(op: OpView) -> Coupling | Unsupported:
     od = 0
     for d in range(len(xs)):
         if d in dims:
-            c.barrier(op.slot(x, d), f"reduced by {op.node.target}")
+            if op.node.target in ADDITIVE:
+                c.cover(op.slot(x, d))
+                c.constraints.append(NeedsZero(op.slot(x, d), f"'{op.node.name}' sums over dim {d}"))
+            else:
+                c.barrier(op.slot(x, d), f"reduced by {op.node.target}")
             if keep:
                 c.cover(op.out(od))
                 od += 1

@@ -399,8 +399,9 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
             if grow.any():
                 changed |= keep(bg[grow], f"{pf.why}: kept set must stay a rectangle")
         needs = [c for c in cons if isinstance(c, NeedsZero) and c.slot in dg.offset]
-        if needs and mode == "channel":
-            param_zero = P.user_masked | (removed_g[grp] & param_el)
+        if needs:
+            # channel mode compares against the final masks, exact mode against the user's
+            param_zero = P.user_masked | (removed_g[grp] & param_el) if mode == "channel" else P.user_masked
             z = P.zero(param_zero)
             for c in needs:
                 ids = dg.ids(c.slot)

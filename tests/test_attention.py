@@ -374,3 +374,14 @@ def test_common_refinement_of_regrouped_dims():
     assert refinement([2, 32], [8, 8]) == [2, 4, 8]
     assert refinement([10, 6], [60]) == [10, 6]
     assert refinement([4, 6], [6, 4]) is None
+
+
+def test_llama_hidden_size_goes_through_rmsnorm():
+    """HF's RMSNorm is x * rsqrt(x.pow(2).mean(-1) + eps): the mean over removed (zero)
+    hidden channels is rewritten to sum / C, so the hidden size shrinks exactly."""
+    m, x = zoo.build("llama_tiny"), zoo.example_inputs("llama_tiny")
+    res = assert_contract(m, group_masks(m, x, 0.5), x)
+    p = dict(res.module.named_parameters())
+    assert tuple(p["model.embed_tokens.weight"].shape) == (128, 32)
+    assert tuple(p["model.layers.0.self_attn.k_proj.weight"].shape) == (16, 32)  # 1 of 2 kv heads
+    assert any("sum / 64" in n for n in res.report["notes"])

@@ -809,6 +809,13 @@ class ChannelMix(nn.Module):
             x = x - x.mean(1, keepdim=True)
         elif self.kind == "mean1_gate":
             x = x * x.mean(1).unsqueeze(1)
+        elif self.kind == "sum1":
+            x = x * torch.sum(x, dim=1, keepdim=True).sigmoid()
+        elif self.kind == "sigmoid_mean1":
+            x = torch.sigmoid(x)
+            x = x - x.mean(1, keepdim=True)
+        elif self.kind == "amax1":
+            x = x - x.amax(1, keepdim=True)
         elif self.kind == "cumsum":
             x = torch.cumsum(x, dim=1)
         elif self.kind == "fft":
@@ -816,7 +823,30 @@ class ChannelMix(nn.Module):
         return self.conv2(x)
 
 
-@pytest.mark.parametrize("kind", ["softmax", "F.softmax", "mean1", "mean1_gate", "cumsum", "fft"])
+@pytest.mark.parametrize("kind", ["mean1", "mean1_gate", "sum1"])
+def test_mean_or_sum_over_channels_is_exact(kind):
+    """A mean over channels reads every channel: removed ones must be zero at its input,
+    and the mean is rewritten to divide by the original count (RMSNorm, channels-first LN)."""
+    m = build(ChannelMix, kind)
+    rows = [0, 2, 3]
+    masks = {"conv1.weight": mask_rows(m, "conv1.weight", rows), "conv1.bias": mask_rows(m, "conv1.bias", rows)}
+    res = assert_contract(m, masks, x_(2, 3, 5, 5))
+    assert removed_idx(res, m, "conv1.weight") == set(rows)
+    # exact mode with the bias left in: relu(bias) is what the mean reads, so nothing goes
+    res = assert_contract(m, {"conv1.weight": masks["conv1.weight"]}, x_(2, 3, 5, 5), mode="exact")
+    assert removed_idx(res, m, "conv1.weight") == set()
+
+
+def test_mean_over_channels_that_are_not_zero_keeps_them():
+    m = build(ChannelMix, "sigmoid_mean1")  # sigmoid(0) = 0.5: a removed channel would shift the mean
+    rows = [0, 2, 3]
+    masks = {"conv1.weight": mask_rows(m, "conv1.weight", rows), "conv1.bias": mask_rows(m, "conv1.bias", rows)}
+    res = assert_contract(m, masks, x_(2, 3, 5, 5))
+    assert removed_idx(res, m, "conv1.weight") == set()
+    assert "sums over dim 1" in kept_reasons(res)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "F.softmax", "amax1", "cumsum", "fft"])
 def test_channel_mixing_is_a_barrier(kind):
     m = build(ChannelMix, kind)
     masks = {"conv1.weight": mask_rows(m, "conv1.weight", [0, 2, 3]), "conv1.bias": mask_rows(m, "conv1.bias", [0, 2, 3])}
