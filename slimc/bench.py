@@ -452,13 +452,20 @@ def bench_spec(model_spec: str, masks: str | os.PathLike | None = None, *,
     from slimc.loading import load_model
     from slimc.masks import load_masks
 
+    from slimc.shards import fill_weights, load_slim
+
     model, example_inputs = load_model(model_spec)
     kw.setdefault("name", Path(model_spec).stem if model_spec.endswith(".py") else model_spec.split(":")[-1])
     if compiled_dir is not None:
         d = Path(compiled_dir)
         if not (d / "slim.pt").is_file():
             raise FileNotFoundError(f"{d} has no slim.pt: pass the folder `slimc compile` wrote")
-        slim = torch.load(d / "slim.pt", weights_only=False, map_location="cpu")
+        slim = load_slim(d)
+        if any(p.is_meta for p in model.parameters()):  # planned on meta: the original's checkpoint
+            weights = (json.loads((d / "report.json").read_text()).get("source") or {}).get("weights")
+            if not weights:
+                raise FileNotFoundError(f"{model_spec} builds its weights on the meta device and {d} names no checkpoint")
+            fill_weights(model, weights)
         mask_src = masks if masks is not None else d / "masks.pth"
         return bench(model, load_masks(mask_src), example_inputs, slim=slim, **kw)
     if masks is None:

@@ -54,15 +54,18 @@ def cmd_compile(a: argparse.Namespace) -> int:
     res = slimc.compile(model, masks, inputs, mode=a.mode, verify=not a.no_verify, front_end=a.front_end,
                         renorm=a.renorm, allow_empty=a.allow_empty, name=Path(a.model).stem)
     spec = str(Path(a.model).resolve()) if Path(a.model).is_file() else a.model
-    res.report["source"] = {"model": spec, "masks": str(Path(a.masks).resolve()) if a.masks else None}
-    res.save(out, onnx=not a.no_onnx, opset=a.opset, dynamic_batch=not a.static_batch)
+    res.report["source"] = {"model": spec, "masks": str(Path(a.masks).resolve()) if a.masks else None,
+                            "weights": str(Path(a.weights).resolve()) if a.weights else None}
+    paths = res.save(out, onnx=not a.no_onnx, opset=a.opset, dynamic_batch=not a.static_batch, weights=a.weights)
     if a.json:
         print(json.dumps(res.report, indent=2, default=str))
     else:
         from slimc.report import render
 
         render(res.report, _console())
-        print(f"wrote {out}/slim.pt" + ("" if a.no_onnx else f", {out}/slim.onnx") + f", {out}/masks.pth, {out}/report.json")
+        shards = [p for n, p in paths.items() if n.endswith(".safetensors")]
+        named = [p for n, p in paths.items() if not n.endswith(".safetensors")]
+        print("wrote " + ", ".join(named) + (f" and {len(shards)} sliced safetensors shard(s)" if shards else ""))
     return 0
 
 
@@ -72,9 +75,13 @@ def _load_compiled_dir(path: Path):
     slim_pt, inp = path / "slim.pt", path / "inputs.pt"
     if not slim_pt.is_file() or not inp.is_file():
         raise LoadError(f"'{path}' is not a slimc compile output (needs slim.pt and inputs.pt): run slimc compile first")
+    from slimc.shards import load_slim
+
     try:
-        module = torch.load(slim_pt, weights_only=False)
+        module = load_slim(path)  # weights from sliced shards when slim.pt was planned on meta
         inputs = tuple(torch.load(inp, weights_only=True))
+    except SlimcError:
+        raise
     except Exception as e:
         raise LoadError(f"cannot read '{slim_pt}': {type(e).__name__}: {e}".splitlines()[0]) from e
     return module, inputs
@@ -227,6 +234,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     c.add_argument("--static-batch", action="store_true", help="fixed batch axis in ONNX (default: dynamic)")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--weights", default=None, metavar="CKPT",
+                   help="safetensors checkpoint (folder of shards or a file) to slice, tensor by tensor, into "
+                        "the output folder; with a model built on the meta device (slimc.shards.empty_weights) "
+                        "the plan needs no weights in memory")
     c.set_defaults(fn=cmd_compile)
 
     e = sub.add_parser("export", help="write an ONNX file (checked with onnxruntime) of the slim model")

@@ -32,20 +32,34 @@ class CompileResult:
     example_inputs: tuple = field(repr=False, default=())
 
     def save(self, out_dir: str | Path, *, onnx: bool = True, opset: int | None = None,
-             dynamic_batch: bool = True) -> dict[str, str]:
-        """Write slim.pt, final masks.pth, slim.onnx (checked with onnxruntime) and report.json."""
+             dynamic_batch: bool = True, weights: Any = None) -> dict[str, str]:
+        """Write slim.pt, final masks.pth, slim.onnx (checked with onnxruntime) and report.json.
+
+        ``weights``: a safetensors checkpoint (folder or files) to slice shard by shard into
+        ``out_dir`` — for a plan made on the meta device, whose slim.pt holds no weights."""
         from slimc.atomic import atomic_path, write_text
         from slimc.masks import save_masks
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        on_meta = any(t.is_meta for t in self.module.parameters())
         paths = {"slim.pt": str(out / "slim.pt"), "masks.pth": str(out / "masks.pth")}
+        if weights is not None:
+            from slimc.shards import slice_checkpoint
+
+            t0 = time.perf_counter()
+            info = slice_checkpoint(self.plan, weights, out)
+            self.report["times_s"]["weights"] = time.perf_counter() - t0
+            self.report["weights"] = info
+            paths.update({Path(f).name: f for f in info["files"]})
         with atomic_path(out / "slim.pt") as tmp:
             torch.save(self.module, tmp)
         save_masks(self.masks, out / "masks.pth")
         with atomic_path(out / "inputs.pt") as tmp:  # lets `slimc export/bench out/` rebuild inputs
             torch.save(list(self.example_inputs), tmp)
-        if onnx:
+        if onnx and on_meta:
+            self.report["notes"].append("no ONNX: the slim model's weights are on the meta device")
+        elif onnx:
             from slimc.export import export_onnx
 
             t0 = time.perf_counter()
@@ -102,12 +116,15 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         raise SlimcError(f"model is a {type(model).__name__}, not an nn.Module")
     if example_inputs is None:
         raise SlimcError("example_inputs are needed to trace the model: pass a tensor or a tuple")
-    inputs = as_tuple(example_inputs)
+    inputs = given_inputs = as_tuple(example_inputs)
+    on_meta = any(t.is_meta for t in model.parameters())
+    if on_meta:  # shapes only: the example inputs go to the meta device too
+        inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
     times: dict[str, float] = {}
     t = time.perf_counter()
     user = normalize(masks, model)
     model = without_prune_hooks(model)
-    traced = trace(model, inputs, front_end)
+    traced = trace(model, inputs, front_end, meta=on_meta)
     used_params = count_params(traced.gm)
     times["trace"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -135,6 +152,12 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     except Exception as e:
         raise PlanError(f"rewriting failed: {type(e).__name__}: {e}".splitlines()[0]) from e
     slim.train(model.training)
+    if traced.real_tensors:  # a meta plan: the real buffers and constants go back, sliced
+        from slimc.shards import sliced
+        from slimc.trace import set_tensor
+
+        for name, real in traced.real_tensors.items():
+            set_tensor(slim, name, sliced(p, name, real))
     times["rewrite"] = time.perf_counter() - t
 
     bad = masks_cover(p.final_masks, user)
@@ -157,6 +180,10 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
                   *([f"{unused:,} params of modules forward() never uses are not in the slim model"] if unused else [])],
         "times_s": times,
     }
+    if on_meta:  # a plan from shapes alone (a model larger than memory): nothing to run
+        verify = False
+        report["notes"].append("weights on the meta device: plan from shapes only, not verified; "
+                               "slice a checkpoint with --weights (slimc.shards)")
     if verify:
         t = time.perf_counter()
         try:
@@ -181,5 +208,5 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     times["flops"] += time.perf_counter() - t
     report["layers"] = layer_widths(model, slim)
     times["total"] = sum(v for k, v in times.items() if k != "flops")
-    return CompileResult(slim, p.final_masks, report, p, inputs)
+    return CompileResult(slim, p.final_masks, report, p, given_inputs)
 

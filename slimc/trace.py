@@ -23,6 +23,35 @@ class Traced:
     gm: fx.GraphModule
     front_end: str
     notes: list[str] = field(default_factory=list)
+    real_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # set aside by a meta trace
+
+
+def set_tensor(gm: nn.Module, name: str, t: torch.Tensor) -> None:
+    """Set buffer or plain tensor attribute ``name`` (dotted path) of ``gm``, if it has it."""
+    owner, _, leaf = name.rpartition(".")
+    try:
+        mod = gm.get_submodule(owner) if owner else gm
+    except AttributeError:
+        return
+    if leaf in mod._buffers:
+        mod._buffers[leaf] = t
+    elif isinstance(getattr(mod, leaf, None), torch.Tensor):
+        setattr(mod, leaf, t)
+
+
+def to_meta(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
+    """Move every tensor of ``gm`` to the meta device (params already are: a plan from shapes
+    alone); return the real buffers and traced constants, to be put back after the rewrite."""
+    real: dict[str, torch.Tensor] = {}
+    names = {n.target for n in gm.graph.nodes if n.op == "get_attr"} | {n for n, _ in gm.named_buffers()}
+    for name in sorted(names):
+        owner, _, leaf = name.rpartition(".")
+        mod = gm.get_submodule(owner) if owner else gm
+        t = getattr(mod, leaf, None)
+        if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter) and not t.is_meta:
+            real[name] = t
+            set_tensor(gm, name, t.to("meta"))
+    return real
 
 
 def _meta_shape(meta: Any) -> Any:
@@ -136,8 +165,9 @@ def trace_export(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
     return gm
 
 
-def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto") -> Traced:
-    """Trace a *copy* of ``model``; the model passed in is never touched."""
+def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta: bool = False) -> Traced:
+    """Trace a *copy* of ``model``; the model passed in is never touched. ``meta``: the
+    parameters are on the meta device; shapes are propagated with every tensor there."""
     model = copy.deepcopy(model)
     notes: list[str] = []
     errors: list[str] = []
@@ -149,13 +179,14 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto") -> T
     for fe in order:
         try:
             gm = trace_export(model, example_inputs) if fe == "export" else trace_fx(model, leaf_all=fe != "fx")
+            real = to_meta(gm) if meta else {}
             propagate_shapes(gm, example_inputs)
         except Exception as e:  # tracing user code can raise anything
             errors.append(f"{fe}: {_first_line(e)}")
             continue
         if errors:
             notes.append(f"front end '{fe}' used; " + "; ".join(errors))
-        return Traced(gm, fe.split()[0], notes)
+        return Traced(gm, fe.split()[0], notes, real)
     raise TraceError(
         "cannot trace the model (" + "; ".join(errors) + "): remove data-dependent Python control flow "
         "from forward() or try --front-end export"
