@@ -35,7 +35,7 @@ from slimc.bench import bench, to_markdown, wait_for_quiet_cpu, write_outputs  #
 from slimc.prune import group_masks  # noqa: E402
 
 DEFAULT_MODELS = "vgg16,resnet18,resnet50,mobilenetv2,densenet_small,shufflenetv2_small"
-TRANSFORMERS = "vit_tiny,bert_tiny,gpt_tiny,llama_tiny"  # --models transformers
+TRANSFORMERS = "vit_small,bert_small,gpt_small,llama_small"  # --models transformers (zoo family "bench")
 
 # Published numbers (shared/REFERENCES.md), shown beside ours.
 PUBLISHED = """\

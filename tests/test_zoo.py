@@ -54,9 +54,10 @@ def test_registry():
     assert set(TRANSFORMER) == transformer
     assert CNN + TRANSFORMER == ALL
     assert zoo.names("no-such-family") == []
+    assert zoo.names("bench") == ["vit_small", "bert_small", "gpt_small", "llama_small"]
     for name, entry in zoo.ZOO.items():
         assert entry.name == name
-        assert entry.family == ("cnn" if name in cnn else "transformer")
+        assert entry.family == ("cnn" if name in cnn else "transformer" if name in transformer else "bench")
     with pytest.raises(KeyError):
         zoo.build("no-such-model")
 

@@ -72,6 +72,11 @@ _ENTRIES = [
     ZooEntry("bert_tiny", transformer.bert_tiny, _SEQ, "transformer", _tokens(100)),
     ZooEntry("gpt_tiny", transformer.gpt_tiny, _SEQ, "transformer", _tokens(128)),
     ZooEntry("llama_tiny", transformer.llama_tiny, _SEQ, "transformer", _tokens(128)),
+    # benchmark sizes of the same transformers (not in names() unless asked for)
+    ZooEntry("vit_small", transformer.vit_small, _CIFAR, "bench"),
+    ZooEntry("bert_small", transformer.bert_small, (128,), "bench", _tokens(1000, 128)),
+    ZooEntry("gpt_small", transformer.gpt_small, (128,), "bench", _tokens(1000, 128)),
+    ZooEntry("llama_small", transformer.llama_small, (128,), "bench", _tokens(1000, 128)),
 ]
 
 ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
@@ -205,5 +210,6 @@ def example_inputs(name: str, batch: int = 2, seed: int = 0) -> tuple[torch.Tens
 
 
 def names(family: str | None = None) -> list[str]:
-    """Registered model names (in registration order), optionally by family."""
-    return [n for n, e in ZOO.items() if family is None or e.family == family]
+    """Registered model names (in registration order), optionally by family. Without a
+    family: every model the tests run on ("cnn", "transformer"), not the "bench" sizes."""
+    return [n for n, e in ZOO.items() if (e.family == family if family else e.family != "bench")]

@@ -583,3 +583,31 @@ class LlamaForCausalLM(nn.Module):
 def llama_tiny() -> LlamaForCausalLM:
     """LLaMA on token ids (batch, 16), vocab 128: hidden 64, 2 layers, 4 q heads / 2 kv heads x 16, FFN 128."""
     return LlamaForCausalLM()
+
+
+# --------------------------------------------------------------------------- benchmark sizes
+# The same architectures at widths where compute, not per-op overhead, dominates on a CPU
+# (benchmarks/latency.py --models transformers_small); tests use the tiny ones.
+
+
+def vit_small() -> VisionTransformer:
+    """ViT on 3x32x32: dim 256, 6 blocks, 8 heads x 32, MLP 1024."""
+    return VisionTransformer(img_size=32, patch_size=4, num_classes=10, embed_dim=256, depth=6, num_heads=8)
+
+
+def bert_small() -> BertForSequenceClassification:
+    """BERT on (batch, 128) ids, vocab 1000: hidden 256, 4 layers, 8 heads x 32, FFN 1024."""
+    return BertForSequenceClassification(vocab_size=1000, hidden_size=256, num_hidden_layers=4,
+                                         num_attention_heads=8, intermediate_size=1024,
+                                         max_position_embeddings=128)
+
+
+def gpt_small() -> GPT:
+    """nanoGPT on (batch, 128) ids, vocab 1000: n_embd 256, 8 heads, 4 layers."""
+    return GPT(vocab_size=1000, block_size=128, n_layer=4, n_head=8, n_embd=256)
+
+
+def llama_small() -> LlamaForCausalLM:
+    """LLaMA on (batch, 128) ids, vocab 1000: hidden 256, 4 layers, 8 q / 4 kv heads x 32, FFN 688."""
+    return LlamaForCausalLM(vocab_size=1000, hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
+                            num_key_value_heads=4, head_dim=32, intermediate_size=688)
