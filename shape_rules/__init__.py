@@ -88,6 +88,12 @@ class Coupling:
     constraints: list[Any] = field(default_factory=list)
     covered: set = field(default_factory=set)  # slots described without a link (size-1, scalars)
     virtual: dict = field(default_factory=dict)  # slots of no tensor (a reshape's common refinement) → size
+    uses: list = field(default_factory=list)  # (input slot, output slot): a contracted dim is used iff the output is
+
+    def use(self, contracted: SlotKey, by: SlotKey) -> "Coupling":
+        """``contracted`` (a dim that the op sums over) is in use iff any element of ``by`` is."""
+        self.uses.append((contracted, by))
+        return self
 
     def flow(self, a: SlotKey, b: SlotKey, a_idx=None, b_idx=None, *, term: int = 0, zero_ok: bool = True) -> "Coupling":
         self.links.append(Link("flow", a, b, a_idx, b_idx, term, zero_ok))

@@ -80,6 +80,7 @@ def matmul(op: OpView) -> Coupling | Unsupported:
         c.flow(op.slot(a, -2), op.out(-2))
         c.flow(op.slot(b, -1), op.out(-1))
         c.links.append(_tie(op.slot(a, -1), op.slot(b, -2)))
+        c.use(op.slot(a, -1), op.out(-1)).use(op.slot(b, -2), op.out(-1))
         if nb >= 2:  # (batch, heads, n, m): scores or context of multi-head attention
             c.constraints.append(HeadAxis(op.out(nb - 1)))
     return c
@@ -135,6 +136,7 @@ def sdpa(op: OpView) -> Coupling | Unsupported:
     c.barrier(op.slot(k, -2), why)
     c.barrier(op.slot(v, -2), why)
     c.links.append(_tie(op.slot(q, -1), op.slot(k, -1)))
+    c.use(op.slot(q, -1), op.out(-1)).use(op.slot(k, -1), op.out(-1))
     c.flow(op.slot(v, -1), op.out(-1))
     mask = op.arg(3, "attn_mask")
     if isinstance(mask, fx.Node):

@@ -117,6 +117,7 @@ class Propagation:
                 for d in range(len(dg.gm.get_parameter(names[0]).shape)):
                     self.uf.add(dg.ids(("p", names[0], d)), dg.ids(("p", other, d)))
         self.products: list[ProductFact] = []
+        self.splits: list[tuple] = []  # (fact, big ids, [axis ids per free part]) of split reshapes
         self.group = self.uf.labels()
         self._resolve_reshapes()
         self.ng = int(self.group.max()) + 1 if n else 0
@@ -195,21 +196,25 @@ class Propagation:
         strides = np.concatenate([np.cumprod(sizes[::-1])[::-1][1:], [1]]).astype(np.int64)
         e = np.arange(len(big))
         parts = []
+        if r.big_is_input and free:
+            self.splits.append((f, big, [self.dg.ids(r.parts[k])[(e // strides[k]) % sizes[k]] for k in free]))
         for k in free:
             part = self.dg.ids(r.parts[k])[(e // strides[k]) % sizes[k]]
             if r.big_is_input:  # an axis element is dead/zero when its whole fiber is
                 fiber = (e // (strides[k] * sizes[k])) * strides[k] + e % strides[k]
-                self._flow(f, big, part, fiber)
+                self._flow(f, big, part, fiber, split=True)
             else:  # a merged element is dead/zero when any of its axis elements is
                 self._flow(f, part, big, np.zeros(len(big), np.int64))
             parts.append(part)
         return parts
 
-    def _flow(self, fact, a: np.ndarray, b: np.ndarray, terms: np.ndarray) -> None:
-        """Synthetic flow links (one per term) for the dead/zero analyses through a reshape."""
+    def _flow(self, fact, a: np.ndarray, b: np.ndarray, terms: np.ndarray, split: bool = False) -> None:
+        """Synthetic flow links (one per term) for the dead/zero analyses through a reshape
+        (``split``: big element → its axis elements; liveness handles those itself)."""
         for t in np.unique(terms).tolist():
             sel = terms == t
-            self.links.append((fact, Link("flow", ("reshape",), ("reshape",), term=int(t)), a[sel], b[sel]))
+            tag = ("reshape", "split") if split else ("reshape",)
+            self.links.append((fact, Link("flow", ("reshape",), tag, term=int(t)), a[sel], b[sel]))
 
     # --- roles and masks ----------------------------------------------------------
     def _roles(self) -> None:
@@ -246,7 +251,7 @@ class Propagation:
         neutral = np.zeros(self.dg.n, bool)
         by_fact: dict[int, list] = {}
         for f, ln, a, b in self.links:
-            if ln.term is None or ln.kind in ("sink", "tie"):
+            if ln.term is None or ln.kind in ("sink", "tie"):  # ties and uses carry no data
                 continue
             by_fact.setdefault(id(f), []).append((ln, a, b))
         for f in self.dg.facts:
@@ -277,6 +282,38 @@ class Propagation:
             state[uniq] = result & has
             neutral[uniq] = ~has
         return state
+
+    def live(self) -> np.ndarray:
+        """Per element, backward: does anything that is kept read it? A barrier is live; a
+        flow's input is live if its output is; a channel an unmasked sink reads is live; a
+        contracted dim is live if the op's output is; an element split into axes is live
+        only if every axis slice it lies in is (a head whose output is unused goes whole)."""
+        dg = self.dg
+        live = self.barrier.copy()
+        for slot, n in dg.size.items():  # a size-1 dim is broadcast or indexed, never a channel to drop
+            if n == 1:
+                live[dg.offset[slot]] = True
+        by_fact: dict[int, list] = {}
+        for f, ln, a, b in self.links:
+            by_fact.setdefault(id(f), []).append((ln, a, b))
+        splits: dict[int, list] = {}
+        for f, big, parts in self.splits:
+            splits.setdefault(id(f), []).append((big, parts))
+        for f in reversed(dg.facts):
+            for ln, a, b in by_fact.get(id(f), ()):
+                if ln.kind == "flow" and ln.b != ("reshape", "split"):
+                    np.logical_or.at(live, a, live[b])
+                elif ln.kind == "sink":
+                    np.logical_or.at(live, b, ~self.user_masked[a])
+            for big, parts in splits.get(id(f), ()):
+                both = np.ones(len(big), bool)
+                for part in parts:
+                    both &= live[part]
+                live[big] |= both
+            for contracted, by in f.coupling.uses:
+                if contracted in dg.offset and by in dg.offset and live[dg.ids(by)].any():
+                    live[dg.ids(contracted)] = True
+        return live
 
     def dead(self) -> np.ndarray:
         def value(ln: Link, a: np.ndarray, state: np.ndarray, neutral: np.ndarray):
@@ -331,7 +368,9 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
     n_sink = _count_by_group(P.is_sink, grp, ng)
     n_sink_m = _count_by_group(P.is_sink & P.user_masked, grp, ng)
     by_sink = (n_sink > 0) & (n_sink_m == n_sink)
-    removed_g = ~gbar & (by_src | by_sink)
+    live = P.live()  # channels nothing kept reads (a head whose output columns are all masked)
+    by_unused = _any_by_group(param_el, grp, ng) & (_count_by_group(is_value & live, grp, ng) == 0)
+    removed_g = ~gbar & (by_src | by_sink | by_unused)
     wanted_g = removed_g.copy()
     forced: dict[int, str] = {}
 

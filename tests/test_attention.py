@@ -189,11 +189,15 @@ def test_bert_style_heads_and_view_with_int_sizes():
     assert _widths(res, "query", "key", "value", "dense") == ((24, 32),) * 3 + ((32, 24),)
 
 
-def test_o_proj_columns_alone_keep_the_head():
-    """Only the value side is dead; q·k of that head still feeds the softmax, so the head stays."""
+def test_o_proj_columns_alone_remove_the_head():
+    """Nothing reads head 2's output, so nothing reads its q·k either: the whole head goes
+    (backward liveness through the head axis and the contraction)."""
     m = _model(NanoGPTAttention)
     cols = torch.ones(32, 32)
     cols[:, 2 * D:3 * D] = 0
+    res = assert_contract(m, {"c_proj.weight": cols}, _x())
+    assert _widths(res, "c_attn", "c_proj") == ((72, 32), (32, 24))
+    cols[:, 2 * D + 1:3 * D] = 1  # one column of the head still read: everything stays
     res = assert_contract(m, {"c_proj.weight": cols}, _x())
     assert n_params(res.module) == n_params(m)
 
