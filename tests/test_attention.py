@@ -15,6 +15,7 @@ from torch import nn
 import slimc
 from helpers import assert_contract, kept_reasons, n_params
 from slimc import zoo
+from slimc.zoo import transformer
 from slimc.prune import group_masks
 
 D = 8  # head dim of the fragments below
@@ -31,22 +32,11 @@ def head_rows(heads, parts: int = 1, dim: int = 32) -> list[int]:
     return [p * dim + h * D + d for p in range(parts) for h in heads for d in range(D)]
 
 
-class TimmAttention(nn.Module):
-    def __init__(self, dim=32, heads=4):
-        super().__init__()
-        self.num_heads, self.head_dim = heads, dim // heads
-        self.scale = self.head_dim ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
+class TimmAttention(transformer.Attention):
+    """The zoo's timm ViT attention: fused qkv, reshape + permute, unbind, q @ kᵀ · scale."""
 
-    def forward(self, x):
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        attn = (q @ k.transpose(-2, -1)) * self.scale
-        attn = attn.softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(B, N, C)
-        return self.proj(x)
+    def __init__(self, dim=32, heads=4):
+        super().__init__(dim, heads)
 
 
 class NanoGPTAttention(nn.Module):

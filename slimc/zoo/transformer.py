@@ -197,20 +197,6 @@ class BertSelfAttention(nn.Module):
         return context_layer
 
 
-class BertSelfOutput(nn.Module):
-    def __init__(self, hidden_size: int, layer_norm_eps: float, hidden_dropout_prob: float):
-        super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
-        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(hidden_dropout_prob)
-
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.dense(hidden_states)
-        hidden_states = self.dropout(hidden_states)
-        hidden_states = self.LayerNorm(hidden_states + input_tensor)
-        return hidden_states
-
-
 class BertAttention(nn.Module):
     def __init__(self, hidden_size, num_attention_heads, layer_norm_eps, hidden_dropout_prob,
                  attention_probs_dropout_prob):
@@ -248,6 +234,13 @@ class BertOutput(nn.Module):
         hidden_states = self.dropout(hidden_states)
         hidden_states = self.LayerNorm(hidden_states + input_tensor)
         return hidden_states
+
+
+class BertSelfOutput(BertOutput):
+    """HF's BertSelfOutput is BertOutput with a hidden → hidden dense."""
+
+    def __init__(self, hidden_size: int, layer_norm_eps: float, hidden_dropout_prob: float):
+        super().__init__(hidden_size, hidden_size, layer_norm_eps, hidden_dropout_prob)
 
 
 class BertLayer(nn.Module):
