@@ -90,4 +90,5 @@ def test_cli_compile_with_weights_on_a_meta_model(tmp_path):
     slim = load_slim(out)
     ref = slimc.compile(model, torch.load(tmp_path / "masks.pth"), x).module
     assert torch.allclose(slim(*x), ref(*x), atol=1e-6, rtol=0)
-    assert main(["bench", str(out), "--batch", "1", "--runtimes", "torch", "--min-time", "0.01"]) == 0
+    assert main(["bench", str(out), "--batch", "1", "--runtimes", "torch", "--min-time", "0.01",
+                 "-o", str(tmp_path / "bench")]) == 0
