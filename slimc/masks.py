@@ -134,6 +134,19 @@ def normalize(raw: Mapping[str, object] | MaskSet | None, model: nn.Module) -> M
                 + ": key masks by parameter FQN, e.g. 'features.0.weight', or NNI style {'features.0': {'weight': ...}}"
             )
         out[name] = _as_binary(name, m, params[name].shape)
+    # tied weights (lm_head = embedding): a mask on one name masks the shared tensor, whatever
+    # name the traced graph reads it under
+    by_id: dict[int, list[str]] = {}
+    for name, p in params.items():
+        by_id.setdefault(id(p), []).append(name)
+    for names in by_id.values():
+        given = [out[n] for n in names if n in out]
+        if len(names) > 1 and given:
+            joint = given[0].clone()
+            for m in given[1:]:
+                joint = joint * m
+            for n in names:
+                out[n] = joint.clone()
     return MaskSet(out)
 
 

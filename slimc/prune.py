@@ -59,7 +59,8 @@ def _units(P: Propagation, has_src: np.ndarray, attention: str) -> tuple[dict[in
 
 
 def group_masks(model: nn.Module, example_inputs: Any, ratio: float = 0.5, criterion: str = "l1",
-                seed: int = 0, min_channels: int = 1, attention: str = "heads") -> dict[str, torch.Tensor]:
+                seed: int = 0, min_channels: int = 1, attention: str = "heads",
+                front_end: str = "auto") -> dict[str, torch.Tensor]:
     """Masks (flat ``{param_fqn: 0/1}``) zeroing the lowest-``ratio`` channels of every family
     (whole heads, or the same channels of every head, where a reshape splits channels)."""
     if criterion not in CRITERIA:
@@ -69,12 +70,12 @@ def group_masks(model: nn.Module, example_inputs: Any, ratio: float = 0.5, crite
     if not 0 <= ratio < 1:
         raise ValueError("ratio must be in [0, 1)")
     inputs = as_tuple(example_inputs)
-    traced = trace(model, inputs)
+    traced = trace(model, inputs, front_end)
     dg = graph_mod.build(traced.gm, shapes_of(traced.gm))
     P = Propagation(dg, MaskSet())
     grp, ng = P.group, P.ng
     gbar = _any_by_group(P.barrier, grp, ng)
-    params = dict(traced.gm.named_parameters())
+    params = dict(traced.gm.named_parameters(remove_duplicate=False))  # a tied weight under any of its names
     score = np.zeros(ng)
     family: dict[int, set] = {}
     source_slices: list[tuple[str, int, np.ndarray, np.ndarray]] = []

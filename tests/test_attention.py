@@ -379,3 +379,19 @@ def test_llama_hidden_size_goes_through_rmsnorm():
     assert tuple(p["model.embed_tokens.weight"].shape) == (128, 32)
     assert tuple(p["model.layers.0.self_attn.k_proj.weight"].shape) == (16, 32)  # 1 of 2 kv heads
     assert any("sum / 64" in n for n in res.report["notes"])
+
+
+def test_tied_embedding_read_under_its_second_name():
+    """torch.export reads a tied weight under one name (here lm_head.weight, also for the
+    embedding): the pruner and the masks must treat both names as one tensor."""
+    m, x = zoo.build("gpt_tiny"), zoo.example_inputs("gpt_tiny")
+    masks = group_masks(m, x, 0.5, front_end="export")
+    res = assert_contract(m, masks, x, front_end="export")
+    p = dict(res.module.named_parameters(remove_duplicate=False))
+    assert tuple(p["lm_head.weight"].shape) == (128, 32)
+    assert res.report["params"]["after"] * 3 < res.report["params"]["before"]
+    # a mask given under one name of a tied pair masks the shared tensor
+    only = {"lm_head.weight": torch.ones(128, 64)}
+    only["lm_head.weight"][:, :4] = 0
+    res = assert_contract(m, only, x)
+    assert all((res.masks[n][:, :4] == 0).all() for n in ("lm_head.weight", "transformer.wte.weight"))
