@@ -31,8 +31,8 @@ def _pipeline() -> list[tuple[str, Callable[[fx.GraphModule, RewriteContext], Pa
     return [
         ("slice_params", slice_params.run),  # smaller leaf modules and params, same classes
         ("patch_constants", patch_constants.run),  # view/reshape sizes, split sizes, conv groups
-        ("exact_layernorm", exact_layernorm.run),  # LayerNorm stats as if removed channels were zeros
         ("exact_mean", exact_mean.run),  # a mean over pruned channels divides by the original count
+        ("exact_layernorm", exact_layernorm.run),  # LayerNorm stats as if removed channels were zeros
         ("drop_dead", drop_dead.run),  # dead nodes out, lint, recompile
     ]
 

@@ -31,7 +31,9 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
         if node.target not in MEANS or node.op not in ("call_method", "call_function"):
             continue
         x = node.args[0]
-        old = plan.dg.shapes[x.name]
+        old = plan.dg.shapes.get(x.name)
+        if not isinstance(old, tuple):
+            continue  # a node an earlier pass made
         dims, keep = _dims_keep(node, len(old))
         n_old = math.prod(old[d] for d in dims)
         n_new = math.prod(plan.new_size(("v", x.name, d)) for d in dims)

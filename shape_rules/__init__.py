@@ -36,7 +36,7 @@ class Unsupported:
 
 @dataclass
 class Link:
-    kind: str  # flow | source | follower | sink
+    kind: str  # flow | source | follower | sink | tie | feed (a broadcast term: all of a → each of b)
     a: SlotKey  # flow: input value slot; param kinds: the param slot
     b: SlotKey  # flow: output value slot; param kinds: the value slot
     a_idx: np.ndarray | None = None  # element indices into a (None: arange)
@@ -102,6 +102,13 @@ class Coupling:
     def param(self, kind: str, p: SlotKey, v: SlotKey, p_idx=None, v_idx=None, *, term: int = 0) -> "Coupling":
         assert kind in ("source", "follower", "sink"), kind
         self.links.append(Link(kind, p, v, p_idx, v_idx, term))
+        return self
+
+    def feed(self, a: SlotKey, b: SlotKey, *, term: int = 0, zero_ok: bool = True) -> "Coupling":
+        """A term that does not vary along ``b``'s dim (a bias over a Linear's leading dims, a
+        size-1 operand): it is zero for every element of ``b`` only if all of ``a`` is. Joins
+        no channels; only the zero analysis reads it."""
+        self.links.append(Link("feed", a, b, None, None, term, zero_ok))
         return self
 
     def barrier(self, slot: SlotKey, reason: str) -> "Coupling":

@@ -94,10 +94,16 @@ def _resize_prelu(m: nn.Module, new: dict) -> None:
 
 
 def _broadcast(op: OpView, c: Coupling, x, *, kind: str, term, zero_ok: bool = True) -> None:
-    """Couple operand ``x`` to the output dim by dim (right-aligned broadcasting)."""
+    """Couple operand ``x`` to the output dim by dim (right-aligned broadcasting). An output
+    dim ``x`` is broadcast along (size 1, or missing) gets ``x`` as one term for all its
+    elements (a ``feed``), so that the zero analysis sees ``x - x.mean(1)`` as non-zero."""
     out = op.out_shape
     xs = op.shape(x)
     lead = len(out) - len(xs)
+    if term is not None and xs:
+        for od in range(lead):
+            if out[od] > 1:
+                c.feed(op.slot(x, 0), op.out(od), term=term, zero_ok=zero_ok)
     for d, n in enumerate(xs):
         od = lead + d
         if n == out[od]:
@@ -108,6 +114,8 @@ def _broadcast(op: OpView, c: Coupling, x, *, kind: str, term, zero_ok: bool = T
                 c.flow(op.slot(x, d), op.out(od), term=term, zero_ok=zero_ok)
         elif n == 1:
             c.cover(op.slot(x, d))
+            if term is not None:
+                c.feed(op.slot(x, d), op.out(od), term=term, zero_ok=zero_ok)
         else:
             raise ValueError(f"operand dim {d} ({n}) does not broadcast to {out[od]}")
 
@@ -135,7 +143,7 @@ def add(op: OpView) -> Coupling | Unsupported:
     const = [x for x in (a, b) if not _is_tensor(op, x)]
     nonzero_const = any(isinstance(v, (int, float)) and v != 0 for v in const) or any(
         isinstance(v, fx.Node) for v in const
-    )
+    ) or any(op.shape(x) == () for x in tensors)  # a 0-d tensor: treated as a constant
     for t, x in enumerate(tensors):
         _broadcast(op, c, x, kind="source", term=t, zero_ok=not nonzero_const)
     return c

@@ -29,6 +29,8 @@ def linear(op: OpView) -> Coupling | Unsupported:
     c.param("source", w(0), op.out(-1))
     if b is not None:
         c.param("follower", b(0), op.out(-1), term=1)
+        for d in range(len(xs) - 1):  # the bias is added along every leading dim too
+            c.feed(b(0), op.out(d), term=1)
     return c
 
 
@@ -46,6 +48,7 @@ def addmm(op: OpView) -> Coupling | Unsupported:
     c.param("sink", op.slot(w, 0), op.slot(x, 1))
     c.param("source", op.slot(w, 1), op.out(1))
     c.param("follower", op.slot(bias, 0), op.out(1), term=1)
+    c.feed(op.slot(bias, 0), op.out(0), term=1)
     return c
 
 

@@ -82,7 +82,7 @@ class _Union:
 
 def _link_ids(dg: DependencyGraph, ln: Link) -> tuple[np.ndarray, np.ndarray]:
     a, b = dg.ids(ln.a, ln.a_idx), dg.ids(ln.b, ln.b_idx)
-    if len(a) != len(b):
+    if len(a) != len(b) and ln.kind != "feed":
         raise PlanError(f"internal: link {ln.kind} {ln.a} → {ln.b} pairs {len(a)} with {len(b)} elements")
     return a, b
 
@@ -110,7 +110,8 @@ class Propagation:
                 self.barrier[dg.ids(slot)] = True
         self.uf = _Union(n)
         for _, ln, a, b in self.links:
-            self.uf.add(a, b)
+            if ln.kind != "feed":  # a broadcast term joins no channels
+                self.uf.add(a, b)
         self.aliases = param_aliases(dg)
         for names in self.aliases:  # one tensor under several names: one set of channels
             for other in names[1:]:
@@ -261,6 +262,8 @@ class Propagation:
             contribs = []
             for ln, a, b in items:
                 v = value(ln, a, state, neutral)
+                if v is not None and ln.kind == "feed":  # one term for every element of b
+                    v = np.full(len(b), 1 if (v == 1).all() else 0 if (v != -1).any() else -1, np.int8)
                 if v is not None:
                     contribs.append((b, ln.term, v))
             if not contribs:
@@ -317,6 +320,8 @@ class Propagation:
 
     def dead(self) -> np.ndarray:
         def value(ln: Link, a: np.ndarray, state: np.ndarray, neutral: np.ndarray):
+            if ln.kind == "feed":
+                return None  # a broadcast term: what removes a channel is its own sources
             if ln.kind == "flow":
                 return np.where(neutral[a], -1, state[a]).astype(np.int8)
             if ln.kind == "source":
@@ -329,7 +334,7 @@ class Propagation:
 
     def zero(self, param_zero: np.ndarray) -> np.ndarray:
         def value(ln: Link, a: np.ndarray, state: np.ndarray, neutral: np.ndarray):
-            if ln.kind == "flow":
+            if ln.kind in ("flow", "feed") and ln.a[0] == "v":
                 return (state[a] & ln.zero_ok).astype(np.int8)
             return param_zero[a].astype(np.int8)
 

@@ -1046,3 +1046,46 @@ def test_norms_without_affine_are_resized():
     gn = slim_module(res, "gn")
     assert (gn.num_groups, gn.num_channels) == (3, 6)
     assert slim_module(res, "c1").out_channels == 6 and slim_module(res, "fc1").out_features == 8
+
+
+# --------------------------------------------------------------------------- broadcast terms
+class TokenMix(nn.Module):
+    """MLP-Mixer: a Linear over the token dim, so the channels are a *leading* dim of that
+    Linear and its bias lands on every channel (a removed channel is not zero after it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.tok = nn.Linear(5, 5)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = x + self.tok(x.transpose(1, 2)).transpose(1, 2)
+        return self.head(self.norm(x))
+
+
+class ChannelsFirstLN(nn.Module):
+    """ConvNeXt's channels-first LayerNorm written with means: x - mean is not zero where x is."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        u = x.mean(1, keepdim=True)
+        v = (x - u).pow(2).mean(1, keepdim=True)
+        return self.conv2((x - u) / torch.sqrt(v + 1e-6))
+
+
+@pytest.mark.parametrize("cls,shape,fqn", [(TokenMix, (2, 5, 6), "embed"), (ChannelsFirstLN, (2, 3, 5, 5), "conv1")],
+                         ids=["token_mix_bias", "channels_first_ln"])
+def test_broadcast_term_keeps_a_channel_alive(cls, shape, fqn):
+    m = build(cls)
+    masks = {f"{fqn}.weight": mask_rows(m, f"{fqn}.weight", [1, 4]), f"{fqn}.bias": mask_rows(m, f"{fqn}.bias", [1, 4])}
+    res = assert_contract(m, masks, x_(*shape))
+    assert removed_idx(res, m, f"{fqn}.weight") == set()
+    assert "not zero at its input" in kept_reasons(res)
