@@ -50,6 +50,16 @@ def test_zoo_export_original_and_slim(name, tmp_path):
     _check_pair(name, tmp_path)
 
 
+@pytest.mark.parametrize("name", zoo.names("transformer"))
+def test_transformer_zoo_export(name, tmp_path):
+    """Heads and hidden size removed: the ONNX graph is checked at batch 1 and 3 (the
+    patched view sizes stay dynamic in the batch) and carries the slim weights."""
+    model, x, res = _compile(name)
+    slim = export_onnx(res.module, x, tmp_path / "slim.onnx")
+    assert slim.max_abs_diff <= 1e-4 * max(1.0, slim.output_scale) and slim.batch_sizes == [1, 3]
+    assert slim.initializer_params <= 1.05 * res.report["params"]["after"] + 4096  # + rotary/position constants
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", LARGE)
 def test_zoo_export_large(name, tmp_path):
