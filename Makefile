@@ -34,6 +34,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/latency.py --models transformers --stem latency_cpu_transformers
 	$(BIN)/python benchmarks/compile_time.py
+	$(BIN)/python benchmarks/compile_time.py --models vit_small,bert_small,gpt_small,llama_small --kinds '' --stem compile_time_cpu_transformers
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
