@@ -1,10 +1,11 @@
 """Patch sizes written into the graph: view/reshape/expand sizes, split/chunk sizes,
 functional depthwise-conv groups, the implicit scale of scaled-dot-product attention.
 
-A size computed at run time (``B, N, C = x.shape``) reads the slim model's size; where a
-reshape needs a different one (``reshape(B, N, C)`` after heads went), or the size it
-reads changed, the argument becomes the new literal. Batch-like dims never change, so
-they stay dynamic."""
+A size computed at run time (``B, N, C = x.shape``) reads the slim model's size. Where
+the size it reads changed, it becomes the new literal (channel dims are static); where
+a reshape needs another value than it computes (``reshape(B, N, C)`` after heads went,
+``view(L, bsz * num_heads, D)``), it is scaled by new/old, so a batch factor in it stays
+dynamic."""
 from __future__ import annotations
 
 import math

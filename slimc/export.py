@@ -535,7 +535,8 @@ def _check(
                 if tuple(rn.shape) != tuple(gn.shape):
                     raise ExportError(
                         f"output '{name}' at batch {b} has shape {tuple(gn.shape)} in onnxruntime "
-                        f"but {tuple(rn.shape)} in torch; the export is shape-specialised - check reshapes"
+                        f"but {tuple(rn.shape)} in torch: the ONNX exporter baked the example's batch size "
+                        "into the graph; pass --static-batch (ONNX for that batch size only)"
                     )
                 scale = max(scale, _max_abs(rn))
                 results.append((b, name, _max_abs_diff(rn, gn)))

@@ -252,7 +252,7 @@ class Propagation:
         neutral = np.zeros(self.dg.n, bool)
         by_fact: dict[int, list] = {}
         for f, ln, a, b in self.links:
-            if ln.term is None or ln.kind in ("sink", "tie"):  # ties and uses carry no data
+            if ln.term is None or ln.kind in ("sink", "tie"):  # ties carry no data
                 continue
             by_fact.setdefault(id(f), []).append((ln, a, b))
         for f in self.dg.facts:
