@@ -173,7 +173,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
 
     model, inputs = load_model(a.model)
     masks = group_masks(model, inputs, ratio=a.ratio, criterion=a.criterion, seed=a.seed, attention=a.attention,
-                        front_end=a.front_end)
+                        front_end=a.front_end, round_to=a.round_to)
     save_masks(masks, out)
     n = sum(int((m == 0).any(dim=tuple(range(1, m.dim()))).sum()) if m.dim() > 1 else int((m == 0).sum()) for m in masks.values())
     print(f"wrote {out}: {len(masks)} params masked, {n} output slices zeroed ({a.criterion}, ratio {a.ratio})")
@@ -277,6 +277,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--criterion", default="l1", choices=["l1", "l2", "random"])
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--front-end", default="auto", choices=["auto", "fx", "export"], help="how to capture the graph")
+    pr.add_argument("--round-to", type=int, default=1, metavar="N",
+                    help="keep a multiple of N channels in every group (e.g. 8 for hardware-friendly widths)")
     pr.add_argument("--attention", default="heads", choices=["heads", "dims"],
                     help="attention unit: whole heads (default) or the same channels of every head")
     pr.add_argument("-o", "--output", default="masks.pth")

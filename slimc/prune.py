@@ -60,13 +60,16 @@ def _units(P: Propagation, has_src: np.ndarray, attention: str) -> tuple[dict[in
 
 def group_masks(model: nn.Module, example_inputs: Any, ratio: float = 0.5, criterion: str = "l1",
                 seed: int = 0, min_channels: int = 1, attention: str = "heads",
-                front_end: str = "auto") -> dict[str, torch.Tensor]:
+                front_end: str = "auto", round_to: int = 1) -> dict[str, torch.Tensor]:
     """Masks (flat ``{param_fqn: 0/1}``) zeroing the lowest-``ratio`` channels of every family
-    (whole heads, or the same channels of every head, where a reshape splits channels)."""
+    (whole heads, or the same channels of every head, where a reshape splits channels).
+    ``round_to``: keep a multiple of this many channels per family (hardware-friendly widths)."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion '{criterion}': use one of {', '.join(CRITERIA)}")
     if attention not in ATTENTION:
         raise ValueError(f"unknown attention unit '{attention}': use heads or dims")
+    if round_to < 1:
+        raise ValueError("round_to must be >= 1")
     if not 0 <= ratio < 1:
         raise ValueError("ratio must be in [0, 1)")
     inputs = as_tuple(example_inputs)
@@ -114,7 +117,10 @@ def group_masks(model: nn.Module, example_inputs: Any, ratio: float = 0.5, crite
     chosen = np.zeros(ng, bool)
     for key, groups in fam_of.items():
         groups = np.array(sorted(groups))
-        k = min(int(len(groups) * ratio), len(groups) - min_channels)
+        n = len(groups)
+        k = min(int(n * ratio), n - min_channels)
+        if round_to > 1 and not isinstance(key, tuple):  # kept channels → a multiple of round_to
+            k = n - min(n, -(-(n - k) // round_to) * round_to)
         if k <= 0:
             continue
         s = unit_score if isinstance(key, tuple) else score

@@ -338,3 +338,13 @@ def test_report_shape():
         assert list(slim_mods[row["layer"]].weight.shape) == row["after"]
     for k in r["kept"]:
         assert set(k) >= {"reason", "groups"} and k["groups"] > 0
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_small", "resnet_tiny", "vit_tiny"])
+def test_group_masks_round_to_keeps_multiples(name):
+    m, x = model_and_inputs(name)
+    res = assert_contract(m, group_masks(m, x, 0.5, round_to=8), x)
+    pruned = [layer["after"][0] for layer in res.report["layers"] if layer["after"][0] != layer["before"][0]]
+    assert pruned and all(w % 8 == 0 for w in pruned), pruned
+    with pytest.raises(ValueError, match="round_to"):
+        group_masks(m, x, 0.5, round_to=0)
