@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--variants", default=None,
                     help="original,masked,slim (default masked,slim; --full all three)")
     ap.add_argument("--ratio", type=float, default=0.5, help="fraction of every filter group masked")
-    ap.add_argument("--criterion", default="l1", choices=["l1", "l2", "random"])
+    ap.add_argument("--criterion", default="l1", choices=["l1", "l2", "fpgm", "slim", "random"])
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--channels-last", action="store_true")

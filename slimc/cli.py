@@ -274,7 +274,9 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="dependency-aware masks: lowest-norm channels of every coupled group")
     pr.add_argument("model", help="model.py, pkg.module:attr or zoo:NAME")
     pr.add_argument("--ratio", type=float, default=0.5, help="fraction of each group's channels to mask (default 0.5)")
-    pr.add_argument("--criterion", default="l1", choices=["l1", "l2", "random"])
+    pr.add_argument("--criterion", default="l1", choices=["l1", "l2", "fpgm", "slim", "random"],
+                    help="channel score: L1/L2 norm of the filters, FPGM (distance to the geometric median), "
+                         "slim (|BatchNorm γ|, network slimming), random")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--front-end", default="auto", choices=["auto", "fx", "export"], help="how to capture the graph")
     pr.add_argument("--round-to", type=int, default=1, metavar="N",

@@ -27,7 +27,28 @@ from slimc.propagate import Propagation, _any_by_group
 from slimc.shape_rules import HeadAxis
 from slimc.trace import shapes_of, trace
 
-CRITERIA = ("l1", "l2", "random")
+CRITERIA = ("l1", "l2", "fpgm", "slim", "random")
+
+
+def _slice_scores(w: torch.Tensor, d: int, criterion: str, rng) -> torch.Tensor:
+    """One score per slice of ``w`` along ``d`` (low = pruned first): L1/L2 norm; FPGM, the
+    summed distance to the other slices (near the geometric median = redundant); random."""
+    other = [i for i in range(w.dim()) if i != d]
+    if criterion == "random":
+        return torch.from_numpy(rng.random(w.shape[d]))
+    if criterion == "fpgm":
+        flat = w.movedim(d, 0).reshape(w.shape[d], -1).double()
+        return torch.cdist(flat, flat).sum(dim=1)
+    if criterion == "l2":
+        return w.pow(2).sum(dim=other) if other else w.pow(2)
+    return w.abs().sum(dim=other) if other else w.abs()  # l1, and slim where no BatchNorm follows
+
+
+def _is_bn(gm: nn.Module, owner: str) -> bool:
+    try:
+        return isinstance(gm.get_submodule(owner), nn.modules.batchnorm._BatchNorm)
+    except AttributeError:
+        return False
 ATTENTION = ("heads", "dims")
 
 
@@ -89,18 +110,21 @@ def group_masks(model: nn.Module, example_inputs: Any, ratio: float = 0.5, crite
         fqn, d = ln.a[1], ln.a[2]
         w = params[fqn].detach()
         other = [i for i in range(w.dim()) if i != d]
-        if criterion == "l1":
-            norms = w.abs().sum(dim=other) if other else w.abs()
-        elif criterion == "l2":
-            norms = w.pow(2).sum(dim=other) if other else w.pow(2)
-        else:
-            norms = torch.from_numpy(rng.random(w.shape[d]))
+        norms = _slice_scores(w, d, criterion, rng)
         idx = a - dg.offset[ln.a]
         g = grp[a]
         np.add.at(score, g, norms.numpy()[idx])
         for gi in np.unique(g).tolist():
             family.setdefault(gi, set()).add(ln.a)
         source_slices.append((fqn, d, idx, g))
+    if criterion == "slim":  # network slimming: |γ| of the BatchNorms that follow a channel, where any
+        bn = np.zeros(ng)
+        has_bn = np.zeros(ng, bool)
+        for _, ln, a, _b in P.links:
+            if ln.kind == "follower" and ln.term == 0 and ln.a[1] in params and _is_bn(traced.gm, ln.a[1].rpartition(".")[0]):
+                np.add.at(bn, grp[a], params[ln.a[1]].detach().abs().numpy()[a - dg.offset[ln.a]])
+                has_bn[grp[a]] = True
+        score = np.where(has_bn, bn, score)  # elsewhere L1 of the filters
     members, unit_fam = _units(P, _any_by_group(P.is_source, grp, ng), attention)
     in_unit = np.zeros(ng, bool)
     for ms in members.values():
