@@ -286,12 +286,14 @@ class Propagation:
             neutral[uniq] = ~has
         return state
 
-    def live(self) -> np.ndarray:
+    def live(self, sink_gone: np.ndarray | None = None) -> np.ndarray:
         """Per element, backward: does anything that is kept read it? A barrier is live; a
         flow's input is live if its output is; a channel an unmasked sink reads is live; a
         contracted dim is live if the op's output is; an element split into axes is live
-        only if every axis slice it lies in is (a head whose output is unused goes whole)."""
+        only if every axis slice it lies in is (a head whose output is unused goes whole).
+        ``sink_gone``: sink elements that read nothing (masked, or in a group already removed)."""
         dg = self.dg
+        gone = self.user_masked if sink_gone is None else sink_gone
         live = self.barrier.copy()
         for slot, n in dg.size.items():  # a size-1 dim is broadcast or indexed, never a channel to drop
             if n == 1:
@@ -307,7 +309,7 @@ class Propagation:
                 if ln.kind == "flow" and ln.b != ("reshape", "split"):
                     np.logical_or.at(live, a, live[b])
                 elif ln.kind == "sink":
-                    np.logical_or.at(live, b, ~self.user_masked[a])
+                    np.logical_or.at(live, b, ~gone[a])
             for big, parts in splits.get(id(f), ()):
                 both = np.ones(len(big), bool)
                 for part in parts:
@@ -373,9 +375,16 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
     n_sink = _count_by_group(P.is_sink, grp, ng)
     n_sink_m = _count_by_group(P.is_sink & P.user_masked, grp, ng)
     by_sink = (n_sink > 0) & (n_sink_m == n_sink)
-    live = P.live()  # channels nothing kept reads (a head whose output columns are all masked)
-    by_unused = _any_by_group(param_el, grp, ng) & (_count_by_group(is_value & live, grp, ng) == 0)
-    removed_g = ~gbar & (by_src | by_sink | by_unused)
+    # channels nothing kept reads: a head whose output columns are masked, or whose output went
+    # because its q (or k) did; rounds, as a removed group's sinks read nothing any more
+    removed_g = ~gbar & (by_src | by_sink)
+    has_param = _any_by_group(param_el, grp, ng)
+    for _ in range(5):
+        live = P.live(P.user_masked | (P.is_sink & removed_g[grp]))
+        grown = removed_g | (~gbar & has_param & (_count_by_group(is_value & live, grp, ng) == 0))
+        if (grown == removed_g).all():
+            break
+        removed_g = grown
     wanted_g = removed_g.copy()
     forced: dict[int, str] = {}
 

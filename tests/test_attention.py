@@ -241,8 +241,11 @@ def test_gqa_kv_head_goes_with_its_query_heads(repeat):
     res = assert_contract(m, {"q_proj.weight": q, "k_proj.weight": kv, "v_proj.weight": kv}, _x())
     assert _widths(res, "q_proj", "k_proj", "v_proj", "o_proj") == ((16, 32), (8, 32), (8, 32), (32, 16))
     # one query head of a pair is not enough: the pair shares its key/value head
-    res = assert_contract(m, {"q_proj.weight": _rows(32, head_rows([3])), "k_proj.weight": kv, "v_proj.weight": kv}, _x())
-    assert _widths(res, "k_proj") == ((16, 32),)
+    res = assert_contract(m, {"q_proj.weight": _rows(32, head_rows([3]))}, _x())
+    assert _widths(res, "q_proj", "k_proj") == ((32, 32), (16, 32))
+    # a masked key/value head: the query heads that read it output zeros, so all of them go
+    res = assert_contract(m, {"k_proj.weight": kv, "v_proj.weight": kv}, _x())
+    assert _widths(res, "q_proj", "k_proj", "o_proj") == ((16, 32), (8, 32), (32, 16))
 
 
 # --------------------------------------------------------------------------- stream ops
@@ -395,3 +398,12 @@ def test_tied_embedding_read_under_its_second_name():
     only["lm_head.weight"][:, :4] = 0
     res = assert_contract(m, only, x)
     assert all((res.masks[n][:, :4] == 0).all() for n in ("lm_head.weight", "transformer.wte.weight"))
+
+
+def test_one_sided_head_mask_removes_the_head():
+    """Only q's rows of head 1 masked: the head's scores are dead, so is its output, so its
+    v rows and output columns go; then nothing reads its k either — the whole head goes
+    (a contraction may drop a channel masked on one side)."""
+    m = _model(NanoGPTAttention)
+    res = assert_contract(m, {"c_attn.weight": _rows(96, head_rows([1], 1))}, _x())
+    assert _widths(res, "c_attn", "c_proj") == ((72, 32), (32, 24))
