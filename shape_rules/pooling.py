@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from slimc.shape_rules import Coupling, NeedsZero, OpView, Unsupported, aten, shape_rule
+from slimc.shape_rules import Coupling, NeedsZero, OpView, Reshape, Unsupported, aten, shape_rule
 
 POOL_MODULES = {
     nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
@@ -64,10 +64,41 @@ def resample(op: OpView) -> Coupling | Unsupported:
     return _channels_pass(op, x, 2, "spatial dim resampled")
 
 
-@shape_rule(nn.PixelShuffle, nn.PixelUnshuffle, F.pixel_shuffle, F.pixel_unshuffle)
-def pixel_shuffle(op: OpView) -> Unsupported:
-    """Pixel shuffle folds channels into space: not supported yet."""
-    return Unsupported("pixel (un)shuffle folds channels into spatial dims")
+SHUFFLES = (nn.PixelShuffle, F.pixel_shuffle, *aten("pixel_shuffle.default"))
+
+
+@shape_rule(*SHUFFLES, nn.PixelUnshuffle, F.pixel_unshuffle, *aten("pixel_unshuffle.default"))
+def pixel_shuffle(op: OpView) -> Coupling | Unsupported:
+    """Pixel shuffle: input channel c·r² + i·r + j is sub-pixel (i, j) of output channel c —
+    the channel dim reshaped to (C, r, r) with the r axes moved into space (fixed), so an
+    output channel goes with all r² of its input channels. Unshuffle is the inverse."""
+    x = op.arg(0, "input")
+    xs, out = op.shape(x), op.out_shape
+    if xs is None or not isinstance(out, tuple) or len(xs) < 3:
+        return Unsupported("pixel (un)shuffle of a non-image tensor")
+    shuffle = isinstance(op.module, nn.PixelShuffle) or op.node.target in SHUFFLES
+    if op.module is not None:
+        r = op.module.upscale_factor if shuffle else op.module.downscale_factor
+    else:
+        r = op.arg(1)
+    if not isinstance(r, int):
+        return Unsupported("pixel (un)shuffle with a computed factor")
+    ch = len(xs) - 3
+    c = Coupling()
+    for d in range(ch):
+        c.flow(op.slot(x, d), op.out(d))
+    sub = [("v", f"{op.node.name}#r{k}", 0) for k in (0, 1)]
+    for v in sub:
+        c.virtual[v] = r
+        c.barrier(v, "pixel (un)shuffle: sub-pixel position")
+    for d in (ch + 1, ch + 2):
+        c.barrier(op.slot(x, d), "spatial dim (pixel shuffle)")
+        c.barrier(op.out(d), "spatial dim (pixel shuffle)")
+    if shuffle:
+        c.reshapes.append(Reshape(op.slot(x, ch), [op.out(ch), *sub], [out[ch], r, r], True, op.node.name))
+    else:
+        c.reshapes.append(Reshape(op.out(ch), [op.slot(x, ch), *sub], [xs[ch], r, r], False, op.node.name))
+    return c
 
 
 def _dims(op: OpView, nd: int) -> list[int] | None:

@@ -1089,3 +1089,36 @@ def test_broadcast_term_keeps_a_channel_alive(cls, shape, fqn):
     res = assert_contract(m, masks, x_(*shape))
     assert removed_idx(res, m, f"{fqn}.weight") == set()
     assert "not zero at its input" in kept_reasons(res)
+
+
+class SubPixel(nn.Module):
+    """ESPCN-style upsampler (PixelShuffle) and its inverse (PixelUnshuffle)."""
+
+    def __init__(self, inverse: bool = False):
+        super().__init__()
+        self.inverse = inverse
+        self.conv1 = nn.Conv2d(3, 8 if inverse else 32, 3, padding=1)
+        self.shuffle = nn.PixelUnshuffle(2) if inverse else nn.PixelShuffle(2)
+        self.conv2 = nn.Conv2d(32 if inverse else 8, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.shuffle(self.conv1(x))))
+
+
+def test_pixel_shuffle_removes_whole_output_channels():
+    m = build(SubPixel)
+    whole = [4 * c + k for c in (1, 5) for k in range(4)]  # all 4 sub-pixels of output channels 1 and 5
+    masks = {"conv1.weight": mask_rows(m, "conv1.weight", whole), "conv1.bias": mask_rows(m, "conv1.bias", whole)}
+    res = assert_contract(m, masks, x_(2, 3, 6, 6))
+    assert removed_idx(res, m, "conv1.weight") == set(whole)
+    assert removed_idx(res, m, "conv2.weight", 1) == {1, 5}
+    part = [4, 5]  # half of output channel 1: kept
+    res = assert_contract(m, {"conv1.weight": mask_rows(m, "conv1.weight", part)}, x_(2, 3, 6, 6))
+    assert removed_idx(res, m, "conv1.weight") == set()
+
+
+def test_pixel_unshuffle_removes_its_r2_channels():
+    m = build(SubPixel, inverse=True)
+    masks = {"conv1.weight": mask_rows(m, "conv1.weight", [2, 6]), "conv1.bias": mask_rows(m, "conv1.bias", [2, 6])}
+    res = assert_contract(m, masks, x_(2, 3, 6, 6))
+    assert removed_idx(res, m, "conv2.weight", 1) == {4 * c + k for c in (2, 6) for k in range(4)}
