@@ -5,24 +5,13 @@ them in the order they run, and reads like the algorithm.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from torch import fx
 
+from slimc.passes.context import PassResult, RewriteContext, SizeEvent
 
-@dataclass
-class PassResult:
-    gm: fx.GraphModule
-    modified: bool
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class RewriteContext:
-    plan: Any  # slimc.propagate.RemovalPlan
-    renorm: bool = False
-    approximate: bool = False  # set by a pass that emits a non-exact rewrite (--renorm)
+__all__ = ["PassResult", "RewriteContext", "SizeEvent", "run_pipeline"]
 
 
 def _pipeline() -> list[tuple[str, Callable[[fx.GraphModule, RewriteContext], PassResult]]]:

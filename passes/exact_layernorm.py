@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from slimc.passes import PassResult, RewriteContext
+from slimc.passes.context import PassResult, RewriteContext, SizeEvent
 from slimc.shape_rules.norm import LAYER_NORMS
 
 
@@ -52,6 +52,8 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                 node.args = (node.args[0], [c_new], *node.args[2:])
             notes.append(f"{node.name}: plain LayerNorm({c_new}) (--renorm: approximate)")
             continue
+        ctx.events.append(SizeEvent.at(node, "layernorm", position=-1, old=c_old, new=c_new,
+                                       detail={"eps": eps}))
         k = c_old - c_new
         g = gm.graph
         with g.inserting_before(node):

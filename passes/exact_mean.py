@@ -12,7 +12,7 @@ import math
 import torch
 from torch import fx
 
-from slimc.passes import PassResult, RewriteContext
+from slimc.passes.context import PassResult, RewriteContext, SizeEvent
 from slimc.shape_rules.pooling import MEANS
 
 
@@ -43,6 +43,8 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             ctx.approximate = True
             notes.append(f"{node.name}: mean over {n_new} of {n_old} (--renorm: approximate)")
             continue
+        ctx.events.append(SizeEvent.at(node, "mean", position=dims, old=n_old, new=n_new,
+                                       detail={"shape": old, "kept": {d: plan.kept_idx(("v", x.name, d)) for d in dims}}))
         with gm.graph.inserting_before(node):
             s = gm.graph.call_function(torch.sum, (x, dims), {"keepdim": keep})
             y = gm.graph.call_function(torch.div, (s, float(n_old)))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from slimc.passes import PassResult, RewriteContext
+from slimc.passes.context import PassResult, RewriteContext, SizeEvent
 
 from slimc.shape_rules import aten
 from slimc.shape_rules.attention import SDPA, sdpa_scale
@@ -54,18 +54,24 @@ def _reads_changed(plan, n, seen: set | None = None) -> bool:
     return any(_reads_changed(plan, a, seen) for a in n.all_input_nodes)
 
 
-def _patch_sizes(plan, node: fx.Node, args, new: list[int], old: tuple):
+def _patch_sizes(ctx: RewriteContext, node: fx.Node, args, new: list[int], old: tuple, packed: bool = False):
     """Literal sizes become the new ones (-1 stays). A size computed at run time that reads
     a changed size becomes the new literal (channel dims are static); one that does not
     but must change — ``bsz * num_heads`` with heads removed — is scaled by new/old, which
-    keeps a dynamic batch factor dynamic."""
+    keeps a dynamic batch factor dynamic. Changes the user's code must follow are events."""
+    plan = ctx.plan
     out = []
-    for a, n, o in zip(args, new, old):
+    for pos, (a, n, o) in enumerate(zip(args, new, old)):
         if isinstance(a, int) and a != -1:
+            if a != n:
+                ctx.events.append(SizeEvent.at(node, "literal", position=pos, old=a, new=n,
+                                               detail={"packed": packed, "n": len(args)}))
             out.append(n)
         elif isinstance(a, fx.Node) and _reads_changed(plan, a):
             out.append(n)
         elif isinstance(a, fx.Node) and n != o:
+            ctx.events.append(SizeEvent.at(node, "scaled", position=pos, old=o, new=n,
+                                           detail={"packed": packed, "expr": a.name, "n": len(args)}))
             g = math.gcd(n, o)
             with node.graph.inserting_before(node):
                 scaled = node.graph.call_function(operator.mul, (a, n // g))
@@ -88,13 +94,13 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                 continue
             args = list(node.args)
             if len(args) == 2 and isinstance(args[1], (list, tuple)):
-                args[1] = type(args[1])(_patch_sizes(plan, node, args[1], new, old))
+                args[1] = type(args[1])(_patch_sizes(ctx, node, args[1], new, old, packed=True))
             elif "shape" in node.kwargs or "size" in node.kwargs:
                 key = "shape" if "shape" in node.kwargs else "size"
-                node.kwargs = {**node.kwargs, key: _patch_sizes(plan, node, node.kwargs[key], new, old)}
+                node.kwargs = {**node.kwargs, key: _patch_sizes(ctx, node, node.kwargs[key], new, old, packed=True)}
                 modified = True
             else:
-                args[1:] = _patch_sizes(plan, node, args[1:], new, old)
+                args[1:] = _patch_sizes(ctx, node, args[1:], new, old)
             if tuple(args) != node.args:
                 node.args = tuple(args)
                 modified = True
@@ -103,7 +109,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             dim, sizes = node.args[1], node.args[2]
             dim %= len(shapes[node.args[0].name])
             new = _new_shape(plan, node.name, old)[dim: dim + len(sizes)]
-            patched = _patch_sizes(plan, node, sizes, new, old[dim: dim + len(sizes)])
+            patched = _patch_sizes(ctx, node, sizes, new, old[dim: dim + len(sizes)], packed=True)
             if list(patched) != list(sizes):
                 node.args = (node.args[0], dim, type(sizes)(patched), *node.args[3:])
                 modified = True
@@ -118,6 +124,10 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                 continue
             if any(s == 0 for s in sizes):
                 raise RuntimeError(f"split '{node.name}' would produce an empty piece")
+            given = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections",
+                                                                               node.kwargs.get("chunks"))
+            ctx.events.append(SizeEvent.at(node, "split", position=1, old=given, new=sizes,
+                                           detail={"chunk": "chunk" in str(node.target), "old_sizes": [s[dim] for s in old]}))
             node.op, node.target = "call_function", torch.split
             node.args, node.kwargs = (x, sizes), {"dim": dim}
             modified = True
@@ -127,6 +137,8 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             e_old = shapes[q.name][-1]
             scale = sdpa_scale(node, e_old)
             if scale is not None and plan.new_size(("v", q.name, len(shapes[q.name]) - 1)) != e_old:
+                ctx.events.append(SizeEvent.at(node, "sdpa_scale", old=e_old,
+                                               new=plan.new_size(("v", q.name, len(shapes[q.name]) - 1))))
                 node.kwargs = {**node.kwargs, "scale": scale}
                 modified = True
                 notes.append(f"{node.name}: scale kept at 1/√{e_old}")
@@ -137,6 +149,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             if groups > 1 and groups == cin_old:
                 cin_new = plan.new_size(("v", x.name, 1))
                 if cin_new != cin_old:
+                    ctx.events.append(SizeEvent.at(node, "literal", position="groups", old=groups, new=cin_new))
                     if len(node.args) > 6:
                         a = list(node.args)
                         a[6] = cin_new

@@ -1,7 +1,8 @@
 """slimc — a graph-rewriting compiler that makes pruned PyTorch models physically smaller.
 
     res = slimc.compile(model, masks, example_inputs)
-    res.module, res.masks, res.report, res.save("out/")
+    res.module, res.model, res.masks, res.report, res.save("out/")
+    slimc.load("out/")
 """
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ if "slimc.shape_rules" not in _sys.modules:
 
 from slimc.compiler import CompileResult, compile  # noqa: E402
 from slimc.masks import MaskSet, load_masks  # noqa: E402
+from slimc.saved import load  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
-    "compile", "CompileResult", "MaskSet", "load_masks",
+    "compile", "CompileResult", "load", "MaskSet", "load_masks",
     "SlimcError", "MaskError", "LoadError", "TraceError", "VerifyError", "PlanError",
 ]

@@ -14,32 +14,37 @@ from torch import fx, nn
 
 from slimc import graph as graph_mod
 from slimc.errors import PlanError, SlimcError, VerifyError
-from slimc.loading import as_tuple
+from slimc.inputs import bind
 from slimc.masks import MaskSet, normalize
 from slimc.passes import RewriteContext, run_pipeline
 from slimc.propagate import RemovalPlan, plan as make_plan
 from slimc.report import count_flops, count_params, layer_widths
 from slimc.trace import shapes_of, trace
-from slimc.verify import check, masks_cover
+from slimc.verify import Masked as _Masked, Reference, masks_cover
 
 
 @dataclass
 class CompileResult:
-    module: fx.GraphModule
+    module: fx.GraphModule  # the slim graph (loads with torch alone)
     masks: dict[str, torch.Tensor]
     report: dict[str, Any]
     plan: RemovalPlan = field(repr=False)
     example_inputs: tuple = field(repr=False, default=())
+    model: nn.Module | None = field(repr=False, default=None)  # the user's class, slim (None: see report)
+    user_model: Any = field(repr=False, default=None)  # slimc.surgery.UserModel: layout, reason, HF info
+    original: nn.Module | None = field(repr=False, default=None)
 
     def save(self, out_dir: str | Path, *, onnx: bool = True, opset: int | None = None,
              dynamic_batch: bool = True, weights: Any = None) -> dict[str, str]:
-        """Write slim.pt, final masks.pth, slim.onnx (checked with onnxruntime) and report.json.
+        """Write slim.pt, final masks.pth, slim.onnx (checked with onnxruntime), report.json and
+        the user's class (layout.json + weights, or hf/ for Hugging Face models).
 
         ``weights``: a safetensors checkpoint (folder or files) to slice shard by shard into
         ``out_dir`` — for a plan made on the meta device, whose slim.pt holds no weights."""
         from slimc.atomic import atomic_path, write_text
         from slimc.masks import save_masks
 
+        t_save = time.perf_counter()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         on_meta = any(t.is_meta for t in self.module.parameters())
@@ -57,6 +62,14 @@ class CompileResult:
         save_masks(self.masks, out / "masks.pth")
         with atomic_path(out / "inputs.pt") as tmp:  # lets `slimc export/bench out/` rebuild inputs
             torch.save(list(self.example_inputs), tmp)
+        if self.user_model is not None and self.model is not None:
+            from slimc.saved import save_user_model
+
+            spec = (self.report.get("source") or {}).get("model")
+            base_cfg = self.original.config.to_dict() if self.user_model.hf is not None else None
+            for f in save_user_model(self.model, self.user_model.layout, out, hf_info=self.user_model.hf,
+                                     base_config=base_cfg, spec=spec):
+                paths[Path(f).name] = f
         if onnx and on_meta:
             self.report["notes"].append("no ONNX: the slim model's weights are on the meta device")
         elif onnx:
@@ -68,6 +81,8 @@ class CompileResult:
             self.report["times_s"]["export"] = time.perf_counter() - t0
             self.report["onnx"] = info.to_dict()
             paths["slim.onnx"] = str(out / "slim.onnx")
+        self.report["times_s"]["save"] = time.perf_counter() - t_save - self.report["times_s"].get("export", 0.0) \
+            - self.report["times_s"].get("weights", 0.0)
         write_text(out / "report.json", json.dumps(self.report, indent=2, default=str))
         paths["report.json"] = str(out / "report.json")
         return paths
@@ -106,23 +121,27 @@ def expected_params(p: RemovalPlan) -> int:
 
 def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, mode: str = "channel",
             verify: bool = True, front_end: str = "auto", renorm: bool = False, allow_empty: bool = False,
-            name: str | None = None) -> CompileResult:
+            name: str | None = None, user_model: bool = True) -> CompileResult:
     """Compile ``model`` under ``masks`` into a physically smaller module.
 
     ``model`` is never modified: the slim module is a new object. ``masks`` may be NNI
     style, flat ``{param_fqn: 0/1 tensor}``, a prune state dict or a MaskSet.
+    ``user_model``: also make the user's own class slim (``res.model``), verified like the graph.
     """
+    t_start = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise SlimcError(f"model is a {type(model).__name__}, not an nn.Module")
     if example_inputs is None:
         raise SlimcError("example_inputs are needed to trace the model: pass a tensor or a tuple")
-    inputs = given_inputs = as_tuple(example_inputs)
+    inputs = given_inputs = bind(model, example_inputs)
     on_meta = any(t.is_meta for t in model.parameters())
     if on_meta:  # shapes only: the example inputs go to the meta device too
         inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
     times: dict[str, float] = {}
     t = time.perf_counter()
     user = normalize(masks, model)
+    times["masks"] = time.perf_counter() - t
+    t = time.perf_counter()
     model = without_prune_hooks(model)
     traced = trace(model, inputs, front_end, meta=on_meta)
     used_params = count_params(traced.gm)
@@ -187,7 +206,8 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     if verify:
         t = time.perf_counter()
         try:
-            chk = check(slim, model, p.final_masks, inputs, user)
+            ref = Reference(model, p.final_masks, inputs, p.free_input_dims(inputs, traced.dynamic_dims))
+            chk = ref.check(slim, _Masked(model, user.masks))
         except SlimcError:
             raise
         except Exception as e:
@@ -203,10 +223,44 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
                 f"the slim model differs from the masked model by {chk.max_abs_diff:.3g} "
                 f"(tolerance {chk.tolerance:.3g}): please report this model; use --debug for details"
             )
+    um = None
+    if user_model:
+        t = time.perf_counter()
+        um = _user_model(model, p, slim, ctx, ref if verify else None, approximate)
+        report["user_model"] = um.report()
+        times["model"] = time.perf_counter() - t
     t = time.perf_counter()
     report["flops"] = {"before": flops_before, "after": count_flops(slim, inputs)}
     times["flops"] += time.perf_counter() - t
     report["layers"] = layer_widths(model, slim)
-    times["total"] = sum(v for k, v in times.items() if k != "flops")
-    return CompileResult(slim, p.final_masks, report, p, given_inputs)
+    times["total"] = time.perf_counter() - t_start
+    return CompileResult(slim, p.final_masks, report, p, given_inputs, um.model if um else None, um, model)
+
+
+def _user_model(model: nn.Module, p: RemovalPlan, slim: fx.GraphModule, ctx: RewriteContext, ref, approximate: bool):
+    """The user's class, slim, checked against the same reference as the graph; where it
+    cannot be built or differs, ``model`` is None with the reason."""
+    from slimc.surgery import build
+
+    try:
+        um = build(model, p, slim, ctx.events, renorm=ctx.renorm)
+    except Exception as e:  # surgery on a class slimc does not know: the graph output stands
+        from slimc.surgery import UserModel
+
+        return UserModel(None, f"could not rebuild {type(model).__name__}: {type(e).__name__}: {e}".splitlines()[0],
+                         {"class": type(model).__name__})
+    if um.model is None or ref is None:
+        return um
+    hint = f" (sizes computed in the code at: {'; '.join(um.unresolved[:3])})" if um.unresolved else ""
+    try:
+        chk = ref.check(um.model)
+    except Exception as e:
+        um.reason = f"the slim {type(model).__name__} failed to run: {type(e).__name__}: {e}".splitlines()[0] + hint
+        um.model = None
+        return um
+    um.notes.append(f"checked like the graph: max abs diff {chk.max_abs_diff:.3g} at {', '.join(chk.shapes)}")
+    if not chk.ok and not approximate:
+        um.reason = f"the slim {type(model).__name__} differs from the masked model by {chk.max_abs_diff:.3g}" + hint
+        um.model = None
+    return um
 

@@ -45,6 +45,25 @@ class RemovalPlan:
     kept_reasons: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     n_groups_removed: int = 0
+    param_group: np.ndarray | None = None  # per group: does a param slice (source, sink, follower) belong to it
+
+    def free_input_dims(self, inputs: tuple, dynamic: dict[int, list[int]] | None = None) -> dict[int, list[int]]:
+        """Input index → dims no parameter is coupled to (batch, sequence, image size): sizes
+        the model may take other values of (``dynamic``: what the front end kept dynamic)."""
+        gm, dg = self.dg.gm, self.dg
+        nodes = [n for n in gm.graph.nodes if n.op == "placeholder" and isinstance(dg.shapes.get(n.name), tuple)]
+        positions = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor)]
+        out: dict[int, list[int]] = {}
+        for i, n in zip(positions, nodes):
+            dims = []
+            for d in range(len(dg.shapes[n.name])):
+                slot = ("v", n.name, d)
+                if slot not in dg.offset or (dynamic is not None and d not in dynamic.get(i, [])):
+                    continue
+                if self.param_group is None or not self.param_group[self.group[dg.ids(slot)]].any():
+                    dims.append(d)
+            out[i] = dims
+        return out
 
     def kept_idx(self, slot: SlotKey) -> np.ndarray | None:
         return self.kept.get(slot)
@@ -496,7 +515,8 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
             kept[s] = np.nonzero(~r)[0]
 
     final = _final_masks(dg, P, removed, masks)
-    result = RemovalPlan(dg, mode, removed, grp, kept, final, n_groups_removed=int(removed_g.sum()))
+    result = RemovalPlan(dg, mode, removed, grp, kept, final, n_groups_removed=int(removed_g.sum()),
+                         param_group=has_param)
     result.kept_reasons = _kept_reasons(dg, P, grp, removed_g, wanted_g, gbar, forced, mode)
     return result
 

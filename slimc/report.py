@@ -95,6 +95,20 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
         if v.get("vs_user_masked") is not None:
             line += f"; vs your masks as given: {v['vs_user_masked']:.3g}"
         console.print(line)
+        if v.get("shapes"):
+            console.print(f"checked at input shapes {' and '.join(v['shapes'])} ({v.get('varied', '')})")
+    u = report.get("user_model")
+    if u:
+        if u["built"]:
+            hf = u.get("hf")
+            how = ""
+            if hf:
+                how = (" — hf/ reloads with from_pretrained" if hf["expressible"]
+                       else f" — reload with slimc.load (the config cannot express it: {hf['why_not']})")
+            console.print(f"your class {u['class'].rsplit('.', 1)[-1]}: slim model built (res.model, slimc.load){how}")
+        else:
+            console.print(f"your class {str(u['class']).rsplit('.', 1)[-1]}: [yellow]no slim model of it[/yellow] "
+                          f"({u['reason']}); the graph slim.pt is exact")
     o = report.get("onnx")
     if o:
         console.print(

@@ -24,6 +24,20 @@ class Traced:
     front_end: str
     notes: list[str] = field(default_factory=list)
     real_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # set aside by a meta trace
+    # input index → dims the front end kept dynamic (export); None: not known (fx traces every size)
+    dynamic_dims: dict[int, list[int]] | None = None
+
+
+def caches_off(model: nn.Module) -> list[str]:
+    """Turn off the KV caches of HF models (``config.use_cache``) on ``model`` — a copy: the
+    traced graph then returns no cache object; the user's model keeps its caches."""
+    done = []
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if getattr(cfg, "use_cache", None) and id(cfg) not in done:
+            cfg.use_cache = False
+            done.append(id(cfg))
+    return ["KV cache traced off (config.use_cache=False on the traced copy)"] if done else []
 
 
 def set_tensor(gm: nn.Module, name: str, t: torch.Tensor) -> None:
@@ -129,10 +143,18 @@ class _Tracer(fx.Tracer):
         return self.leaf_all or module_rule(type(m)) is not None
 
 
-def trace_fx(model: nn.Module, leaf_all: bool = False) -> fx.GraphModule:
+def trace_fx(model: nn.Module, leaf_all: bool = False, example_inputs: tuple = ()) -> fx.GraphModule:
+    """``forward`` parameters the example inputs do not give (``attn_mask=None``), and inputs
+    given as ``None``, are traced as the constants they are, not as graph inputs."""
+    from slimc.inputs import forward_params, untaken_defaults
+
     tracer = _Tracer(leaf_all)
     tracer.record_stack_traces = True  # so reports and `inspect` can show the user's source line
-    graph = tracer.trace(model)
+    concrete = untaken_defaults(model, len(example_inputs)) if example_inputs else {}
+    for p, x in zip(forward_params(model), example_inputs):
+        if x is None or isinstance(x, (bool, int, float, str)):
+            concrete[p.name] = x
+    graph = tracer.trace(model, concrete_args=concrete or None)
     name = model.__class__.__name__
     _live_training_flags(graph, model.training)
     gm = fx.GraphModule(tracer.root, graph, name)
@@ -144,12 +166,24 @@ def trace_fx(model: nn.Module, leaf_all: bool = False) -> fx.GraphModule:
     return gm
 
 
-def trace_export(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
+def _symbolic_dims(gm: fx.GraphModule, example_inputs: tuple) -> dict[int, list[int]]:
+    """Input index → dims that export kept symbolic (the model lets them vary)."""
+    vals = [n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"]
+    vals = [v for v in vals if isinstance(v, torch.Tensor)]
+    positions = [i for i, x in enumerate(example_inputs) if isinstance(x, torch.Tensor)]
+    return {i: [d for d, s in enumerate(v.shape) if not isinstance(s, int)] for i, v in zip(positions, vals)}
+
+
+def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModule, dict[int, list[int]]]:
+    """Every dim of every tensor input is marked ``Dim.AUTO``: export keeps dynamic what the
+    model lets vary (batch, sequence length, image size) and specializes the rest."""
     was = model.training
-    dyn = tuple({0: torch.export.Dim.AUTO} if isinstance(t, torch.Tensor) and t.dim() else None for t in example_inputs)
+    dyn = tuple({d: torch.export.Dim.AUTO for d in range(t.dim())} if isinstance(t, torch.Tensor) and t.dim() else None
+                for t in example_inputs)
     ep = torch.export.export(model.eval(), example_inputs, dynamic_shapes=dyn, strict=False)
     model.train(was)
     unlifted = ep.module()
+    dynamic = _symbolic_dims(unlifted, example_inputs)
     # the unlifted module refuses .train()/.eval(); a plain GraphModule over the same graph does not.
     # Its graph remembers export's tracer class, which cannot re-trace when torch.load unpickles it.
     unlifted.graph._tracer_cls = None
@@ -162,14 +196,14 @@ def trace_export(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
             gm.delete_submodule(n.target)
     gm.recompile()
     gm.train(was)
-    return gm
+    return gm, dynamic
 
 
 def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta: bool = False) -> Traced:
     """Trace a *copy* of ``model``; the model passed in is never touched. ``meta``: the
     parameters are on the meta device; shapes are propagated with every tensor there."""
     model = copy.deepcopy(model)
-    notes: list[str] = []
+    notes: list[str] = caches_off(model)
     errors: list[str] = []
     # "fx (leaves)": torch.nn modules without a rule kept whole (barriers), when neither
     # tracing into them nor torch.export works
@@ -178,7 +212,11 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta
         raise TraceError(f"unknown front end '{front_end}': use auto, fx or export")
     for fe in order:
         try:
-            gm = trace_export(model, example_inputs) if fe == "export" else trace_fx(model, leaf_all=fe != "fx")
+            dynamic = None
+            if fe == "export":
+                gm, dynamic = trace_export(model, example_inputs)
+            else:
+                gm = trace_fx(model, leaf_all=fe != "fx", example_inputs=example_inputs)
             real = to_meta(gm) if meta else {}
             propagate_shapes(gm, example_inputs)
         except Exception as e:  # tracing user code can raise anything
@@ -186,7 +224,7 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta
             continue
         if errors:
             notes.append(f"front end '{fe}' used; " + "; ".join(errors))
-        return Traced(gm, fe.split()[0], notes, real)
+        return Traced(gm, fe.split()[0], notes, real, dynamic)
     raise TraceError(
         "cannot trace the model (" + "; ".join(errors) + "): remove data-dependent Python control flow "
         "from forward() or try --front-end export"

@@ -3,13 +3,14 @@ the slim model holds exactly the parameters its kept indices imply."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from slimc.errors import VerifyError
+from slimc.inputs import other_shapes, random_like
 from slimc.masks import MaskSet
 
 TOLERANCE = 1e-5  # max abs diff ≤ TOLERANCE × output scale (fp32)
@@ -22,12 +23,16 @@ class Check:
     tolerance: float
     ok: bool
     vs_user_masked: float | None = None
+    shapes: list[str] = field(default_factory=list)  # the input shapes checked
+    varied: str = ""  # which dims the second shape changed, or why it changed none
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 def flat_outputs(y: Any) -> list[torch.Tensor]:
+    """Every tensor of a model output (tensors, tuples, dicts, HF ModelOutputs); cache
+    objects and other values are not outputs to compare."""
     if isinstance(y, torch.Tensor):
         return [y]
     if isinstance(y, dict):
@@ -39,23 +44,13 @@ def flat_outputs(y: Any) -> list[torch.Tensor]:
     return []
 
 
-def random_like(inputs: tuple, seed: int) -> tuple:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for t in inputs:
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
-            out.append(torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device))
-        else:
-            out.append(t)
-    return tuple(out)
-
-
 def masked_copy(model: nn.Module, masks: MaskSet | dict) -> nn.Module:
     ms = masks if isinstance(masks, MaskSet) else MaskSet(dict(masks))
     return ms.apply(copy.deepcopy(model)).eval()
 
 
-def _run(m: nn.Module, x: tuple) -> list[torch.Tensor]:
+def run_eval(m: nn.Module, x: tuple) -> list[torch.Tensor]:
+    """``m``'s output tensors in eval mode, without grad; every module's mode restored."""
     mods = list(m.modules())
     modes = [mod.training for mod in mods]
     m.eval()
@@ -82,7 +77,7 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float
     return diff, scale
 
 
-class _Masked(nn.Module):
+class Masked(nn.Module):
     """``original`` run with masked params, without copying the model."""
 
     def __init__(self, original: nn.Module, masks: dict):
@@ -96,19 +91,67 @@ class _Masked(nn.Module):
         return torch.func.functional_call(self.original, self.params, x, tie_weights=False, strict=False)
 
 
+def shape_text(inputs: tuple) -> str:
+    return ", ".join(str(tuple(t.shape)) for t in inputs if isinstance(t, torch.Tensor))
+
+
+class Reference:
+    """The masked original's outputs at the inputs the check uses: the example, and random
+    inputs at a second shape that changes the batch and every other dim that may vary
+    (``free``: input index → dims). Where the original refuses that shape (a size literal in
+    its code, a maximum length), fewer dims vary, down to the batch alone, and it says so."""
+
+    def __init__(self, original: nn.Module, final_masks: dict, inputs: tuple, free: dict[int, list[int]]):
+        self.module = Masked(original, final_masks)
+        self.sets = [inputs]
+        self.outputs = [run_eval(self.module, inputs)]
+        self.varied = ""
+        tries = [free, {i: [d for d in dims if d == 0] for i, dims in free.items()}]
+        seen: list = []
+        for k, dims in enumerate(tries):
+            dims = {i: ds for i, ds in dims.items() if ds}
+            shapes = other_shapes(inputs, dims)
+            if shapes in seen:
+                continue
+            seen.append(shapes)
+            x = random_like(inputs, 1, shapes)
+            try:
+                y = run_eval(self.module, x)
+            except Exception as e:  # the original itself refuses that shape
+                why = f"{type(e).__name__}: {e}".splitlines()[0][:160]
+                self.varied += f"{_dims_text(dims)} refused by the original ({why}); "
+                continue
+            self.sets.append(x)
+            self.outputs.append(y)
+            self.varied += f"varied {_dims_text(dims)}" if shapes else "no dim may vary"
+            return
+        x = random_like(inputs, 1)
+        self.sets.append(x)
+        self.outputs.append(run_eval(self.module, x))
+        self.varied += "second input at the example shape"
+
+    def check(self, slim: nn.Module, user: nn.Module | None = None) -> Check:
+        diff, scale, vs_user = 0.0, 0.0, None
+        for k, (x, want) in enumerate(zip(self.sets, self.outputs)):
+            ys = run_eval(slim, x)
+            d, s = max_diff(ys, want)
+            diff, scale = max(diff, d), max(scale, s)
+            if user is not None and k == 0:
+                vs_user = max_diff(ys, run_eval(user, x))[0]
+        tol = TOLERANCE * max(scale, 1.0)
+        return Check(diff, scale, tol, diff <= tol, vs_user, [shape_text(x) for x in self.sets], self.varied)
+
+
+def _dims_text(dims: dict[int, list[int]]) -> str:
+    return "; ".join(f"input {i} dims {ds}" for i, ds in dims.items() if ds) or "nothing"
+
+
 def check(slim: nn.Module, original: nn.Module, final_masks: dict, example_inputs: tuple,
-          user_masks: MaskSet | None = None, seeds: Iterable[int] = (0,)) -> Check:
-    ref = _Masked(original, final_masks)
-    user = _Masked(original, user_masks.masks) if user_masks is not None else None
-    diff, scale, vs_user = 0.0, 0.0, 0.0
-    for x in [example_inputs, *(random_like(example_inputs, s) for s in seeds)]:
-        ys = _run(slim, x)
-        d, s = max_diff(ys, _run(ref, x))
-        diff, scale = max(diff, d), max(scale, s)
-        if user is not None and x is example_inputs:
-            vs_user = max_diff(ys, _run(user, x))[0]
-    tol = TOLERANCE * max(scale, 1.0)
-    return Check(diff, scale, tol, diff <= tol, vs_user if user is not None else None)
+          user_masks: MaskSet | None = None, free: dict[int, list[int]] | None = None) -> Check:
+    """slim vs the original with the final masks, at the example and at a second shape."""
+    ref = Reference(original, final_masks, example_inputs, free or {})
+    user = Masked(original, user_masks.masks) if user_masks is not None else None
+    return ref.check(slim, user)
 
 
 def masks_cover(final: dict, user: MaskSet) -> list[str]:

@@ -1,0 +1,126 @@
+"""Example inputs: binding them to ``forward``, random inputs like them, other shapes.
+
+Example inputs are a tensor, a tuple of positional arguments, or a dict of keyword
+arguments (``{"input_ids": ..., "attention_mask": ...}``, as HF models take them); a
+dict is bound to ``forward``'s signature once, into the positional tuple every stage
+uses (``None`` where a parameter in between is not given).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from slimc.errors import LoadError
+
+
+def as_tuple(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    raise LoadError(
+        f"example_inputs is a {type(example_inputs).__name__}: give a tensor, a tuple of tensors "
+        "or a dict of forward() keyword arguments"
+    )
+
+
+def forward_params(model: nn.Module) -> list[inspect.Parameter]:
+    """``forward``'s named parameters (no ``*args``/``**kwargs``), in order."""
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return []
+    return [p for p in sig.parameters.values()
+            if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+
+
+def bind(model: nn.Module, example_inputs: Any) -> tuple:
+    """Positional inputs for ``model``: a dict of keyword arguments is placed by ``forward``'s
+    signature, with the defaults of the parameters it skips."""
+    if not isinstance(example_inputs, Mapping):
+        return as_tuple(example_inputs)
+    params = forward_params(model)
+    names = [p.name for p in params]
+    unknown = [k for k in example_inputs if k not in names]
+    if unknown:
+        raise LoadError(f"example input '{unknown[0]}' is not a parameter of {type(model).__name__}.forward "
+                        f"({', '.join(names) or 'no named parameters'}): rename it or pass a tuple")
+    last = max(names.index(k) for k in example_inputs) if example_inputs else -1
+    out = []
+    for p in params[: last + 1]:
+        if p.name in example_inputs:
+            out.append(example_inputs[p.name])
+        elif p.default is not inspect.Parameter.empty:
+            out.append(p.default)
+        else:
+            raise LoadError(f"example inputs give no '{p.name}', a required parameter of "
+                            f"{type(model).__name__}.forward: add it")
+    return tuple(out)
+
+
+def untaken_defaults(model: nn.Module, n_given: int) -> dict[str, Any]:
+    """forward parameters after the ``n_given`` positional inputs, with their defaults: traced
+    as absent (``attn_mask=None``), never as graph inputs."""
+    return {p.name: p.default for p in forward_params(model)[n_given:] if p.default is not inspect.Parameter.empty}
+
+
+def random_like(inputs: tuple, seed: int, shapes: Mapping[int, tuple] | None = None) -> tuple:
+    """Inputs like ``inputs`` (``shapes``: input index → another shape): floats are drawn
+    from a normal distribution, integer inputs (token ids) uniformly from ``[0, max + 1)``,
+    other values and bool tensors (masks) are kept, or filled with ones at a new shape."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i, t in enumerate(inputs):
+        shape = tuple((shapes or {}).get(i, t.shape)) if isinstance(t, torch.Tensor) else None
+        if not isinstance(t, torch.Tensor) or t.is_meta:
+            out.append(t if shape is None or not isinstance(t, torch.Tensor) else torch.empty(shape, dtype=t.dtype, device=t.device))
+        elif t.is_floating_point():
+            out.append(torch.randn(shape, generator=g, dtype=t.dtype).to(t.device))
+        elif t.dtype == torch.bool or _is_mask_like(t):
+            out.append(t if shape == tuple(t.shape) else torch.ones(shape, dtype=t.dtype, device=t.device))
+        elif t.is_complex():
+            out.append(t)
+        else:
+            hi = int(t.max()) + 1 if t.numel() else 1
+            lo = min(int(t.min()), 0) if t.numel() else 0
+            out.append(torch.randint(lo, max(hi, lo + 1), shape, generator=g, dtype=t.dtype).to(t.device))
+    return tuple(out)
+
+
+def _is_mask_like(t: torch.Tensor) -> bool:
+    """An integer 0/1 tensor with a 1 in every row (an attention mask), not token ids."""
+    if t.dim() == 0 or not t.numel() or not bool(((t == 0) | (t == 1)).all()):
+        return False
+    return bool((t.reshape(-1, t.shape[-1]).amax(dim=-1) == 1).all())
+
+
+def other_size(n: int, batch: bool = False) -> int:
+    """Another size for a dim that may vary, no larger than needed: a batch of 1 → 2, else one
+    less; other sizes step by their lowest set bit (divisibility by powers of two is kept),
+    down where half the size remains (224 → 192, 12 → 8, 7 → 6), else up (32 → 64)."""
+    if batch:
+        return 2 if n <= 1 else n - 1
+    step = n & -n if n > 0 else 1
+    return n - step if 2 * (n - step) >= n and n - step > 0 else n + step
+
+
+def other_shapes(inputs: tuple, free: Mapping[int, list[int]]) -> dict[int, tuple]:
+    """New shapes for the inputs: every free dim changed; ``free``: input index → dims that
+    may vary (dim 0 is the batch)."""
+    out = {}
+    for i, dims in free.items():
+        t = inputs[i]
+        shape = list(t.shape)
+        for d in dims:
+            shape[d] = other_size(shape[d], batch=d == 0)
+        if shape != list(t.shape):
+            out[i] = tuple(shape)
+    return out
+
+
+__all__ = ["as_tuple", "bind", "forward_params", "untaken_defaults", "random_like", "other_shapes", "other_size"]

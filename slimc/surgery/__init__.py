@@ -1,0 +1,92 @@
+"""The user's own model, physically slim (``res.model``).
+
+From the removal plan, the same as the graph output's: a copy of the user's object whose
+tensors are the slim ones (:mod:`.weights`), its leaf modules resized as the same classes
+(:mod:`.leaves`), its size attributes set where its code reads them (:mod:`.sizes`),
+normalizations over pruned channels kept exact (:mod:`.norms`), an HF config that
+follows (:mod:`.hf`), and the layout that rebuilds it in a fresh process (:mod:`.layout`).
+Where the user's code holds a size that slimming changes as a literal, there is no slim
+model of the user's class: ``model`` is None and ``reason`` names the line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import fx, nn
+
+from slimc.surgery import hf, layout as layout_mod
+from slimc.surgery.leaves import resize_leaves
+from slimc.surgery.norms import fix_norms
+from slimc.surgery.sizes import SizeFixes, follow_events, head_splits, sync_attention, sync_widths
+from slimc.surgery.weights import slim_copy
+
+
+@dataclass
+class UserModel:
+    model: nn.Module | None
+    reason: str | None
+    layout: dict[str, Any]
+    patched: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unresolved: list[str] = field(default_factory=list)  # lines whose sizes the user's code computes itself
+    hf: dict[str, Any] | None = None
+
+    def report(self) -> dict[str, Any]:
+        return {"class": self.layout.get("class"), "built": self.model is not None, "reason": self.reason,
+                "patched": self.patched, "notes": self.notes, **({"hf": self.hf} if self.hf else {})}
+
+
+def module_inputs(gm: fx.GraphModule, plan) -> dict[str, tuple]:
+    """Module path → the new shape of its input, for modules whose input changed."""
+    shapes, out, seen = plan.dg.shapes, {}, set()
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            path = node.target
+        else:
+            stack = node.meta.get("nn_module_stack") or {}
+            if not stack:
+                continue
+            path = list(stack.values())[-1][0]
+        if path in seen:
+            continue
+        seen.add(path)
+        x = next((a for a in node.all_input_nodes if isinstance(shapes.get(a.name), tuple) and a.op != "get_attr"), None)
+        if x is None:
+            continue
+        old = shapes[x.name]
+        new = tuple(plan.new_size(("v", x.name, d)) for d in range(len(old)))
+        if new != old:
+            out[path] = new
+    return out
+
+
+def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm: bool = False) -> UserModel:
+    """The slim model of the user's class (not yet verified: the compiler checks it like the graph)."""
+    slim = slim_copy(original, plan)
+    resize_leaves(slim, original, module_inputs(gm, plan))
+    fixes = SizeFixes()
+    follow_events(slim, events, fixes)
+    norm_notes, norm_blockers = fix_norms(slim, original, plan.final_masks, events, renorm)
+    splits = head_splits(gm, plan)
+    sync_attention(slim, splits, fixes)
+    sync_widths(slim, original, fixes)
+    hf_info = None
+    if hf.is_hf(original):
+        changes = hf.sync_config(slim, original, splits)
+        ok, why = hf.expressible(slim)
+        hf_info = {"config_changes": changes, "expressible": ok, "why_not": why}
+    lay = layout_mod.diff(original, slim)
+    blockers = list(dict.fromkeys([*fixes.blockers, *norm_blockers]))
+    return UserModel(None if blockers else slim, _summary(blockers), lay, fixes.patched, norm_notes,
+                     list(dict.fromkeys(fixes.unresolved)), hf_info)
+
+
+def _summary(blockers: list[str], n: int = 3) -> str | None:
+    if not blockers:
+        return None
+    more = f" (and {len(blockers) - n} more)" if len(blockers) > n else ""
+    return "; ".join(blockers[:n]) + more
+
+
+__all__ = ["UserModel", "build"]

@@ -1,0 +1,231 @@
+"""Size attributes of the user's modules, made to match the slim tensors.
+
+Two sources:
+
+1. **Size events** from the rewrite (a view's literal size, split sizes): where the user's
+   line reads the size from ``self.<attr>``, that attribute is set; a size written as a
+   literal is a *blocker* (the class cannot follow it; the line is reported); a size from
+   a local or a shape read is left to the code (the built-in check decides).
+2. **Known size attributes**, for what forward() does not read but users and libraries do
+   (``num_heads``, ``head_dim``, ``all_head_size``, ``num_key_value_groups``,
+   ``intermediate_size``, ``embed_dim``): set from the head splits the graph shows in that
+   module (a view of C channels as (H, D)) and from its children's new widths — only where
+   the attribute holds the old value of exactly that size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from slimc.surgery.provenance import Attribute, Literal, attributes_in, classify, size_argument
+
+HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads", "num_head", "nhead")
+KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head", "num_kv")
+HEAD_DIM = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head", "key_value_proj_dim", "d_kv")
+INNER = ("all_head_size", "attn_dim", "inner_dim", "split_size", "inner_attn_dim")
+GROUPS = ("num_key_value_groups", "n_rep", "num_queries_per_kv")
+HIDDEN = ("embed_dim", "hidden_size", "d_model", "n_embd", "dim", "num_features", "width")
+FFN = ("intermediate_size", "ffn_dim", "d_ff", "mlp_dim", "hidden_features", "n_inner")
+
+
+@dataclass
+class SizeFixes:
+    patched: list[str] = field(default_factory=list)  # "path.attr: old → new"
+    blockers: list[str] = field(default_factory=list)  # why the user's class cannot be slim
+    unresolved: list[str] = field(default_factory=list)  # lines whose sizes the code computes itself
+    done: set = field(default_factory=set)  # (id(owner), attr) set here
+
+    def set(self, owner: Any, path: str, attr: str, new: Any) -> None:
+        key = (id(owner), attr)
+        old = getattr(owner, attr)
+        if key in self.done:
+            if old != new:
+                self.blockers.append(f"{path}.{attr} would need two values ({old} and {new})")
+            return
+        self.done.add(key)
+        if old != new:
+            setattr(owner, attr, new)
+            self.patched.append(f"{path + '.' if path else ''}{attr}: {old} → {new}")
+
+
+def _owner(root: nn.Module, module: str, attr_path: tuple[str, ...]) -> tuple[Any, str, str] | None:
+    try:
+        obj: Any = root.get_submodule(module) if module else root
+        for a in attr_path[:-1]:
+            obj = getattr(obj, a)
+    except AttributeError:
+        return None
+    if not hasattr(obj, attr_path[-1]):
+        return None
+    return obj, ".".join(filter(None, [module, *attr_path[:-1]])), attr_path[-1]
+
+
+def _split_value(ev) -> tuple[Any, str | None]:
+    """The new value of a split's size argument, or why the user's call cannot give the sizes."""
+    sizes, given = list(ev.new), ev.old
+    if ev.detail.get("chunk"):
+        return given, None if len(set(sizes)) == 1 else f"chunk into {given} equal pieces cannot give {sizes}"
+    if isinstance(given, int):
+        return (sizes[0], None) if len(set(sizes[:-1])) == 1 and sizes[-1] <= sizes[0] else \
+            (None, f"split into pieces of {given} cannot give {sizes}")
+    return type(given)(sizes) if isinstance(given, (list, tuple)) else sizes, None
+
+
+def follow_events(slim: nn.Module, events: list, fixes: SizeFixes) -> None:
+    for ev in events:
+        where = f"{ev.source or ev.node}"
+        if ev.kind in ("mean", "layernorm"):
+            continue  # normalizations: slimc.surgery.norms
+        if ev.kind == "sdpa_scale":
+            fixes.blockers.append(f"{where}: scaled_dot_product_attention takes its scale from the head dim "
+                                  f"({ev.old} → {ev.new}); prune whole heads, or pass scale= in the code")
+            continue
+        if ev.kind == "split":
+            new, why = _split_value(ev)
+            if why:
+                fixes.blockers.append(f"{where}: {why}")
+                continue
+            if ev.detail.get("chunk"):
+                continue  # equal pieces: the chunk count stays
+        n = ev.detail.get("n", 0)
+        expr = size_argument(ev.source, ev.op, ev.position, n, keyword="groups" if ev.position == "groups" else None)
+        found = classify(expr) if expr is not None else None
+        if ev.kind == "scaled":
+            attrs = attributes_in(expr) if expr is not None else []
+            owned = [o for a in attrs if (o := _owner(slim, ev.module, a)) is not None
+                     and isinstance(getattr(o[0], o[2]), int) and getattr(o[0], o[2]) * ev.new % ev.old == 0]
+            if len(owned) == 1:
+                obj, path, attr = owned[0]
+                fixes.set(obj, path, attr, getattr(obj, attr) * ev.new // ev.old)
+            else:
+                fixes.unresolved.append(where)
+            continue
+        if isinstance(found, Literal):
+            fixes.blockers.append(f"{where}: the size {found.text} is written in the code ({ev.old} → {ev.new}); "
+                                  "read it from an attribute or the input's shape for the class to follow")
+            continue
+        if not isinstance(found, Attribute):
+            fixes.unresolved.append(where)
+            continue
+        owner = _owner(slim, ev.module, found.path)
+        if owner is None:
+            fixes.unresolved.append(where)
+            continue
+        obj, path, attr = owner
+        if ev.kind != "split":
+            new = ev.new
+        cur = getattr(obj, attr)
+        if (id(obj), attr) in fixes.done or (isinstance(cur, (int, list, tuple)) and cur == ev.old):
+            fixes.set(obj, path, attr, new)
+        else:
+            fixes.unresolved.append(where)
+
+
+def head_splits(gm: fx.GraphModule, plan) -> dict[str, list[tuple[int, int, int, int]]]:
+    """Module path → (H, D, H', D') of every view in its forward that splits the last dim
+    of its input into (…, H, D) (queries, keys, values of an attention)."""
+    from slimc.passes.patch_constants import RESHAPES
+
+    shapes = plan.dg.shapes
+    out: dict[str, list] = {}
+    for node in gm.graph.nodes:
+        if node.target not in RESHAPES or node.op not in ("call_method", "call_function"):
+            continue
+        old, x = shapes.get(node.name), node.args[0] if node.args else None
+        xin = shapes.get(getattr(x, "name", None))
+        if not (isinstance(old, tuple) and isinstance(xin, tuple)) or len(old) < len(xin) + 1 or len(xin) < 1:
+            continue
+        k = len(xin) - 1
+        trail = old[k:]
+        if old[:k] != xin[:k] or len(trail) < 2 or trail[-2] * trail[-1] * _prod(trail[:-2]) != xin[-1]:
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else ""
+        nd = len(old)
+        out.setdefault(path, []).append((old[-2], old[-1], plan.new_size(("v", node.name, nd - 2)),
+                                         plan.new_size(("v", node.name, nd - 1))))
+    return out
+
+
+def _prod(xs) -> int:
+    p = 1
+    for x in xs:
+        p *= x
+    return p
+
+
+def _one(values: set) -> Any:
+    return next(iter(values)) if len(values) == 1 else None
+
+
+def sync_attention(slim: nn.Module, splits: dict[str, list], fixes: SizeFixes) -> None:
+    for path, sp in splits.items():
+        try:
+            m = slim.get_submodule(path) if path else slim
+        except AttributeError:
+            continue
+        h_q = max(s[0] for s in sp)
+        h_kv = min(s[0] for s in sp)
+        new_for = {
+            HEAD_DIM: {s[1]: {x[3] for x in sp if x[1] == s[1]} for s in sp},
+            HEADS: {s[0]: {x[2] for x in sp if x[0] == s[0]} for s in sp},
+            KV_HEADS: {s[0]: {x[2] for x in sp if x[0] == s[0]} for s in sp},
+            INNER: {s[0] * s[1]: {x[2] * x[3] for x in sp if x[0] * x[1] == s[0] * s[1]} for s in sp},
+        }
+        hq1 = _one({s[2] for s in sp if s[0] == h_q})
+        hkv1 = _one({s[2] for s in sp if s[0] == h_kv})
+        if hq1 and hkv1 and h_q % h_kv == 0 and hq1 % hkv1 == 0:
+            new_for[GROUPS] = {h_q // h_kv: {hq1 // hkv1}}
+        for names, table in new_for.items():
+            for attr in names:
+                v = getattr(m, attr, None)
+                if isinstance(v, int) and not isinstance(v, bool) and (id(m), attr) not in fixes.done:
+                    new = _one(table.get(v, set()))
+                    if new is not None:
+                        fixes.set(m, path, attr, new)
+
+
+def input_embedding_width(original: nn.Module, slim: nn.Module) -> tuple[int, int] | None:
+    """(old, new) width of the token embedding (``get_input_embeddings()``): the hidden size."""
+    try:
+        e0, e1 = original.get_input_embeddings(), slim.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    w0, w1 = getattr(e0, "weight", None), getattr(e1, "weight", None)
+    if isinstance(w0, torch.Tensor) and isinstance(w1, torch.Tensor) and w0.dim() == 2:
+        return w0.shape[1], w1.shape[1]
+    return None
+
+
+def sync_widths(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
+    """``hidden_size``/``intermediate_size``-like attributes: the hidden size where the model
+    has a token embedding, else the new size of every tensor dim below the module that had
+    the attribute's value, where they all agree and all changed."""
+    hidden = input_embedding_width(original, slim)
+    orig = dict(original.named_modules())
+    for path, m in slim.named_modules():
+        m0 = orig.get(path)
+        if m0 is None:
+            continue
+        attrs = [a for a in (*HIDDEN, *FFN) if isinstance(getattr(m, a, None), int)
+                 and not isinstance(getattr(m, a), bool) and (id(m), a) not in fixes.done]
+        if not attrs:
+            continue
+        dims: dict[int, set[int]] = {}
+        for (name, t0), t in zip(m0.named_parameters(), m.parameters()):
+            for o, n in zip(t0.shape, t.shape):
+                dims.setdefault(o, set()).add(n)
+        for a in attrs:
+            v = getattr(m, a)
+            if hidden is not None and a in HIDDEN and v == hidden[0]:
+                fixes.set(m, path, a, hidden[1])
+                continue
+            news = dims.get(v, set())
+            if len(news) == 1 and v not in news:
+                fixes.set(m, path, a, next(iter(news)))
+
+
+__all__ = ["SizeFixes", "follow_events", "head_splits", "sync_attention", "sync_widths"]

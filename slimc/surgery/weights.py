@@ -1,0 +1,39 @@
+"""The slim copy of the user's model: every parameter and buffer masked with the final
+masks and cut to the kept indices, the rest of the object copied as it is.
+
+``copy.deepcopy`` with a memo that already maps each original tensor to its slim tensor:
+the module tree, its attributes and the user's class are copied, the full-size weights
+never are, and tied weights stay tied (one tensor, one memo entry).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from slimc.shards import sliced
+
+
+def tied_groups(named: list[tuple[str, torch.Tensor]]) -> list[list[str]]:
+    """Names that refer to one shared tensor (tied weights), each list with ≥ 2 names."""
+    by_id: dict[int, list[str]] = {}
+    for name, t in named:
+        by_id.setdefault(id(t), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
+
+
+def slim_copy(model: nn.Module, plan) -> nn.Module:
+    """A copy of ``model`` whose tensors are the slim ones (fresh storage, gradients kept)."""
+    memo: dict[int, object] = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if id(p) not in memo:
+                memo[id(p)] = nn.Parameter(sliced(plan, name, p.detach()).clone(), requires_grad=p.requires_grad)
+        for name, b in model.named_buffers(remove_duplicate=False):
+            if id(b) not in memo:
+                memo[id(b)] = sliced(plan, name, b.detach()).clone()
+    return copy.deepcopy(model, memo)
+
+
+__all__ = ["slim_copy", "tied_groups"]
