@@ -327,7 +327,7 @@ def bench(
         for v, m in models.items():
             file_bytes[v] = {"pt": _state_dict_bytes(m, wd / f"{stem}.{v}.pt"), "onnx": None}
         for v in export_variants:
-            from slimc.export import export_onnx
+            from slimc.onnx import export_onnx
 
             path = wd / f"{stem}.{v}.onnx"
             say(f"[{name}] exporting {v} to ONNX")

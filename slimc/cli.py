@@ -89,7 +89,7 @@ def _load_compiled_dir(path: Path):
 
 def cmd_export(a: argparse.Namespace) -> int:
     import slimc
-    from slimc.export import export_onnx
+    from slimc.onnx import export_onnx
     from slimc.verify import masked_copy
 
     out = Path(a.output)

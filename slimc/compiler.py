@@ -60,7 +60,7 @@ class CompileResult:
         if onnx and on_meta:
             self.report["notes"].append("no ONNX: the slim model's weights are on the meta device")
         elif onnx:
-            from slimc.export import export_onnx
+            from slimc.onnx import export_onnx
 
             t0 = time.perf_counter()
             info = export_onnx(self.module, self.example_inputs, out / "slim.onnx", opset=opset,
