@@ -145,9 +145,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
         model, inputs, masks = _load(a.model, a.masks)
         result = bench_mod.bench(model, masks, inputs, name=src.stem, **kw)
     out = Path(a.output)
-    bench_mod.write_outputs([result], out, "bench")
+    paths = bench_mod.write_outputs([result], out, "bench", log=lambda m: print(m, file=sys.stderr))
     print(bench_mod.to_markdown([result]))
-    print(f"wrote {out}/bench.json, {out}/bench.md, {out}/bench.png")
+    print("wrote " + ", ".join(paths.values()))
     return 0
 
 
