@@ -190,3 +190,40 @@ def test_bad_arguments() -> None:
         bench(m, _masks(m), torch.randn(1, 3, 8, 8), batch=(1,))
     with pytest.raises(ValueError, match="runtimes"):
         BenchConfig(runtimes=("tvm",))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the exit on a machine without CUDA")
+def test_gpu_check_without_cuda_is_one_line() -> None:
+    """`make gpu-check` (benchmarks/gpu_check.py) on a CPU machine: one clear line, exit ≠ 0."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("no CUDA device: "), lines
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_bench_on_cuda_times_eager_and_graphs() -> None:
+    m = Tiny().eval()
+    r = bench(m, _masks(m), torch.randn(2, 3, 8, 8), batches=(1,), device="cuda", runtimes=("torch",),
+              variants=("masked", "slim"), repeats=5, warmup=2, name="tiny")
+    assert {row["runtime"] for row in r["rows"]} == {"torch-eager", "torch-cudagraph"}
+    (eager,) = [e for e in r["speedup"] if e["runtime"] == "torch-eager"]
+    assert isinstance(eager["launch_bound"], bool) and eager["eager_over_graph_slim"] > 0
+    assert eager["device"] == "cuda" and r["errors"] == []
+
+
+def test_readme_shows_the_cuda_table_when_it_exists() -> None:
+    import runpy
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    gpu_check = runpy.run_path(str(root / "benchmarks" / "gpu_check.py"), run_name="gpu_check")
+    readme = (root / "README.md").read_text()
+    block = readme.split(gpu_check["README_START"], 1)[1].split(gpu_check["README_END"], 1)[0].strip()
+    assert block == gpu_check["readme_block"](gpu_check["RESULTS"] / "latency_cuda.md").strip()
