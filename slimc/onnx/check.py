@@ -20,7 +20,7 @@ import torch
 from slimc.errors import ExportError, describe
 from slimc.onnx.quiet import Quiet
 from slimc.onnx.shapes import CheckRun, check_runs, example_batch, normalize_inputs, random_like
-from slimc.onnx.stats import dynamic_axes, exporter_of, graph_inputs, load_graph, onnx_stats, opset_of
+from slimc.onnx.stats import dynamic_axes, exporter_of, graph_inputs, load_graph, onnx_stats
 
 __all__ = ["OnnxCheck", "OrtComparison", "check_onnx", "compare_with_torch", "eval_mode", "tensor_leaves"]
 
@@ -163,11 +163,10 @@ def _run_checker(path: str, display_path: str) -> None:
         ) from e
 
 
-def _runs_to_check(model: Any, example_inputs: tuple[torch.Tensor, ...], batch_sizes: Sequence[int],
+def _runs_to_check(infos: list[Any], example_inputs: tuple[torch.Tensor, ...], batch_sizes: Sequence[int],
                    display_path: str, notes: list[str]) -> tuple[list[CheckRun], list[int], dict[str, list[int]]]:
     """The onnxruntime runs (input shapes), the batch sizes they use, and the dynamic dims
-    the file declares per input name."""
-    infos = graph_inputs(model)
+    the file declares per input name (``infos``: the file's real inputs)."""
     if len(infos) > len(example_inputs):
         raise ExportError(
             f"{display_path} has {len(infos)} inputs but {len(example_inputs)} example inputs were given; "
@@ -281,9 +280,10 @@ def compare_with_torch(path: str, module: torch.nn.Module, example_inputs: tuple
     within ``rtol_scale * max(1, output scale)`` of the torch module's."""
     _run_checker(path, display_path)
     model = load_graph(path)
-    runs, batches, declared = _runs_to_check(model, example_inputs, batch_sizes, display_path, notes)
+    infos = graph_inputs(model)
+    runs, batches, declared = _runs_to_check(infos, example_inputs, batch_sizes, display_path, notes)
     sess = _session(path, providers, display_path, notes)
-    input_names = [i.name for i in graph_inputs(model)]
+    input_names = [i.name for i in infos]
     output_names = [o.name for o in model.graph.output]
     diffs, scale = _compare_outputs(sess, module, example_inputs, runs, input_names, output_names, display_path)
     tol = rtol_scale * max(1.0, scale)
