@@ -7,12 +7,12 @@ BIN    := $(VENV)/bin
 # spec would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e .
 	touch $@
@@ -35,6 +35,15 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/latency.py --models transformers --stem latency_cpu_transformers
 	$(BIN)/python benchmarks/compile_time.py
 	$(BIN)/python benchmarks/compile_time.py --models vit_small,bert_small,gpt_small,llama_small --kinds '' --stem compile_time_cpu_transformers
+
+# On a GPU machine: the `gpu` tests and benchmarks/latency.py --device cuda (eager and CUDA
+# graphs) → benchmarks/results/latency_cuda.*; a few minutes on one H200. Without CUDA: one
+# line "no CUDA device: …" and a non-zero exit. GPU_PYTHON: a Python whose torch sees the GPU
+# and where slimc is installed (`pip install --no-deps -e .`); default the project venv's.
+GPU_PYTHON ?= $(BIN)/python
+
+gpu-check: $(if $(filter $(BIN)/python,$(GPU_PYTHON)),$(VENV)/.installed-dev)
+	$(GPU_PYTHON) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -31,18 +31,17 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run from a source tree without installing
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
 
-import slimc  # noqa: E402
-from slimc import zoo  # noqa: E402
-from slimc.atomic import atomic_path, write_text  # noqa: E402
-from slimc.bench import CONTENDED_BUSY, ContentionMeter, machine_markdown, wait_for_quiet_cpu  # noqa: E402
-from slimc.prune import group_masks  # noqa: E402
-from slimc.timing import machine_info  # noqa: E402
+import slimc
+from slimc import zoo
+from slimc.atomic import atomic_path, write_text
+from slimc.bench import machine_info, machine_markdown, measure_quietly, wait_for_quiet_cpu
+from slimc.errors import describe
+from slimc.prune import group_masks
 
 DEFAULT_MODELS = "vgg16,resnet18,resnet50,mobilenetv2,densenet_small,shufflenetv2_small"
 STAGES = ("trace", "graph", "propagate", "rewrite", "verify", "export")
@@ -187,26 +186,15 @@ def time_synthetic(kind: str, n: int, width: int, size: int, repeats: int) -> di
 
 
 def with_retries(fn, best_of, label: str, retries: int, wait_idle: float) -> dict:
-    """Run ``fn()`` under a ContentionMeter; while other processes used > 10 % of the
-    CPUs, wait for a quiet CPU and run it again (at most ``retries`` more times).
-    Stage times are the minimum over all runs (contention only adds time)."""
-    out = None
-    busy: list[float | None] = []
-    for attempt in range(1 + max(0, retries)):
-        if attempt and wait_idle > 0:
-            wait_for_quiet_cpu(wait_idle, log=print)
-        with ContentionMeter() as cm:
-            r = fn()
-        busy.append(cm.other_busy)
-        if out is None:
-            out = r
-        else:
-            out["runs"] += r["runs"]
-            out["times_s"] = best_of(out["runs"])
-        if (cm.other_busy or 0.0) <= CONTENDED_BUSY:
-            break
-        if attempt < retries:
-            print(f"[{label}] other processes used {cm.other_busy:.0%} of the CPUs; measuring again")
+    """``fn()`` again (at most ``retries`` more times, after waiting for a quiet CPU) while
+    other processes used > 10 % of the CPUs meanwhile. Stage times are the minimum over
+    all runs (contention only adds time)."""
+    attempts = measure_quietly(fn, retries=retries, wait_idle_s=wait_idle, label=f"[{label}]", log=print)
+    out = attempts[0].result
+    for a in attempts[1:]:
+        out["runs"] += a.result["runs"]
+    out["times_s"] = best_of(out["runs"])
+    busy = [a.other_busy for a in attempts]
     out["other_cpu_busy_attempts"] = busy
     out["other_cpu_busy"] = min((b for b in busy if b is not None), default=None)
     return out
@@ -361,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             z = with_retries(lambda: time_zoo(name, a.repeats), _best_zoo, name, a.retries, a.wait_idle)
         except Exception as e:  # noqa: BLE001 - report the failing model, go on
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            msg = describe(e)
             print(f"[{name}] failed, skipped: {msg}")
             zoo_skipped.append({"model": name, "error": msg})
             continue
@@ -382,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                 s = with_retries(lambda: time_synthetic(kind, n, a.width, a.size, a.scaling_repeats),
                                  _best_synthetic, f"{kind} {n}", a.retries, a.wait_idle)
             except Exception as e:  # noqa: BLE001
-                msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+                msg = describe(e)
                 print(f"[{kind} {n}] failed: {msg}")
                 continue
             pts.append(s)

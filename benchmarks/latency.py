@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run from a source tree without installing
 
-import torch  # noqa: E402
+import torch
 
-import slimc  # noqa: E402
-from slimc import zoo  # noqa: E402
-from slimc.bench import bench, to_markdown, wait_for_quiet_cpu, write_outputs  # noqa: E402
-from slimc.prune import group_masks  # noqa: E402
+import slimc
+from slimc import zoo
+from slimc.bench import bench, to_markdown, wait_for_quiet_cpu, write_outputs
+from slimc.errors import describe
+from slimc.prune import group_masks
 
 DEFAULT_MODELS = "vgg16,resnet18,resnet50,mobilenetv2,densenet_small,shufflenetv2_small"
 TRANSFORMERS = "vit_small,bert_small,gpt_small,llama_small"  # --models transformers (zoo family "bench")
@@ -121,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="seconds of timed calls per configuration (default 0.5; --full 2)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up calls (default 1; --full 3)")
     ap.add_argument("--min-repeats", type=int, default=None, help="at least this many timed calls (default 3; --full 10)")
-    ap.add_argument("--repeats", type=int, default=None, help="exactly this many timed calls (no pilot)")
+    ap.add_argument("--repeats", type=int, default=None, help="exactly this many timed calls (default: adaptive)")
     ap.add_argument("--full", action="store_true", help="the slower, more thorough configuration")
     ap.add_argument("--out", default=str(HERE / "results"), help="output folder (default benchmarks/results)")
     ap.add_argument("--stem", default=None, help="output file stem (default latency_<device>[...])")
@@ -157,7 +157,7 @@ def render(results: list[dict], a: argparse.Namespace) -> dict[str, str]:
     extra += [beside_published(results), PUBLISHED]
     device = results[0].get("config", {}).get("device", a.device)
     return write_outputs(results, a.out, a.stem, title=f"slimc latency, {device}: masked vs slim",
-                         extra_md="\n".join(x for x in extra if x))
+                         extra_md="\n".join(x for x in extra if x), log=print)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             masks = group_masks(model, x, ratio=a.ratio, criterion=a.criterion)
             res = slimc.compile(model, masks, x, name=name)
         except Exception as e:  # noqa: BLE001 - report and go on with the other models
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            msg = describe(e)
             print(f"[{name}] slimc.compile failed, skipped: {msg}")
             skipped.append({"model": name, "error": msg})
             continue
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(to_markdown(r))
         # after every model, so that an interrupted run leaves the models done so far
         write_outputs(results, a.out, a.stem, title=f"slimc latency, {a.device}: masked vs slim (partial run)",
-                      extra_md=PUBLISHED)
+                      extra_md=PUBLISHED, log=print)
     if not results:
         print("no model could be benchmarked")
         return 1

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run from a source tree without installing
 
 try:
     import torch_pruning as tp
@@ -42,9 +41,10 @@ from torch import nn  # noqa: E402
 import slimc  # noqa: E402
 from slimc import zoo  # noqa: E402
 from slimc.atomic import write_text  # noqa: E402
-from slimc.bench import batched_inputs, machine_markdown, wait_for_quiet_cpu  # noqa: E402
+from slimc.bench import batched_inputs, machine_info, machine_markdown, wait_for_quiet_cpu  # noqa: E402
+from slimc.bench.timing import time_torch  # noqa: E402
+from slimc.errors import describe  # noqa: E402
 from slimc.report import count_flops, count_params  # noqa: E402
-from slimc.timing import machine_info, time_torch  # noqa: E402
 from slimc.verify import masked_copy  # noqa: E402
 
 DEFAULT_MODELS = "vgg16,resnet18,resnet50,mobilenetv2,densenet_small,shufflenetv2_small"
@@ -52,10 +52,6 @@ DEFAULT_MODELS = "vgg16,resnet18,resnet50,mobilenetv2,densenet_small,shufflenetv
 
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
-
-
-def _err(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}".splitlines()[0][:300]
 
 
 def _plain(idxs) -> list[int]:
@@ -109,9 +105,7 @@ def tp_prune(model: nn.Module, x: tuple, ratio: float) -> tuple[nn.Module, dict,
 
 
 def latency(module: nn.Module, x: tuple, min_time_s: float, min_repeats: int) -> dict:
-    pilot = time_torch(module, x, warmup=1, repeats=1)
-    n = max(min_repeats, min(200, int(min_time_s * 1e3 / max(pilot.median_ms, 1e-3)) + 1))
-    t = time_torch(module, x, warmup=1, repeats=n)
+    t = time_torch(module, x, warmup=2, min_time_s=min_time_s, min_repeats=min_repeats, max_repeats=200)
     return {"min_ms": t.min_ms, "median_ms": t.median_ms, "p90_ms": t.p90_ms, "repeats": t.repeats,
             "threads": t.threads}
 
@@ -125,8 +119,8 @@ def compare(name: str, a: argparse.Namespace) -> dict:
     try:
         tpm, masks, t_tp = tp_prune(model, x, a.ratio)
     except Exception as e:  # noqa: BLE001 - a Torch-Pruning failure is a result
-        row["errors"].append(f"torch_pruning: {_err(e)}")
-        print(f"[{name}] torch_pruning failed: {_err(e)}")
+        row["errors"].append(f"torch_pruning: {describe(e)}")
+        print(f"[{name}] torch_pruning failed: {describe(e)}")
         return row
     row["tp_times_s"] = t_tp
     row["params_tp"] = count_params(tpm)
@@ -135,13 +129,13 @@ def compare(name: str, a: argparse.Namespace) -> dict:
     try:
         row["tp_vs_masked_max_abs_diff"] = _max_diff(tpm, masked, batched_inputs(x, 4, seed=1))
     except Exception as e:  # noqa: BLE001
-        row["errors"].append(f"torch_pruning model failed to run: {_err(e)}")
+        row["errors"].append(f"torch_pruning model failed to run: {describe(e)}")
     t0 = time.perf_counter()
     try:
         res = slimc.compile(model, masks, x, name=name)
     except Exception as e:  # noqa: BLE001 - report, don't fix slimc here
-        row["errors"].append(f"slimc: {_err(e)}")
-        print(f"[{name}] slimc.compile failed on Torch-Pruning's masks: {_err(e)}")
+        row["errors"].append(f"slimc: {describe(e)}")
+        print(f"[{name}] slimc.compile failed on Torch-Pruning's masks: {describe(e)}")
         res = None
     if res is not None:
         row["slimc_compile_s"] = time.perf_counter() - t0
@@ -155,7 +149,7 @@ def compare(name: str, a: argparse.Namespace) -> dict:
         try:
             row["tp_vs_slimc_max_abs_diff"] = _max_diff(tpm, res.module, x4)
         except Exception as e:  # noqa: BLE001
-            row["errors"].append(f"comparing TP and slimc outputs: {_err(e)}")
+            row["errors"].append(f"comparing TP and slimc outputs: {describe(e)}")
     if a.batch:
         if a.wait_idle > 0:
             wait_for_quiet_cpu(a.wait_idle, log=print)

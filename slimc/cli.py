@@ -89,7 +89,7 @@ def _load_compiled_dir(path: Path):
 
 def cmd_export(a: argparse.Namespace) -> int:
     import slimc
-    from slimc.export import export_onnx
+    from slimc.onnx import export_onnx
     from slimc.verify import masked_copy
 
     out = Path(a.output)
@@ -145,9 +145,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
         model, inputs, masks = _load(a.model, a.masks)
         result = bench_mod.bench(model, masks, inputs, name=src.stem, **kw)
     out = Path(a.output)
-    bench_mod.write_outputs([result], out, "bench")
+    paths = bench_mod.write_outputs([result], out, "bench", log=lambda m: print(m, file=sys.stderr))
     print(bench_mod.to_markdown([result]))
-    print(f"wrote {out}/bench.json, {out}/bench.md, {out}/bench.png")
+    print("wrote " + ", ".join(paths.values()))
     return 0
 
 

@@ -33,6 +33,7 @@ class CompileResult:
     model: nn.Module | None = field(repr=False, default=None)  # the user's class, slim (None: see report)
     user_model: Any = field(repr=False, default=None)  # slimc.surgery.UserModel: layout, reason, HF info
     original: nn.Module | None = field(repr=False, default=None)
+    dynamic_dims: dict[int, list[int]] | None = field(repr=False, default=None)  # input → dims that may vary
 
     def save(self, out_dir: str | Path, *, onnx: bool = True, opset: int | None = None,
              dynamic_batch: bool = True, weights: Any = None) -> dict[str, str]:
@@ -73,11 +74,19 @@ class CompileResult:
         if onnx and on_meta:
             self.report["notes"].append("no ONNX: the slim model's weights are on the meta device")
         elif onnx:
-            from slimc.export import export_onnx
+            from slimc.onnx import export_onnx
 
             t0 = time.perf_counter()
-            info = export_onnx(self.module, self.example_inputs, out / "slim.onnx", opset=opset,
-                               dynamic_batch=dynamic_batch)
+            try:
+                info = export_onnx(self.module, self.example_inputs, out / "slim.onnx", opset=opset,
+                                   dynamic_batch=dynamic_batch, dynamic_dims=self.dynamic_dims or None)
+            except SlimcError as e:
+                if not self.dynamic_dims or all(ds == [0] for ds in self.dynamic_dims.values()):
+                    raise
+                info = export_onnx(self.module, self.example_inputs, out / "slim.onnx", opset=opset,
+                                   dynamic_batch=dynamic_batch)
+                self.report["notes"].append(f"ONNX with a dynamic batch only: with dims {self.dynamic_dims} "
+                                            f"dynamic the export failed ({e})")
             self.report["times_s"]["export"] = time.perf_counter() - t0
             self.report["onnx"] = info.to_dict()
             paths["slim.onnx"] = str(out / "slim.onnx")
@@ -203,10 +212,11 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         verify = False
         report["notes"].append("weights on the meta device: plan from shapes only, not verified; "
                                "slice a checkpoint with --weights (slimc.shards)")
+    free = p.free_input_dims(inputs, traced.dynamic_dims)
     if verify:
         t = time.perf_counter()
         try:
-            ref = Reference(model, p.final_masks, inputs, p.free_input_dims(inputs, traced.dynamic_dims))
+            ref = Reference(model, p.final_masks, inputs, free)
             chk = ref.check(slim, _Masked(model, user.masks))
         except SlimcError:
             raise
@@ -234,7 +244,9 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     times["flops"] += time.perf_counter() - t
     report["layers"] = layer_widths(model, slim)
     times["total"] = time.perf_counter() - t_start
-    return CompileResult(slim, p.final_masks, report, p, given_inputs, um.model if um else None, um, model)
+    dynamic = ref.varied_dims if verify else free
+    return CompileResult(slim, p.final_masks, report, p, given_inputs, um.model if um else None, um, model,
+                         {i: ds for i, ds in dynamic.items() if ds})
 
 
 def _user_model(model: nn.Module, p: RemovalPlan, slim: fx.GraphModule, ctx: RewriteContext, ref, approximate: bool):

@@ -4,6 +4,8 @@ The CLI prints ``str(err)`` and exits 2; ``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
+import re
+
 
 class SlimcError(Exception):
     """Base class for every error slimc reports to a user."""
@@ -29,3 +31,44 @@ class VerifyError(SlimcError):
 
 class PlanError(SlimcError):
     """The masks ask for something that cannot be built (e.g. a layer with no channel left)."""
+
+
+class ExportError(SlimcError):
+    """The model cannot be exported to ONNX, or the export does not match the torch module."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message, limit=1000))
+
+
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` as one line: colour codes dropped, lines joined, white space folded, at most ``limit`` chars."""
+    text = _ANSI_RE.sub("", str(text))
+    text = re.sub(r"\s+", " ", " ".join(part.strip() for part in text.splitlines() if part.strip())).strip()
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def describe(exc: BaseException, limit: int = 300, *, innermost: bool = False) -> str:
+    """``Type: first line of the message`` of ``exc`` (or of its innermost ``__cause__``:
+    exporters wrap the real error in verbose layers), at most ``limit`` chars."""
+    root = exc
+    if innermost:
+        seen = {id(root)}
+        while root.__cause__ is not None and id(root.__cause__) not in seen:
+            root = root.__cause__
+            seen.add(id(root))
+    line = _first_line(str(root), limit)
+    if not line and root is not exc:
+        line = _first_line(str(exc), limit)
+    name = type(root).__name__
+    return f"{name}: {line}" if line else name
+
+
+def _first_line(text: str, limit: int) -> str:
+    for line in _ANSI_RE.sub("", text).splitlines():
+        line = re.sub(r"\s+", " ", line).strip()
+        if line:
+            return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
+    return ""

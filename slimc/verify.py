@@ -106,6 +106,7 @@ class Reference:
         self.sets = [inputs]
         self.outputs = [run_eval(self.module, inputs)]
         self.varied = ""
+        self.varied_dims: dict[int, list[int]] = {}  # the dims the second shape changed
         tries = [free, {i: [d for d in dims if d == 0] for i, dims in free.items()}]
         seen: list = []
         for k, dims in enumerate(tries):
@@ -124,6 +125,7 @@ class Reference:
             self.sets.append(x)
             self.outputs.append(y)
             self.varied += f"varied {_dims_text(dims)}" if shapes else "no dim may vary"
+            self.varied_dims = dims
             return
         x = random_like(inputs, 1)
         self.sets.append(x)

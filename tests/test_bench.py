@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 from torch import nn
 
 from slimc.bench import (
+    BenchConfig,
     ContentionMeter,
     batched_inputs,
     bench,
+    measure_quietly,
     to_markdown,
     write_outputs,
 )
@@ -127,10 +130,54 @@ def test_batched_inputs() -> None:
     assert b.shape == (5, 2) and torch.equal(b[2], ids[0])
 
 
-def test_contention_meter() -> None:
-    with ContentionMeter() as cm:
-        sum(range(10000))
-    assert cm.other_busy is None or 0.0 <= cm.other_busy <= 1.0
+def test_contention_meter_sees_another_process() -> None:
+    """A child process spinning one core while we sleep is other processes' load, and
+    at least a third of a 2-core machine (more on a busier one)."""
+    import subprocess
+    import sys
+    import time
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat")
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(0.3)  # the child is running
+        with ContentionMeter() as cm:
+            time.sleep(1.0)
+    finally:
+        spin.wait()
+    assert cm.other_busy is not None and cm.other_busy >= min(0.3, 0.9 / (os.cpu_count() or 1))
+
+
+def test_measure_quietly_retries_while_contended(monkeypatch) -> None:
+    import slimc.bench.contention as contention
+
+    loads = iter([0.5, 0.3, 0.05, 0.9])
+
+    class FakeMeter:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.other_busy = next(loads)
+
+    monkeypatch.setattr(contention, "ContentionMeter", FakeMeter)
+    said: list[str] = []
+    calls = iter(range(10))
+    attempts = measure_quietly(lambda: next(calls), retries=5, wait_idle_s=0, label="x", log=said.append)
+    assert [(a.result, a.other_busy) for a in attempts] == [(0, 0.5), (1, 0.3), (2, 0.05)]
+    assert len(said) == 2 and "50%" in said[0]
+    assert len(measure_quietly(lambda: 0, retries=0, wait_idle_s=0)) == 1  # 0.9 busy, no retries left
+
+
+def test_write_outputs_without_matplotlib(result: dict, tmp_path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    said: list[str] = []
+    paths = write_outputs([result], tmp_path, "bench", log=said.append)
+    assert sorted(paths) == ["json", "md"] and sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.md"]
+    assert len(said) == 1 and "matplotlib is not installed" in said[0] and "\n" not in said[0]
 
 
 def test_bad_arguments() -> None:
@@ -139,3 +186,44 @@ def test_bad_arguments() -> None:
         bench(m, _masks(m), torch.randn(1, 3, 8, 8), variants=("dense",))
     with pytest.raises(ValueError):
         bench(m, _masks(m), torch.randn(1, 3, 8, 8), dtype="int8")
+    with pytest.raises(TypeError, match="unexpected options"):
+        bench(m, _masks(m), torch.randn(1, 3, 8, 8), batch=(1,))
+    with pytest.raises(ValueError, match="runtimes"):
+        BenchConfig(runtimes=("tvm",))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the exit on a machine without CUDA")
+def test_gpu_check_without_cuda_is_one_line() -> None:
+    """`make gpu-check` (benchmarks/gpu_check.py) on a CPU machine: one clear line, exit ≠ 0."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("no CUDA device: "), lines
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_bench_on_cuda_times_eager_and_graphs() -> None:
+    m = Tiny().eval()
+    r = bench(m, _masks(m), torch.randn(2, 3, 8, 8), batches=(1,), device="cuda", runtimes=("torch",),
+              variants=("masked", "slim"), repeats=5, warmup=2, name="tiny")
+    assert {row["runtime"] for row in r["rows"]} == {"torch-eager", "torch-cudagraph"}
+    (eager,) = [e for e in r["speedup"] if e["runtime"] == "torch-eager"]
+    assert isinstance(eager["launch_bound"], bool) and eager["eager_over_graph_slim"] > 0
+    assert eager["device"] == "cuda" and r["errors"] == []
+
+
+def test_readme_shows_the_cuda_table_when_it_exists() -> None:
+    import runpy
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    gpu_check = runpy.run_path(str(root / "benchmarks" / "gpu_check.py"), run_name="gpu_check")
+    readme = (root / "README.md").read_text()
+    block = readme.split(gpu_check["README_START"], 1)[1].split(gpu_check["README_END"], 1)[0].strip()
+    assert block == gpu_check["readme_block"](gpu_check["RESULTS"] / "latency_cuda.md").strip()

@@ -1,4 +1,4 @@
-"""Tests for slimc.export (ONNX export + onnxruntime check).
+"""Tests for slimc.onnx (ONNX export + onnxruntime check).
 
 Kept fast: a handful of tiny models, each exported once (the first dynamo export
 in a process costs a few seconds of exporter start-up).
@@ -6,9 +6,7 @@ in a process costs a few seconds of exporter start-up).
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,28 +17,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-
-def _load_export_module():
-    """Import slimc.export; fall back to loading the file directly if the
-    package __init__ is not importable (it is developed separately)."""
-    try:
-        import slimc.export as mod  # noqa: PLC0415
-
-        return mod
-    except Exception:
-        path = Path(__file__).resolve().parents[1] / "slimc" / "export.py"
-        spec = importlib.util.spec_from_file_location("slimc_export_standalone", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        return mod
-
-
-E = _load_export_module()
-ExportError = E.ExportError
-export_onnx = E.export_onnx
-check_onnx = E.check_onnx
-onnx_stats = E.onnx_stats
+from slimc.onnx import ExportError, check_onnx, export_onnx, onnx_stats  # noqa: E402
 
 
 # --------------------------------------------------------------------------- models
@@ -285,3 +262,125 @@ def test_bad_names_rejected(tmp_path):
     with pytest.raises(ExportError, match="output_names has 1 names"):
         export_onnx(TwoInTwoOut(), (torch.randn(2, 5), torch.randn(2, 3)), tmp_path / "x.onnx", output_names=["o"])
     assert not (tmp_path / "x.onnx").exists()
+
+
+# --------------------------------------------------------------------------- dynamic dims (batch and sequence)
+
+
+def _onnx_dims(path) -> list[list[str | int]]:
+    import onnx
+
+    model = onnx.load(str(path))
+    return [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
+
+
+def test_grown_size_keeps_powers_of_two():
+    from slimc.onnx.shapes import grown_size
+
+    assert [grown_size(n) for n in (1, 7, 12, 16, 128, 96)] == [2, 8, 16, 32, 256, 128]
+
+
+def test_check_runs_change_every_dynamic_dim():
+    from slimc.onnx.shapes import check_runs
+
+    ids, img = torch.zeros(2, 16, dtype=torch.long), torch.zeros(2, 3, 12, 12)
+    runs = check_runs((ids, img), {0: (0, 1), 1: (0, 2, 3)}, (1, 3))
+    assert [r.shapes for r in runs] == [((1, 16), (1, 3, 12, 12)), ((3, 32), (3, 3, 16, 16))]
+    assert [r.label() for r in runs][0] == "batch 1" and "(3, 32)" in runs[1].label()
+    # a static batch with a dynamic sequence: the example batch, then the grown sequence
+    runs = check_runs((ids,), {0: (1,)}, (2,))
+    assert [r.shapes for r in runs] == [((2, 16),), ((2, 32),)]
+    # batch only: the shapes of today's check (no second run added)
+    assert [r.shapes for r in check_runs((ids,), {0: (0,)}, (1, 3))] == [((1, 16),), ((3, 16),)]
+
+
+def test_random_token_ids_stay_in_the_example_range():
+    from slimc.onnx.shapes import random_like
+
+    ids = torch.tensor([[3, 9, 0, 4]])
+    t = random_like(ids, (3, 8), seed=0)
+    assert t.shape == (3, 8) and t.dtype == ids.dtype and int(t.min()) >= 0 and int(t.max()) <= 9
+    assert len(t.unique()) > 2  # fresh ids, not a copy of the example
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    assert bool(random_like(mask, (2, 8), seed=0).all())  # bool masks: values of the example
+
+
+def test_bad_dynamic_dims_rejected(tmp_path):
+    x = (torch.randn(2, 3, 8, 8),)
+    with pytest.raises(ExportError, match="names input 1"):
+        export_onnx(PlainConv(), x, tmp_path / "x.onnx", dynamic_dims={1: [0]})
+    with pytest.raises(ExportError, match="names dim 4"):
+        export_onnx(PlainConv(), x, tmp_path / "x.onnx", dynamic_dims={0: [0, 4]})
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_slim_token_transformer_dynamic_batch_and_sequence(tmp_path):
+    """Issue #9's export: a slim zoo GPT with dynamic batch and sequence, checked by
+    onnxruntime at the example sequence length and at a second one."""
+    import numpy as np
+    import onnxruntime as ort
+
+    import slimc
+    from slimc import zoo
+    from slimc.prune import group_masks
+
+    model, x = zoo.build("gpt_tiny"), zoo.example_inputs("gpt_tiny")
+    res = slimc.compile(model, group_masks(model, x, 0.5), x)
+    out = tmp_path / "gpt.onnx"
+    info = export_onnx(res.module, x, out, dynamic_dims={0: [0, 1]})
+    assert info.checked and info.batch_sizes == [1, 3]
+    assert info.input_shapes == [[[1, 16]], [[3, 32]]]
+    assert info.dynamic_dims == {"input": [0, 1]} and info.to_dict()["dynamic_dims"] == {"input": [0, 1]}
+    assert all(isinstance(d, str) and d for d in _onnx_dims(out)[0])  # both dims symbolic
+    assert info.max_abs_diff <= 1e-4 * max(1.0, info.output_scale)
+    # any other batch and sequence length runs too
+    ids = torch.randint(0, 128, (5, 24))
+    (got,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": ids.numpy()})
+    assert np.abs(got - res.module(ids).detach().numpy()).max() < 1e-4
+
+
+def test_static_batch_dynamic_sequence(tmp_path):
+    torch.manual_seed(5)
+    m = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 4)).eval()
+    ids = torch.randint(0, 50, (2, 12))
+    info = export_onnx(m, (ids,), tmp_path / "seq.onnx", dynamic_dims={0: [1]})
+    assert info.batch_sizes == [2] and info.input_shapes == [[[2, 12]], [[2, 16]]]
+    dims = _onnx_dims(tmp_path / "seq.onnx")[0]
+    assert dims[0] == 2 and isinstance(dims[1], str)
+    # dynamic_batch=False still means every dim static
+    info = export_onnx(m, (ids,), tmp_path / "static.onnx", dynamic_dims={0: [0, 1]}, dynamic_batch=False)
+    assert info.input_shapes == [[[2, 12]]] and _onnx_dims(tmp_path / "static.onnx")[0] == [2, 12]
+
+
+class FixedSequence(nn.Module):
+    """Hard-codes the sequence length: cannot be exported with a dynamic one."""
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], 4, 4).sum(-1)
+
+
+def test_fixed_sequence_with_dynamic_dims_is_one_clear_error(tmp_path):
+    out = tmp_path / "fixed.onnx"
+    with pytest.raises(ExportError) as ei:
+        export_onnx(FixedSequence(), (torch.randn(2, 16),), out, dynamic_dims={0: [0, 1]})
+    msg = str(ei.value)
+    assert "\n" not in msg and ("dim 1" in msg or "(3, 32)" in msg), msg
+    assert not out.exists()
+    _assert_clean_dir(tmp_path, set())
+
+
+def test_hf_bert_dynamic_batch_and_sequence(tmp_path):
+    """HF BERT (small config, no download) with input ids and attention mask, both
+    dynamic in batch and sequence: one shared sequence length, checked at two."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    bert = transformers.BertModel(cfg).eval()
+    ids, mask = torch.randint(0, 100, (2, 16)), torch.ones(2, 16, dtype=torch.long)
+    info = export_onnx(bert, (ids, mask), tmp_path / "bert.onnx", dynamic_dims={0: [0, 1], 1: [0, 1]},
+                       input_names=["input_ids", "attention_mask"])
+    assert info.exporter == "dynamo" and info.checked
+    assert info.input_shapes == [[[1, 16], [1, 16]], [[3, 32], [3, 32]]]
+    assert info.dynamic_dims == {"input_ids": [0, 1], "attention_mask": [0, 1]}
+    assert info.max_abs_diff <= 1e-4 * max(1.0, info.output_scale)

@@ -10,7 +10,7 @@ from torch import nn
 
 import slimc
 from slimc import zoo
-from slimc.export import export_onnx, onnx_stats
+from slimc.onnx import export_onnx, onnx_stats
 from slimc.prune import group_masks
 
 SMALL = ["vgg11_small", "resnet_tiny", "mobilenetv2_small", "densenet_small", "shufflenetv2_small", "senet_small", "unet_small"]

@@ -1,4 +1,4 @@
-"""Fast tests for the latency harness (slimc.timing) and plots (slimc.plots)."""
+"""Fast tests for the latency harness (slimc.bench.timing, ort_timer) and plots (slimc.bench.plots)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from slimc.plots import plot_latency
-from slimc.timing import (
-    Timing,
-    launch_bound,
-    machine_info,
-    physical_cores_available,
-    time_ort,
-    time_torch,
-)
+from slimc.bench.machine import machine_info, physical_cores_available
+from slimc.bench.ort_timer import time_ort
+from slimc.bench.plots import plot_latency
+from slimc.bench.timing import Repeats, Timing, launch_bound, time_torch
 
 has_cuda = torch.cuda.is_available()
 
@@ -113,6 +108,18 @@ def test_time_torch_adaptive_respects_max_repeats() -> None:
     t = time_torch(nn.Linear(4, 4), (torch.randn(3, 4),), warmup=0, min_time_s=10.0, max_repeats=15)
     assert t.repeats == 15
     _check_stats(t)
+
+
+def test_repeats_policy() -> None:
+    fixed = Repeats(fixed=3, min_time_s=100.0)
+    assert [fixed.enough(n, 0) for n in (2, 3)] == [False, True]
+    adaptive = Repeats(min_time_s=0.5, min_repeats=4, max_repeats=8)
+    assert not adaptive.enough(3, 10**9)  # fewer than min_repeats
+    assert not adaptive.enough(4, 10**8)  # less than min_time_s
+    assert adaptive.enough(4, 5 * 10**8) and adaptive.enough(8, 0)  # both met / the cap
+    assert adaptive.kwargs() == {"repeats": None, "min_time_s": 0.5, "min_repeats": 4, "max_repeats": 8}
+    with pytest.raises(ValueError):
+        Repeats(min_repeats=0)
 
 
 def test_time_torch_rejects_bad_args() -> None:

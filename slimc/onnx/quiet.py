@@ -12,16 +12,7 @@ import tempfile
 import warnings as _warnings
 from typing import Any, Iterator
 
-_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = _ANSI_RE.sub("", str(text))
-    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
-    text = re.sub(r"\s+", " ", text).strip()
-    if len(text) > limit:
-        text = text[: limit - 3].rstrip() + "..."
-    return text
+from slimc.errors import one_line
 
 
 #: Loggers whose handlers are swapped for a capturing handler during export.
@@ -78,7 +69,7 @@ def _redirect_fds(sink) -> Iterator[None]:
                 os.close(dup)
 
 
-class _Quiet:
+class Quiet:
     """Silence exporter output; collect warnings and WARNING+ log records."""
 
     def __init__(self) -> None:
@@ -88,7 +79,7 @@ class _Quiet:
         self._saved_loggers: list[tuple[logging.Logger, list[logging.Handler], bool]] = []
         self._caught: list[_warnings.WarningMessage] = []
 
-    def __enter__(self) -> "_Quiet":
+    def __enter__(self) -> "Quiet":
         st = self._stack
         try:
             sink = st.enter_context(tempfile.TemporaryFile(mode="w+b"))
@@ -133,7 +124,7 @@ class _Quiet:
         for w in self._caught:
             if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
                 continue
-            msg = _one_line(f"{w.category.__name__}: {w.message}")
+            msg = one_line(f"{w.category.__name__}: {w.message}")
             if not _is_noise(msg) and msg not in seen:
                 seen.add(msg)
                 self.warnings.append(msg)
@@ -142,7 +133,7 @@ class _Quiet:
                 text = rec.getMessage()
             except Exception:  # pragma: no cover
                 text = str(rec.msg)
-            msg = _one_line(f"{rec.name}: {text}")
+            msg = one_line(f"{rec.name}: {text}")
             if not _is_noise(msg) and msg not in seen:
                 seen.add(msg)
                 self.warnings.append(msg)
