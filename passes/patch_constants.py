@@ -81,6 +81,11 @@ def _patch_sizes(ctx: RewriteContext, node: fx.Node, args, new: list[int], old: 
     return out
 
 
+def _changed(old, new) -> str:
+    """Only the sizes that changed: 'dim 2: 8 → 4' (the rest, batch and sequence included, stay as they are)."""
+    return ", ".join(f"dim {d}: {o} → {n}" for d, (o, n) in enumerate(zip(old, new)) if o != n) or "as before"
+
+
 def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
     plan = ctx.plan
     shapes = plan.dg.shapes
@@ -104,7 +109,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             if tuple(args) != node.args:
                 node.args = tuple(args)
                 modified = True
-                notes.append(f"{node.name}: sizes → {new}")
+                notes.append(f"{node.name}: sizes {_changed(old, new)}")
         elif node.target in UNFLATTENS and isinstance(old, tuple):
             dim, sizes = node.args[1], node.args[2]
             dim %= len(shapes[node.args[0].name])
@@ -113,7 +118,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             if list(patched) != list(sizes):
                 node.args = (node.args[0], dim, type(sizes)(patched), *node.args[3:])
                 modified = True
-                notes.append(f"{node.name}: sizes → {new}")
+                notes.append(f"{node.name}: sizes {_changed(old[dim: dim + len(sizes)], new)}")
         elif node.target in SPLITS and isinstance(old, list):
             x = node.args[0]
             dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)

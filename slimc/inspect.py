@@ -7,14 +7,14 @@ import numpy as np
 from torch import nn
 
 from slimc import graph as graph_mod
-from slimc.loading import as_tuple
+from slimc.inputs import bind
 from slimc.masks import normalize
 from slimc.propagate import Propagation, _any_by_group, plan as make_plan
 from slimc.trace import shapes_of, trace
 
 
 def inspect_model(model: nn.Module, example_inputs: Any, masks: Any = None, front_end: str = "auto") -> dict:
-    inputs = as_tuple(example_inputs)
+    inputs = bind(model, example_inputs)
     traced = trace(model, inputs, front_end)
     dg = graph_mod.build(traced.gm, shapes_of(traced.gm))
     user = normalize(masks, model)

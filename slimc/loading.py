@@ -1,8 +1,8 @@
 """Model specs → (nn.Module, example inputs).
 
 A spec is a path to a ``model.py`` or ``pkg.module:attr``. A model file defines
-``model`` (an nn.Module) or ``build_model()``, and ``example_inputs`` (a tensor or a
-tuple; ``dummy_input`` is accepted as an alias). ``zoo:NAME`` builds a zoo model.
+``model`` (an nn.Module) or ``build_model()``, and ``example_inputs`` (a tensor, a
+tuple, or a dict of forward() keyword arguments; ``dummy_input`` is accepted as an alias). ``zoo:NAME`` builds a zoo model.
 """
 from __future__ import annotations
 
@@ -17,18 +17,7 @@ import torch
 from torch import nn
 
 from slimc.errors import LoadError
-
-
-def as_tuple(example_inputs: Any) -> tuple:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, list):
-        return tuple(example_inputs)
-    if isinstance(example_inputs, tuple):
-        return example_inputs
-    raise LoadError(
-        f"example_inputs is a {type(example_inputs).__name__}: give a tensor or a tuple of tensors"
-    )
+from slimc.inputs import bind
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -76,10 +65,10 @@ def load_model(spec: str) -> tuple[nn.Module, tuple]:
             if callable(obj) and not isinstance(obj, nn.Module):
                 obj = obj()
             if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], nn.Module):
-                return obj[0], as_tuple(obj[1])
+                return obj[0], bind(obj[0], obj[1])
             if not isinstance(obj, nn.Module):
                 raise LoadError(f"'{spec}' is a {type(obj).__name__}, not an nn.Module")
-            return obj, _example_inputs(mod, where)
+            return obj, bind(obj, _example_inputs(mod, where))
     model = getattr(mod, "model", None)
     if model is None and callable(getattr(mod, "build_model", None)):
         try:
@@ -90,16 +79,16 @@ def load_model(spec: str) -> tuple[nn.Module, tuple]:
         raise LoadError(
             f"{where} defines no `model` (nn.Module) or `build_model()`: add e.g. `model = MyNet()`"
         )
-    return model, _example_inputs(mod, where)
+    return model, bind(model, _example_inputs(mod, where))
 
 
-def _example_inputs(mod: ModuleType, where: str) -> tuple:
+def _example_inputs(mod: ModuleType, where: str) -> Any:
     for name in ("example_inputs", "dummy_input"):
         if hasattr(mod, name):
             val = getattr(mod, name)
             if callable(val) and not isinstance(val, torch.Tensor):
                 val = val()
-            return as_tuple(val)
+            return val
     raise LoadError(
         f"{where} defines no `example_inputs`: add e.g. `example_inputs = torch.randn(1, 3, 32, 32)`"
     )

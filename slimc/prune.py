@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from slimc import graph as graph_mod
-from slimc.loading import as_tuple
+from slimc.inputs import bind
 from slimc.masks import MaskSet
 from slimc.propagate import Propagation, _any_by_group
 from slimc.shape_rules import HeadAxis
@@ -93,7 +93,7 @@ def group_masks(model: nn.Module, example_inputs: Any, ratio: float = 0.5, crite
         raise ValueError("round_to must be >= 1")
     if not 0 <= ratio < 1:
         raise ValueError("ratio must be in [0, 1)")
-    inputs = as_tuple(example_inputs)
+    inputs = bind(model, example_inputs)
     traced = trace(model, inputs, front_end)
     dg = graph_mod.build(traced.gm, shapes_of(traced.gm))
     P = Propagation(dg, MaskSet())

@@ -111,10 +111,11 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
                           f"({u['reason']}); the graph slim.pt is exact")
     o = report.get("onnx")
     if o:
-        console.print(
-            f"onnx ({o['exporter']}, opset {o['opset']}): onnxruntime max abs diff {o['max_abs_diff']:.3g} "
-            f"at batch {o['batch_sizes']}, {o['initializer_bytes']:,} initializer bytes"
-        )
+        where = (" at input shapes " + " and ".join(", ".join(str(tuple(x)) for x in xs) for xs in o["input_shapes"])
+                 if o.get("input_shapes") else f" at batch {o['batch_sizes']}")
+        dyn = f", dynamic dims {o['dynamic_dims']}" if o.get("dynamic_dims") else ""
+        console.print(f"onnx ({o['exporter']}, opset {o['opset']}{dyn}): onnxruntime max abs diff {o['max_abs_diff']:.3g}"
+                      f"{where}, {o['initializer_bytes']:,} initializer bytes")
     times = report.get("times_s", {})
     if times:
         console.print("time: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()))

@@ -35,7 +35,7 @@ from slimc.bench.machine import machine_info
 from slimc.bench.ort_timer import time_ort
 from slimc.bench.timing import Timing, launch_bound, time_torch
 from slimc.errors import describe
-from slimc.loading import as_tuple
+from slimc.inputs import as_tuple
 
 __all__ = ["bench", "bench_spec", "batched_inputs", "NOISY_RATIO"]
 
