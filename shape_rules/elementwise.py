@@ -31,6 +31,7 @@ UNARY_ATEN = tuple(aten(
     "dropout.default", "clone.default", "contiguous.default", "alias.default", "exp.default", "abs.default",
     "neg.default", "sqrt.default", "rsqrt.default", "clamp.default", "pow.Tensor_Scalar", "_to_copy.default",
     "to.dtype", "to.dtype_layout", "to.device", "erf.default", "lift_fresh_copy.default", "detach.default",
+    "sin.default", "cos.default", "square.default", "log.default", "reciprocal.default", "sign.default",
 ))
 UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "tanh", "exp", "abs", "neg", "sqrt", "rsqrt", "square", "sin",

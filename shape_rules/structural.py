@@ -3,6 +3,7 @@ and shape queries (size, dim) that read a tensor without touching its channels."
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -82,9 +83,43 @@ def getitem(op: OpView) -> Coupling | Unsupported:
     return _index(op, src, k)
 
 
+def static_range(start: Any, stop: Any, step: Any, n: int) -> range | None:
+    """The positions ``x[start:stop:step]`` picks along a dim of size ``n``, if its bounds are
+    ints (a computed bound — a sequence length read at run time — gives None)."""
+    if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (start, stop, step)):
+        return None
+    if step not in (None, 1):
+        return None
+    return range(n)[slice(start, stop)]
+
+
+def index_positions(k: Any, nd: int) -> list[tuple[int | None, Any, int | None]]:
+    """``x[k]`` on an ``nd``-dim tensor, normalized: (position in ``k`` or None for an implied
+    full slice, the index, the input dim it applies to or None for a new dim)."""
+    idx = list(k) if isinstance(k, tuple) else [k]
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    out: list[tuple[int | None, Any, int | None]] = []
+    d = 0
+    for pos, i in enumerate(idx):
+        if i is Ellipsis:
+            for _ in range(nd - n_real):
+                out.append((None, slice(None), d))
+                d += 1
+        elif i is None:
+            out.append((pos, None, None))
+        else:
+            out.append((pos, i, d))
+            d += 1
+    while d < nd:
+        out.append((None, slice(None), d))
+        d += 1
+    return out
+
+
 def _index(op: OpView, x: fx.Node, k) -> Coupling | Unsupported:
-    """x[...] with full slices (dim passes), None (new size-1 dim), Ellipsis, ints and
-    partial slices (that dim is fixed). Tensor indices are not supported."""
+    """x[...] with full slices (dim passes), None (new size-1 dim), Ellipsis, ints (that dim
+    is fixed) and partial slices (an offset range of the dim: ``qkv[..., :q_size]`` keeps the
+    channels it picks; computed bounds fix the dim). Tensor indices are not supported."""
     xs = op.shape(x)
     if xs is None:
         return Unsupported("indexing a non-tensor")
@@ -107,13 +142,8 @@ def _index(op: OpView, x: fx.Node, k) -> Coupling | Unsupported:
             d_in += 1
         elif isinstance(i, slice):
             full = i == slice(None) or (i.start in (None, 0) and i.stop is None and i.step in (None, 1))
-            if full and op.is_param(x):
-                c.param("follower", op.slot(x, d_in), op.out(d_out), term=0)
-            elif full:
-                c.flow(op.slot(x, d_in), op.out(d_out))
-            else:
-                c.barrier(op.slot(x, d_in), "sliced (x[a:b] picks fixed positions)")
-                c.barrier(op.out(d_out), "sliced (x[a:b] picks fixed positions)")
+            _pick_dim(op, c, x, d_in, d_out, None if full else static_range(i.start, i.stop, i.step, xs[d_in]),
+                      full, "sliced (x[a:b] with computed bounds)")
             d_in += 1
             d_out += 1
         else:
@@ -295,29 +325,46 @@ def select(op: OpView) -> Coupling | Unsupported:
     return c
 
 
-def _pick(op: OpView, x: fx.Node, dim: int, whole: bool, why: str) -> Coupling:
-    """x with positions picked along ``dim``: all of them pass, a part of them is fixed."""
+def _pick_dim(op: OpView, c: Coupling, x: fx.Node, d_in: int, d_out: int, picked: range | None, whole: bool,
+              why: str) -> None:
+    """Dim ``d_in`` of ``x`` → ``d_out`` of the output: whole, an offset range (element i of the
+    output is element ``picked[i]`` of the input), or fixed (positions not known statically)."""
+    if not whole and picked is None:
+        c.barrier(op.slot(x, d_in), why)
+        c.barrier(op.out(d_out), why)
+        return
+    idx = None if whole else arange(len(picked)) + picked.start
+    if op.is_param(x):
+        c.param("follower", op.slot(x, d_in), op.out(d_out), idx, None, term=0)
+    else:
+        c.flow(op.slot(x, d_in), op.out(d_out), idx, None)
+
+
+def _pick(op: OpView, x: fx.Node, dim: int, picked: range | None, why: str) -> Coupling:
+    """x with positions picked along ``dim`` (``picked``: which, if static); other dims pass."""
     c = Coupling()
+    n = op.shape(x)[dim]
     for d in range(len(op.shape(x))):
-        if d == dim and not whole:
-            c.barrier(op.slot(x, d), why)
-            c.barrier(op.out(d), why)
-        elif op.is_param(x):
-            c.param("follower", op.slot(x, d), op.out(d), term=0)
+        if d == dim:
+            whole = picked is not None and picked == range(n)
+            _pick_dim(op, c, x, d, d, picked, whole, why)
         else:
-            c.flow(op.slot(x, d), op.out(d))
+            _pick_dim(op, c, x, d, d, None, True, why)
     return c
 
 
 @shape_rule(*aten("slice.Tensor"))
 def slice_(op: OpView) -> Coupling | Unsupported:
-    """slice(dim, a, b) (``x[:, a:b]`` at ATen level): a full slice passes; otherwise ``dim`` is fixed."""
+    """slice(dim, a, b) (``x[:, a:b]`` at ATen level): the picked range of ``dim`` passes at its
+    offset (a fused q/k/v projection sliced into q, k, v keeps heads); computed bounds fix it."""
     x, dim = op.arg(0), op.arg(1, "dim", 0)
     xs, out = op.shape(x), op.out_shape
     if xs is None or not isinstance(dim, int) or not isinstance(out, tuple):
         return Unsupported("slice along a computed dim")
     dim %= len(xs)
-    return _pick(op, x, dim, xs[dim] == out[dim], "sliced (x[a:b] picks fixed positions)")
+    picked = range(xs[dim]) if xs[dim] == out[dim] else \
+        static_range(op.arg(2, "start"), op.arg(3, "end"), op.arg(4, "step", 1), xs[dim])
+    return _pick(op, x, dim, picked, "sliced (x[a:b] with computed bounds)")
 
 
 @shape_rule(*aten("_assert_tensor_metadata.default"))
@@ -338,7 +385,9 @@ def narrow(op: OpView) -> Coupling | Unsupported:
     if xs is None or not isinstance(dim, int) or not isinstance(out, tuple):
         return Unsupported("narrow along a computed dim")
     dim %= len(xs)
-    return _pick(op, x, dim, xs[dim] == out[dim] and start == 0, "narrowed (picks fixed positions)")
+    length = op.arg(3, "length")
+    picked = static_range(start, start + length, 1, xs[dim]) if isinstance(start, int) and isinstance(length, int) else None
+    return _pick(op, x, dim, picked, "narrowed (computed bounds)")
 
 
 FACTORIES = (torch.arange, torch.zeros, torch.ones, torch.full, torch.empty, torch.rand, torch.randn, "new_zeros",

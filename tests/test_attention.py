@@ -407,3 +407,35 @@ def test_one_sided_head_mask_removes_the_head():
     m = _model(NanoGPTAttention)
     res = assert_contract(m, {"c_attn.weight": _rows(96, head_rows([1], 1))}, _x())
     assert _widths(res, "c_attn", "c_proj") == ((72, 32), (32, 24))
+
+
+class FusedSlicedQKV(nn.Module):
+    """Phi-3's attention: one projection for q, k and v, sliced apart by static bounds."""
+
+    def __init__(self, dim=32, heads=4):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.qkv_proj = nn.Linear(dim, 3 * dim, bias=False)
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        qkv = self.qkv_proj(x)
+        q_pos = self.num_heads * self.head_dim
+        q = qkv[..., :q_pos].view(B, N, -1, self.head_dim).transpose(1, 2)
+        k = qkv[..., q_pos: 2 * q_pos].view(B, N, -1, self.head_dim).transpose(1, 2)
+        v = qkv[..., 2 * q_pos:].view(B, N, -1, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.o_proj(y.transpose(1, 2).reshape(B, N, -1))
+
+
+def test_fused_qkv_sliced_apart_loses_whole_heads():
+    torch.manual_seed(0)
+    m = FusedSlicedQKV().eval()
+    x = (torch.randn(2, 5, 32),)
+    w = torch.ones(96, 32)
+    for part in range(3):
+        w[part * 32 + 8: part * 32 + 16] = 0  # head 1 of q, k and v
+    res = assert_contract(m, {"qkv_proj.weight": w}, x)
+    assert res.module.qkv_proj.out_features == 72 and res.module.o_proj.in_features == 24
+    assert res.model is not None and res.model.num_heads == 3  # the class's own slicing follows num_heads

@@ -917,11 +917,15 @@ def test_spatial_indexing_leaves_channels_free(kind):
     assert removed_idx(res, m, "conv1.weight") == {0, 3}
 
 
-def test_channel_slice_is_a_barrier():
+def test_channel_slice_is_an_offset_range():
+    """y[:, 2:6]: channel 3 (masked) goes at offset 1 of the slice; channels the slice never
+    reads (0, 1, 6, 7) go too; the slice bounds move to where the kept ones lie."""
     m = build(Index, "channel_slice")
     res = assert_contract(m, {"conv1.weight": mask_rows(m, "conv1.weight", [0, 3])}, x_(2, 3, 5, 5))
-    assert removed_idx(res, m, "conv1.weight") == set()
-    assert "barrier" in kept_reasons(res)
+    assert removed_idx(res, m, "conv1.weight") == {0, 1, 3, 6, 7}
+    assert removed_idx(res, m, "conv2.weight", dim=1) == {1}
+    assert res.model is None  # the user's class holds the bounds as literals: it cannot follow
+    assert "y[:, 2:6]" in res.report["user_model"]["reason"]
 
 
 # --------------------------------------------------------------------------- API errors

@@ -121,10 +121,24 @@ def size_argument(source: str, op: str, position, n_sizes: int, keyword: str | N
     return args[position]
 
 
+def literal_slice(source: str) -> str | None:
+    """The text of a subscript on the user's line whose bounds are all constants
+    (``x[:, :64]``), if that is the only kind of subscript there."""
+    tree = _parse(_code(source))
+    if tree is None:
+        return None
+    subs = [n for n in ast.walk(tree) if isinstance(n, ast.Subscript)]
+    bounds = [b for sub in subs for sl in ast.walk(sub.slice) if isinstance(sl, ast.Slice)
+              for b in (sl.lower, sl.upper, sl.step) if b is not None]
+    if subs and bounds and all(_constant(b) for b in bounds):
+        return ast.unparse(subs[0])
+    return None
+
+
 def attributes_in(e: ast.expr) -> list[tuple[str, ...]]:
     """``self.x`` paths that an expression reads (``bsz * self.num_heads`` → [("num_heads",)])."""
     paths = {p for node in ast.walk(e) if isinstance(node, ast.Attribute) and (p := _attr_path(node)) is not None}
     return sorted(p for p in paths if not any(q != p and q[: len(p)] == p for q in paths))
 
 
-__all__ = ["Attribute", "Literal", "classify", "size_argument", "attributes_in"]
+__all__ = ["Attribute", "Literal", "classify", "size_argument", "attributes_in", "literal_slice"]

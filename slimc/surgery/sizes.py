@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from slimc.surgery.provenance import Attribute, Literal, attributes_in, classify, size_argument
+from slimc.surgery.provenance import Attribute, Literal, attributes_in, classify, literal_slice, size_argument
 
 HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads", "num_head", "nhead")
 KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head", "num_kv")
@@ -79,6 +79,13 @@ def follow_events(slim: nn.Module, events: list, fixes: SizeFixes) -> None:
         where = f"{ev.source or ev.node}"
         if ev.kind in ("mean", "layernorm"):
             continue  # normalizations: slimc.surgery.norms
+        if ev.kind == "slice":
+            text = literal_slice(ev.source)
+            if text is not None:
+                fixes.blockers.append(f"{where}: the slice {text} is written in the code; the kept channels moved")
+            else:
+                fixes.unresolved.append(where)
+            continue
         if ev.kind == "sdpa_scale":
             fixes.blockers.append(f"{where}: scaled_dot_product_attention takes its scale from the head dim "
                                   f"({ev.old} → {ev.new}); prune whole heads, or pass scale= in the code")
