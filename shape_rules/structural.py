@@ -116,6 +116,35 @@ def index_positions(k: Any, nd: int) -> list[tuple[int | None, Any, int | None]]
     return out
 
 
+def gather_rows(op: OpView, x: fx.Node, index: fx.Node) -> Coupling | Unsupported:
+    """``x[idx]`` with an integer tensor ``idx``: rows of ``x`` picked at run time (dim 0 is
+    fixed), ``idx``'s dims lead the output, ``x``'s other dims pass — a relative position bias
+    table ``table[index]`` keeps one column per head, so heads still go."""
+    xs, si, out = op.shape(x), op.shape(index), op.out_shape
+    if xs is None or si is None or not isinstance(out, tuple) or len(out) != len(si) + len(xs) - 1:
+        return Unsupported("indexing with a tensor that is not an integer index of dim 0")
+    c = Coupling()
+    c.barrier(op.slot(x, 0), "rows picked by an index tensor")
+    for d in range(len(si)):
+        if op.is_param(index):  # an index buffer: positions, no channels
+            c.cover(op.slot(index, d))
+            c.barrier(op.out(d), "positions given by an index tensor")
+        else:
+            c.flow(op.slot(index, d), op.out(d))
+    for d in range(1, len(xs)):
+        _pick_dim(op, c, x, d, len(si) + d - 1, None, True, "")
+    return c
+
+
+@shape_rule(*aten("index.Tensor"))
+def index_tensor(op: OpView) -> Coupling | Unsupported:
+    """``aten.index(x, [idx])``: ``x[idx]`` at ATen level (see ``gather_rows``)."""
+    x, indices = op.arg(0), op.arg(1, "indices")
+    if not isinstance(indices, (list, tuple)) or len(indices) != 1 or not isinstance(indices[0], fx.Node):
+        return Unsupported("indexing with several index tensors")
+    return gather_rows(op, x, indices[0])
+
+
 def _index(op: OpView, x: fx.Node, k) -> Coupling | Unsupported:
     """x[...] with full slices (dim passes), None (new size-1 dim), Ellipsis, ints (that dim
     is fixed) and partial slices (an offset range of the dim: ``qkv[..., :q_size]`` keeps the
@@ -124,8 +153,10 @@ def _index(op: OpView, x: fx.Node, k) -> Coupling | Unsupported:
     if xs is None:
         return Unsupported("indexing a non-tensor")
     idx = list(k) if isinstance(k, tuple) else [k]
+    if isinstance(idx[0], fx.Node) and all(i == slice(None) for i in idx[1:]):
+        return gather_rows(op, x, idx[0])
     if any(isinstance(i, (fx.Node, list, torch.Tensor)) for i in idx):
-        return Unsupported("advanced indexing with tensor or list indices")
+        return Unsupported("advanced indexing with tensor or list indices (other than x[idx])")
     n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
     if Ellipsis in idx:
         e = idx.index(Ellipsis)

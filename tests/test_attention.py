@@ -439,3 +439,36 @@ def test_fused_qkv_sliced_apart_loses_whole_heads():
     res = assert_contract(m, {"qkv_proj.weight": w}, x)
     assert res.module.qkv_proj.out_features == 72 and res.module.o_proj.in_features == 24
     assert res.model is not None and res.model.num_heads == 3  # the class's own slicing follows num_heads
+
+
+class RelativeBiasAttention(nn.Module):
+    """Swin's window attention: a learned bias per head, gathered from a table by an index buffer."""
+
+    def __init__(self, dim=32, heads=4, window=3):
+        super().__init__()
+        self.num_heads, n = heads, window * window
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(torch.randn((2 * window - 1) ** 2, heads))
+        self.register_buffer("relative_position_index", torch.randint(0, (2 * window - 1) ** 2, (n, n)))
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, -1)
+        attn = (q @ k.transpose(-2, -1)) * 0.25 + bias.permute(2, 0, 1).contiguous().unsqueeze(0)
+        x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, N, -1)
+        return self.proj(x)
+
+
+def test_relative_position_bias_table_loses_the_heads_columns():
+    torch.manual_seed(0)
+    m = RelativeBiasAttention().eval()
+    x = (torch.randn(2, 9, 32),)
+    w = torch.ones(96, 32)
+    for part in range(3):
+        w[part * 32 + 16: part * 32 + 24] = 0  # head 2 of q, k and v
+    res = assert_contract(m, {"qkv.weight": w}, x)
+    assert res.module.relative_position_bias_table.shape == (25, 3)
+    assert res.model is not None and res.model.num_heads == 3
