@@ -93,6 +93,10 @@ def _rebuild(base: nn.Module, lay: dict, state: dict) -> nn.Module:
 
     layout.apply(base, lay)
     layout.load_weights(base, state)
+    with torch.no_grad():
+        for t in lay.get("weight_transforms", []):  # norms made exact on a plan from shapes
+            w = base.get_parameter(t["param"])
+            w.copy_((w + t["offset"]) * t["scale"] - t["offset"])
     return base.train(bool(lay.get("training", False)))
 
 

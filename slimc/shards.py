@@ -73,7 +73,7 @@ def sliced(plan, name: str, t: torch.Tensor) -> torch.Tensor:
                             f"dim {d} = {dg.size[slot]}: the checkpoint does not belong to this model")
     mask = plan.final_masks.get(name)
     if mask is not None:
-        t = t * mask.to(t.dtype)
+        t = t * mask.to(dtype=t.dtype, device=t.device)
     for d in range(t.dim()):
         k = plan.kept_idx(("p", name, d))
         if k is not None:

@@ -211,3 +211,25 @@ def test_slim_llama_runs_with_a_cache_from_a_prompt():
         y1 = res.model(x[0][:, 5:], past_key_values=a.past_key_values).logits
         y0 = ref(x[0][:, 5:], past_key_values=b.past_key_values).logits
     assert float((y1 - y0).abs().max()) <= 1e-5 * max(1.0, float(y0.abs().max()))
+
+
+def test_meta_plan_of_an_hf_model_loads_with_the_sliced_checkpoint(tmp_path):
+    """A plan from shapes (parameters on meta), the checkpoint sliced shard by shard, then
+    slimc.load: the HF class again, the RMSNorms made exact when the weights are filled in."""
+    from slimc.shards import empty_weights
+
+    torch.manual_seed(0)
+    real = _llama().eval()
+    real.save_pretrained(tmp_path / "ckpt")
+    x = _inputs("ids", 2, 12)
+    masks = group_masks(real, x, 0.5)
+    with empty_weights():
+        meta = T.LlamaForCausalLM(real.config)
+    res = slimc.compile(meta, masks, x)
+    assert res.model is not None and next(res.model.parameters()).is_meta
+    res.save(tmp_path / "out", weights=tmp_path / "ckpt")
+    m = slimc.load(tmp_path / "out")
+    assert type(m) is T.LlamaForCausalLM and m.config.hidden_size == 32
+    for xs in [x, _inputs("ids", 3, 20, 1)]:
+        d, s = max_diff(run_eval(m, xs), run_eval(masked_copy(real, res.masks), xs))
+        assert d <= 1e-5 * max(1.0, s)

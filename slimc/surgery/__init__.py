@@ -67,7 +67,7 @@ def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm
     resize_leaves(slim, original, module_inputs(gm, plan))
     fixes = SizeFixes()
     follow_events(slim, events, fixes)
-    norm_notes, norm_blockers = fix_norms(slim, original, plan.final_masks, events, renorm)
+    norm_notes, norm_blockers, transforms = fix_norms(slim, original, plan.final_masks, events, renorm)
     splits = head_splits(gm, plan)
     sync_attention(slim, splits, fixes)
     sync_widths(slim, original, fixes)
@@ -77,6 +77,8 @@ def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm
         ok, why = hf.expressible(slim)
         hf_info = {"config_changes": changes, "expressible": ok, "why_not": why}
     lay = layout_mod.diff(original, slim)
+    if transforms and any(t.is_meta for t in slim.parameters()):
+        lay["weight_transforms"] = transforms  # a plan from shapes: applied when the sliced weights load
     blockers = list(dict.fromkeys([*fixes.blockers, *norm_blockers]))
     return UserModel(None if blockers else slim, _summary(blockers), lay, fixes.patched, norm_notes,
                      list(dict.fromkeys(fixes.unresolved)), hf_info)

@@ -53,53 +53,43 @@ def _layernorm(m0: nn.Module | None, m: nn.Module, ev) -> str | None:
     return None
 
 
-def _rms_candidates(m: nn.Module, ratio: float):
-    """(description, apply) pairs: ways an RMS norm over C′ = C/ratio channels equals the
-    original over C with zeros."""
-    eps = next((a for a in EPS_NAMES if isinstance(getattr(m, a, None), float)), None)
-    w = getattr(m, "weight", None)
-    if eps is None or not isinstance(w, torch.Tensor) or w.dim() != 1:
-        return []
+def _eps_name(m: nn.Module) -> str | None:
+    return next((a for a in EPS_NAMES if isinstance(getattr(m, a, None), float)), None)
+
+
+def _rescale(m: nn.Module, eps: str, ratio: float, offset: float) -> None:
+    """An RMS norm over C′ = C/ratio channels that equals the original over C with zeros:
+    (offset + γ′) = (offset + γ)·√ratio, ε′ = ε·ratio (``offset`` 1 for the (1 + γ) form)."""
     s = math.sqrt(ratio)
-
-    def scale(offset: float):
-        def apply():
-            with torch.no_grad():
-                m.weight.mul_(0).add_((w0 + offset) * s - offset)
-            setattr(m, eps, e0 * ratio)
-        return apply
-
-    w0, e0 = w.detach().clone(), getattr(m, eps)
-    restore = (w0, e0, eps)
-    return [("γ·√(C/C′), ε·C/C′", scale(0.0), restore), ("(1+γ)·√(C/C′)−1, ε·C/C′", scale(1.0), restore)]
-
-
-def _matches(m0: nn.Module, m1: nn.Module, dim: int, kept: torch.Tensor, c_old: int, shape: tuple) -> bool:
-    g = torch.Generator().manual_seed(0)
-    full = [min(n, 3) for n in shape]
-    full[dim] = c_old
-    x = torch.randn(full, generator=g)
-    removed = torch.ones(c_old, dtype=torch.bool)
-    removed[kept] = False
-    x.index_fill_(dim, torch.nonzero(removed).flatten(), 0.0)
-    try:
+    if not m.weight.is_meta:
         with torch.no_grad():
-            want = m0(x).index_select(dim, kept)
-            got = m1(x.index_select(dim, kept))
-    except Exception:
-        return False
-    return got.shape == want.shape and bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(want.abs().max()))))
+            m.weight.copy_((m.weight + offset) * s - offset)
+    setattr(m, eps, getattr(m, eps) * ratio)
 
 
-def _rms(m0: nn.Module, m1: nn.Module, ev) -> str | None:
+def _rms(m0: nn.Module | None, m1: nn.Module, ev, path: str, transforms: list[dict]) -> str | None:
+    """Which RMS form the module computes is measured on random inputs against the original
+    (γ, or 1 + γ as in Gemma); on the meta device (no values to measure) its class name says."""
     dims = ev.position
-    if len(dims) != 1:
-        return "a mean over several pruned dims"
-    d = dims[0]
+    eps = _eps_name(m1)
+    w = getattr(m1, "weight", None)
+    if len(dims) != 1 or eps is None or not isinstance(w, torch.Tensor) or w.dim() != 1:
+        return f"{type(m1).__name__} averages over pruned channels and is not an RMS norm slimc can rescale"
+    d, ratio = dims[0], ev.old / ev.new
+    if w.is_meta:
+        name = type(m1).__name__.lower()
+        if "rms" not in name:
+            return f"{type(m1).__name__} averages over pruned channels; on the meta device slimc cannot measure it"
+        offsets = [1.0 if "gemma" in name else 0.0]
+    else:
+        offsets = [0.0, 1.0]
     kept = torch.as_tensor(ev.detail["kept"][d], dtype=torch.long)
-    for desc, apply, (w0, e0, eps) in _rms_candidates(m1, ev.old / ev.new):
-        apply()
-        if _matches(m0, m1, d, kept, ev.old, ev.detail["shape"]):
+    for off in offsets:
+        w0, e0 = m1.weight.detach().clone(), getattr(m1, eps)
+        _rescale(m1, eps, ratio, off)
+        if w.is_meta or _matches(m0, m1, d, kept, ev.old, ev.detail["shape"]):
+            transforms.append({"param": f"{path}.weight" if path else "weight", "scale": math.sqrt(ratio),
+                               "offset": off})
             return None
         with torch.no_grad():
             m1.weight.copy_(w0)
@@ -121,28 +111,28 @@ def _masked_module(original: nn.Module, path: str, final_masks: dict) -> nn.Modu
 
 
 def fix_norms(slim: nn.Module, original: nn.Module, final_masks: dict, events: list,
-              renorm: bool) -> tuple[list[str], list[str]]:
-    """Returns (notes, blockers)."""
-    notes, blockers, done = [], [], set()
+              renorm: bool) -> tuple[list[str], list[str], list[dict]]:
+    """Returns (notes, blockers, weight transforms made: {"param", "scale", "offset"})."""
+    notes, blockers, done, transforms = [], [], set(), []
     for ev in events:
         if ev.kind not in ("mean", "layernorm") or ev.module in done:
             continue
         done.add(ev.module)
         try:
             m1 = slim.get_submodule(ev.module) if ev.module else slim
-            m0 = _masked_module(original, ev.module, final_masks)
+            m0 = None if any(t.is_meta for t in m1.parameters()) else _masked_module(original, ev.module, final_masks)
         except AttributeError:
             blockers.append(f"{ev.source or ev.node}: a normalization over pruned channels outside any module")
             continue
         if renorm:
             continue  # plain norms over the kept channels, reported approximate
-        why = _layernorm(m0, m1, ev) if ev.kind == "layernorm" else _rms(m0, m1, ev)
+        why = _layernorm(m0, m1, ev) if ev.kind == "layernorm" else _rms(m0, m1, ev, ev.module, transforms)
         if why is None:
             notes.append(f"{ev.module}: {type(m1).__mro__[1].__name__ if ev.kind == 'layernorm' else type(m1).__name__} over {ev.new} of {ev.old} channels, made exact")
         else:
             blockers.append(f"{ev.source or ev.node}: {why} ({ev.module}); use --renorm (approximate) "
                             "or keep these channels")
-    return notes, blockers
+    return notes, blockers, transforms
 
 
 __all__ = ["fix_norms"]
