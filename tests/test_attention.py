@@ -409,6 +409,14 @@ def test_one_sided_head_mask_removes_the_head():
     assert _widths(res, "c_attn", "c_proj") == ((72, 32), (32, 24))
 
 
+def _fused_head_mask(head: int, dim: int = 32, head_dim: int = 8) -> torch.Tensor:
+    """Rows of one head in each of q, k and v of a fused (3·dim, dim) projection masked."""
+    w = torch.ones(3 * dim, dim)
+    for part in range(3):
+        w[part * dim + head * head_dim: part * dim + (head + 1) * head_dim] = 0
+    return w
+
+
 class FusedSlicedQKV(nn.Module):
     """Phi-3's attention: one projection for q, k and v, sliced apart by static bounds."""
 
@@ -433,10 +441,7 @@ def test_fused_qkv_sliced_apart_loses_whole_heads():
     torch.manual_seed(0)
     m = FusedSlicedQKV().eval()
     x = (torch.randn(2, 5, 32),)
-    w = torch.ones(96, 32)
-    for part in range(3):
-        w[part * 32 + 8: part * 32 + 16] = 0  # head 1 of q, k and v
-    res = assert_contract(m, {"qkv_proj.weight": w}, x)
+    res = assert_contract(m, {"qkv_proj.weight": _fused_head_mask(head=1)}, x)
     assert res.module.qkv_proj.out_features == 72 and res.module.o_proj.in_features == 24
     assert res.model is not None and res.model.num_heads == 3  # the class's own slicing follows num_heads
 
@@ -466,9 +471,6 @@ def test_relative_position_bias_table_loses_the_heads_columns():
     torch.manual_seed(0)
     m = RelativeBiasAttention().eval()
     x = (torch.randn(2, 9, 32),)
-    w = torch.ones(96, 32)
-    for part in range(3):
-        w[part * 32 + 16: part * 32 + 24] = 0  # head 2 of q, k and v
-    res = assert_contract(m, {"qkv.weight": w}, x)
+    res = assert_contract(m, {"qkv.weight": _fused_head_mask(head=2)}, x)
     assert res.module.relative_position_bias_table.shape == (25, 3)
     assert res.model is not None and res.model.num_heads == 3
