@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys as _sys
 
-from slimc.errors import LoadError, MaskError, PlanError, SlimcError, TraceError, VerifyError
+from slimc.errors import ConfigError, DataError, LoadError, MaskError, PlanError, SlimcError, TraceError, VerifyError
 
 # passes/ and shape_rules/ are top-level folders installed as slimc.passes / slimc.shape_rules;
 # when running from a source tree without installing, map them here.
@@ -27,5 +27,5 @@ from slimc.masks import MaskSet, load_masks  # noqa: E402
 __version__ = "0.1.0"
 __all__ = [
     "compile", "CompileResult", "MaskSet", "load_masks",
-    "SlimcError", "MaskError", "LoadError", "TraceError", "VerifyError", "PlanError",
+    "SlimcError", "MaskError", "LoadError", "TraceError", "VerifyError", "PlanError", "ConfigError", "DataError",
 ]

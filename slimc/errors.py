@@ -29,3 +29,11 @@ class VerifyError(SlimcError):
 
 class PlanError(SlimcError):
     """The masks ask for something that cannot be built (e.g. a layer with no channel left)."""
+
+
+class ConfigError(SlimcError, ValueError):
+    """A pruner option or config list is wrong (unknown criterion or key, a name matching no module)."""
+
+
+class DataError(SlimcError):
+    """A data-driven pruner or the sensitivity analysis lacks the data, loss or evaluation it needs."""

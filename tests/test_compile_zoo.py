@@ -30,7 +30,8 @@ from helpers import (
 )
 from slimc import zoo
 from slimc.errors import PlanError
-from slimc.prune import group_masks
+from slimc.prune import Pruner, group_masks
+from slimc.prune.emit import source_masks
 from slimc.verify import masked_copy
 
 BIG = ("vgg16", "resnet18", "resnet50", "mobilenetv2")
@@ -87,11 +88,7 @@ def test_group_masks_l1(name):
           f"flops {res.report['flops']['before']:,} -> {res.report['flops']['after']:,}")
     if name in BIG:
         assert p["after"] < 0.45 * p["before"]
-    if name == "shufflenetv2_small":
-        # channel shuffle keeps rectangles: the only acceptable reason to keep a masked channel
-        assert res.report["kept"]
-        assert all("rectangle" in r["reason"] for r in res.report["kept"]), res.report["kept"]
-        return
+    # complete masks: nothing is kept because coupled (a shuffle's rectangle is left unmasked)
     assert res.report["kept"] == [], res.report["kept"]
     # every masked source row is physically gone
     for fqn, mk in masks.items():
@@ -181,20 +178,22 @@ SMALL = [n for n in ALL if n not in BIG]
 
 @pytest.mark.parametrize("name", SMALL)
 def test_exact_mode_on_zoo(name):
-    """exact: group masks on filters alone remove nothing (BN β keeps the channels
-    alive in the user-masked model); given channel mode's final masks as the user's,
-    exact mode proves the same channels zero and reaches the same size. Both times the
-    slim model equals the model with the USER's masks."""
+    """exact: masks on the filters alone remove nothing (BN β keeps the channels alive in the
+    user-masked model); the pruner's complete masks are provably zero, and exact mode
+    reaches channel mode's size. Both times the slim model equals the model with the
+    USER's masks."""
     m, x = model_and_inputs(name)
-    masks = _group_masks(name, 0.5, "l1")
-    r_exact = assert_contract(m, masks, x, mode="exact")
-    d, s = outputs_diff(r_exact.module, masked_copy(m, masks), x, n=2)
+    pruner = Pruner(m, x, "l1", ratio=0.5)
+    pruned = pruner.prune()
+    filters = source_masks(pruner.space, pruner.space.groups_of(pruned.units))
+    r_exact = assert_contract(m, filters, x, mode="exact")
+    d, s = outputs_diff(r_exact.module, masked_copy(m, filters), x, n=2)
     assert d <= 1e-5 * max(1.0, s)
     if name in zoo.names("cnn"):  # masked filters there all have a bias or BN β; the LLaMA-style
         assert n_params(r_exact.module) == n_params(m)  # projections have none and go in exact mode too
-    r_channel = slimc.compile(m, masks, x, verify=False)
-    r2 = assert_contract(m, r_channel.masks, x, mode="exact")
-    d, s = outputs_diff(r2.module, masked_copy(m, r_channel.masks), x, n=2)
+    r_channel = slimc.compile(m, pruned.masks, x, verify=False)
+    r2 = assert_contract(m, pruned.masks, x, mode="exact")
+    d, s = outputs_diff(r2.module, masked_copy(m, pruned.masks), x, n=2)
     assert d <= 1e-5 * max(1.0, s)
     assert n_params(r2.module) == n_params(r_channel.module)
 
