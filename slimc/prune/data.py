@@ -50,14 +50,15 @@ def as_batch(item: Any, n_inputs: int, i: int = 0) -> Batch:
 
 
 def progress(items: Iterable, description: str, total: int | None = None) -> Iterator:
-    """Iterate ``items`` under a rich progress bar (on stderr; gone when done)."""
+    """Iterate ``items`` under a rich progress bar (on stderr when it is a terminal; gone when done)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task(description, total=total)
         for x in items:
             yield x
