@@ -72,18 +72,11 @@ def flops_report(model: nn.Module, example_inputs: Any, masks: Any = None, *, fr
     return report
 
 
-def _fmt(n: int | None) -> str:
-    if n is None:
-        return "—"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f} {unit}"
-    return str(n)
-
-
 def render_flops(report: dict, console=None, max_layers: int = 60) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from slimc.bench import _fmt_si as _fmt
 
     console = console or Console()
     after = "after" in report["params"]

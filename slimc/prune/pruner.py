@@ -84,7 +84,7 @@ class Pruner:
     def scores(self) -> np.ndarray:
         """Per unit, low = pruned first (NaN: no statistic reached it)."""
         ctx = ScoreContext(self.model, np.random.default_rng(self.seed), self.calibration)
-        return self.space.unit_scores(self.criterion.group_scores(self.space, ctx))
+        return self.space.unit_scores(self.criterion.group_scores(self.space, ctx), mean=self.criterion.comparable)
 
     def resolve(self, sparsities: Mapping[str, float] | None = None,
                 transform: Callable[[float], float] | None = None) -> dict[int, Target]:

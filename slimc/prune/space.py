@@ -152,13 +152,15 @@ class PruneSpace:
         self.unit_of_entry = np.repeat(np.arange(self.n_units), [len(u) for u in unit_groups]).astype(np.int64)
         self.group_of_entry = np.array([g for u in unit_groups for g in u], dtype=np.int64)
 
-    def unit_scores(self, group_scores: np.ndarray) -> np.ndarray:
-        """Per unit: the sum of its groups' scores (NaN where no group has one)."""
+    def unit_scores(self, group_scores: np.ndarray, mean: bool = False) -> np.ndarray:
+        """Per unit: the sum (or the mean) of its groups' scores (NaN where no group has one).
+        A sum suits magnitudes (a head's norm is its groups' together); a mean suits scores
+        on one scale (a fraction), so a head compares with a channel."""
         v = group_scores[self.group_of_entry]
         known = ~np.isnan(v)
         s = np.bincount(self.unit_of_entry[known], weights=v[known], minlength=self.n_units)
         seen = np.bincount(self.unit_of_entry[known], minlength=self.n_units)
-        return np.where(seen > 0, s, np.nan)
+        return np.where(seen > 0, s / np.where(mean & (seen > 0), seen, 1), np.nan)
 
     def groups_of(self, chosen_units: np.ndarray) -> np.ndarray:
         """Bool per group: does a chosen unit hold it?"""
