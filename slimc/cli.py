@@ -222,7 +222,7 @@ def cmd_sensitivity(a: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "sensitivity.json", json.dumps(result, indent=2) + "\n")
     plot_sensitivity(result, str(out / "sensitivity.png"))
-    config = sensitivity_config(result, a.max_drop, model)
+    config = sensitivity_config(result, a.max_drop)
     dump_config(config, out / "config.yaml")
     worst = ", ".join(f"{r['family']} ({worst_drop(r):.3g})" for r in most_sensitive(result, 5))
     print(f"{result['metric']} of the dense model: {result['baseline']:.4g}; most sensitive: {worst}")

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from slimc.loading import as_tuple
+from slimc.prune.space import leaf_modules
 
 
 def layer_costs(model: nn.Module, inputs: tuple) -> dict[str, dict[str, Any]]:
@@ -28,8 +29,9 @@ def layer_costs(model: nn.Module, inputs: tuple) -> dict[str, dict[str, Any]]:
     root = type(model).__name__
     flops = {k[len(root) + 1:]: sum(v.values()) for k, v in counts.items() if k.startswith(root + ".")}
     out: dict[str, dict[str, Any]] = {}
+    leaves = leaf_modules(model)
     for name, m in model.named_modules():
-        if not name or any(True for _ in m.children()):
+        if name not in leaves:
             continue
         p = sum(t.numel() for t in m.parameters(recurse=False))
         if p or flops.get(name):

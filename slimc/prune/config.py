@@ -202,11 +202,12 @@ class ConfigList:
         self.check_names(model)
         mods = dict(model.named_modules())
         win = {n: self.winner(n, mods.get(n)) for f in space.families for n in f.members}
+        leaves = space.leaf_modules()
         out: dict[int, Target] = {}
         for f in space.families:
             if any(win[n] is not None and win[n].exclude for n in f.members):
                 continue  # an excluded layer keeps its full width
-            voters = [n for n in f.sources if n in mods and not any(True for _ in mods[n].children())]
+            voters = [n for n in f.sources if n in leaves]
             ws = [win[n] for n in (voters or sorted(f.members))]
             if not ws or any(w is None or w.exclude for w in ws):
                 continue  # a layer no entry configures keeps its channels

@@ -78,18 +78,20 @@ def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Mo
         values[f.name].append(float(evaluate(work)))
     work.load_state_dict(dense_state)
     sign = 1.0 if higher_is_better else -1.0
+    leaves = pruner.space.leaf_modules()
     for f in fams:
         vals = values[f.name]
-        rows.append({"family": f.name, "kind": f.kind, "units": len(f), "sources": list(f.sources), "values": vals,
+        rows.append({"family": f.name, "kind": f.kind, "units": len(f), "layers": [n for n in f.sources if n in leaves],
+                     "values": vals,
                      "drop": [None if v is None else sign * (baseline - v) for v in vals]})
     return {"criterion": pruner.criterion.name, "metric": metric, "higher_is_better": higher_is_better,
             "baseline": baseline, "sparsities": list(sparsities), "families": rows}
 
 
-def sensitivity_config(result: dict, max_drop: float, model: nn.Module | None = None) -> list[dict]:
+def sensitivity_config(result: dict, max_drop: float) -> list[dict]:
     """A config list: per family, the largest sparsity whose drop (and every smaller tested
-    sparsity's) is at most ``max_drop``. Families that tolerate none are left out (kept)."""
-    leaves = None if model is None else {n for n, m in model.named_modules() if not any(True for _ in m.children())}
+    sparsity's) is at most ``max_drop``, for the layers that create its channels. Families
+    that tolerate none are left out (kept)."""
     out = []
     for row in result["families"]:
         best = 0.0
@@ -99,9 +101,8 @@ def sensitivity_config(result: dict, max_drop: float, model: nn.Module | None = 
             if d > max_drop:
                 break
             best = max(best, s)
-        names = [n for n in row["sources"] if leaves is None or n in leaves]
-        if best > 0 and names:
-            out.append({"op_names": names, "sparsity": best})
+        if best > 0 and row["layers"]:
+            out.append({"op_names": row["layers"], "sparsity": best})
     return out
 
 

@@ -92,6 +92,11 @@ def owner(fqn: str) -> str:
     return fqn.rpartition(".")[0]
 
 
+def leaf_modules(model: nn.Module) -> set[str]:
+    """Names of the modules without children: the layers."""
+    return {n for n, m in model.named_modules() if n and not any(True for _ in m.children())}
+
+
 def layer_pattern(names: Any) -> str:
     return "|".join(sorted({re.sub(r"\d+", "#", n) for n in names}))
 
@@ -189,11 +194,17 @@ class PruneSpace:
         srcs = self._modules_by_family(fam_of_group, ("source",))
         members = self._modules_by_family(fam_of_group, ("source", "follower", "sink"))
         order = {n: i for i, n in enumerate(self.module_order())}
+        leaves = self.leaf_modules()
         self.families: list[Family] = []
+        seen: dict[str, int] = {}
         for i, (kind, ids) in enumerate(self._family_units):
-            s = tuple(sorted(srcs[i], key=lambda n: (order.get(n, len(order)), n)))
-            self.families.append(Family(i, s[0] if s else f"family{i}", kind, ids, s, frozenset(members[i]),
-                                        kind + ":" + layer_pattern(s)))
+            # named after its first layer (a leaf module; a pos-embed held by the model itself comes last)
+            s = tuple(sorted(srcs[i], key=lambda n: (n not in leaves, order.get(n, len(order)), n)))
+            name = s[0] if s else f"family{i}"
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] > 1:  # one layer's channels split over several families (a channel shuffle)
+                name = f"{name}[{seen[name] - 1}]"
+            self.families.append(Family(i, name, kind, ids, s, frozenset(members[i]), kind + ":" + layer_pattern(s)))
         self.family_of_unit = np.zeros(self.n_units, dtype=np.int64)
         for f in self.families:
             self.family_of_unit[f.units] = f.index
@@ -204,6 +215,9 @@ class PruneSpace:
 
     def module_order(self) -> list[str]:
         return [n for n, _ in self.model.named_modules()]
+
+    def leaf_modules(self) -> set[str]:
+        return leaf_modules(self.model)
 
     def output_layers(self) -> set[str]:
         """Modules whose own channels are a model output (their width is the model's interface)."""
