@@ -196,3 +196,17 @@ def test_calibration_item_for_two_inputs():
 
     with pytest.raises(DataError, match="calibration batch 3 is a str"):
         as_batch("x", n_inputs=2, i=3)
+
+
+@pytest.mark.parametrize("body,match", [
+    ("def calibration_batches():\n    raise RuntimeError('no dataset here')\n", "calibration_batches\\(\\) in .* failed: RuntimeError: no dataset here"),
+    ("def calibration_batches():\n    return [torch.randn(2, 5, 8, 8)]\n", "running the model on a calibration batch failed"),
+    ("def calibration_batches():\n    return []\n", "gave no batch"),
+])
+def test_bad_calibration_data_is_one_line(tmp_path, capsys, body, match):
+    import re
+
+    p = tmp_path / "m.py"
+    p.write_text(MODEL + body)
+    assert main(["prune", str(p), "--criterion", "apoz", "-o", str(tmp_path / "x.pth")]) == 2
+    assert re.search(match, _err(capsys))

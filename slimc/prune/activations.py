@@ -17,6 +17,7 @@ import torch
 from torch import fx
 
 from slimc.prune.criteria import Criterion, ScoreContext, criterion
+from slimc.prune.data import failed
 from slimc.prune.space import PruneSpace
 
 Watch = tuple[int | None, int, np.ndarray]  # (item of a tuple output, channel dim, element ids)
@@ -77,8 +78,12 @@ def run_watched(space: PruneSpace, ctx: ScoreContext, inputs: tuple, grad: bool 
     gm = _sync(space, ctx)
     rec = _Recorder(gm, ctx.extra.setdefault("watch", _sink_inputs(space)))
     codegen = gm.graph._codegen
-    with torch.set_grad_enabled(grad):
-        out = rec.run(*codegen.process_inputs(*inputs))
+    try:
+        with torch.set_grad_enabled(grad):
+            out = rec.run(*codegen.process_inputs(*inputs))
+    except Exception as e:
+        raise failed("running the model on a calibration batch", e,
+                     "yield inputs like example_inputs; other batch sizes are fine") from e
     return codegen.process_outputs(out), rec.seen
 
 

@@ -21,6 +21,12 @@ MODEL_PY_HINT = ("define `calibration_batches()` in model.py (yielding input tup
                  "or pass data= to the API")
 
 
+def failed(what: str, e: BaseException, hint: str = "") -> DataError:
+    """One line for an exception the user's code raised (data, loss, evaluation)."""
+    msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return DataError(f"{what} failed: {type(e).__name__}: {msg}" + (f" ({hint})" if hint else ""))
+
+
 @dataclass
 class Batch:
     inputs: tuple
@@ -87,13 +93,30 @@ class Calibration:
                             f"{MODEL_PY_HINT}") from None
         return data
 
+    def _guarded(self, items: Iterable) -> Iterator:
+        """The user's iterable; an exception it raises becomes one line naming it."""
+        it = iter(items)
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            except Exception as e:
+                raise failed(self.where, e) from e
+            yield item
+
     def batches(self, description: str) -> Iterator[Batch]:
-        items = self._items()
+        try:
+            items = self._items()
+        except DataError:
+            raise
+        except Exception as e:
+            raise failed(self.where, e) from e
         total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
         if self.max_batches is not None:
             total = self.max_batches if total is None else min(total, self.max_batches)
         n = 0
-        for i, item in enumerate(progress(items, description, total)):
+        for i, item in enumerate(progress(self._guarded(items), description, total)):
             if self.max_batches is not None and i >= self.max_batches:
                 break
             n += 1
@@ -104,7 +127,10 @@ class Calibration:
     def loss(self, output: Any, target: Any) -> torch.Tensor:
         if self.loss_fn is None:
             raise DataError("no loss: define `loss_fn(output, target)` in model.py, or pass loss_fn= to the API")
-        out = self.loss_fn(output, target)
+        try:
+            out = self.loss_fn(output, target)
+        except Exception as e:
+            raise failed("loss_fn(output, target)", e, "batches with targets are (inputs, target) pairs") from e
         if not isinstance(out, torch.Tensor) or out.numel() != 1:
             raise DataError(f"loss_fn returned {type(out).__name__}, not a scalar tensor: return e.g. "
                             "F.cross_entropy(output, target)")

@@ -7,6 +7,7 @@ Output layers are pruned only where a config entry names them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -17,6 +18,15 @@ from slimc.prune.config import ConfigList, Target
 from slimc.prune.emit import complete_masks
 from slimc.prune.pruner import Pruned
 from slimc.prune.space import PruneSpace
+
+
+@dataclass(frozen=True)
+class WeightFamily:
+    name: str  # the layer
+    size: int  # entries of its weight
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class LevelPruner:
@@ -41,8 +51,10 @@ class LevelPruner:
             model, self.weights, self.space.output_layers(), max_sparsity_per_layer)
 
     @property
-    def families(self) -> list[str]:
-        return list(self.targets)
+    def families(self) -> list[WeightFamily]:
+        """The layers this pruner may prune (their weights' entries are its units)."""
+        params = self.space.gm_params
+        return [WeightFamily(n, params[w].numel()) for n, w in self.weights.items()]
 
     def prune(self, sparsities: Mapping[str, float] | None = None, transform: Callable[[float], float] | None = None,
               previous: Pruned | None = None, scores: Any = None) -> Pruned:

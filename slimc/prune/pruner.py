@@ -21,13 +21,13 @@ from torch import nn
 
 from slimc.errors import ConfigError
 from slimc.loading import as_tuple
-from slimc.prune import criteria as criteria_mod
 from slimc.prune.config import ConfigList, Target
-from slimc.prune.criteria import Criterion, ScoreContext
+from slimc.prune.criteria import Criterion, ScoreContext, get as get_criterion
 from slimc.prune.data import UserData
 from slimc.prune.emit import complete_masks
 from slimc.prune.select import Selection, select_units
 from slimc.prune.space import PruneSpace
+
 
 @dataclass
 class Pruned:
@@ -62,7 +62,7 @@ class Pruner:
                  user_data: UserData | None = None):
         if round_to < 1:
             raise ConfigError("round_to must be >= 1")
-        self.criterion = criteria_mod.get(criterion)
+        self.criterion = get_criterion(criterion)
         self.model = model
         self.seed = seed
         self.selection = Selection(min_keep=min_channels, round_to=round_to, uniform=uniform)

@@ -18,7 +18,7 @@ from torch import nn
 from slimc.errors import DataError
 from slimc.loading import as_tuple
 from slimc.masks import MaskSet
-from slimc.prune.data import UserData, progress
+from slimc.prune.data import UserData, failed, progress
 from slimc.prune.pruner import Pruner
 
 DEFAULT_SPARSITIES = (0.25, 0.5, 0.75)
@@ -36,6 +36,15 @@ def _mean_loss(user: UserData, n_inputs: int, max_batches: int | None) -> Callab
         return total / max(n, 1)
 
     return evaluate
+
+
+def _evaluated(evaluate: Callable[[nn.Module], float], model: nn.Module) -> float:
+    try:
+        return float(evaluate(model))
+    except DataError:
+        raise
+    except Exception as e:
+        raise failed("evaluate(model)", e, "it takes the model and returns a float") from e
 
 
 def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Module], float] | None = None, *,
@@ -63,7 +72,7 @@ def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Mo
     scores = pruner.scores()
     work = copy.deepcopy(model)
     dense_state = copy.deepcopy(model.state_dict())
-    baseline = float(evaluate(work))
+    baseline = _evaluated(evaluate, work)
     rows = []
     trials = [(f, s) for f in fams for s in sparsities]
     values: dict[str, list] = {f.name: [] for f in fams}
@@ -75,7 +84,7 @@ def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Mo
         masks = pruner.prune(sparsities={f.name: s}, scores=scores).masks
         work.load_state_dict(dense_state)
         MaskSet(masks).apply(work)
-        values[f.name].append(float(evaluate(work)))
+        values[f.name].append(_evaluated(evaluate, work))
     work.load_state_dict(dense_state)
     sign = 1.0 if higher_is_better else -1.0
     leaves = pruner.space.leaf_modules()
