@@ -159,8 +159,8 @@ class ConfigList:
     @classmethod
     def of(cls, config_list: Any, ratio: float = 0.5, ranking: str = "layer",
            max_sparsity_per_layer: float | None = None) -> "ConfigList":
-        """A pruner's config: the list given, else ``ratio`` for every layer (``ranking="global"``:
-        as one ``total_sparsity``)."""
+        """A pruner's config: the list given (its entries say layer-wise or global), else ``ratio``
+        for every layer (``ranking="global"``: as one ``total_sparsity``)."""
         if ranking not in RANKINGS:
             raise ConfigError(f"unknown ranking '{ranking}': use {' or '.join(RANKINGS)}")
         if config_list is not None:
@@ -209,15 +209,13 @@ class ConfigList:
                 continue  # an excluded layer keeps its full width
             voters = [n for n in f.sources if n in leaves]
             ws = [win[n] for n in (voters or sorted(f.members))]
-            if not ws or any(w is None or w.exclude for w in ws):
+            configured = [w for w in ws if w is not None and not w.exclude]
+            if not ws or len(configured) < len(ws):
                 continue  # a layer no entry configures keeps its channels
-            gov = min(ws, key=lambda w: (w.target, w.index))  # type: ignore[union-attr]
-            assert gov is not None
-            if gov.target <= 0:
-                continue
-            out[f.index] = gov.as_target(max_sparsity_per_layer)
+            governing = min(configured, key=lambda w: (w.target, w.index))
+            if governing.target > 0:
+                out[f.index] = governing.as_target(max_sparsity_per_layer)
         return out
-
 
     def layer_targets(self, model: nn.Module, layers: Iterable[str], output_layers: set[str],
                       max_sparsity_per_layer: float | None = None) -> dict[str, Target]:

@@ -131,8 +131,8 @@ def _is_batchnorm(model: nn.Module, module_name: str) -> bool:
 
 @criterion("slim")
 class Slim(Criterion):
-    """|γ| of the BatchNorms that follow a channel (summed where several do); groups with
-    no BatchNorm fall back to the L1 norm of their filters."""
+    """|γ| of the BatchNorms that follow a channel (their mean where several do: a residual
+    channel's, one per block); groups with no BatchNorm fall back to the L1 norm of their filters."""
 
     label = "|BatchNorm γ| (train with slim_regularizer)"
     paper = "Liu et al. 2017, Network Slimming"
@@ -142,7 +142,7 @@ class Slim(Criterion):
         params = space.params(ctx.model)
         P, dg = space.P, space.dg
         gamma = np.zeros(space.ng)
-        has_bn = np.zeros(space.ng, bool)
+        n_bn = np.zeros(space.ng)
         for _, ln, a, _b in P.links:
             if ln.kind != "follower" or ln.a[0] != "p":
                 continue
@@ -150,8 +150,8 @@ class Slim(Criterion):
             if (ln.term == 0 and fqn.endswith("weight") and fqn in params
                     and _is_batchnorm(ctx.model, space.module_of(fqn))):
                 np.add.at(gamma, P.group[a], params[fqn].abs().double().numpy()[a - dg.offset[ln.a]])
-                has_bn[P.group[a]] = True
-        return np.where(has_bn, gamma, L1().group_scores(space, ctx))
+                np.add.at(n_bn, P.group[a], 1.0)
+        return np.where(n_bn > 0, gamma / np.maximum(n_bn, 1), L1().group_scores(space, ctx))
 
 
 def get(name_or_criterion: str | Criterion) -> Criterion:
