@@ -78,3 +78,20 @@ def test_agp_drives_level_too(tiny):
         assert bool((second[fqn][a == 0] == 0).all())  # zeros chosen before stay zero
     w = m.get_parameter("conv1.weight")
     assert (w == 0).float().mean().item() == pytest.approx(0.6, abs=0.01)
+
+
+@pytest.mark.parametrize("script", ["agp.py", "lottery.py"])
+def test_schedule_examples_run(script):
+    """The examples train, prune and compile; the masked and slim accuracies they print agree."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "schedules" / script
+    env = {**os.environ, "EPOCHS": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    masked, slim = re.search(r"accuracy masked ([\d.]+) = slim ([\d.]+)", out.stdout).groups()
+    assert masked == slim
