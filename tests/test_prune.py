@@ -38,7 +38,10 @@ def check_pruner(name: str, criterion: str, **kw):
     m, x = _model(name), zoo.example_inputs(name)
     pruned = make_pruner(m, x, criterion, data=zoo_data(name), loss_fn=output_energy, **kw).prune()
     res = assert_contract(m, pruned.masks, x)
-    assert res.report["kept"] == [], res.report["kept"]
+    if criterion == "level":  # unstructured zeros that happen to fill a slice of a kept channel stay
+        assert all(k["reason"].startswith("held by unmasked source") for k in res.report["kept"]), res.report["kept"]
+    else:
+        assert res.report["kept"] == [], res.report["kept"]
     assert_same_masks(res.masks, pruned.masks)
     d, s = outputs_diff(res.module, masked_copy(m, pruned.masks), x, n=2)
     assert d <= 1e-5 * max(1.0, s)

@@ -70,6 +70,11 @@ def complete_masks(space: PruneSpace, chosen_groups: np.ndarray,
     masks = {fqn: removal_mask(params[fqn].shape, dims) for fqn, dims in removed.items()}
     for fqn, m in (base or {}).items():
         masks[fqn] = masks[fqn] * m if fqn in masks else m.float()
+    for names in space.P.aliases:  # a tied weight: one mask under each of its names
+        given_ms = [masks[n] for n in names if n in masks]
+        if given_ms:
+            joint = torch.stack(given_ms).prod(0)
+            masks.update({n: joint.clone() for n in names})
     notes = []
     held = chosen_groups & ~_removed_groups(space, p)
     if held.any():

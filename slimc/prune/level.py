@@ -48,7 +48,16 @@ class LevelPruner:
                         if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() >= 2
                         and f"{n}.weight" in self.space.gm_params}
         self.targets: dict[str, Target] = self.config.layer_targets(
-            model, self.weights, self.space.output_layers(), max_sparsity_per_layer)
+            model, self.weights, self._output_layers(), max_sparsity_per_layer)
+
+    def _output_layers(self) -> set[str]:
+        """Output layers, and the layers whose weight is tied to one (GPT's embedding)."""
+        out = self.space.output_layers()
+        for names in self.space.P.aliases:
+            mods = {n.rpartition(".")[0] for n in names}
+            if mods & out:
+                out |= mods
+        return out
 
     @property
     def families(self) -> list[WeightFamily]:
