@@ -193,8 +193,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
 def cmd_flops(a: argparse.Namespace) -> int:
     from slimc.flops import flops_report, render_flops
 
-    model, inputs, masks = _load(a.model, a.masks)
-    rep = flops_report(model, inputs, masks, front_end=a.front_end)
+    rep = flops_report(*_load(a.model, a.masks), front_end=a.front_end)  # model, example inputs, masks
     if a.json:
         print(json.dumps(rep, indent=2))
     else:

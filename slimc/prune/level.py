@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimc.errors import ConfigError
 from slimc.prune.config import ConfigList, Target
 from slimc.prune.emit import complete_masks
 from slimc.prune.pruner import Pruned
@@ -39,7 +40,10 @@ class LevelPruner:
 
     def __init__(self, model: nn.Module, example_inputs: Any, config_list: Any = None, *, ratio: float = 0.5,
                  ranking: str = "layer", max_sparsity_per_layer: float | None = None, front_end: str = "auto",
-                 **_structured_only: Any):
+                 round_to: int = 1, uniform: bool = False, **_structured_only: Any):
+        if round_to != 1 or uniform:
+            raise ConfigError("level prunes single weights, not channels: round_to / uniform apply to the "
+                              "structured criteria (l1, l2, fpgm, random, slim, apoz, mean_activation, taylor)")
         self.model = model
         self.space = PruneSpace(model, example_inputs, front_end=front_end)
         self.config = ConfigList.of(config_list, ratio, ranking, max_sparsity_per_layer)
