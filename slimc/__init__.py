@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from slimc.errors import LoadError, MaskError, PlanError, SlimcError, TraceError, VerifyError
+from slimc.errors import ConfigError, DataError, LoadError, MaskError, PlanError, SlimcError, TraceError, VerifyError
 from slimc.compiler import CompileResult, compile
 from slimc.masks import MaskSet, load_masks
 from slimc.saved import load
@@ -14,5 +14,5 @@ from slimc.saved import load
 __version__ = "0.1.0"
 __all__ = [
     "compile", "CompileResult", "load", "MaskSet", "load_masks",
-    "SlimcError", "MaskError", "LoadError", "TraceError", "VerifyError", "PlanError",
+    "SlimcError", "MaskError", "LoadError", "TraceError", "VerifyError", "PlanError", "ConfigError", "DataError",
 ]

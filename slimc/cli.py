@@ -1,4 +1,4 @@
-"""The ``slimc`` command line: compile, export, bench, inspect, prune, rules.
+"""The ``slimc`` command line: compile, export, bench, inspect, prune, flops, sensitivity, rules.
 
 Errors print one line (``error: …``) and exit 2; ``--debug`` shows the traceback.
 """
@@ -164,20 +164,70 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 
 
 def cmd_prune(a: argparse.Namespace) -> int:
+    from slimc.loading import load_spec
     from slimc.masks import save_masks
-    from slimc.prune import group_masks
+    from slimc.prune import make_pruner, to_layout
+    from slimc.prune.data import UserData
 
     out = Path(a.output)
-    _guard_outputs([a.model], [out])
-    from slimc.loading import load_model
+    _guard_outputs([a.model, a.config], [out])
+    model, inputs, ns = load_spec(a.model)
+    pruner = make_pruner(model, inputs, a.criterion, a.config, ratio=a.ratio, ranking=a.ranking,
+                         max_sparsity_per_layer=a.max_sparsity_per_layer, round_to=a.round_to, uniform=a.uniform,
+                         attention=a.attention, seed=a.seed, front_end=a.front_end, max_batches=a.batches,
+                         user_data=UserData.from_namespace(ns, a.model))
+    pruned = pruner.prune()
+    save_masks(to_layout(pruned.masks, a.format), out)
+    before = sum(p.numel() for p in model.parameters())
+    after = pruned.params_after()
+    what = f"{a.criterion}, " + (f"config {a.config}" if a.config else f"{a.ranking} ratio {a.ratio}")
+    print(f"wrote {out} ({a.format}): {len(pruned.masks)} params masked, {len(pruned.sparsity)} layers pruned ({what})")
+    print(f"the masked model is the slim model: {before:,} → {after:,} params ({after / max(before, 1):.2f}×) "
+          "once compiled")
+    for n in pruned.notes:
+        print(f"note: {n}")
+    print(f"next: fine-tune with the masks applied, then slimc compile {a.model} --masks {out} -o out/")
+    return 0
 
-    model, inputs = load_model(a.model)
-    masks = group_masks(model, inputs, ratio=a.ratio, criterion=a.criterion, seed=a.seed, attention=a.attention,
-                        front_end=a.front_end, round_to=a.round_to)
-    save_masks(masks, out)
-    n = sum(int((m == 0).any(dim=tuple(range(1, m.dim()))).sum()) if m.dim() > 1 else int((m == 0).sum()) for m in masks.values())
-    print(f"wrote {out}: {len(masks)} params masked, {n} output slices zeroed ({a.criterion}, ratio {a.ratio})")
-    print(f"next: slimc compile {a.model} --masks {out} -o out/")
+
+def cmd_flops(a: argparse.Namespace) -> int:
+    from slimc.flops import flops_report, render_flops
+
+    rep = flops_report(*_load(a.model, a.masks), front_end=a.front_end)  # model, example inputs, masks
+    if a.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        render_flops(rep, _console(), max_layers=a.top)
+    return 0
+
+
+def cmd_sensitivity(a: argparse.Namespace) -> int:
+    from slimc.atomic import write_text
+    from slimc.loading import load_spec
+    from slimc.prune.config import dump_config
+    from slimc.prune.data import UserData
+    from slimc.prune.sensitivity import most_sensitive, plot_sensitivity, sensitivity, sensitivity_config, worst_drop
+
+    out = Path(a.output)
+    _guard_outputs([a.model], [out / n for n in ("sensitivity.json", "sensitivity.png", "config.yaml")])
+    try:
+        sparsities = [float(s) for s in a.sparsities.split(",") if s.strip()]
+    except ValueError:
+        raise LoadError(f"--sparsities '{a.sparsities}' is not a comma-separated list of numbers, "
+                        "e.g. 0.25,0.5,0.75") from None
+    model, inputs, ns = load_spec(a.model)
+    result = sensitivity(model, inputs, criterion=a.criterion, sparsities=sparsities, attention=a.attention,
+                         front_end=a.front_end, user_data=UserData.from_namespace(ns, a.model), max_batches=a.batches)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "sensitivity.json", json.dumps(result, indent=2) + "\n")
+    plot_sensitivity(result, str(out / "sensitivity.png"))
+    config = sensitivity_config(result, a.max_drop)
+    dump_config(config, out / "config.yaml")
+    worst = ", ".join(f"{r['family']} ({worst_drop(r):.3g})" for r in most_sensitive(result, 5))
+    print(f"{result['metric']} of the dense model: {result['baseline']:.4g}; most sensitive: {worst}")
+    print(f"wrote {out}/sensitivity.json, sensitivity.png, config.yaml "
+          f"({len(config)} layers within a drop of {a.max_drop})")
+    print(f"next: slimc prune {a.model} --config {out}/config.yaml")
     return 0
 
 
@@ -271,21 +321,53 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("-v", "--verbose", action="store_true", help="list every family and barrier")
     i.set_defaults(fn=cmd_inspect)
 
-    pr = sub.add_parser("prune", help="dependency-aware masks: lowest-norm channels of every coupled group")
-    pr.add_argument("model", help="model.py, pkg.module:attr or zoo:NAME")
-    pr.add_argument("--ratio", type=float, default=0.5, help="fraction of each group's channels to mask (default 0.5)")
-    pr.add_argument("--criterion", default="l1", choices=["l1", "l2", "fpgm", "slim", "random"],
-                    help="channel score: L1/L2 norm of the filters, FPGM (distance to the geometric median), "
-                         "slim (|BatchNorm γ|, network slimming), random")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--front-end", default="auto", choices=["auto", "fx", "export"], help="how to capture the graph")
+    pr = sub.add_parser("prune", help="complete masks of whole channel groups and heads (the masked model is the slim model)")
+    pr.add_argument("model", help="model.py, pkg.module:attr or zoo:NAME (data-driven criteria: model.py defines "
+                                  "calibration_batches(), and loss_fn(output, target) for taylor)")
+    pr.add_argument("--criterion", default="l1", metavar="NAME",
+                    help="l1 (default), l2, fpgm (geometric median), random, slim (|BatchNorm γ|), apoz, "
+                         "mean_activation, taylor (data-driven), level (unstructured magnitude)")
+    pr.add_argument("--ratio", type=float, default=0.5, help="fraction of every layer's channels to prune (default 0.5)")
+    pr.add_argument("--config", default=None, metavar="CFG",
+                    help="config list (.yaml/.json, NNI style): [{sparsity: 0.5, op_types: [Conv2d]}, "
+                         "{exclude: true, op_names: [classifier]}]; overrides --ratio")
+    pr.add_argument("--ranking", default="layer", choices=["layer", "global"],
+                    help="rank units within each layer (default) or across layers (--ratio as a total)")
+    pr.add_argument("--max-sparsity-per-layer", type=float, default=None, metavar="S",
+                    help="no layer loses more than this fraction (global ranking)")
     pr.add_argument("--round-to", type=int, default=1, metavar="N",
-                    help="keep a multiple of N channels in every group (e.g. 8 for hardware-friendly widths)")
+                    help="keep a multiple of N channels in every layer (e.g. 8 for hardware-friendly widths)")
+    pr.add_argument("--uniform", action="store_true",
+                    help="repeated layers (transformer blocks) keep the same number of heads / channels")
     pr.add_argument("--attention", default="heads", choices=["heads", "dims"],
                     help="attention unit: whole heads (default) or the same channels of every head")
+    pr.add_argument("--format", default="flat", choices=["flat", "nni"],
+                    help="masks layout: flat {param: mask} (default) or NNI {module: {weight: mask, bias: mask}}")
+    pr.add_argument("--batches", type=int, default=None, metavar="N", help="calibration batches to use (default: all)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--front-end", default="auto", choices=["auto", "fx", "export"], help="how to capture the graph")
     pr.add_argument("-o", "--output", default="masks.pth")
     pr.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     pr.set_defaults(fn=cmd_prune)
+
+    fl = sub.add_parser("flops", help="params and FLOPs, total and per layer (before/after masks)")
+    model_args(fl)
+    fl.add_argument("--json", action="store_true", help="print the report as JSON")
+    fl.add_argument("--top", type=int, default=40, help="layers to list, by FLOPs (default 40)")
+    fl.set_defaults(fn=cmd_flops)
+
+    se = sub.add_parser("sensitivity", help="per-layer sensitivity to pruning (JSON + PNG + a seeded config list)")
+    se.add_argument("model", help="model.py defining evaluate(model) -> float (or calibration_batches() and loss_fn)")
+    se.add_argument("--criterion", default="l1", metavar="NAME", help="how each layer is pruned (default l1)")
+    se.add_argument("--sparsities", default="0.25,0.5,0.75", help="comma-separated sparsities (default 0.25,0.5,0.75)")
+    se.add_argument("--max-drop", type=float, default=0.01,
+                    help="config.yaml: per layer the largest sparsity whose drop stays within this (default 0.01)")
+    se.add_argument("--attention", default="heads", choices=["heads", "dims"])
+    se.add_argument("--batches", type=int, default=None, metavar="N", help="calibration batches to use (default: all)")
+    se.add_argument("--front-end", default="auto", choices=["auto", "fx", "export"])
+    se.add_argument("-o", "--output", default="sensitivity", help="output folder (default: sensitivity)")
+    se.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    se.set_defaults(fn=cmd_sensitivity)
 
     r = sub.add_parser("rules", help="list the ops slimc has shape rules for")
     r.add_argument("--markdown", action="store_true", help="one row per rule family, as in the README")

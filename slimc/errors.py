@@ -72,3 +72,11 @@ def _first_line(text: str, limit: int) -> str:
         if line:
             return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
     return ""
+
+
+class ConfigError(SlimcError, ValueError):
+    """A pruner option or config list is wrong (unknown criterion or key, a name matching no module)."""
+
+
+class DataError(SlimcError):
+    """A data-driven pruner or the sensitivity analysis lacks the data, loss or evaluation it needs."""

@@ -38,13 +38,21 @@ def _import_file(path: Path) -> ModuleType:
 
 def load_model(spec: str) -> tuple[nn.Module, tuple]:
     """Load a model spec; returns the module and its example inputs as a tuple."""
+    model, inputs, _ = load_spec(spec)
+    return model, inputs
+
+
+def load_spec(spec: str) -> tuple[nn.Module, tuple, ModuleType | None]:
+    """Like :func:`load_model`, plus the namespace the spec was loaded from (the model file or
+    module, for the optional hooks it defines: ``calibration_batches``, ``loss_fn``,
+    ``evaluate``); None for ``zoo:`` specs."""
     if spec.startswith("zoo:"):
         from slimc import zoo
 
         name = spec[4:]
         if name not in zoo.ZOO:
             raise LoadError(f"no zoo model '{name}': choose one of {', '.join(zoo.names())}")
-        return zoo.build(name), zoo.example_inputs(name)
+        return zoo.build(name), zoo.example_inputs(name), None
     path = Path(spec)
     if spec.endswith(".py") or path.exists():
         if not path.is_file():
@@ -65,10 +73,10 @@ def load_model(spec: str) -> tuple[nn.Module, tuple]:
             if callable(obj) and not isinstance(obj, nn.Module):
                 obj = obj()
             if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], nn.Module):
-                return obj[0], bind(obj[0], obj[1])
+                return obj[0], bind(obj[0], obj[1]), mod
             if not isinstance(obj, nn.Module):
                 raise LoadError(f"'{spec}' is a {type(obj).__name__}, not an nn.Module")
-            return obj, bind(obj, _example_inputs(mod, where))
+            return obj, bind(obj, _example_inputs(mod, where)), mod
     model = getattr(mod, "model", None)
     if model is None and callable(getattr(mod, "build_model", None)):
         try:
@@ -79,7 +87,7 @@ def load_model(spec: str) -> tuple[nn.Module, tuple]:
         raise LoadError(
             f"{where} defines no `model` (nn.Module) or `build_model()`: add e.g. `model = MyNet()`"
         )
-    return model, bind(model, _example_inputs(mod, where))
+    return model, bind(model, _example_inputs(mod, where)), mod
 
 
 def _example_inputs(mod: ModuleType, where: str) -> Any:

@@ -182,8 +182,12 @@ def load_masks(path: str | os.PathLike) -> dict[str, object]:
     return dict(obj)
 
 
-def save_masks(masks: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+def save_masks(masks: Mapping[str, object], path: str | os.PathLike) -> None:
+    """Write masks as uint8, flat ``{param: m}`` or NNI ``{module: {"weight": m}}``, atomically."""
     from slimc.atomic import atomic_path
 
+    def uint8(v: object) -> object:
+        return {k: uint8(x) for k, x in v.items()} if isinstance(v, Mapping) else v.to(torch.uint8)  # type: ignore[attr-defined]
+
     with atomic_path(path) as tmp:
-        torch.save({k: v.to(torch.uint8) for k, v in masks.items()}, tmp)
+        torch.save({k: uint8(v) for k, v in masks.items()}, tmp)

@@ -88,6 +88,11 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
         for r in report["barriers"][:15]:
             bt.add_row(r["node"], r["reason"], r.get("source", ""))
         console.print(bt)
+    zeros = report.get("unstructured_zeros") or {}
+    if zeros:
+        n = sum(zeros.values())
+        console.print(f"unstructured sparsity kept: {n:,} zeros in {len(zeros)} params "
+                      f"({n / max(p['after'], 1):.1%} of the slim model's params; only whole channels are removed)")
     v = report.get("verify")
     if v:
         status = "[green]OK[/green]" if v["ok"] else "[red]FAILED[/red]"

@@ -285,6 +285,18 @@ def assert_contract(model: nn.Module, masks: Any, inputs: Any, *, n_inputs: int 
     return res
 
 
+def assert_same_masks(final: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> None:
+    """``final`` (compile's) zero exactly the entries ``given`` (a pruner's) zero; a param on one
+    side only must be all ones."""
+    for fqn in set(final) | set(given):
+        a = final[fqn].bool() if fqn in final else None
+        b = given[fqn].bool() if fqn in given else None
+        if a is None or b is None:
+            assert bool((a if a is not None else b).all()), f"'{fqn}' is masked on one side only"
+        else:
+            assert torch.equal(a, b), f"'{fqn}': compile's final masks differ from the pruner's ({int((a != b).sum())} entries)"
+
+
 def kept_reasons(res) -> str:
     return " | ".join(r["reason"] for r in res.report["kept"])
 

@@ -17,6 +17,7 @@ import slimc
 from helpers import (
     CONV_TYPES,
     assert_contract,
+    assert_same_masks,
     flat_user_masks,
     kept_reasons,
     masked_idx,
@@ -30,7 +31,8 @@ from helpers import (
 )
 from slimc import zoo
 from slimc.errors import PlanError
-from slimc.prune import group_masks
+from slimc.prune import Pruner, group_masks
+from slimc.prune.emit import source_masks
 from slimc.verify import masked_copy
 
 BIG = ("vgg16", "resnet18", "resnet50", "mobilenetv2")
@@ -87,12 +89,10 @@ def test_group_masks_l1(name):
           f"flops {res.report['flops']['before']:,} -> {res.report['flops']['after']:,}")
     if name in BIG:
         assert p["after"] < 0.45 * p["before"]
-    if name == "shufflenetv2_small":
-        # channel shuffle keeps rectangles: the only acceptable reason to keep a masked channel
-        assert res.report["kept"]
-        assert all("rectangle" in r["reason"] for r in res.report["kept"]), res.report["kept"]
-        return
+    # complete masks: nothing is kept because coupled (a shuffle's rectangle is left unmasked),
+    # and compile adds nothing to them — the masked model is the slim model
     assert res.report["kept"] == [], res.report["kept"]
+    assert_same_masks(res.masks, masks)
     # every masked source row is physically gone
     for fqn, mk in masks.items():
         assert masked_idx(mk, 0) <= removed_idx(res, m, fqn, 0), fqn
@@ -181,20 +181,22 @@ SMALL = [n for n in ALL if n not in BIG]
 
 @pytest.mark.parametrize("name", SMALL)
 def test_exact_mode_on_zoo(name):
-    """exact: group masks on filters alone remove nothing (BN β keeps the channels
-    alive in the user-masked model); given channel mode's final masks as the user's,
-    exact mode proves the same channels zero and reaches the same size. Both times the
-    slim model equals the model with the USER's masks."""
+    """exact: masks on the filters alone remove nothing (BN β keeps the channels alive in the
+    user-masked model); the pruner's complete masks are provably zero, and exact mode
+    reaches channel mode's size. Both times the slim model equals the model with the
+    USER's masks."""
     m, x = model_and_inputs(name)
-    masks = _group_masks(name, 0.5, "l1")
-    r_exact = assert_contract(m, masks, x, mode="exact")
-    d, s = outputs_diff(r_exact.module, masked_copy(m, masks), x, n=2)
+    pruner = Pruner(m, x, "l1", ratio=0.5)
+    pruned = pruner.prune()
+    filters = source_masks(pruner.space, pruner.space.groups_of(pruned.units))
+    r_exact = assert_contract(m, filters, x, mode="exact")
+    d, s = outputs_diff(r_exact.module, masked_copy(m, filters), x, n=2)
     assert d <= 1e-5 * max(1.0, s)
     if name in zoo.names("cnn"):  # masked filters there all have a bias or BN β; the LLaMA-style
         assert n_params(r_exact.module) == n_params(m)  # projections have none and go in exact mode too
-    r_channel = slimc.compile(m, masks, x, verify=False)
-    r2 = assert_contract(m, r_channel.masks, x, mode="exact")
-    d, s = outputs_diff(r2.module, masked_copy(m, r_channel.masks), x, n=2)
+    r_channel = slimc.compile(m, pruned.masks, x, verify=False)
+    r2 = assert_contract(m, pruned.masks, x, mode="exact")
+    d, s = outputs_diff(r2.module, masked_copy(m, pruned.masks), x, n=2)
     assert d <= 1e-5 * max(1.0, s)
     assert n_params(r2.module) == n_params(r_channel.module)
 
@@ -348,26 +350,3 @@ def test_group_masks_round_to_keeps_multiples(name):
     assert pruned and all(w % 8 == 0 for w in pruned), pruned
     with pytest.raises(ValueError, match="round_to"):
         group_masks(m, x, 0.5, round_to=0)
-
-
-def test_criteria_slim_and_fpgm_pick_what_they_promise():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c1, self.bn, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
-
-        def forward(self, x):
-            return self.c2(torch.relu(self.bn(self.c1(x))))
-
-    torch.manual_seed(0)
-    m = Net().eval()
-    x = (torch.randn(2, 3, 6, 6),)
-    with torch.no_grad():
-        m.bn.weight.copy_(torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.05, 0.6, 0.3]))
-        m.c1.weight[[0, 2, 4, 6]] = m.c1.weight[0].clone()  # four identical filters: the median
-        m.c1.weight[[1, 3, 5, 7]] *= 10  # four far-away filters
-    rows = lambda masks: set((masks["c1.weight"] == 0).flatten(1).all(1).nonzero().flatten().tolist())  # noqa: E731
-    assert rows(group_masks(m, x, 0.5, criterion="slim")) == {1, 3, 5, 7}  # smallest |γ|
-    assert rows(group_masks(m, x, 0.5, criterion="fpgm")) == {0, 2, 4, 6}  # redundant (at the median)
-    for crit in ("slim", "fpgm"):
-        assert_contract(m, group_masks(m, x, 0.5, criterion=crit), x)

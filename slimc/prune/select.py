@@ -1,0 +1,128 @@
+"""Choose the units to remove: how many per family, then the lowest-scored ones.
+
+1. *How many* — layer-wise: ``floor(n · sparsity)`` per family; global: the pool's
+   ``floor(Σn · total_sparsity)`` lowest units across its families (scores divided by their
+   family's mean unless the criterion's scores share one scale), each family capped by
+   ``max_sparsity_per_layer`` and by ``min_keep`` units;
+2. ``uniform``: families of repeated layers (same kind, size and layer names up to the
+   block number) lose the same number of units — their mean;
+3. ``round_to``: a channel family keeps a multiple of N channels (rounded up);
+4. *which* — the lowest-scored units of each family; units pruned before (a schedule's
+   earlier steps) stay pruned.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from slimc.prune.config import Target
+from slimc.prune.space import PruneSpace
+
+
+@dataclass(frozen=True)
+class Selection:
+    min_keep: int = 1
+    round_to: int = 1
+    uniform: bool = False
+
+
+def _filled(space: PruneSpace, scores: np.ndarray) -> np.ndarray:
+    """Units without a score (no statistic reached them) take their family's mean."""
+    out = scores.astype(np.float64).copy()
+    for f in space.families:
+        s = out[f.units]
+        if np.isnan(s).any():
+            mean = np.nanmean(s) if (~np.isnan(s)).any() else 0.0
+            out[f.units] = np.where(np.isnan(s), mean, s)
+    return out
+
+
+def _cap(n: int, t: Target, sel: Selection) -> int:
+    return max(0, min(int(np.floor(n * t.max_sparsity + 1e-9)), n - sel.min_keep))
+
+
+def counts(space: PruneSpace, scores: np.ndarray, targets: dict[int, Target], sel: Selection,
+           comparable: bool = False, pruned_before: np.ndarray | None = None) -> dict[int, int]:
+    """Units to remove per family index."""
+    fams = space.families
+    before = np.zeros(space.n_units, bool)
+    if pruned_before is not None:
+        before[pruned_before] = True
+    k: dict[int, int] = {}
+    pools: dict[int, list[int]] = {}
+    for fi, t in targets.items():
+        if t.pool is None:
+            n = len(fams[fi])
+            k[fi] = min(int(np.floor(n * t.sparsity + 1e-9)), _cap(n, t, sel))
+        else:
+            pools.setdefault(t.pool, []).append(fi)
+    for members in pools.values():
+        k.update(_global_counts(space, scores, targets, members, sel, comparable, before))
+    for fi in k:
+        k[fi] = max(k[fi], int(before[fams[fi].units].sum()))
+    if sel.uniform:
+        _equalize(space, k)
+    if sel.round_to > 1:
+        for fi, ki in k.items():
+            f = fams[fi]
+            if f.kind == "channels":
+                n = len(f)
+                k[fi] = n - min(n, -(-(n - ki) // sel.round_to) * sel.round_to)
+    return {fi: ki for fi, ki in k.items() if ki > 0}
+
+
+def _global_counts(space, scores, targets, members, sel, comparable, before) -> dict[int, int]:
+    fams = space.families
+    units = np.concatenate([fams[fi].units for fi in members])
+    s = scores[units].astype(np.float64)
+    if not comparable:
+        for fi in members:
+            sel_f = np.isin(units, fams[fi].units)
+            mean = np.abs(s[sel_f]).mean() if sel_f.any() else 1.0
+            s[sel_f] = s[sel_f] / (mean if mean > 0 else 1.0)
+    s = np.where(before[units], -np.inf, s)
+    total = int(np.floor(sum(len(fams[fi]) for fi in members) * targets[members[0]].sparsity + 1e-9))
+    caps = {fi: _cap(len(fams[fi]), targets[fi], sel) for fi in members}
+    taken = dict.fromkeys(members, 0)
+    fam_of = space.family_of_unit
+    left = total
+    for u in units[np.argsort(s, kind="stable")].tolist():
+        if left <= 0:
+            break
+        fi = int(fam_of[u])
+        if taken[fi] < caps[fi]:
+            taken[fi] += 1
+            left -= 1
+    return taken
+
+
+def _equalize(space: PruneSpace, k: dict[int, int]) -> None:
+    classes: dict[tuple, list[int]] = {}
+    for fi in k:
+        f = space.families[fi]
+        classes.setdefault((f.pattern, len(f)), []).append(fi)
+    for members in classes.values():
+        mean = int(round(sum(k[fi] for fi in members) / len(members)))
+        for fi in members:
+            k[fi] = mean
+
+
+def choose(space: PruneSpace, scores: np.ndarray, k: dict[int, int],
+           pruned_before: np.ndarray | None = None) -> np.ndarray:
+    """Unit ids: the ``k[f]`` lowest-scored units of every family f (earlier picks first)."""
+    s = scores.astype(np.float64).copy()
+    if pruned_before is not None and len(pruned_before):
+        s[pruned_before] = -np.inf
+    picked = []
+    for fi, ki in k.items():
+        units = space.families[fi].units
+        picked.append(units[np.argsort(s[units], kind="stable")[:ki]])
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def select_units(space: PruneSpace, scores: np.ndarray, targets: dict[int, Target], sel: Selection,
+                 comparable: bool = False, pruned_before: np.ndarray | None = None) -> np.ndarray:
+    scores = _filled(space, scores)
+    k = counts(space, scores, targets, sel, comparable, pruned_before)
+    return choose(space, scores, k, pruned_before)
