@@ -78,7 +78,7 @@ def render_flops(report: dict, console=None, max_layers: int = 60) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from slimc.bench import _fmt_si as _fmt
+    from slimc.bench.report import fmt_si as _fmt
 
     console = console or Console()
     after = "after" in report["params"]

@@ -38,7 +38,7 @@ def _fmt_int(x: int | None) -> str:
     return "–" if x is None else f"{x:,}"
 
 
-def _fmt_si(x: float | None) -> str:
+def fmt_si(x: float | None) -> str:
     if x is None:
         return "–"
     for unit, f in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -112,7 +112,7 @@ def to_markdown(results: dict | Sequence[dict], *, detail: bool = False) -> str:
 
         size.append(
             f"| {r['model']} | {_fmt_int(p.get('original'))} | {_fmt_int(p.get('slim'))} | "
-            f"{'–' if pr is None else f'{pr:.2f}×'} | {_fmt_si(f.get('original'))} | {_fmt_si(f.get('slim'))} | "
+            f"{'–' if pr is None else f'{pr:.2f}×'} | {fmt_si(f.get('original'))} | {fmt_si(f.get('slim'))} | "
             f"{'–' if fr is None else f'{fr:.2f}×'} | {fb_of('masked', 'pt')} → {fb_of('slim', 'pt')} | "
             f"{fb_of('masked', 'onnx')} → {fb_of('slim', 'onnx')} |"
         )

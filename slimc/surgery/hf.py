@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimc.surgery.layout import simple_value as _simple
 from slimc.surgery.sizes import FFN, HEAD_DIM, HEADS, HIDDEN, KV_HEADS, input_embedding_width
 
 EPS_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps", "rms_norm_epsilon")
@@ -76,12 +77,6 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list]) -
             setattr(cfg, key, new)
             changes.append(f"{key}: {old} → {new}")
     return changes
-
-
-def _simple(v: Any) -> bool:
-    if isinstance(v, (bool, int, float, str)) or v is None:
-        return True
-    return isinstance(v, (tuple, list)) and all(isinstance(x, (bool, int, float, str)) for x in v)
 
 
 def expressible(slim: nn.Module) -> tuple[bool, str]:

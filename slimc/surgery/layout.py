@@ -20,7 +20,8 @@ from slimc.surgery.weights import tied_groups
 FORMAT = "slimc-layout/1"
 
 
-def _simple(v: Any) -> bool:
+def simple_value(v: Any) -> bool:
+    """A value an attribute diff records: a number, string, None, or a flat tuple/list of those."""
     if isinstance(v, (bool, int, float, str)) or v is None:
         return True
     return isinstance(v, (tuple, list)) and all(isinstance(x, (bool, int, float, str)) for x in v)
@@ -44,7 +45,7 @@ def diff(original: nn.Module, slim: nn.Module) -> dict[str, Any]:
             classes[path] = qualname(type(m))
         v0 = vars(m0)
         changed = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(m).items()
-                   if not k.startswith("_") and k != "training" and _simple(v) and v0.get(k, object()) != v}
+                   if not k.startswith("_") and k != "training" and simple_value(v) and v0.get(k, object()) != v}
         if changed:
             attrs[path] = changed
     persistent = set(slim.state_dict())

@@ -97,6 +97,25 @@ def _rms(m0: nn.Module | None, m1: nn.Module, ev, path: str, transforms: list[di
     return f"{type(m1).__name__} averages over pruned channels and is not an RMS norm slimc can rescale"
 
 
+def _matches(m0: nn.Module, m1: nn.Module, dim: int, kept: torch.Tensor, c_old: int, shape: tuple) -> bool:
+    """Does the slim module on the kept channels give the original's output there, for random
+    inputs whose removed channels are zero?"""
+    g = torch.Generator().manual_seed(0)
+    full = [min(n, 3) for n in shape]
+    full[dim] = c_old
+    x = torch.randn(full, generator=g)
+    removed = torch.ones(c_old, dtype=torch.bool)
+    removed[kept] = False
+    x.index_fill_(dim, torch.nonzero(removed).flatten(), 0.0)
+    try:
+        with torch.no_grad():
+            want = m0(x).index_select(dim, kept)
+            got = m1(x.index_select(dim, kept))
+    except Exception:
+        return False
+    return got.shape == want.shape and bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(want.abs().max()))))
+
+
 def _masked_module(original: nn.Module, path: str, final_masks: dict) -> nn.Module:
     import copy
 
