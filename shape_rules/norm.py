@@ -94,12 +94,10 @@ def layernorm_functional(op: OpView) -> Coupling | Unsupported:
     return c
 
 
-# functional forms: positions of (weight, bias, running_mean, running_var) among the args
-_FUNCTIONAL_BN = {F.batch_norm: (3, 4, 1, 2)}
-for _op in aten("batch_norm.default"):
-    _FUNCTIONAL_BN[_op] = (1, 2, 3, 4)
-for _op in aten("_native_batch_norm_legit_no_training.default"):
-    _FUNCTIONAL_BN[_op] = (1, 2, 3, 4)
+# functional forms: (position, keyword) of weight, bias, running_mean, running_var
+_FUNCTIONAL_BN = {F.batch_norm: ((3, "weight"), (4, "bias"), (1, "running_mean"), (2, "running_var"))}
+for _op in aten("batch_norm.default", "_native_batch_norm_legit_no_training.default"):
+    _FUNCTIONAL_BN[_op] = ((1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var"))
 
 
 @shape_rule(*_FUNCTIONAL_BN)
@@ -113,8 +111,8 @@ def batchnorm_functional(op: OpView) -> Coupling | Unsupported:
     for d in range(len(xs)):
         c.flow(op.slot(x, d), op.out(d), zero_ok=False)
     terms = (0, 1, None, None)
-    for pos, term in zip(_FUNCTIONAL_BN[op.node.target], terms):
-        p = op.arg(pos)
+    for (pos, name), term in zip(_FUNCTIONAL_BN[op.node.target], terms):
+        p = op.arg(pos, name)
         if p is None:
             continue
         if not op.is_param(p):

@@ -17,6 +17,7 @@ from slimc.errors import PlanError, SlimcError, VerifyError
 from slimc.loading import as_tuple
 from slimc.masks import MaskSet, normalize
 from slimc.passes import RewriteContext, run_pipeline
+from slimc.probe import Prober
 from slimc.propagate import RemovalPlan, plan as make_plan
 from slimc.report import count_flops, count_params, layer_widths
 from slimc.trace import shapes_of, trace
@@ -106,12 +107,22 @@ def expected_params(p: RemovalPlan) -> int:
 
 def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, mode: str = "channel",
             verify: bool = True, front_end: str = "auto", renorm: bool = False, allow_empty: bool = False,
-            name: str | None = None) -> CompileResult:
+            name: str | None = None, probe: bool = True) -> CompileResult:
     """Compile ``model`` under ``masks`` into a physically smaller module.
 
     ``model`` is never modified: the slim module is a new object. ``masks`` may be NNI
-    style, flat ``{param_fqn: 0/1 tensor}``, a prune state dict or a MaskSet.
+    style, flat ``{param_fqn: 0/1 tensor}``, a prune state dict or a MaskSet. ``probe``:
+    ops without a shape rule are probed on the example inputs and treated as channel-wise
+    where no mixing is found (slimc.probe); if the built-in check then fails, the model is
+    compiled again with them as barriers.
     """
+    def unprobed() -> CompileResult:
+        res = compile(model, masks, example_inputs, mode=mode, verify=verify, front_end=front_end, renorm=renorm,
+                      allow_empty=allow_empty, name=name, probe=False)
+        res.report["notes"].append("the check failed with the probed ops treated as channel-wise: "
+                                   "compiled again with them as barriers")
+        return res
+
     if not isinstance(model, nn.Module):
         raise SlimcError(f"model is a {type(model).__name__}, not an nn.Module")
     if example_inputs is None:
@@ -134,7 +145,8 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     times["flops"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    dg = graph_mod.build(traced.gm, shapes_of(traced.gm))
+    prober = Prober(traced.gm, inputs) if probe and not on_meta else None
+    dg = graph_mod.build(traced.gm, shapes_of(traced.gm), prober)
     times["graph"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -175,6 +187,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         "groups_removed": p.n_groups_removed,
         "kept": p.kept_reasons,
         "barriers": graph_mod.unsupported_table(dg),
+        "probed": graph_mod.probed_table(dg),
         "unstructured_zeros": user.unstructured_zeros(),
         "notes": [*traced.notes, *p.notes, *notes,
                   *([f"{unused:,} params of modules forward() never uses are not in the slim model"] if unused else [])],
@@ -191,7 +204,11 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         except SlimcError:
             raise
         except Exception as e:
+            if report["probed"]:
+                return unprobed()
             raise VerifyError(f"the slim model failed to run: {type(e).__name__}: {e}".splitlines()[0]) from e
+        if report["probed"] and not chk.ok:
+            return unprobed()
         times["verify"] = time.perf_counter() - t
         report["verify"] = {**chk.to_dict(), "approximate": approximate}
         if got_params != want_params:

@@ -16,6 +16,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from slimc.errors import TraceError
+from slimc.lowering import lower
 
 
 @dataclass
@@ -122,8 +123,11 @@ class _Tracer(fx.Tracer):
         self.leaf_all = leaf_all
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from slimc.lowering import kept_whole
         from slimc.shape_rules import module_rule
 
+        if kept_whole(m):  # a library's drop-path: lowered to plain torch ops after the trace
+            return True
         if not super().is_leaf_module(m, qualname):
             return False
         return self.leaf_all or module_rule(type(m)) is not None
@@ -181,6 +185,8 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta
             gm = trace_export(model, example_inputs) if fe == "export" else trace_fx(model, leaf_all=fe != "fx")
             real = to_meta(gm) if meta else {}
             propagate_shapes(gm, example_inputs)
+            if lower(gm, model.training):  # library calls, in-place slice writes → plain torch ops
+                propagate_shapes(gm, example_inputs)
         except Exception as e:  # tracing user code can raise anything
             errors.append(f"{fe}: {_first_line(e)}")
             continue

@@ -1,0 +1,283 @@
+"""Probing ops without a shape rule: is the op channel-wise along a dim?
+
+An op slimc has no rule for (a user's activation, a custom autograd function, a
+``torch.ops`` extension op) is run on the values its inputs had on the example inputs
+(one interpreter run captures them for every such op) and on random values of several
+scales. For each output dim ``d``:
+
+1. *dependence*, by group testing: perturb the inputs at the positions S along ``d``
+   (every other position alike) for S = the positions whose bit b is set, and for its
+   complement, b < ⌈log₂ n⌉; no output position outside S may move. Any position j that
+   feeds a position c ≠ j is caught by a bit where j and c differ — 2⌈log₂ n⌉ runs, not n;
+2. *restriction*: ``f(x[K]) == f(x)[K]`` along ``d`` for a random half K, so the op runs at
+   the slim size and does not read the size as a value;
+3. *zero*: inputs zeroed at S give zeros at S (then a zero stays zero there).
+
+A dim that passes is treated as channel-wise (a flow, the node marked "probed" in the
+report and in ``slimc inspect``); the built-in check after the rewrite stays the proof. A
+dim that fails is a barrier, with what the probe found as the reason. The op must also
+give the same result twice (no randomness) and may not have parameters of its own.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx
+
+from slimc.shape_rules import Coupling, OpView, Unsupported, find_rule
+
+SCALES = (1.0, 100.0)  # random inputs besides the captured ones: N(0, s²)
+RTOL = 1e-6
+
+
+@dataclass
+class _Inputs:
+    """One probe case: the op's args and kwargs with their tensor leaves listed in order
+    (replaced, cloned, for each call) and which of them are parameters."""
+
+    args: Any
+    kwargs: Any
+    leaves: list[torch.Tensor]
+    params: list[bool]
+
+
+class Prober:
+    """Captures the inputs of every rule-less node on the example inputs (once, lazily) and
+    probes a node on demand: ``prober(view, name)`` → Coupling (marked ``probed``) or
+    Unsupported (the finding)."""
+
+    def __init__(self, gm: fx.GraphModule, example_inputs: tuple):
+        self.gm = gm
+        self.example_inputs = example_inputs
+        self.captured: dict[str, tuple] | None = None
+
+    def _capture(self) -> dict[str, tuple]:
+        need = {n.name for n in self.gm.graph.nodes
+                if n.op in ("call_function", "call_method", "call_module") and find_rule(n, self.gm) is None}
+        store: dict[str, tuple] = {}
+
+        class _Capture(fx.Interpreter):
+            def run_node(self, n: fx.Node) -> Any:
+                if n.name in need:
+                    args, kwargs = self.fetch_args_kwargs_from_env(n)
+                    store[n.name] = fx.node.map_aggregate((args, kwargs), _clone)
+                return super().run_node(n)
+
+        was = self.gm.training
+        self.gm.eval()
+        try:
+            with torch.no_grad():
+                _Capture(self.gm).run(*self.example_inputs)
+        except Exception:  # the model ran in ShapeProp; a failure here only means no probing
+            store.clear()
+        finally:
+            self.gm.train(was)
+        return store
+
+    def __call__(self, op: OpView, name: str) -> Coupling | Unsupported:
+        if self.captured is None:
+            self.captured = self._capture()
+        got = self.captured.get(op.node.name)
+        if got is None:
+            return Unsupported(f"no shape rule for {name} (not probed: its inputs were not captured)")
+        try:
+            with torch.no_grad():
+                return _probe(op, name, got)
+        except Exception as e:  # an op that cannot be probed stays a barrier
+            return Unsupported(f"no shape rule for {name}; probe failed: {type(e).__name__}: {e}".splitlines()[0][:200])
+
+
+def _clone(a: Any) -> Any:
+    return a.detach().clone() if isinstance(a, torch.Tensor) else a
+
+
+def _leaf_nodes(node: fx.Node) -> list[Any]:
+    """The op's args and kwargs leaves in order (fx nodes where tensors go)."""
+    out: list[Any] = []
+    fx.node.map_aggregate((node.args, node.kwargs), lambda a: out.append(a) or a)
+    return out
+
+
+def _call(op: OpView, case: _Inputs, leaves: list[torch.Tensor]) -> Any:
+    """The op on ``case``'s args with its tensor leaves replaced by (clones of) ``leaves``."""
+    it = iter(leaves)
+    args, kwargs = fx.node.map_aggregate(
+        (case.args, case.kwargs), lambda a: next(it).clone() if isinstance(a, torch.Tensor) else a)
+    n = op.node
+    if n.op == "call_module":
+        return op.module(*args, **kwargs)
+    if n.op == "call_method":
+        return getattr(args[0], n.target)(*args[1:], **kwargs)
+    return n.target(*args, **kwargs)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> bool:
+    """``a`` == ``b`` (where ``mask``) up to float rounding."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if mask is not None:
+        a, b = a[mask], b[mask]
+    if a.is_floating_point() or a.is_complex():
+        return bool(((a - b).abs() <= RTOL * (1 + b.abs())).all())
+    return torch.equal(a, b)
+
+
+def _along(t: torch.Tensor, d: int, n: int, positions: torch.Tensor) -> torch.Tensor:
+    """A bool mask over ``t`` (right-aligned to an n-d output) true at ``positions`` of dim d."""
+    shape = [1] * t.dim()
+    dd = d - (n - t.dim())
+    shape[dd] = t.shape[dd]
+    sel = torch.zeros(t.shape[dd], dtype=torch.bool)
+    sel[positions] = True
+    return sel.view(shape).expand(t.shape)
+
+
+def _probe(op: OpView, name: str, captured: tuple) -> Coupling | Unsupported:
+    node, out = op.node, op.out_shape
+    fail = lambda why: Unsupported(f"no shape rule for {name}; probe: {why}")  # noqa: E731
+    if not isinstance(out, tuple) or not out:
+        return fail("the op does not return one tensor")
+    if op.module is not None and any(True for _ in op.module.parameters()) or \
+            op.module is not None and any(True for _ in op.module.buffers()):
+        return fail("a module with parameters or buffers of its own")
+    args, kwargs = captured
+    values: list[Any] = []
+    fx.node.map_aggregate((args, kwargs), lambda a: values.append(a) or a)
+    srcs = _leaf_nodes(node)
+    tensors = [(i, v, s) for i, (v, s) in enumerate(zip(values, srcs)) if isinstance(v, torch.Tensor)]
+    if not tensors or len(values) != len(srcs):
+        return fail("no tensor input")
+    nd = len(out)
+    for _, v, _ in tensors:
+        if v.dim() > nd or any(v.shape[k] not in (1, out[nd - v.dim() + k]) for k in range(v.dim())):
+            return fail("an input does not broadcast to the output (not elementwise-like)")
+    base = _Inputs(args, kwargs, [v for _, v, _ in tensors], [op.is_param(s) for _, _, s in tensors])
+    y = _call(op, base, base.leaves)
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != out:
+        return fail("the output differs from the traced one")
+    if not _close(_call(op, base, base.leaves), y):
+        return fail("two runs on the same input differ (random?)")
+    cases = [(base, y)]
+    g = torch.Generator().manual_seed(0)
+    for s in SCALES:
+        leaves = [(torch.randn(v.shape, generator=g, dtype=v.dtype) * s if v.is_floating_point() else v)
+                  for v in base.leaves]
+        cases.append((_Inputs(args, kwargs, leaves, base.params), _call(op, base, leaves)))
+    passed: dict[int, bool] = {}
+    findings: dict[int, str] = {}
+    for d, n in enumerate(out):
+        if n <= 1:
+            continue
+        why = _dim_finding(op, cases, d, n, nd)
+        if why is None:
+            passed[d] = _zero_stays(op, cases[0], d, n, nd)
+        else:
+            findings[d] = why
+    if len(passed) > 1 and not _restricts(op, cases[0], list(passed), nd):
+        for d in passed:
+            findings[d] = "removing positions along several dims together changes the rest"
+        passed = {}
+    return _coupling(op, name, tensors, passed, findings, nd)
+
+
+def _aligned(v: torch.Tensor, d: int, nd: int, n: int) -> bool:
+    k = d - (nd - v.dim())
+    return k >= 0 and v.shape[k] == n
+
+
+def _dim_finding(op: OpView, cases: list, d: int, n: int, nd: int) -> str | None:
+    """Why dim ``d`` is not channel-wise, or None."""
+    for case, y in cases:
+        if any(not v.is_floating_point() and _aligned(v, d, nd, n) for v in case.leaves):
+            return f"it reads an integer tensor along dim {d}"
+        g = torch.Generator().manual_seed(d)
+        for b in range(max(1, math.ceil(math.log2(n)))):
+            bit = (torch.arange(n) >> b) & 1
+            for s in (bit.bool(), ~bit.bool()):
+                if not s.any() or s.all():
+                    continue
+                pert = []
+                for v in case.leaves:
+                    if v.is_floating_point() and _aligned(v, d, nd, n):
+                        noise = torch.randn(v.shape, generator=g, dtype=v.dtype) * (1 + v.abs().max())
+                        pert.append(torch.where(_along(v, d, nd, s.nonzero().flatten()), v + noise, v))
+                    else:
+                        pert.append(v)
+                y2 = _call(op, case, pert)
+                outside = ~_along(y, d, nd, s.nonzero().flatten())
+                if not _close(y2, y, outside):
+                    c = int((~s).nonzero()[0])
+                    return f"output position {c} along dim {d} moves when other positions change (it mixes dim {d})"
+    k = _half(n, d)
+    if not _restricts(op, cases[0], [d], nd, k):
+        return f"removing positions along dim {d} changes the others (it reads dim {d}'s size or mixes it)"
+    return None
+
+
+def _half(n: int, seed: int) -> torch.Tensor:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[: max(1, n // 2)].sort().values
+
+
+def _restricts(op: OpView, case_y: tuple, dims: list[int], nd: int, keep: torch.Tensor | None = None) -> bool:
+    """f(x with only positions K of ``dims``) == f(x) at K?"""
+    case, y = case_y
+    leaves, want = list(case.leaves), y
+    for d in dims:
+        n = y.shape[d]
+        k = keep if keep is not None else _half(n, d)
+        leaves = [v.index_select(d - (nd - v.dim()), k) if _aligned(v, d, nd, n) else v for v in leaves]
+        want = want.index_select(d, k)
+    try:
+        got = _call(op, case, leaves)
+    except Exception:
+        return False
+    return isinstance(got, torch.Tensor) and _close(got, want)
+
+
+def _zero_stays(op: OpView, case_y: tuple, d: int, n: int, nd: int) -> bool:
+    """Value inputs zeroed at half the positions of ``d`` → zeros there?"""
+    case, y = case_y
+    pos = _half(n, d + 7)
+    leaves = [v.masked_fill(_along(v, d, nd, pos), 0) if v.is_floating_point() and _aligned(v, d, nd, n) and
+              not is_param else v for v, is_param in zip(case.leaves, case.params)]
+    got = _call(op, case, leaves)
+    return bool((got[_along(got, d, nd, pos)] == 0).all())
+
+
+def _coupling(op: OpView, name: str, tensors: list, passed: dict[int, bool], findings: dict[int, str],
+              nd: int) -> Coupling | Unsupported:
+    if not passed:
+        why = next(iter(findings.values()), "no dim to probe")
+        return Unsupported(f"no shape rule for {name}; probe: {why}")
+    c = Coupling()
+    term = 0
+    for _, v, src in tensors:
+        if not isinstance(src, fx.Node):
+            continue
+        lead = nd - v.dim()
+        for k in range(v.dim()):
+            d = lead + k
+            slot = op.slot(src, k)
+            if v.shape[k] == 1 or op.out_shape[d] == 1:
+                c.cover(slot)
+                if not op.is_param(src) and d in passed:
+                    c.feed(slot, op.out(d), term=term, zero_ok=passed[d])
+            elif d in passed and op.is_param(src):
+                c.param("follower", slot, op.out(d), term=None)
+            elif d in passed:
+                c.flow(slot, op.out(d), term=term, zero_ok=passed[d])
+            elif not op.is_param(src):
+                c.barrier(slot, f"{name}: probe: {findings.get(d, 'dim not probed')}")
+        if not op.is_param(src):
+            term += 1
+    for d in range(nd):
+        if d in findings:
+            c.barrier(op.out(d), f"{name}: probe: {findings[d]}")
+    if findings:
+        c.mixed = f"no shape rule for {name}; probe: {next(iter(findings.values()))}"
+    c.probed = f"channel-wise along dim{'s' if len(passed) > 1 else ''} {', '.join(map(str, sorted(passed)))}"
+    return c
