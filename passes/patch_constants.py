@@ -22,7 +22,9 @@ from slimc.shape_rules.attention import SDPA, sdpa_scale
 from slimc.shape_rules.structural import EXPANDS, size_query
 
 RESHAPES = {"view", "reshape", torch.reshape, *aten("view.default", "reshape.default", "_unsafe_view.default"), *EXPANDS}
-CONVS = {F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default")}
+CONVS = {F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default"),  # groups: args[6]
+         F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+         *aten("conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input")}
 UNFLATTENS = {"unflatten", torch.unflatten, *aten("unflatten.int")}
 SPLITS = {"split", torch.split, "chunk", torch.chunk, *aten("split.Tensor", "split_with_sizes.default", "chunk.default")}
 

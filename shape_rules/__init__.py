@@ -365,11 +365,13 @@ def _load_rule_modules() -> None:
     from slimc.shape_rules import (  # noqa: F401
         attention,
         conv,
+        einsum,
         elementwise,
         library,
         linear,
         norm,
         pooling,
+        positions,
         recurrent,
         reshape,
         slicing,

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from slimc.shape_rules import Coupling, OpView, Unsupported, aten, identity_all, resizer, shape_rule, zero_preserving
+from slimc.shape_rules import (Coupling, OpView, Unsupported, aten, arange, identity_all, resizer, shape_rule,
+                               zero_preserving)
 
 UNARY_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -68,6 +69,26 @@ def unary(op: OpView) -> Coupling | Unsupported:
         return Unsupported("elementwise op whose output shape differs from its input")
     fn = _unary_fn(op)
     return identity_all(Coupling(), op, x, zero_ok=fn is not None and zero_preserving(fn))
+
+
+@shape_rule(nn.GLU, F.glu, *aten("glu.default"))
+def glu(op: OpView) -> Coupling | Unsupported:
+    """GLU along dim d: output c = a_c · σ(b_c) with a, b the two halves of d, so input
+    channels c and c + n/2 go with output channel c (other dims pass)."""
+    x = op.arg(0, "input")
+    dim = op.module.dim if op.module is not None else op.arg(1, "dim", -1)
+    xs = op.shape(x)
+    if xs is None or not isinstance(dim, int) or not isinstance(op.out_shape, tuple):
+        return Unsupported("glu along a computed dim")
+    dim %= len(xs)
+    half = xs[dim] // 2
+    c = Coupling()
+    for d in range(len(xs)):
+        if d != dim:
+            c.flow(op.slot(x, d), op.out(d))
+    c.flow(op.slot(x, dim), op.out(dim), arange(half), arange(half))
+    c.flow(op.slot(x, dim), op.out(dim), arange(half) + half, arange(half), zero_ok=False)  # σ(b): a factor
+    return c
 
 
 @shape_rule(nn.PReLU, F.prelu)

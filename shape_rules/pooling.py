@@ -57,7 +57,12 @@ def _channels_pass(op: OpView, x, n_lead: int, why: str, *, zero_ok: bool = True
 
 @shape_rule(nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, F.interpolate, F.upsample,
             *aten("upsample_bilinear2d.vec", "upsample_nearest2d.vec", "upsample_bilinear2d.default",
-                  "upsample_nearest2d.default", "upsample_bicubic2d.vec"))
+                  "upsample_nearest2d.default", "upsample_bicubic2d.vec", "upsample_bicubic2d.default",
+                  "upsample_nearest1d.vec", "upsample_nearest1d.default", "upsample_nearest3d.vec",
+                  "upsample_nearest3d.default", "upsample_linear1d.vec", "upsample_linear1d.default",
+                  "upsample_trilinear3d.vec", "upsample_trilinear3d.default", "_upsample_nearest_exact1d.vec",
+                  "_upsample_nearest_exact2d.vec", "_upsample_nearest_exact3d.vec", "_upsample_bilinear2d_aa.vec",
+                  "_upsample_bicubic2d_aa.vec"))
 def resample(op: OpView) -> Coupling | Unsupported:
     """Upsample / interpolate: batch and channel dims pass; spatial dims are resampled (fixed)."""
     x = op.arg(0, "input")

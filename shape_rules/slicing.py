@@ -75,12 +75,44 @@ def _range(c: Coupling, op: OpView, x: fx.Node, d_in: int, d_out: int, bounds: t
         c.flow(op.slot(x, d_in), op.out(d_out), arange(m) + bounds[0], None)
 
 
+def _gather(op: OpView, x: fx.Node, k: tuple) -> Coupling | Unsupported:
+    """x[:, idx] with one integer tensor index and full slices elsewhere: the indexed dim is
+    gathered (fixed, like the index's own dims in the result); the other dims pass (LeViT's
+    ``attention_biases[:, attention_bias_idxs]`` keeps its heads prunable)."""
+    xs, out = op.shape(x), op.out_shape
+    pos = next(i for i, it in enumerate(k) if isinstance(it, fx.Node))
+    idx_shape = op.shape(k[pos])
+    rest = [it for i, it in enumerate(k) if i != pos]
+    if idx_shape is None or any(it != slice(None) for it in rest) or len(k) > len(xs):
+        return Unsupported("advanced indexing with several tensor indices, or with slices beside one")
+    c = Coupling()
+    for d in range(len(idx_shape)):
+        c.cover(op.slot(k[pos], d))
+    why = "gathered by a tensor index (positions picked)"
+    for d in range(len(xs)):
+        if d == pos:
+            c.barrier(op.slot(x, d), why)
+            for j in range(len(idx_shape)):
+                c.barrier(op.out(d + j), why)
+            continue
+        od = d if d < pos else d + len(idx_shape) - 1
+        if op.is_param(x):
+            c.param("follower", op.slot(x, d), op.out(od), term=0)
+        else:
+            c.flow(op.slot(x, d), op.out(od))
+    return c
+
+
 def index(op: OpView, x: fx.Node, k: Any) -> Coupling | Unsupported:
-    """x[k] with slices, None, Ellipsis and ints (an int fixes its dim). Tensor indices are
-    not supported."""
+    """x[k] with slices, None, Ellipsis and ints (an int fixes its dim); one integer tensor
+    index beside full slices gathers its dim (fixed)."""
     xs = op.shape(x)
     if xs is None or not isinstance(op.out_shape, tuple):
         return Unsupported("indexing a non-tensor")
+    k_tuple = k if isinstance(k, tuple) else (k,)
+    if sum(isinstance(it, fx.Node) for it in k_tuple) == 1 and op.shape(next(
+            it for it in k_tuple if isinstance(it, fx.Node))) is not None:
+        return _gather(op, x, k_tuple)
     entries = index_entries(k, len(xs))
     if entries is None:
         return Unsupported("advanced indexing with tensor or list indices")
@@ -204,3 +236,16 @@ def slice_scatter(op: OpView) -> Coupling | Unsupported:
             c.flow(op.slot(src, d), op.out(d), None, inside, term=1)
             c.links.append(Link("tie", op.slot(x, d), op.out(d), inside, inside, term=None))
     return c
+
+
+@shape_rule(*aten("index.Tensor"))
+def index_tensor(op: OpView) -> Coupling | Unsupported:
+    """ATen index (``x[:, idx]`` at ATen level): one integer tensor index gathers its dim
+    (fixed); the dims indexed by None pass."""
+    x, indices = op.arg(0), op.arg(1, "indices")
+    if not isinstance(indices, (list, tuple)) or op.shape(x) is None:
+        return Unsupported("index with computed indices")
+    k = tuple(slice(None) if i is None else i for i in indices)
+    if sum(isinstance(i, fx.Node) for i in k) != 1:
+        return Unsupported("advanced indexing with several tensor indices")
+    return _gather(op, x, k)

@@ -1,7 +1,6 @@
 """``slimc.compile``: model + masks → physically slim, verified model."""
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -13,6 +12,7 @@ import torch
 from torch import fx, nn
 
 from slimc import graph as graph_mod
+from slimc.copying import clean, dropped_hooks
 from slimc.errors import PlanError, SlimcError, VerifyError
 from slimc.loading import as_tuple
 from slimc.masks import MaskSet, normalize
@@ -74,30 +74,6 @@ class CompileResult:
         return paths
 
 
-def without_prune_hooks(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with torch.nn.utils.prune reparametrizations made permanent
-    (``weight = weight_orig * weight_mask``); the model itself if it has none."""
-    from torch.nn.utils import prune
-
-    def hooks(m: nn.Module) -> list[tuple[nn.Module, str]]:
-        return [(mod, h._tensor_name) for mod in m.modules() for h in list(mod._forward_pre_hooks.values())
-                if isinstance(h, prune.BasePruningMethod)]
-
-    hooked = hooks(model)
-    if not hooked:
-        return model
-    # the computed `weight` attributes cannot be deep-copied: lift them out for the copy
-    saved = [(mod, name, mod.__dict__.pop(name)) for mod, name in hooked if name in mod.__dict__]
-    try:
-        clean = copy.deepcopy(model)
-    finally:
-        for mod, name, val in saved:
-            setattr(mod, name, val)
-    for mod, name in hooks(clean):
-        prune.remove(mod, name)  # weight = weight_orig * weight_mask, as a plain Parameter
-    return clean
-
-
 def expected_params(p: RemovalPlan) -> int:
     total = 0
     for fqn, t in p.dg.gm.named_parameters():
@@ -133,8 +109,9 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
     times: dict[str, float] = {}
     t = time.perf_counter()
+    hooks = dropped_hooks(model)
+    model = clean(model)  # slimc.copying: reparametrizations made plain params; hooks, caches left out
     user = normalize(masks, model)
-    model = without_prune_hooks(model)
     traced = trace(model, inputs, front_end, meta=on_meta)
     used_params = count_params(traced.gm)
     times["trace"] = time.perf_counter() - t
@@ -190,6 +167,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         "probed": graph_mod.probed_table(dg),
         "unstructured_zeros": user.unstructured_zeros(),
         "notes": [*traced.notes, *p.notes, *notes,
+                  *([f"{hooks} forward hook(s) of the model are not part of the slim model"] if hooks else []),
                   *([f"{unused:,} params of modules forward() never uses are not in the slim model"] if unused else [])],
         "times_s": times,
     }

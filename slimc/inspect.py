@@ -9,14 +9,16 @@ from torch import nn
 from slimc import graph as graph_mod
 from slimc.loading import as_tuple
 from slimc.masks import normalize
+from slimc.probe import Prober
 from slimc.propagate import Propagation, _any_by_group, plan as make_plan
 from slimc.trace import shapes_of, trace
 
 
-def inspect_model(model: nn.Module, example_inputs: Any, masks: Any = None, front_end: str = "auto") -> dict:
+def inspect_model(model: nn.Module, example_inputs: Any, masks: Any = None, front_end: str = "auto",
+                  probe: bool = True) -> dict:
     inputs = as_tuple(example_inputs)
     traced = trace(model, inputs, front_end)
-    dg = graph_mod.build(traced.gm, shapes_of(traced.gm))
+    dg = graph_mod.build(traced.gm, shapes_of(traced.gm), Prober(traced.gm, inputs) if probe else None)
     user = normalize(masks, model)
     P = Propagation(dg, user)
     grp, ng = P.group, P.ng
@@ -71,6 +73,7 @@ def inspect_model(model: nn.Module, example_inputs: Any, masks: Any = None, fron
         "elements": dg.n,
         "families": families,
         "unsupported": graph_mod.unsupported_table(dg),
+        "probed": graph_mod.probed_table(dg),
         "barrier_reasons": [{"reason": k, "dims": v} for k, v in sorted(barrier_reasons.items(), key=lambda kv: -kv[1])],
         "masked": masks is not None,
     }
@@ -108,6 +111,15 @@ def render_inspection(info: dict, console, verbose: bool = False) -> None:
         for r in info["unsupported"]:
             u.add_row(r["node"], r["op"], r["reason"], r["source"])
         console.print(u)
+    if info.get("probed"):
+        pr = Table(title="ops without a rule, probed: channel-wise where no mixing was found (the check is the proof)")
+        pr.add_column("node")
+        pr.add_column("op")
+        pr.add_column("probed")
+        pr.add_column("source")
+        for r in info["probed"]:
+            pr.add_row(r["node"], r["op"], r["found"], r["source"])
+        console.print(pr)
     if info["barrier_reasons"]:
         b = Table(title="other fixed dims (not spatial, not graph inputs/outputs)")
         b.add_column("reason")

@@ -88,6 +88,14 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
         for r in report["barriers"][:15]:
             bt.add_row(r["node"], r["reason"], r.get("source", ""))
         console.print(bt)
+    if report.get("probed"):
+        pt = Table(title="ops without a rule, probed (treated channel-wise where no mixing was found)")
+        pt.add_column("node")
+        pt.add_column("probed")
+        pt.add_column("source")
+        for r in report["probed"][:15]:
+            pt.add_row(r["node"], r["found"], r.get("source", ""))
+        console.print(pt)
     v = report.get("verify")
     if v:
         status = "[green]OK[/green]" if v["ok"] else "[red]FAILED[/red]"

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from slimc.copying import safe_copy
 from slimc.errors import TraceError
 from slimc.lowering import lower
 
@@ -172,7 +172,7 @@ def trace_export(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
 def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta: bool = False) -> Traced:
     """Trace a *copy* of ``model``; the model passed in is never touched. ``meta``: the
     parameters are on the meta device; shapes are propagated with every tensor there."""
-    model = copy.deepcopy(model)
+    model = safe_copy(model)  # slimc.copying: also models that earlier runs left state in
     notes: list[str] = []
     errors: list[str] = []
     # "fx (leaves)": torch.nn modules without a rule kept whole (barriers), when neither

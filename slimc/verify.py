@@ -2,13 +2,13 @@
 the slim model holds exactly the parameters its kept indices imply."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
+from slimc.copying import safe_copy
 from slimc.errors import VerifyError
 from slimc.masks import MaskSet
 
@@ -52,7 +52,7 @@ def random_like(inputs: tuple, seed: int) -> tuple:
 
 def masked_copy(model: nn.Module, masks: MaskSet | dict) -> nn.Module:
     ms = masks if isinstance(masks, MaskSet) else MaskSet(dict(masks))
-    return ms.apply(copy.deepcopy(model)).eval()
+    return ms.apply(safe_copy(model)).eval()
 
 
 def _run(m: nn.Module, x: tuple) -> list[torch.Tensor]:
