@@ -9,11 +9,13 @@ torch alone.
 * ``copy_(x[:, a:b], v)`` (what torch.export makes of ``x[:, a:b] += v``) →
   ``x' = slice_scatter(x, v, 1, a, b)``, and later reads of ``x`` read ``x'``;
 * ``F.batch_norm(…, training=<traced constant>)`` in a BatchNorm subclass's own forward
-  (timm's ``BatchNormAct2d``) follows the module's mode at run time, like ``nn.BatchNorm2d``.
+  (timm's ``BatchNormAct2d``) follows the module's mode at run time, like ``nn.BatchNorm2d``
+  (:func:`live_batch_norm_flags`, on the fresh trace).
 """
 from __future__ import annotations
 
 import operator
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +53,15 @@ def _training_flag(graph: fx.Graph, node: fx.Node, flag, training: bool):
     from slimc.graph import _source_line
 
     if flag is None or (flag is training and "training" in _source_line(node)):
-        return graph.get_attr("training")
+        return _training_attr(graph)
     return flag
+
+
+def _training_attr(graph: fx.Graph) -> fx.Node:
+    """``self.training`` of the graph's module, read when the graph runs."""
+    with warnings.catch_warnings():  # a plain bool attribute, not a registered tensor or module
+        warnings.simplefilter("ignore")
+        return graph.get_attr("training")
 
 
 def _drop_paths(gm: fx.GraphModule, training: bool) -> bool:
@@ -129,7 +138,9 @@ def _shape(n) -> tuple | None:
     return tuple(meta.shape) if hasattr(meta, "shape") else None
 
 
-def _batch_norm_flags(graph: fx.Graph, training: bool) -> bool:
+def live_batch_norm_flags(graph: fx.Graph, training: bool) -> bool:
+    """Run on the fresh trace, before shapes are propagated (a frozen ``training=True`` would
+    update the running statistics in place while the graph runs)."""
     changed = False
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not F.batch_norm:
@@ -139,7 +150,7 @@ def _batch_norm_flags(graph: fx.Graph, training: bool) -> bool:
         if not isinstance(running, fx.Node) or flag is not training:
             continue
         with graph.inserting_before(node):
-            live = graph.get_attr("training")
+            live = _training_attr(graph)
         if len(node.args) > 5:
             node.args = (*node.args[:5], live, *node.args[6:])
         else:
@@ -153,7 +164,6 @@ def lower(gm: fx.GraphModule, training: bool) -> bool:
     ``training``: the model's mode when it was traced."""
     changed = _drop_paths(gm, training)
     changed |= _slice_writes(gm)
-    changed |= _batch_norm_flags(gm.graph, training)
     if changed:
         gm.graph.lint()
         gm.recompile()

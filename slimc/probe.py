@@ -36,12 +36,18 @@ RTOL = 1e-6
 @dataclass
 class _Inputs:
     """One probe case: the op's args and kwargs with their tensor leaves listed in order
-    (replaced, cloned, for each call) and which of them are parameters."""
+    (replaced, cloned, for each call), which of them are parameters, and for each leaf the
+    output dim each of its dims lines up with (None: broadcast, size 1)."""
 
     args: Any
     kwargs: Any
     leaves: list[torch.Tensor]
     params: list[bool]
+    dims: list[list[int | None]]
+
+    def dim_of(self, i: int, d: int) -> int | None:
+        """The dim of leaf ``i`` that lines up with output dim ``d`` (None if none does)."""
+        return self.dims[i].index(d) if d in self.dims[i] else None
 
 
 class Prober:
@@ -125,14 +131,26 @@ def _close(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -
     return torch.equal(a, b)
 
 
-def _along(t: torch.Tensor, d: int, n: int, positions: torch.Tensor) -> torch.Tensor:
-    """A bool mask over ``t`` (right-aligned to an n-d output) true at ``positions`` of dim d."""
+def _along(t: torch.Tensor, k: int, positions: torch.Tensor) -> torch.Tensor:
+    """A bool mask over ``t``, true at ``positions`` of its dim ``k``."""
     shape = [1] * t.dim()
-    dd = d - (n - t.dim())
-    shape[dd] = t.shape[dd]
-    sel = torch.zeros(t.shape[dd], dtype=torch.bool)
+    shape[k] = t.shape[k]
+    sel = torch.zeros(t.shape[k], dtype=torch.bool)
     sel[positions] = True
     return sel.view(shape).expand(t.shape)
+
+
+def _line_up(v: torch.Tensor, out: tuple) -> list[int | None] | None:
+    """The output dim of each dim of ``v``: right-aligned broadcasting, or a 1-D tensor whose
+    size only one output dim has (a per-channel weight reshaped inside the op). None if
+    neither fits."""
+    nd = len(out)
+    if v.dim() <= nd and all(v.shape[k] in (1, out[nd - v.dim() + k]) for k in range(v.dim())):
+        return [nd - v.dim() + k if v.shape[k] == out[nd - v.dim() + k] else None for k in range(v.dim())]
+    if v.dim() == 1:
+        same = [d for d, n in enumerate(out) if n == v.shape[0]]
+        return [same[0]] if len(same) == 1 else None
+    return None
 
 
 def _probe(op: OpView, name: str, captured: tuple) -> Coupling | Unsupported:
@@ -151,10 +169,10 @@ def _probe(op: OpView, name: str, captured: tuple) -> Coupling | Unsupported:
     if not tensors or len(values) != len(srcs):
         return fail("no tensor input")
     nd = len(out)
-    for _, v, _ in tensors:
-        if v.dim() > nd or any(v.shape[k] not in (1, out[nd - v.dim() + k]) for k in range(v.dim())):
-            return fail("an input does not broadcast to the output (not elementwise-like)")
-    base = _Inputs(args, kwargs, [v for _, v, _ in tensors], [op.is_param(s) for _, _, s in tensors])
+    dims = [_line_up(v, out) for _, v, _ in tensors]
+    if any(d is None for d in dims):
+        return fail("an input does not broadcast to the output (not elementwise-like)")
+    base = _Inputs(args, kwargs, [v for _, v, _ in tensors], [op.is_param(s) for _, _, s in tensors], dims)
     y = _call(op, base, base.leaves)
     if not isinstance(y, torch.Tensor) or tuple(y.shape) != out:
         return fail("the output differs from the traced one")
@@ -165,54 +183,47 @@ def _probe(op: OpView, name: str, captured: tuple) -> Coupling | Unsupported:
     for s in SCALES:
         leaves = [(torch.randn(v.shape, generator=g, dtype=v.dtype) * s if v.is_floating_point() else v)
                   for v in base.leaves]
-        cases.append((_Inputs(args, kwargs, leaves, base.params), _call(op, base, leaves)))
+        cases.append((_Inputs(args, kwargs, leaves, base.params, dims), _call(op, base, leaves)))
     passed: dict[int, bool] = {}
     findings: dict[int, str] = {}
     for d, n in enumerate(out):
         if n <= 1:
             continue
-        why = _dim_finding(op, cases, d, n, nd)
+        why = _dim_finding(op, cases, d, n)
         if why is None:
-            passed[d] = _zero_stays(op, cases[0], d, n, nd)
+            passed[d] = _zero_stays(op, cases[0], d, n)
         else:
             findings[d] = why
-    if len(passed) > 1 and not _restricts(op, cases[0], list(passed), nd):
+    if len(passed) > 1 and not _restricts(op, cases[0], list(passed)):
         for d in passed:
             findings[d] = "removing positions along several dims together changes the rest"
         passed = {}
-    return _coupling(op, name, tensors, passed, findings, nd)
+    return _coupling(op, name, tensors, base, passed, findings)
 
 
-def _aligned(v: torch.Tensor, d: int, nd: int, n: int) -> bool:
-    k = d - (nd - v.dim())
-    return k >= 0 and v.shape[k] == n
-
-
-def _dim_finding(op: OpView, cases: list, d: int, n: int, nd: int) -> str | None:
-    """Why dim ``d`` is not channel-wise, or None."""
+def _dim_finding(op: OpView, cases: list, d: int, n: int) -> str | None:
+    """Why output dim ``d`` is not channel-wise, or None."""
     for case, y in cases:
-        if any(not v.is_floating_point() and _aligned(v, d, nd, n) for v in case.leaves):
+        lined = [(i, case.dim_of(i, d)) for i in range(len(case.leaves))]
+        if any(k is not None and not case.leaves[i].is_floating_point() for i, k in lined):
             return f"it reads an integer tensor along dim {d}"
         g = torch.Generator().manual_seed(d)
         for b in range(max(1, math.ceil(math.log2(n)))):
-            bit = (torch.arange(n) >> b) & 1
-            for s in (bit.bool(), ~bit.bool()):
+            bit = ((torch.arange(n) >> b) & 1).bool()
+            for s in (bit, ~bit):
                 if not s.any() or s.all():
                     continue
+                pos = s.nonzero().flatten()
                 pert = []
-                for v in case.leaves:
-                    if v.is_floating_point() and _aligned(v, d, nd, n):
+                for (i, k), v in zip(lined, case.leaves):
+                    if k is not None:
                         noise = torch.randn(v.shape, generator=g, dtype=v.dtype) * (1 + v.abs().max())
-                        pert.append(torch.where(_along(v, d, nd, s.nonzero().flatten()), v + noise, v))
-                    else:
-                        pert.append(v)
-                y2 = _call(op, case, pert)
-                outside = ~_along(y, d, nd, s.nonzero().flatten())
-                if not _close(y2, y, outside):
+                        v = torch.where(_along(v, k, pos), v + noise, v)
+                    pert.append(v)
+                if not _close(_call(op, case, pert), y, ~_along(y, d, pos)):
                     c = int((~s).nonzero()[0])
                     return f"output position {c} along dim {d} moves when other positions change (it mixes dim {d})"
-    k = _half(n, d)
-    if not _restricts(op, cases[0], [d], nd, k):
+    if not _restricts(op, cases[0], [d], _half(n, d)):
         return f"removing positions along dim {d} changes the others (it reads dim {d}'s size or mixes it)"
     return None
 
@@ -222,14 +233,14 @@ def _half(n: int, seed: int) -> torch.Tensor:
     return perm[: max(1, n // 2)].sort().values
 
 
-def _restricts(op: OpView, case_y: tuple, dims: list[int], nd: int, keep: torch.Tensor | None = None) -> bool:
-    """f(x with only positions K of ``dims``) == f(x) at K?"""
+def _restricts(op: OpView, case_y: tuple, dims: list[int], keep: torch.Tensor | None = None) -> bool:
+    """f(inputs with only positions K of ``dims``) == f(inputs) at K?"""
     case, y = case_y
     leaves, want = list(case.leaves), y
     for d in dims:
-        n = y.shape[d]
-        k = keep if keep is not None else _half(n, d)
-        leaves = [v.index_select(d - (nd - v.dim()), k) if _aligned(v, d, nd, n) else v for v in leaves]
+        k = keep if keep is not None else _half(y.shape[d], d)
+        leaves = [v if case.dim_of(i, d) is None else v.index_select(case.dim_of(i, d), k)
+                  for i, v in enumerate(leaves)]
         want = want.index_select(d, k)
     try:
         got = _call(op, case, leaves)
@@ -238,43 +249,50 @@ def _restricts(op: OpView, case_y: tuple, dims: list[int], nd: int, keep: torch.
     return isinstance(got, torch.Tensor) and _close(got, want)
 
 
-def _zero_stays(op: OpView, case_y: tuple, d: int, n: int, nd: int) -> bool:
+def _zero_stays(op: OpView, case_y: tuple, d: int, n: int) -> bool:
     """Value inputs zeroed at half the positions of ``d`` → zeros there?"""
     case, y = case_y
     pos = _half(n, d + 7)
-    leaves = [v.masked_fill(_along(v, d, nd, pos), 0) if v.is_floating_point() and _aligned(v, d, nd, n) and
-              not is_param else v for v, is_param in zip(case.leaves, case.params)]
+    leaves = []
+    for i, (v, is_param) in enumerate(zip(case.leaves, case.params)):
+        k = case.dim_of(i, d)
+        leaves.append(v.masked_fill(_along(v, k, pos), 0) if k is not None and not is_param else v)
     got = _call(op, case, leaves)
-    return bool((got[_along(got, d, nd, pos)] == 0).all())
+    return bool((got[_along(got, d, pos)] == 0).all())
 
 
-def _coupling(op: OpView, name: str, tensors: list, passed: dict[int, bool], findings: dict[int, str],
-              nd: int) -> Coupling | Unsupported:
+def _coupling(op: OpView, name: str, tensors: list, case: _Inputs, passed: dict[int, bool],
+              findings: dict[int, str]) -> Coupling | Unsupported:
     if not passed:
         why = next(iter(findings.values()), "no dim to probe")
         return Unsupported(f"no shape rule for {name}; probe: {why}")
     c = Coupling()
     term = 0
-    for _, v, src in tensors:
+    for i, (_, v, src) in enumerate(tensors):
         if not isinstance(src, fx.Node):
             continue
-        lead = nd - v.dim()
-        for k in range(v.dim()):
-            d = lead + k
+        param = op.is_param(src)
+        for k, d in enumerate(case.dims[i]):
             slot = op.slot(src, k)
-            if v.shape[k] == 1 or op.out_shape[d] == 1:
+            if d is None:  # broadcast (size 1): a factor of every position
                 c.cover(slot)
-                if not op.is_param(src) and d in passed:
-                    c.feed(slot, op.out(d), term=term, zero_ok=passed[d])
-            elif d in passed and op.is_param(src):
+                continue
+            if d in passed and param:
                 c.param("follower", slot, op.out(d), term=None)
             elif d in passed:
                 c.flow(slot, op.out(d), term=term, zero_ok=passed[d])
-            elif not op.is_param(src):
+            elif not param and op.out_shape[d] > 1:
                 c.barrier(slot, f"{name}: probe: {findings.get(d, 'dim not probed')}")
-        if not op.is_param(src):
+            else:
+                c.cover(slot)
+        if not param and v.dim():
+            ones = [k for k, d in enumerate(case.dims[i]) if d is None]
+            for d in range(len(op.out_shape)):  # dims this input is broadcast along: a term there too
+                if d not in case.dims[i] and d in passed and op.out_shape[d] > 1:
+                    c.feed(op.slot(src, ones[0] if ones else 0), op.out(d), term=term, zero_ok=passed[d])
+        if not param:
             term += 1
-    for d in range(nd):
+    for d in range(len(op.out_shape)):
         if d in findings:
             c.barrier(op.out(d), f"{name}: probe: {findings[d]}")
     if findings:

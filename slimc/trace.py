@@ -16,7 +16,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from slimc.copying import safe_copy
 from slimc.errors import TraceError
-from slimc.lowering import lower
+from slimc.lowering import live_batch_norm_flags, lower
 
 
 @dataclass
@@ -139,6 +139,7 @@ def trace_fx(model: nn.Module, leaf_all: bool = False) -> fx.GraphModule:
     graph = tracer.trace(model)
     name = model.__class__.__name__
     _live_training_flags(graph, model.training)
+    live_batch_norm_flags(graph, model.training)  # a BatchNorm subclass's own F.batch_norm
     gm = fx.GraphModule(tracer.root, graph, name)
     # forward() type annotations become node types, and torch 2.13 cannot pickle a
     # GraphModule whose code references them (torch.save fails on '_torch_Tensor_').
