@@ -193,6 +193,10 @@ def rules_markdown() -> str:
         doc = " ".join((fn.__doc__ or "").split())
         fam = f"`{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}`"
         lines.append(f"| {fam} | {', '.join(f'`{o}`' for o in sorted(set(ops)))} | {doc} |")
+    from slimc.probe import probed_markdown
+
+    lines += ["", "Ops without a rule are *probed* on the example inputs (`--no-probe` turns it off); as the "
+              "tests probe them:", "", probed_markdown()]
     return "\n".join(lines)
 
 

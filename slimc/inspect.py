@@ -82,6 +82,8 @@ def inspect_model(model: nn.Module, example_inputs: Any, masks: Any = None, fron
 def render_inspection(info: dict, console, verbose: bool = False) -> None:
     from rich.table import Table
 
+    from slimc.report import rows_table
+
     console.print(f"front end: {info['front_end']}, {info['nodes']} nodes, {info['elements']:,} channel elements")
     t = Table(title="channel families (channels created by the same source params)")
     t.add_column("sources")
@@ -103,23 +105,11 @@ def render_inspection(info: dict, console, verbose: bool = False) -> None:
     if len(info["families"]) > len(fams):
         console.print(f"… {len(info['families']) - len(fams)} more families (--verbose)")
     if info["unsupported"]:
-        u = Table(title="ops without a usable rule (barriers)")
-        u.add_column("node")
-        u.add_column("op")
-        u.add_column("reason")
-        u.add_column("source")
-        for r in info["unsupported"]:
-            u.add_row(r["node"], r["op"], r["reason"], r["source"])
-        console.print(u)
+        console.print(rows_table("ops without a usable rule (barriers)", info["unsupported"],
+                                 ["node", "op", "reason", "source"]))
     if info.get("probed"):
-        pr = Table(title="ops without a rule, probed: channel-wise where no mixing was found (the check is the proof)")
-        pr.add_column("node")
-        pr.add_column("op")
-        pr.add_column("probed")
-        pr.add_column("source")
-        for r in info["probed"]:
-            pr.add_row(r["node"], r["op"], r["found"], r["source"])
-        console.print(pr)
+        console.print(rows_table("ops without a rule, probed: channel-wise where no mixing was found "
+                                 "(the check is the proof)", info["probed"], ["node", "op", "found", "source"]))
     if info["barrier_reasons"]:
         b = Table(title="other fixed dims (not spatial, not graph inputs/outputs)")
         b.add_column("reason")

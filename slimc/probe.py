@@ -59,6 +59,7 @@ class Prober:
         self.gm = gm
         self.example_inputs = example_inputs
         self.captured: dict[str, tuple] | None = None
+        self.verdicts: dict = {}
 
     def _capture(self) -> dict[str, tuple]:
         need = {n.name for n in self.gm.graph.nodes
@@ -91,7 +92,7 @@ class Prober:
             return Unsupported(f"no shape rule for {name} (not probed: its inputs were not captured)")
         try:
             with torch.no_grad():
-                return _probe(op, name, got)
+                return _probe(op, name, got, self.verdicts)
         except Exception as e:  # an op that cannot be probed stays a barrier
             return Unsupported(f"no shape rule for {name}; probe failed: {type(e).__name__}: {e}".splitlines()[0][:200])
 
@@ -153,37 +154,70 @@ def _line_up(v: torch.Tensor, out: tuple) -> list[int | None] | None:
     return None
 
 
-def _probe(op: OpView, name: str, captured: tuple) -> Coupling | Unsupported:
-    node, out = op.node, op.out_shape
+def _probe(op: OpView, name: str, captured: tuple, verdicts: dict | None = None) -> Coupling | Unsupported:
+    """Probe one node; ``verdicts`` caches what was found for nodes applying the same
+    function to inputs of the same shapes and constants (fifty calls of one activation
+    are probed once)."""
     fail = lambda why: Unsupported(f"no shape rule for {name}; probe: {why}")  # noqa: E731
+    prepared = _prepare(op, captured)
+    if isinstance(prepared, str):
+        return fail(prepared)
+    tensors, base = prepared
+    key = _signature(op, base)
+    verdict = verdicts.get(key) if verdicts is not None and key is not None else None
+    if verdict is None:
+        verdict = _judge(op, base)
+        if verdicts is not None and key is not None:
+            verdicts[key] = verdict
+    if isinstance(verdict, str):
+        return fail(verdict)
+    return _coupling(op, name, tensors, base, *verdict)
+
+
+def _prepare(op: OpView, captured: tuple) -> tuple[list, _Inputs] | str:
+    """The op's tensor inputs (position, value, fx node) and its probe case, or why not."""
+    out = op.out_shape
     if not isinstance(out, tuple) or not out:
-        return fail("the op does not return one tensor")
-    if op.module is not None and any(True for _ in op.module.parameters()) or \
-            op.module is not None and any(True for _ in op.module.buffers()):
-        return fail("a module with parameters or buffers of its own")
+        return "the op does not return one tensor"
+    if op.module is not None and any(True for _ in [*op.module.parameters(), *op.module.buffers()]):
+        return "a module with parameters or buffers of its own"
     args, kwargs = captured
     values: list[Any] = []
     fx.node.map_aggregate((args, kwargs), lambda a: values.append(a) or a)
-    srcs = _leaf_nodes(node)
+    srcs = _leaf_nodes(op.node)
     tensors = [(i, v, s) for i, (v, s) in enumerate(zip(values, srcs)) if isinstance(v, torch.Tensor)]
     if not tensors or len(values) != len(srcs):
-        return fail("no tensor input")
-    nd = len(out)
+        return "no tensor input"
     dims = [_line_up(v, out) for _, v, _ in tensors]
     if any(d is None for d in dims):
-        return fail("an input does not broadcast to the output (not elementwise-like)")
-    base = _Inputs(args, kwargs, [v for _, v, _ in tensors], [op.is_param(s) for _, _, s in tensors], dims)
+        return "an input does not broadcast to the output (not elementwise-like)"
+    return tensors, _Inputs(args, kwargs, [v for _, v, _ in tensors], [op.is_param(s) for _, _, s in tensors], dims)
+
+
+def _signature(op: OpView, case: _Inputs) -> tuple | None:
+    """What makes two nodes the same op for the probe (None: a module, judged alone)."""
+    if op.node.op == "call_module":
+        return None
+    parts: list = []
+    fx.node.map_aggregate((case.args, case.kwargs), lambda a: parts.append(
+        (tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else repr(a)) or a)
+    return op.node.op, op.node.target, tuple(parts), tuple(case.params)
+
+
+def _judge(op: OpView, base: _Inputs) -> tuple[dict, dict] | str:
+    """(channel-wise dims → zeros kept, mixed dims → finding), or why the op is not probed."""
+    out = op.out_shape
     y = _call(op, base, base.leaves)
     if not isinstance(y, torch.Tensor) or tuple(y.shape) != out:
-        return fail("the output differs from the traced one")
+        return "the output differs from the traced one"
     if not _close(_call(op, base, base.leaves), y):
-        return fail("two runs on the same input differ (random?)")
+        return "two runs on the same input differ (random?)"
     cases = [(base, y)]
     g = torch.Generator().manual_seed(0)
     for s in SCALES:
         leaves = [(torch.randn(v.shape, generator=g, dtype=v.dtype) * s if v.is_floating_point() else v)
                   for v in base.leaves]
-        cases.append((_Inputs(args, kwargs, leaves, base.params, dims), _call(op, base, leaves)))
+        cases.append((_Inputs(base.args, base.kwargs, leaves, base.params, base.dims), _call(op, base, leaves)))
     passed: dict[int, bool] = {}
     findings: dict[int, str] = {}
     for d, n in enumerate(out):
@@ -198,7 +232,7 @@ def _probe(op: OpView, name: str, captured: tuple) -> Coupling | Unsupported:
         for d in passed:
             findings[d] = "removing positions along several dims together changes the rest"
         passed = {}
-    return _coupling(op, name, tensors, base, passed, findings)
+    return passed, findings
 
 
 def _dim_finding(op: OpView, cases: list, d: int, n: int) -> str | None:
@@ -263,6 +297,7 @@ def _zero_stays(op: OpView, case_y: tuple, d: int, n: int) -> bool:
 
 def _coupling(op: OpView, name: str, tensors: list, case: _Inputs, passed: dict[int, bool],
               findings: dict[int, str]) -> Coupling | Unsupported:
+    """Flows along the channel-wise dims (a parameter there follows), barriers along the rest."""
     if not passed:
         why = next(iter(findings.values()), "no dim to probe")
         return Unsupported(f"no shape rule for {name}; probe: {why}")
@@ -299,3 +334,27 @@ def _coupling(op: OpView, name: str, tensors: list, case: _Inputs, passed: dict[
         c.mixed = f"no shape rule for {name}; probe: {next(iter(findings.values()))}"
     c.probed = f"channel-wise along dim{'s' if len(passed) > 1 else ''} {', '.join(map(str, sorted(passed)))}"
     return c
+
+
+# ops without a rule, as the tests probe them (tests/test_probe.py); the README lists them
+# beside the rules (`slimc rules --markdown`)
+PROBED_IN_TESTS = (
+    ("a user's activation (a `torch.fx.wrap`-ed function)", "channel-wise along every dim"),
+    ("a `torch.library` custom op (`torch.ops.<ns>.<op>`)", "channel-wise along every dim"),
+    ("a function of `x` and a per-channel weight `w` (`x * w.view(1, -1, 1, 1)`)",
+     "channel-wise; `w` is sliced with the channels"),
+    ("`torch.cumsum(x, 3)`", "channel-wise along dims 0–2; dim 3 fixed"),
+    ("`torch.fft.fft2(x)`", "channel-wise along batch and channels; the spatial dims fixed"),
+    ("`torch.cumsum(x, 1)`, `torch.fft.fft(x, dim=1)`, `torch.gather(x, 1, idx)`",
+     "mixes the channels: a barrier, the finding as its reason"),
+    ("a roll or softmax over the channels, `torch.where(x > 2.5, x.flip(1), x)`, `x / x.shape[1]`",
+     "mixes (or reads its size): a barrier"),
+    ("`x + 0.01 * torch.randn_like(x)`", "differs between two runs: a barrier"),
+)
+
+
+def probed_markdown() -> str:
+    """The README's table of probed ops."""
+    lines = ["| op without a rule | what probing finds |", "|---|---|"]
+    lines += [f"| {op} | {found} |" for op, found in PROBED_IN_TESTS]
+    return "\n".join(lines)

@@ -94,12 +94,12 @@ OPS = {
 
 
 class OneOp(nn.Module):
-    def __init__(self, op):
+    def __init__(self, op, width=8):
         super().__init__()
-        self.a = nn.Conv2d(3, 8, 1)
-        self.b = nn.Conv2d(8, 4, 1)
-        self.w = nn.Parameter(torch.rand(8) + 0.5)
-        self.register_buffer("idx", torch.randperm(8).view(1, 8, 1, 1))
+        self.a = nn.Conv2d(3, width, 1)
+        self.b = nn.Conv2d(width, 4, 1)
+        self.w = nn.Parameter(torch.rand(width) + 0.5)
+        self.register_buffer("idx", torch.randperm(width).view(1, width, 1, 1))
         self.op = op
 
     def forward(self, x):
@@ -175,7 +175,7 @@ def test_failed_check_recompiles_without_probing(monkeypatch):
 
     real = probe_mod._probe
 
-    def lenient(op, name, captured):  # a (broken) probe that calls everything channel-wise
+    def lenient(op, name, captured, verdicts=None):  # a (broken) probe that calls everything channel-wise
         out = real(op, name, captured)
         if isinstance(out, probe_mod.Unsupported) or out.mixed:
             c = probe_mod.Coupling()
@@ -204,20 +204,10 @@ def test_probe_cost_is_logarithmic_in_channels():
         return real(op, case, leaves)
 
     torch.manual_seed(0)
-
-    class Wide(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Conv2d(3, 256, 1)
-            self.b = nn.Conv2d(256, 4, 1)
-
-        def forward(self, x):
-            return self.b(swish_beta(self.a(x)))
-
     import unittest.mock as mock
 
     with mock.patch.object(probe_mod, "_call", counting):
-        res = slimc.compile(Wide().eval(), {}, torch.randn(1, 3, 2, 2))
+        res = slimc.compile(OneOp(OPS["user_activation"][0], width=256).eval(), {}, torch.randn(1, 3, 2, 2))
     assert res.report["probed"]
     assert len(calls) < 3 * 2 * 2 * 8 * 4, len(calls)  # cases × (±) × bits(256) × a few dims
 
@@ -245,17 +235,35 @@ def test_zero_analysis_of_probed_ops():
         assert (n_params(res.module) < n_params(m)) == goes, kept_reasons(res)
 
 
-def test_probe_leaves_random_ops_alone():
-    class Noisy(nn.Module):
+def test_one_function_many_calls_is_probed_once():
+    import slimc.probe as probe_mod
+
+    judged = []
+    real = probe_mod._judge
+
+    def counting(op, base):
+        judged.append(op.node.name)
+        return real(op, base)
+
+    class Many(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a = nn.Conv2d(3, 8, 1)
-            self.b = nn.Conv2d(8, 4, 1)
+            self.convs = nn.ModuleList(nn.Conv2d(8, 8, 1) for _ in range(6))
 
         def forward(self, x):
-            return self.b(noisy(self.a(x)))
+            for c in self.convs:
+                x = swish_beta(c(x))
+            return x
 
-    res = slimc.compile(Noisy().eval(), {}, torch.randn(2, 3, 4, 4), verify=False)
+    import unittest.mock as mock
+
+    with mock.patch.object(probe_mod, "_judge", counting):
+        res = slimc.compile(Many().eval(), {}, torch.randn(2, 8, 4, 4))
+    assert len(res.report["probed"]) == 6 and len(judged) == 1
+
+
+def test_probe_leaves_random_ops_alone():
+    res = slimc.compile(OneOp(lambda m, y: noisy(y)).eval(), {}, torch.randn(2, 3, 4, 4), verify=False)
     assert not res.report["probed"]
     assert "differ" in res.report["barriers"][0]["reason"]
 
