@@ -25,6 +25,7 @@ RESHAPES = {"view", "reshape", torch.reshape, *aten("view.default", "reshape.def
 CONVS = {F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default"),  # groups: args[6]
          F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
          *aten("conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input")}
+GROUP_NORMS = {F.group_norm, *aten("group_norm.default")}
 UNFLATTENS = {"unflatten", torch.unflatten, *aten("unflatten.int")}
 SPLITS = {"split", torch.split, "chunk", torch.chunk, *aten("split.Tensor", "split_with_sizes.default", "chunk.default")}
 
@@ -146,4 +147,15 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                     else:
                         node.kwargs = {**node.kwargs, "groups": cin_new}
                     modified = True
+        elif node.target in GROUP_NORMS:  # whole groups went: as many fewer groups
+            x, groups = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs["num_groups"]
+            c_old, c_new = shapes[x.name][1], plan.new_size(("v", x.name, 1))
+            if c_new != c_old:
+                new_groups = groups * c_new // c_old
+                if len(node.args) > 1:
+                    node.args = (x, new_groups, *node.args[2:])
+                else:
+                    node.kwargs = {**node.kwargs, "num_groups": new_groups}
+                modified = True
+                notes.append(f"{node.name}: num_groups → {new_groups}")
     return PassResult(gm, modified, notes)

@@ -32,6 +32,7 @@ SlotKey = tuple  # ("v", node_name, dim) or ("p", param_fqn, dim)
 @dataclass(frozen=True)
 class Unsupported:
     reason: str
+    probe: bool = False  # the rule covers only some forms of the op: probing may judge this one
 
 
 @dataclass

@@ -24,6 +24,7 @@ UNARY_FUNCTIONS = (
     torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.rsqrt,
     torch.square, torch.sin, torch.cos, torch.erf, torch.clamp, torch.clip, torch.pow,
     torch.nn.functional.relu_, torch.relu_, torch.erf, operator.neg, torch.nn.functional.threshold,
+    torch.clamp_min, torch.clamp_max,
 )
 UNARY_ATEN = tuple(aten(
     "relu.default", "relu_.default", "relu6.default", "hardtanh.default", "hardtanh_.default", "leaky_relu.default",
@@ -32,11 +33,12 @@ UNARY_ATEN = tuple(aten(
     "dropout.default", "clone.default", "contiguous.default", "alias.default", "exp.default", "abs.default",
     "neg.default", "sqrt.default", "rsqrt.default", "clamp.default", "pow.Tensor_Scalar", "_to_copy.default",
     "to.dtype", "to.dtype_layout", "to.device", "erf.default", "lift_fresh_copy.default", "detach.default",
+    "clamp_min.default", "clamp_max.default",
 ))
 UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "tanh", "exp", "abs", "neg", "sqrt", "rsqrt", "square", "sin",
     "cos", "erf", "clamp", "clamp_", "clip", "pow", "contiguous", "clone", "detach", "float",
-    "half", "bfloat16", "to", "type_as", "sigmoid_", "tanh_", "mul_scalar",
+    "half", "bfloat16", "to", "type_as", "sigmoid_", "tanh_", "mul_scalar", "clamp_min", "clamp_max",
 )
 
 
@@ -61,12 +63,12 @@ def _unary_fn(op: OpView):
     return lambda t: op.node.target(t, *rest, **op.node.kwargs)
 
 
-@shape_rule(*UNARY_MODULES, *UNARY_FUNCTIONS, *UNARY_METHODS, *UNARY_ATEN)
+@shape_rule(*UNARY_MODULES, *UNARY_FUNCTIONS, *UNARY_METHODS, *UNARY_ATEN, operator.pow)
 def unary(op: OpView) -> Coupling | Unsupported:
     """Elementwise unary: every dim passes one-to-one (zero kept iff f(0) == 0, checked)."""
     x = op.arg(0, "input")
-    if not isinstance(x, fx.Node) or op.shape(x) != op.out_shape:
-        return Unsupported("elementwise op whose output shape differs from its input")
+    if not isinstance(x, fx.Node) or op.shape(x) != op.out_shape:  # 2 ** x, x ** y: probed
+        return Unsupported("elementwise op whose output shape differs from its input", probe=True)
     fn = _unary_fn(op)
     return identity_all(Coupling(), op, x, zero_ok=fn is not None and zero_preserving(fn))
 

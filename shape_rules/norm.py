@@ -121,6 +121,29 @@ def batchnorm_functional(op: OpView) -> Coupling | Unsupported:
     return c
 
 
+@shape_rule(F.group_norm, *aten("group_norm.default"))
+def groupnorm_functional(op: OpView) -> Coupling | Unsupported:
+    """Functional GroupNorm (timm's GroupNorm1 subclass): the module's coupling, γ and β
+    as graph attributes; whole groups only."""
+    x, groups = op.arg(0, "input"), op.arg(1, "num_groups")
+    xs = op.shape(x)
+    if xs is None or not isinstance(groups, int) or len(xs) < 2:
+        return Unsupported("group norm with computed groups or an unbatched input")
+    c = Coupling()
+    for d in range(len(xs)):
+        c.flow(op.slot(x, d), op.out(d), zero_ok=False)
+    for pos, name, term in ((2, "weight", 0), (3, "bias", 1)):
+        p = op.arg(pos, name)
+        if p is None:
+            continue
+        if not op.is_param(p):
+            return Unsupported("group norm whose weight/bias are computed tensors")
+        c.param("follower", op.slot(p, 0), op.out(1), term=term)
+    per = xs[1] // groups
+    c.constraints.append(Blocks(op.slot(x, 1), per, f"GroupNorm '{op.node.name}' removes whole groups of {per}"))
+    return c
+
+
 @resizer(*BN)
 def _resize_bn(m: nn.Module, new: dict) -> None:
     for k in ("weight", "running_mean"):

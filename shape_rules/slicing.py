@@ -138,8 +138,9 @@ def getitem(op: OpView) -> Coupling | Unsupported:
     items = op.shapes.get(src.name)
     if not isinstance(items, list):
         return index(op, src, k)
-    if not isinstance(k, int):
+    if not isinstance(k, int) or not -len(items) <= k < len(items):
         return Unsupported("tuple item with a computed index")
+    k %= len(items)  # spx[-1]
     c = Coupling()
     for j, shp in enumerate(items):
         for path, s in tensor_leaves(f"{src.name}#{j}", shp):

@@ -59,7 +59,7 @@ def split(op: OpView) -> Coupling | Unsupported:
     return c
 
 
-_TRANSPOSES = ("transpose", torch.transpose, "swapaxes", torch.swapaxes, *aten("transpose.int"))
+_TRANSPOSES = ("transpose", torch.transpose, "swapaxes", torch.swapaxes, *aten("transpose.int", "swapaxes.default"))
 
 
 def _perm(op: OpView, nd: int) -> list[int] | None:
@@ -82,7 +82,7 @@ def _perm(op: OpView, nd: int) -> list[int] | None:
 
 
 @shape_rule("transpose", torch.transpose, "permute", torch.permute, "t", "swapaxes", torch.swapaxes,
-            *aten("transpose.int", "permute.default"))
+            *aten("transpose.int", "permute.default", "swapaxes.default"))
 def permute(op: OpView) -> Coupling | Unsupported:
     """transpose / permute: output dim i is input dim perm[i], one-to-one."""
     x = op.arg(0, "input")

@@ -114,6 +114,8 @@ def _apply_rule(node: fx.Node, gm: fx.GraphModule, shapes: dict[str, Any], probe
             result = rule(view)
         except Exception as e:  # a rule bug must not produce a wrong model
             result = Unsupported(f"rule for {name} failed: {type(e).__name__}: {e}".splitlines()[0])
+        if isinstance(result, Unsupported) and result.probe and probe is not None:
+            result = probe(view, name)
     if isinstance(result, Unsupported):
         c = Coupling()
         _barrier_everything(c, node, shapes, result.reason)

@@ -29,6 +29,7 @@ from torch import fx
 
 from slimc.shape_rules import Coupling, OpView, Unsupported, find_rule
 
+CALLS = ("call_function", "call_method", "call_module")
 SCALES = (1.0, 100.0)  # random inputs besides the captured ones: N(0, s²)
 RTOL = 1e-6
 
@@ -61,9 +62,8 @@ class Prober:
         self.captured: dict[str, tuple] | None = None
         self.verdicts: dict = {}
 
-    def _capture(self) -> dict[str, tuple]:
-        need = {n.name for n in self.gm.graph.nodes
-                if n.op in ("call_function", "call_method", "call_module") and find_rule(n, self.gm) is None}
+    def _capture(self, need: set[str]) -> dict[str, tuple]:
+        """The args of the nodes named ``need``, from one run of the graph on the example inputs."""
         store: dict[str, tuple] = {}
 
         class _Capture(fx.Interpreter):
@@ -85,8 +85,12 @@ class Prober:
         return store
 
     def __call__(self, op: OpView, name: str) -> Coupling | Unsupported:
-        if self.captured is None:
-            self.captured = self._capture()
+        if self.captured is None:  # every node without a rule, in one run
+            self.captured = self._capture({n.name for n in self.gm.graph.nodes if n.op in CALLS and
+                                           find_rule(n, self.gm) is None})
+        if op.node.name not in self.captured:  # a rule declined this form (2 ** x): its kind, in one more run
+            self.captured.update(self._capture({n.name for n in self.gm.graph.nodes if n.op in CALLS and
+                                                n.target == op.node.target}))
         got = self.captured.get(op.node.name)
         if got is None:
             return Unsupported(f"no shape rule for {name} (not probed: its inputs were not captured)")
@@ -127,8 +131,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -
         return False
     if mask is not None:
         a, b = a[mask], b[mask]
-    if a.is_floating_point() or a.is_complex():
-        return bool(((a - b).abs() <= RTOL * (1 + b.abs())).all())
+    if a.is_floating_point() or a.is_complex():  # equal, close, or both NaN (overflowing values)
+        return bool(((a == b) | ((a - b).abs() <= RTOL * (1 + b.abs())) | (a.isnan() & b.isnan())).all())
     return torch.equal(a, b)
 
 
