@@ -6,14 +6,16 @@ are joined, and used iff the output is (attention ``bhqd,bhkd->bhqk``, ``bhqk,bh
 A parameter operand is a weight (``bchw,oc->bohw``): its output letters create channels
 (source) and its contracted letters consume the other operands' (sink). A letter of one
 operand alone that the output lacks is summed: its removed channels must be zero there.
-All operands are factors of one product. Diagonals (``ii->i``) are not supported.
+All operands are factors of one product. Diagonals (``ii->i``) are not supported. In a
+contraction of two values with several batch letters the last one is marked as the head
+axis (a hint for pruners, as for ``matmul``).
 """
 from __future__ import annotations
 
 import torch
 from torch import fx
 
-from slimc.shape_rules import Coupling, Link, NeedsZero, OpView, Unsupported, aten, shape_rule
+from slimc.shape_rules import Coupling, HeadAxis, Link, NeedsZero, OpView, Unsupported, aten, shape_rule
 
 ELLIPSIS = "…"
 
@@ -98,4 +100,7 @@ def einsum(op: OpView) -> Coupling | Unsupported:
                     c.use(op.slot(x, d), used_by)
     for ch in {ch for t in terms for ch in t if ch not in rhs and ch not in anchor and sum(ch in s for s in terms) > 1}:
         return Unsupported(f"einsum '{eq}' contracts '{ch}' between parameters only")
+    batch = [ch for ch in rhs if all(ch in t for t in terms)]
+    if len(ops) == 2 and anchor and len(batch) >= 2 and not any(op.is_param(x) for x in ops):
+        c.constraints.append(HeadAxis(op.out(rhs.index(batch[-1]))))  # (batch, heads, …) as in attention
     return c

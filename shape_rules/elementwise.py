@@ -186,6 +186,20 @@ def mul(op: OpView) -> Coupling | Unsupported:
     return c
 
 
+@shape_rule(torch.addcmul, "addcmul", *aten("addcmul.default"))
+def addcmul(op: OpView) -> Coupling | Unsupported:
+    """input + value·t1·t2 (ConvNeXt-V2's GRN): the input is one term (a learned one is a
+    source), the product another, t1 and t2 its factors (a learned one follows)."""
+    x, t1, t2 = op.arg(0, "input"), op.arg(1, "tensor1"), op.arg(2, "tensor2")
+    if not isinstance(op.out_shape, tuple) or not all(_is_tensor(op, t) for t in (x, t1, t2)):
+        return Unsupported("addcmul of non-tensors")
+    c = Coupling()
+    _broadcast(op, c, x, kind="source", term=0)
+    for t in (t1, t2):
+        _broadcast(op, c, t, kind="follower", term=1)
+    return c
+
+
 @shape_rule(operator.truediv, operator.itruediv, torch.div, "div", "div_", *aten("div.Tensor", "div_.Tensor", "div.Scalar"))
 def div(op: OpView) -> Coupling | Unsupported:
     """a / b: zero and dead follow the numerator; the denominator's channels join (tie only)."""

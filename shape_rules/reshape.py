@@ -68,7 +68,9 @@ def reshape(op: OpView) -> Coupling | Unsupported:
         if n == 1:
             c.cover(op.out(d))
     for bi, bj in pairs:
-        if len(bi) == 1 and len(bj) == 1:
+        if len(bi) == 1 and len(bj) == 1 and op.is_param(x):  # self.gamma.view(1, -1, 1, 1): it follows
+            c.param("follower", op.slot(x, bi[0]), op.out(bj[0]), term=0)
+        elif len(bi) == 1 and len(bj) == 1:
             c.flow(op.slot(x, bi[0]), op.out(bj[0]))
         elif len(bj) == 1:
             c.reshapes.append(Reshape(op.out(bj[0]), [op.slot(x, d) for d in bi], [ins[d] for d in bi], False, op.node.name))

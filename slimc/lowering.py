@@ -87,9 +87,9 @@ def _drop_paths(gm: fx.GraphModule, training: bool) -> bool:
                 out = graph.call_function(operator.mul, (x, noise))
         node.replace_all_uses_with(out)
         graph.erase_node(node)
-        if node.op == "call_module":
-            gm.delete_submodule(node.target)
         changed = True
+    if changed:  # the lowered library modules (one may be called in several places) are gone
+        gm.delete_all_unused_submodules()
     return changed
 
 

@@ -22,7 +22,8 @@ from test_rules import randomize_norms
 MASKS = ("filter", "sinks", "groups")
 # HF's channels-first LayerNorm takes the variance of x - mean(x) over the channels: a removed
 # channel contributes mean² there, so the stream channels it normalizes cannot go exactly
-KEPT_BY_MATH = {"hf_convnext_layer": "sums over dim 1: the removed channel is not zero at its input"}
+KEPT_BY_MATH = {"hf_convnext_layer": "sums over dim 1: the removed channel is not zero at its input",
+                "timm_poolformer_group_norm1": "removes whole groups"}  # one group: all channels or none
 
 
 def build(name: str, seed: int = 0, train: bool = False) -> tuple[nn.Module, torch.Tensor]:

@@ -200,3 +200,34 @@ def test_random_filter_masks_through_every_op():
         torch.manual_seed(1)
         m = Block(op, extra=nn.Upsample(scale_factor=2) if name == "upsample_module" else None).eval()
         assert_contract(m, random_filter_masks(m, 0.5, 1), torch.randn(2, 3, 6, 6))
+
+
+def test_einsum_attention_heads_for_the_pruner():
+    """The head letter of a value-value einsum is marked as heads (as matmul's is): the
+    dependency-aware pruner masks whole heads, and they go."""
+    from slimc.prune import group_masks
+
+    class MaxViTAttention(nn.Module):  # torchvision's RelativePositionalMultiHeadAttention, small
+        def __init__(self, d=8, heads=2):
+            super().__init__()
+            self.inp = nn.Linear(4, d)
+            self.to_qkv = nn.Linear(d, 3 * d)
+            self.merge = nn.Linear(d, d)
+            self.heads, self.dh = heads, d // heads
+            self.bias = nn.Parameter(torch.randn(heads, 5, 5))
+
+        def forward(self, x):
+            x = self.inp(x)
+            b, g, p, d = x.shape
+            q, k, v = (t.reshape(b, g, p, self.heads, self.dh).permute(0, 1, 3, 2, 4)
+                       for t in torch.chunk(self.to_qkv(x), 3, dim=-1))
+            dot = torch.einsum("B G H I D, B G H J D -> B G H I J", q, k * self.dh ** -0.5)
+            out = torch.einsum("B G H I J, B G H J D -> B G H I D", F.softmax(dot + self.bias, dim=-1), v)
+            return self.merge(out.permute(0, 1, 3, 2, 4).reshape(b, g, p, d))
+
+    torch.manual_seed(0)
+    m = MaxViTAttention().eval()
+    x = torch.randn(2, 3, 5, 4)
+    res = assert_contract(m, group_masks(m, x, ratio=0.5), x)
+    assert not res.report["kept"], kept_reasons(res)
+    assert len(removed_idx(res, m, "bias")) == 1 and res.module.get_parameter("to_qkv.weight").shape[0] == 12

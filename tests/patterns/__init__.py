@@ -76,6 +76,17 @@ PATTERNS: dict[str, tuple[Callable[[], nn.Module], tuple]] = {
     "timm_dpn_dual_path": (lambda: Net(_timm_stem(), DPNBody(), 16 + 16), (2, 3, 8, 8)),
     "timm_rexnet_partial_residual": (lambda: Net(_timm_stem(), nn.Sequential(
         timm.LinearBottleneck(16, 24), timm.LinearBottleneck(24, 32)), 32), (2, 3, 8, 8)),
+    "timm_resnest_split_attention": (lambda: Net(_timm_stem(), nn.Sequential(
+        timm.SplitAttn(16, 16), timm.ConvNormAct(16, 24)), 24), (2, 3, 8, 8)),
+    "timm_res2net_splits": (lambda: Net(_timm_stem(), nn.Sequential(
+        timm.Res2NetSplits(4, 4), timm.ConvNormAct(16, 24)), 24), (2, 3, 8, 8)),
+    "timm_convnextv2_grn": (lambda: Net(nn.Sequential(nn.Conv2d(3, 16, 2, 2), timm.LayerNorm2d(16)),
+                                        nn.Sequential(timm.ConvNeXtV2Block(16), timm.ConvNeXtV2Block(16)), 16),
+                            (2, 3, 8, 8)),
+    "timm_poolformer_group_norm1": (lambda: Net(_timm_stem(), nn.Sequential(
+        timm.PoolFormerBlock(16), timm.ConvNormAct(16, 24)), 24), (2, 3, 8, 8)),
+    "timm_edgenext_pos_encoding": (lambda: Net(_timm_stem(), nn.Sequential(
+        timm.PositionalEncodingFourier(4, 16), timm.ConvNormAct(16, 24)), 24), (2, 3, 8, 8)),
     "tv_mbconv_stochastic_depth": (lambda: Net(_tv_stem(), nn.Sequential(tv.MBConv(16, 16), tv.MBConv(16, 16)), 16),
                                    (2, 3, 8, 8)),
     "tv_convnext_layer_scale": (lambda: Net(nn.Sequential(nn.Conv2d(3, 16, 2, 2), tv.LayerNorm2d(16)), nn.Sequential(

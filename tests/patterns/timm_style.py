@@ -323,3 +323,138 @@ class LinearBottleneck(nn.Module):
         else:
             x = torch.cat([x[:, 0:self.in_channels] + shortcut, x[:, self.in_channels:]], dim=1)
         return x
+
+
+class SplitAttn(nn.Module):
+    """timm/layers/split_attn.py (ResNeSt): radix branches from one conv, summed over the
+    radix axis, re-weighted by a softmax across it."""
+
+    def __init__(self, in_channels, out_channels, radix=2, rd_ratio=0.25):
+        super().__init__()
+        self.radix = radix
+        mid_chs = out_channels * radix
+        attn_chs = make_divisible(in_channels * radix * rd_ratio, min_value=8, divisor=8)
+        self.conv = nn.Conv2d(in_channels, mid_chs, 3, padding=1, groups=radix, bias=False)
+        self.bn0 = nn.BatchNorm2d(mid_chs)
+        self.act0 = nn.ReLU(inplace=True)
+        self.fc1 = nn.Conv2d(out_channels, attn_chs, 1)
+        self.act1 = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(attn_chs, mid_chs, 1)
+
+    def rsoftmax(self, x):
+        batch = x.size(0)
+        x = x.view(batch, 1, self.radix, -1).transpose(1, 2)
+        x = F.softmax(x, dim=1)
+        return x.reshape(batch, -1)
+
+    def forward(self, x):
+        x = self.act0(self.bn0(self.conv(x)))
+        B, RC, H, W = x.shape
+        x = x.reshape((B, self.radix, RC // self.radix, H, W))
+        x_gap = x.sum(dim=1)
+        x_gap = x_gap.mean((2, 3), keepdim=True)
+        x_attn = self.fc2(self.act1(self.fc1(x_gap)))
+        x_attn = self.rsoftmax(x_attn).view(B, -1, 1, 1)
+        out = (x * x_attn.reshape((B, self.radix, RC // self.radix, 1, 1))).sum(dim=1)
+        return out.contiguous()
+
+
+class Res2NetSplits(nn.Module):
+    """timm/models/res2net.py: split into scale pieces, hierarchical convs, the last piece
+    passed as ``spx[-1]``, concatenated."""
+
+    def __init__(self, width=4, scale=4):
+        super().__init__()
+        self.width = width
+        self.convs = nn.ModuleList([nn.Conv2d(width, width, 3, padding=1, bias=False) for _ in range(scale - 1)])
+        self.bns = nn.ModuleList([nn.BatchNorm2d(width) for _ in range(scale - 1)])
+
+    def forward(self, out):
+        spx = torch.split(out, self.width, 1)
+        spo = []
+        sp = spx[0]
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            sp = spx[i] if i == 0 else sp + spx[i]
+            sp = F.relu(bn(conv(sp)))
+            spo.append(sp)
+        spo.append(spx[-1])
+        return torch.cat(spo, 1)
+
+
+class GlobalResponseNorm(nn.Module):
+    """timm/layers/grn.py (ConvNeXt-V2), channels last."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.rand(dim) + 0.5)
+        self.bias = nn.Parameter(torch.rand(dim))
+
+    def forward(self, x):
+        x_g = x.norm(p=2, dim=(1, 2), keepdim=True)
+        x_n = x_g / (x_g.mean(dim=-1, keepdim=True) + self.eps)
+        return x + torch.addcmul(self.bias.view(1, 1, 1, -1), self.weight.view(1, 1, 1, -1), x * x_n)
+
+
+class ConvNeXtV2Block(nn.Module):
+    """timm/models/convnext.py with GRN in the MLP."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.grn = GlobalResponseNorm(4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        shortcut = x
+        x = self.norm(self.conv_dw(x).permute(0, 2, 3, 1))
+        x = self.fc2(self.grn(self.act(self.fc1(x))))
+        return x.permute(0, 3, 1, 2) + shortcut
+
+
+class GroupNorm1(nn.GroupNorm):
+    """timm/layers/norm.py (PoolFormer): GroupNorm with one group, its own forward."""
+
+    def __init__(self, num_channels, **kwargs):
+        super().__init__(1, num_channels, **kwargs)
+
+    def forward(self, x):
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class PoolFormerBlock(nn.Module):
+    """timm/models/metaformer.py: pooling token mixer between GroupNorm1s, layer scales."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1 = GroupNorm1(dim)
+        self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        self.norm2 = GroupNorm1(dim)
+        self.fc1 = nn.Conv2d(dim, 2 * dim, 1)
+        self.fc2 = nn.Conv2d(2 * dim, dim, 1)
+        self.layer_scale1 = nn.Parameter(torch.rand(dim, 1, 1) + 0.5)
+
+    def forward(self, x):
+        y = self.norm1(x)
+        x = x + self.layer_scale1 * (self.pool(y) - y)
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class PositionalEncodingFourier(nn.Module):
+    """timm/models/edgenext.py: reads its conv's ``weight.device`` (a get_attr of a leaf's param)."""
+
+    def __init__(self, hidden_dim=4, dim=16):
+        super().__init__()
+        self.token_projection = nn.Conv2d(hidden_dim * 2, dim, kernel_size=1)
+        self.hidden_dim = hidden_dim
+
+    def forward(self, x):
+        device, dtype = self.token_projection.weight.device, self.token_projection.weight.dtype
+        b, _, h, w = x.shape
+        y_embed = torch.arange(1, h + 1, device=device, dtype=dtype).view(1, 1, h, 1).expand(b, self.hidden_dim, h, w)
+        x_embed = torch.arange(1, w + 1, device=device, dtype=dtype).view(1, 1, 1, w).expand(b, self.hidden_dim, h, w)
+        pos = torch.cat((y_embed.sin(), x_embed.cos()), dim=1)
+        return x + self.token_projection(pos)
