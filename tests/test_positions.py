@@ -50,6 +50,8 @@ CHANNEL_WISE = {
     "interpolate_scale_bilinear": lambda m, y: F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False),
     "interpolate_scale_nearest": lambda m, y: F.interpolate(y, scale_factor=1.5, mode="nearest"),
     "upsample_module": lambda m, y: m.extra(y),
+    "normalize_channels": lambda m, y: F.normalize(y, dim=1),  # removed channels are zero: no share of the norm
+    "norm_over_space": lambda m, y: y * y.norm(p=2, dim=(2, 3), keepdim=True),
 }
 
 
