@@ -10,10 +10,11 @@
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slimc.shape_rules import Coupling, OpView, Unsupported, aten, arange, shape_rule
+from slimc.shape_rules import Coupling, Link, OpView, Unsupported, aten, arange, shape_rule
 
 CONSTANT_PADS = (*aten("constant_pad_nd.default"),)
 COPYING_PADS = tuple(aten("reflection_pad1d.default", "reflection_pad2d.default", "reflection_pad3d.default",
@@ -50,6 +51,12 @@ def pad(op: OpView) -> Coupling | Unsupported:
             c.flow(op.slot(x, d), op.out(d))
         elif mode == "constant" and before >= 0 and after >= 0:
             c.flow(op.slot(x, d), op.out(d), None, arange(xs[d]) + before, zero_ok=value in (None, 0, 0.0))
+            # the pad positions: always there (a fixed count), so tied to a fixed virtual slot
+            pads = ("v", f"{op.node.name}#pad{d}", 0)
+            c.virtual[pads] = before + after
+            c.barrier(pads, "padding positions (a fixed count)")
+            where = np.concatenate([arange(before), arange(after) + before + xs[d]])
+            c.links.append(Link("tie", pads, op.out(d), arange(before + after), where, term=None))
         else:
             why = f"{mode} padding copies edge positions" if mode != "constant" else "negative padding crops"
             c.barrier(op.slot(x, d), why).barrier(op.out(d), why)

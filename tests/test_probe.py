@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import slimc
@@ -269,7 +268,6 @@ def test_probe_leaves_random_ops_alone():
     assert "differ" in res.report["barriers"][0]["reason"]
 
 
-def test_functional_layer_of_mixing_op_in_report():
+def test_mixing_user_function_is_named_in_the_report():
     _, res = _compile("softmax_channels")
     assert any("softmax_channels" in b["op"] for b in res.report["barriers"])
-    assert F is not None
