@@ -233,3 +233,13 @@ def test_einsum_attention_heads_for_the_pruner():
     res = assert_contract(m, group_masks(m, x, ratio=0.5), x)
     assert not res.report["kept"], kept_reasons(res)
     assert len(removed_idx(res, m, "bias")) == 1 and res.module.get_parameter("to_qkv.weight").shape[0] == 12
+
+
+def test_padded_positions_stay_when_their_readers_are_masked():
+    """Zero padding makes its positions whatever is masked after it: a sink mask on a padded
+    column cannot remove it."""
+    torch.manual_seed(0)
+    m = Block(lambda m, y: F.pad(y, (0, 0, 0, 0, 1, 1)), cin_b=10).eval()
+    masks = {"b.weight": mask_rows(m, "b.weight", [0, 3, 9], dim=1)}
+    res = assert_contract(m, masks, torch.randn(2, 3, 6, 6))
+    assert removed_idx(res, m, "b.weight", 1) == {3}  # column 3 reads channel 2; 0 and 9 are padding
