@@ -15,11 +15,14 @@ __all__ = ["PassResult", "RewriteContext", "SizeEvent", "run_pipeline"]
 
 
 def _pipeline() -> list[tuple[str, Callable[[fx.GraphModule, RewriteContext], PassResult]]]:
-    from slimc.passes import drop_dead, exact_layernorm, exact_mean, patch_constants, slice_params
+    from slimc.passes import (drop_dead, exact_layernorm, exact_mean, patch_constants, patch_factories, patch_slices,
+                              slice_params)
 
     return [
         ("slice_params", slice_params.run),  # smaller leaf modules and params, same classes
         ("patch_constants", patch_constants.run),  # view/reshape sizes, split sizes, conv groups
+        ("patch_slices", patch_slices.run),  # x[:, a:b] bounds: the count of kept channels before them
+        ("patch_factories", patch_factories.run),  # torch.zeros(B, H) sizes (an RNN cell's initial state)
         ("exact_mean", exact_mean.run),  # a mean over pruned channels divides by the original count
         ("exact_layernorm", exact_layernorm.run),  # LayerNorm stats as if removed channels were zeros
         ("drop_dead", drop_dead.run),  # dead nodes out, lint, recompile

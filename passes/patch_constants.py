@@ -19,13 +19,14 @@ from slimc.passes.context import PassResult, RewriteContext, SizeEvent
 
 from slimc.shape_rules import aten
 from slimc.shape_rules.attention import SDPA, sdpa_scale
-from slimc.shape_rules.structural import EXPANDS, index_positions, size_query, static_range
+from slimc.shape_rules.structural import EXPANDS, size_query
 
 RESHAPES = {"view", "reshape", torch.reshape, *aten("view.default", "reshape.default", "_unsafe_view.default"), *EXPANDS}
-CONVS = {F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default")}
+CONVS = {F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default"),  # groups: args[6]
+         F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+         *aten("conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input")}
+GROUP_NORMS = {F.group_norm, *aten("group_norm.default")}
 UNFLATTENS = {"unflatten", torch.unflatten, *aten("unflatten.int")}
-SLICES = {*aten("slice.Tensor")}
-NARROWS = {"narrow", torch.narrow, *aten("narrow.default")}
 SPLITS = {"split", torch.split, "chunk", torch.chunk, *aten("split.Tensor", "split_with_sizes.default", "chunk.default")}
 
 
@@ -88,58 +89,6 @@ def _changed(old, new) -> str:
     return ", ".join(f"dim {d}: {o} → {n}" for d, (o, n) in enumerate(zip(old, new)) if o != n) or "as before"
 
 
-def _new_range(plan, x: fx.Node, dim: int, picked: range) -> range | None:
-    """Where ``picked`` (positions of dim ``dim`` of ``x``) lies among the kept positions."""
-    kept = plan.kept_idx(("v", x.name, dim))
-    if kept is None:
-        return None
-    start = int((kept < picked.start).sum())
-    return range(start, start + int(((kept >= picked.start) & (kept < picked.stop)).sum()))
-
-
-def _patch_slice(ctx: RewriteContext, node: fx.Node) -> bool:
-    """Static slice bounds (``qkv[..., :q_size]``, ``aten.slice``, ``narrow``) moved to where the
-    picked positions lie among the kept ones."""
-    shapes = ctx.plan.dg.shapes
-    if node.target is operator.getitem:
-        x, k = node.args
-        if not isinstance(x, fx.Node) or not isinstance(shapes.get(x.name), tuple) or isinstance(shapes.get(node.name), list):
-            return False
-        n = shapes[x.name]
-        items = list(k) if isinstance(k, tuple) else [k]
-        changed = False
-        for pos, i, d in index_positions(k, len(n)):
-            if pos is None or not isinstance(i, slice) or d is None:
-                continue
-            picked = static_range(i.start, i.stop, i.step, n[d])
-            new = _new_range(ctx.plan, x, d, picked) if picked is not None and picked != range(n[d]) else None
-            if new is not None and new != picked:
-                items[pos] = slice(new.start, new.stop, i.step)
-                changed = True
-        if changed:
-            node.args = (x, tuple(items) if isinstance(k, tuple) else items[0])
-        return changed
-    x, dim = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    n = shapes.get(x.name)
-    if not isinstance(n, tuple) or not isinstance(dim, int):
-        return False
-    dim %= len(n)
-    a = list(node.args) + [None] * (5 - len(node.args))
-    if node.target in NARROWS:
-        picked = static_range(a[2], a[2] + a[3], 1, n[dim]) if isinstance(a[2], int) and isinstance(a[3], int) else None
-    else:
-        picked = static_range(a[2], a[3], a[4] if a[4] is not None else 1, n[dim])
-    new = _new_range(ctx.plan, x, dim, picked) if picked is not None and picked != range(n[dim]) else None
-    if new is None or new == picked:
-        return False
-    if node.target in NARROWS:
-        node.args = (x, dim, new.start, len(new))
-    else:
-        end = a[3] if isinstance(a[3], int) and a[3] >= n[dim] else new.stop
-        node.args = (x, dim, new.start, end, *node.args[4:])
-    return True
-
-
 def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
     plan = ctx.plan
     shapes = plan.dg.shapes
@@ -147,13 +96,6 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
     modified = False
     for node in list(gm.graph.nodes):
         old = shapes.get(node.name)
-        if (node.target in SLICES or node.target in NARROWS or node.target is operator.getitem) \
-                and node.op in ("call_function", "call_method"):
-            if _patch_slice(ctx, node):
-                ctx.events.append(SizeEvent.at(node, "slice"))
-                modified = True
-                notes.append(f"{node.name}: slice bounds moved to the kept positions")
-            continue
         if node.target in RESHAPES and node.op in ("call_method", "call_function") and isinstance(old, tuple):
             new = _new_shape(plan, node.name, old)
             if new == list(old) and not any(_reads_changed(plan, a) for a in node.all_input_nodes[1:]):
@@ -223,4 +165,15 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                     else:
                         node.kwargs = {**node.kwargs, "groups": cin_new}
                     modified = True
+        elif node.target in GROUP_NORMS:  # whole groups went: as many fewer groups
+            x, groups = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs["num_groups"]
+            c_old, c_new = shapes[x.name][1], plan.new_size(("v", x.name, 1))
+            if c_new != c_old:
+                new_groups = groups * c_new // c_old
+                if len(node.args) > 1:
+                    node.args = (x, new_groups, *node.args[2:])
+                else:
+                    node.kwargs = {**node.kwargs, "num_groups": new_groups}
+                modified = True
+                notes.append(f"{node.name}: num_groups → {new_groups}")
     return PassResult(gm, modified, notes)

@@ -41,6 +41,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             shared[id(orig)] = nn.Parameter(sliced, requires_grad=orig.requires_grad)
         return shared[id(orig)]
 
+    leaves = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target not in done:
             done.add(node.target)
@@ -72,7 +73,8 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             resize(new, sizes)
             _set(gm, node.target, new)
             modified = True
-        elif node.op == "get_attr" and node.target not in done:
+        elif node.op == "get_attr" and node.target not in done and node.target.rpartition(".")[0] not in leaves:
+            # (a leaf module's own param read by get_attr, e.g. `.weight.device`, is sliced with the module)
             done.add(node.target)
             t = getattr(gm.get_submodule(node.target.rpartition(".")[0]) if "." in node.target else gm, node.target.rpartition(".")[2])
             if isinstance(t, torch.Tensor):

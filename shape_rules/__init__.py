@@ -32,6 +32,7 @@ SlotKey = tuple  # ("v", node_name, dim) or ("p", param_fqn, dim)
 @dataclass(frozen=True)
 class Unsupported:
     reason: str
+    probe: bool = False  # the rule covers only some forms of the op: probing may judge this one
 
 
 @dataclass
@@ -66,6 +67,25 @@ class Blocks:
 
 
 @dataclass
+class EqualCount:
+    """These slots must lose as many elements as each other: one ``hidden_size`` serves
+    every layer and direction of an ``nn.LSTM`` (a layer that would lose more keeps some)."""
+
+    slots: list
+    why: str
+
+
+@dataclass
+class KeepMore:
+    """Each slot of ``big`` keeps more elements than each slot of ``small`` (an LSTM's
+    ``proj_size`` must stay below its ``hidden_size``): ``big`` keeps some it would lose."""
+
+    big: list
+    small: list
+    why: str
+
+
+@dataclass
 class NeedsZero:
     """Removed elements of ``slot`` must be exactly zero in the reference (LayerNorm stats)."""
 
@@ -89,6 +109,9 @@ class Coupling:
     covered: set = field(default_factory=set)  # slots described without a link (size-1, scalars)
     virtual: dict = field(default_factory=dict)  # slots of no tensor (a reshape's common refinement) → size
     uses: list = field(default_factory=list)  # (input slot, output slot): a contracted dim is used iff the output is
+    probed: str = ""  # set by slimc.probe: the op has no rule, this coupling is what probing found
+    mixed: str = ""  # set by slimc.probe: the dims it found mixed (barriers), reported like a missing rule
+    zeros: list = field(default_factory=list)  # output slots that are zero whatever the inputs (torch.zeros)
 
     def use(self, contracted: SlotKey, by: SlotKey) -> "Coupling":
         """``contracted`` (a dim that the op sums over) is in use iff any element of ``by`` is."""
@@ -118,6 +141,19 @@ class Coupling:
     def cover(self, slot: SlotKey) -> "Coupling":
         self.covered.add(slot)
         return self
+
+
+@dataclass(frozen=True)
+class ByName:
+    """An op of a library slimc does not import (torchvision, timm), keyed by the qualified
+    name of its function or module class, e.g. ``torchvision.ops.stochastic_depth.stochastic_depth``."""
+
+    name: str
+
+
+def qualified_name(obj: Any) -> str | None:
+    mod, qn = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    return f"{mod}.{qn}" if isinstance(mod, str) and isinstance(qn, str) else None
 
 
 Rule = Callable[["OpView"], Union[Coupling, Unsupported]]
@@ -176,6 +212,8 @@ def op_name(key: Any) -> str:
         )
     if isinstance(key, str):
         return f"Tensor.{key}"
+    if isinstance(key, ByName):
+        return key.name
     if isinstance(key, torch._ops.OpOverload):
         return f"aten.{key._opname}.{key._overloadname}"
     mod = getattr(key, "__module__", "") or ""
@@ -191,6 +229,9 @@ def module_rule(cls: type) -> Rule | None:
     """The rule for a module class (a torch.nn subclass inherits its base's rule)."""
     if cls in RULES:
         return RULES[cls]
+    by_name = RULES.get(ByName(qualified_name(cls) or ""))
+    if by_name is not None:
+        return by_name
     if cls.__module__.startswith("torch.nn"):
         for base in cls.__mro__[1:]:
             if base in RULES:
@@ -200,7 +241,20 @@ def module_rule(cls: type) -> Rule | None:
 
 def find_rule(node: fx.Node, gm: fx.GraphModule) -> Rule | None:
     key = op_key(node, gm)
-    return module_rule(key) if isinstance(key, type) else RULES.get(key)
+    if isinstance(key, type):
+        return module_rule(key)
+    rule = RULES.get(key) if _hashable(key) else None
+    if rule is None and node.op == "call_function":
+        rule = RULES.get(ByName(qualified_name(key) or ""))
+    return rule
+
+
+def _hashable(key: Any) -> bool:
+    try:
+        hash(key)
+    except TypeError:
+        return False
+    return True
 
 
 class OpView:
@@ -258,12 +312,12 @@ class OpView:
             return ("p", str(x.target), d)
         return ("v", x.name, d)
 
-    def out(self, dim: int, item: int | None = None) -> SlotKey:
-        shp = self.out_shape
-        if item is not None:
-            shp = shp[item]
-            return ("v", f"{self.node.name}#{item}", dim % len(shp))
-        return ("v", self.node.name, dim % len(shp))
+    def out(self, dim: int, item: int | tuple | None = None) -> SlotKey:
+        """Slot of output dim ``dim`` (of tuple item ``item``; a tuple of ints for nested items)."""
+        shp, name = self.out_shape, self.node.name
+        for i in (item,) if isinstance(item, int) else item or ():
+            shp, name = shp[i], f"{name}#{i}"
+        return ("v", name, dim % len(shp))
 
     def p(self, name: str, dim: int) -> SlotKey:
         """Slot of dim ``dim`` of this module's param/buffer ``name``."""
@@ -274,6 +328,16 @@ class OpView:
 
     def is_param(self, x: Any) -> bool:
         return isinstance(x, fx.Node) and x.op == "get_attr"
+
+
+def tensor_leaves(name: str, shp: Any) -> list[tuple[str, tuple]]:
+    """(value name, shape) of each tensor of a node's shape: ``name`` for a tensor,
+    ``name#i`` (``name#i#j`` nested: an LSTM's ``(out, (h, c))``) for tuple items."""
+    if isinstance(shp, tuple):
+        return [(name, shp)]
+    if isinstance(shp, list):
+        return [leaf for i, s in enumerate(shp) for leaf in tensor_leaves(f"{name}#{i}", s)]
+    return []
 
 
 def identity_all(c: Coupling, op: OpView, x: fx.Node, *, zero_ok: bool = True, term: int = 0) -> Coupling:
@@ -302,11 +366,16 @@ def _load_rule_modules() -> None:
     from slimc.shape_rules import (  # noqa: F401
         attention,
         conv,
+        einsum,
         elementwise,
+        library,
         linear,
         norm,
         pooling,
+        positions,
+        recurrent,
         reshape,
+        slicing,
         structural,
     )
 

@@ -76,28 +76,43 @@ def _tie(slot, a_idx, b_idx):
 @shape_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, F.conv_transpose1d, F.conv_transpose2d,
             F.conv_transpose3d, *aten("conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input"))
 def conv_transpose(op: OpView) -> Coupling | Unsupported:
-    """Transposed conv: weight is (in, out/groups, *k): rows sink the input, cols source the output."""
+    """Transposed conv: weight is (in, out/groups, *k): rows sink the input, cols source the
+    output. Grouped: the same in/out positions go in every group (groups stay aligned);
+    depthwise (groups = in): input channel i makes outputs i·m … i·m+m-1."""
     if op.module is not None:
         groups = op.module.groups
         w = lambda d: op.p("weight", d)  # noqa: E731
         b = (lambda d: op.p("bias", d)) if op.module.bias is not None else None
     else:
         wn, bn, groups = op.arg(1, "weight"), op.arg(2, "bias"), op.arg(6, "groups", 1)
-        if not op.is_param(wn) or (bn is not None and not op.is_param(bn)):
-            return Unsupported("functional transposed conv with a computed weight or bias")
+        if not op.is_param(wn) or (bn is not None and not op.is_param(bn)) or not isinstance(groups, int):
+            return Unsupported("functional transposed conv with a computed weight, bias or groups")
         w = lambda d: op.slot(wn, d)  # noqa: E731
         b = (lambda d: op.slot(bn, d)) if bn is not None else None
-    if groups != 1:
-        return Unsupported("grouped ConvTranspose is not supported yet")
     x = op.arg(0, "input")
-    if len(op.shape(x)) < 3:
+    xs, os_ = op.shape(x), op.out_shape
+    if len(xs) < 3 or len(os_) != len(xs):
         return Unsupported("unbatched convolution input")
+    cin, cout = xs[1], os_[1]
     c = Coupling().flow(op.slot(x, 0), op.out(0))
     _spatial(c, op, x)
-    c.param("sink", w(0), op.slot(x, 1))
-    c.param("source", w(1), op.out(1))
     if b is not None:
         c.param("follower", b(0), op.out(1), term=1)
+    o = arange(cout)
+    if groups == 1:
+        c.param("sink", w(0), op.slot(x, 1))
+        c.param("source", w(1), op.out(1))
+    elif groups == cin:  # depthwise, multiplier m: output o = i·m + k is made by weight row i alone
+        m = cout // cin
+        c.flow(op.slot(x, 1), op.out(1), o // m, o)
+        c.param("source", w(0), op.out(1), o // m, o)
+        c.cover(w(1))
+    else:  # grouped: input i is row i; output o is column o % (out/groups) of its group
+        ci, co = cin // groups, cout // groups
+        c.param("sink", w(0), op.slot(x, 1))
+        c.param("source", w(1), op.out(1), o % co, o)
+        i = arange(cin)
+        c.links.append(_tie(op.slot(x, 1), i, i % ci))
     return c
 
 
@@ -116,5 +131,7 @@ def _resize_conv(m: nn.Module, new: dict) -> None:
 @resizer(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 def _resize_convt(m: nn.Module, new: dict) -> None:
     w = new["weight"]
+    if m.groups > 1 and m.groups == m.in_channels:  # depthwise: one group per input channel
+        m.groups = w[0]
     m.in_channels, m.out_channels = w[0], w[1] * m.groups
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from slimc.shape_rules import Coupling, OpView, Unsupported, aten, identity_all, resizer, shape_rule, zero_preserving
+from slimc.shape_rules import (Coupling, OpView, Unsupported, aten, arange, identity_all, resizer, shape_rule,
+                               zero_preserving)
 
 UNARY_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -23,6 +24,7 @@ UNARY_FUNCTIONS = (
     torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.rsqrt,
     torch.square, torch.sin, torch.cos, torch.erf, torch.clamp, torch.clip, torch.pow,
     torch.nn.functional.relu_, torch.relu_, torch.erf, operator.neg, torch.nn.functional.threshold,
+    torch.clamp_min, torch.clamp_max,
 )
 UNARY_ATEN = tuple(aten(
     "relu.default", "relu_.default", "relu6.default", "hardtanh.default", "hardtanh_.default", "leaky_relu.default",
@@ -32,11 +34,12 @@ UNARY_ATEN = tuple(aten(
     "neg.default", "sqrt.default", "rsqrt.default", "clamp.default", "pow.Tensor_Scalar", "_to_copy.default",
     "to.dtype", "to.dtype_layout", "to.device", "erf.default", "lift_fresh_copy.default", "detach.default",
     "sin.default", "cos.default", "square.default", "log.default", "reciprocal.default", "sign.default",
+    "clamp_min.default", "clamp_max.default",
 ))
 UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "tanh", "exp", "abs", "neg", "sqrt", "rsqrt", "square", "sin",
     "cos", "erf", "clamp", "clamp_", "clip", "pow", "contiguous", "clone", "detach", "float",
-    "half", "bfloat16", "to", "type_as", "sigmoid_", "tanh_", "mul_scalar",
+    "half", "bfloat16", "to", "type_as", "sigmoid_", "tanh_", "mul_scalar", "clamp_min", "clamp_max",
 )
 
 
@@ -61,14 +64,34 @@ def _unary_fn(op: OpView):
     return lambda t: op.node.target(t, *rest, **op.node.kwargs)
 
 
-@shape_rule(*UNARY_MODULES, *UNARY_FUNCTIONS, *UNARY_METHODS, *UNARY_ATEN)
+@shape_rule(*UNARY_MODULES, *UNARY_FUNCTIONS, *UNARY_METHODS, *UNARY_ATEN, operator.pow)
 def unary(op: OpView) -> Coupling | Unsupported:
     """Elementwise unary: every dim passes one-to-one (zero kept iff f(0) == 0, checked)."""
     x = op.arg(0, "input")
-    if not isinstance(x, fx.Node) or op.shape(x) != op.out_shape:
-        return Unsupported("elementwise op whose output shape differs from its input")
+    if not isinstance(x, fx.Node) or op.shape(x) != op.out_shape:  # 2 ** x, x ** y: probed
+        return Unsupported("elementwise op whose output shape differs from its input", probe=True)
     fn = _unary_fn(op)
     return identity_all(Coupling(), op, x, zero_ok=fn is not None and zero_preserving(fn))
+
+
+@shape_rule(nn.GLU, F.glu, *aten("glu.default"))
+def glu(op: OpView) -> Coupling | Unsupported:
+    """GLU along dim d: output c = a_c · σ(b_c) with a, b the two halves of d, so input
+    channels c and c + n/2 go with output channel c (other dims pass)."""
+    x = op.arg(0, "input")
+    dim = op.module.dim if op.module is not None else op.arg(1, "dim", -1)
+    xs = op.shape(x)
+    if xs is None or not isinstance(dim, int) or not isinstance(op.out_shape, tuple):
+        return Unsupported("glu along a computed dim")
+    dim %= len(xs)
+    half = xs[dim] // 2
+    c = Coupling()
+    for d in range(len(xs)):
+        if d != dim:
+            c.flow(op.slot(x, d), op.out(d))
+    c.flow(op.slot(x, dim), op.out(dim), arange(half), arange(half))
+    c.flow(op.slot(x, dim), op.out(dim), arange(half) + half, arange(half), zero_ok=False)  # σ(b): a factor
+    return c
 
 
 @shape_rule(nn.PReLU, F.prelu)
@@ -161,6 +184,20 @@ def mul(op: OpView) -> Coupling | Unsupported:
     for x in (a, b):
         if _is_tensor(op, x):
             _broadcast(op, c, x, kind="follower", term=0)
+    return c
+
+
+@shape_rule(torch.addcmul, "addcmul", *aten("addcmul.default"))
+def addcmul(op: OpView) -> Coupling | Unsupported:
+    """input + value·t1·t2 (ConvNeXt-V2's GRN): the input is one term (a learned one is a
+    source), the product another, t1 and t2 its factors (a learned one follows)."""
+    x, t1, t2 = op.arg(0, "input"), op.arg(1, "tensor1"), op.arg(2, "tensor2")
+    if not isinstance(op.out_shape, tuple) or not all(_is_tensor(op, t) for t in (x, t1, t2)):
+        return Unsupported("addcmul of non-tensors")
+    c = Coupling()
+    _broadcast(op, c, x, kind="source", term=0)
+    for t in (t1, t2):
+        _broadcast(op, c, t, kind="follower", term=1)
     return c
 
 

@@ -23,6 +23,27 @@ def _affine(c: Coupling, op: OpView, ch_slot) -> None:
             c.param("follower", op.p(buf, 0), ch_slot, term=None)
 
 
+def _normalized(op: OpView, x) -> Coupling:
+    """Every dim passes; a normalized value is not zero where its input is."""
+    c = Coupling()
+    for d in range(len(op.shape(x))):
+        c.flow(op.slot(x, d), op.out(d), zero_ok=False)
+    return c
+
+
+def _functional_params(c: Coupling, op: OpView, params, ch_dim: int, what: str) -> Unsupported | None:
+    """γ, β (and running statistics) passed as graph attributes follow the channel; ``params``
+    is ((position, keyword, term), …)."""
+    for pos, name, term in params:
+        p = op.arg(pos, name)
+        if p is None:
+            continue
+        if not op.is_param(p):
+            return Unsupported(f"{what} whose weight/bias/statistics are computed tensors")
+        c.param("follower", op.slot(p, 0), op.out(ch_dim), term=term)
+    return None
+
+
 @shape_rule(*BN)
 def batchnorm(op: OpView) -> Coupling | Unsupported:
     """Per-channel statistics: γ, β, running stats follow the channel (always exact)."""
@@ -30,9 +51,7 @@ def batchnorm(op: OpView) -> Coupling | Unsupported:
     xs = op.shape(x)
     if len(xs) < 2:
         return Unsupported("unbatched normalization input")
-    c = Coupling()
-    for d in range(len(xs)):
-        c.flow(op.slot(x, d), op.out(d), zero_ok=False)
+    c = _normalized(op, x)
     _affine(c, op, op.out(1))
     return c
 
@@ -42,9 +61,7 @@ def groupnorm(op: OpView) -> Coupling | Unsupported:
     """Statistics per group of channels: only whole groups can go (num_groups shrinks)."""
     x = op.arg(0, "input")
     xs = op.shape(x)
-    c = Coupling()
-    for d in range(len(xs)):
-        c.flow(op.slot(x, d), op.out(d), zero_ok=False)
+    c = _normalized(op, x)
     _affine(c, op, op.out(1))
     per = op.module.num_channels // op.module.num_groups
     c.constraints.append(Blocks(op.slot(x, 1), per, f"GroupNorm '{op.node.target}' removes whole groups of {per}"))
@@ -60,9 +77,7 @@ def layernorm(op: OpView) -> Coupling | Unsupported:
         return Unsupported("LayerNorm over several dims (only the last dim is supported)")
     x = op.arg(0, "input")
     xs = op.shape(x)
-    c = Coupling()
-    for d in range(len(xs)):
-        c.flow(op.slot(x, d), op.out(d), zero_ok=False)
+    c = _normalized(op, x)
     _affine(c, op, op.out(-1))
     c.constraints.append(NeedsZero(op.slot(x, -1), f"LayerNorm '{op.node.target}' averages over its channels"))
     return c
@@ -80,26 +95,18 @@ def layernorm_functional(op: OpView) -> Coupling | Unsupported:
         shape = op.shape(size_query(shape)[0])
     if xs is None or not isinstance(shape, (list, tuple)) or len(shape) != 1:
         return Unsupported("LayerNorm over several dims (only the last dim is supported)")
-    c = Coupling()
-    for d in range(len(xs)):
-        c.flow(op.slot(x, d), op.out(d), zero_ok=False)
-    for pos, name, term in ((2, "weight", 0), (3, "bias", 1)):
-        p = op.arg(pos, name)
-        if p is None:
-            continue
-        if not op.is_param(p):
-            return Unsupported("LayerNorm whose weight/bias are computed tensors")
-        c.param("follower", op.slot(p, 0), op.out(-1), term=term)
+    c = _normalized(op, x)
+    bad = _functional_params(c, op, ((2, "weight", 0), (3, "bias", 1)), -1, "LayerNorm")
+    if bad:
+        return bad
     c.constraints.append(NeedsZero(op.slot(x, -1), f"LayerNorm '{op.node.name}' averages over its channels"))
     return c
 
 
-# functional forms: positions of (weight, bias, running_mean, running_var) among the args
-_FUNCTIONAL_BN = {F.batch_norm: (3, 4, 1, 2)}
-for _op in aten("batch_norm.default"):
-    _FUNCTIONAL_BN[_op] = (1, 2, 3, 4)
-for _op in aten("_native_batch_norm_legit_no_training.default"):
-    _FUNCTIONAL_BN[_op] = (1, 2, 3, 4)
+# functional forms: (position, keyword, term) of weight, bias, running_mean, running_var
+_FUNCTIONAL_BN = {F.batch_norm: ((3, "weight", 0), (4, "bias", 1), (1, "running_mean", None), (2, "running_var", None))}
+for _op in aten("batch_norm.default", "_native_batch_norm_legit_no_training.default"):
+    _FUNCTIONAL_BN[_op] = ((1, "weight", 0), (2, "bias", 1), (3, "running_mean", None), (4, "running_var", None))
 
 
 @shape_rule(*_FUNCTIONAL_BN)
@@ -109,17 +116,24 @@ def batchnorm_functional(op: OpView) -> Coupling | Unsupported:
     xs = op.shape(x)
     if not isinstance(op.out_shape, tuple) or xs is None or len(xs) < 2:
         return Unsupported("batch norm with several results or an unbatched input")
-    c = Coupling()
-    for d in range(len(xs)):
-        c.flow(op.slot(x, d), op.out(d), zero_ok=False)
-    terms = (0, 1, None, None)
-    for pos, term in zip(_FUNCTIONAL_BN[op.node.target], terms):
-        p = op.arg(pos)
-        if p is None:
-            continue
-        if not op.is_param(p):
-            return Unsupported("batch norm whose weight/bias/statistics are computed tensors")
-        c.param("follower", op.slot(p, 0), op.out(1), term=term)
+    c = _normalized(op, x)
+    return _functional_params(c, op, _FUNCTIONAL_BN[op.node.target], 1, "batch norm") or c
+
+
+@shape_rule(F.group_norm, *aten("group_norm.default"))
+def groupnorm_functional(op: OpView) -> Coupling | Unsupported:
+    """Functional GroupNorm (timm's GroupNorm1 subclass): the module's coupling, γ and β
+    as graph attributes; whole groups only."""
+    x, groups = op.arg(0, "input"), op.arg(1, "num_groups")
+    xs = op.shape(x)
+    if xs is None or not isinstance(groups, int) or len(xs) < 2:
+        return Unsupported("group norm with computed groups or an unbatched input")
+    c = _normalized(op, x)
+    bad = _functional_params(c, op, ((2, "weight", 0), (3, "bias", 1)), 1, "group norm")
+    if bad:
+        return bad
+    per = xs[1] // groups
+    c.constraints.append(Blocks(op.slot(x, 1), per, f"GroupNorm '{op.node.name}' removes whole groups of {per}"))
     return c
 
 

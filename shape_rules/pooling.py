@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from slimc.shape_rules import Coupling, NeedsZero, OpView, Reshape, Unsupported, aten, shape_rule
+from slimc.shape_rules import Coupling, NeedsZero, OpView, Reshape, Unsupported, aten, identity_all, shape_rule
 
 POOL_MODULES = {
     nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
@@ -57,7 +57,12 @@ def _channels_pass(op: OpView, x, n_lead: int, why: str, *, zero_ok: bool = True
 
 @shape_rule(nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, F.interpolate, F.upsample,
             *aten("upsample_bilinear2d.vec", "upsample_nearest2d.vec", "upsample_bilinear2d.default",
-                  "upsample_nearest2d.default", "upsample_bicubic2d.vec"))
+                  "upsample_nearest2d.default", "upsample_bicubic2d.vec", "upsample_bicubic2d.default",
+                  "upsample_nearest1d.vec", "upsample_nearest1d.default", "upsample_nearest3d.vec",
+                  "upsample_nearest3d.default", "upsample_linear1d.vec", "upsample_linear1d.default",
+                  "upsample_trilinear3d.vec", "upsample_trilinear3d.default", "_upsample_nearest_exact1d.vec",
+                  "_upsample_nearest_exact2d.vec", "_upsample_nearest_exact3d.vec", "_upsample_bilinear2d_aa.vec",
+                  "_upsample_bicubic2d_aa.vec"))
 def resample(op: OpView) -> Coupling | Unsupported:
     """Upsample / interpolate: batch and channel dims pass; spatial dims are resampled (fixed)."""
     x = op.arg(0, "input")
@@ -127,18 +132,27 @@ def reduce(op: OpView) -> Coupling | Unsupported:
     x = op.arg(0, "input")
     if not isinstance(x, fx.Node):
         return Unsupported("reduction of a non-tensor")
-    xs = op.shape(x)
-    dims = _dims(op, len(xs))
+    dims = _dims(op, len(op.shape(x)))
     if dims is None:
         return Unsupported("reduction over computed dims")
     keep = op.arg(2, "keepdim", False) or op.node.kwargs.get("keepdim", False)
+    return _reduced(op, x, dims, keep, op.node.target in ADDITIVE)
+
+
+def _reduced(op: OpView, x: fx.Node, dims: list[int], keep: bool, additive: bool) -> Coupling:
+    """Kept dims pass; a reduced dim is read whole: an additive reduction (sum, mean, a
+    p-norm) needs removed channels zero there, a max/min fixes it."""
+    xs = op.shape(x)
     c = Coupling()
     od = 0
+    out_dims = len(op.out_shape) if isinstance(op.out_shape, tuple) else 0
     for d in range(len(xs)):
         if d in dims:
-            if op.node.target in ADDITIVE:
+            if additive:
                 c.cover(op.slot(x, d))
                 c.constraints.append(NeedsZero(op.slot(x, d), f"'{op.node.name}' sums over dim {d}"))
+                if out_dims:  # every position of a summed dim is read wherever the result is
+                    c.use(op.slot(x, d), op.out(0))
             else:
                 c.barrier(op.slot(x, d), f"reduced by {op.node.target}")
             if keep:
@@ -147,4 +161,40 @@ def reduce(op: OpView) -> Coupling | Unsupported:
         else:
             c.flow(op.slot(x, d), op.out(od))
             od += 1
+    return c
+
+
+NORMS = ("norm", torch.norm, torch.linalg.vector_norm, *aten("linalg_vector_norm.default", "norm.ScalarOpt_dim"))
+
+
+@shape_rule(*NORMS)
+def vector_norm(op: OpView) -> Coupling | Unsupported:
+    """Vector p-norm over dims (ConvNeXt-V2's GRN): kept dims pass; a removed channel must
+    be zero in a reduced dim, where it then adds nothing to the norm."""
+    x = op.arg(0, "input")
+    xs = op.shape(x)
+    if xs is None or not isinstance(op.out_shape, tuple):
+        return Unsupported("norm of a non-tensor")
+    dim = op.arg(2, "dim")
+    if dim is None:
+        dims = list(range(len(xs)))
+    elif isinstance(dim, int):
+        dims = [dim % len(xs)]
+    elif isinstance(dim, (list, tuple)) and all(isinstance(d, int) for d in dim):
+        dims = sorted(d % len(xs) for d in dim)
+    else:
+        return Unsupported("norm over computed dims")
+    return _reduced(op, x, dims, bool(op.arg(3, "keepdim", False)), True)
+
+
+@shape_rule(F.normalize)
+def normalize(op: OpView) -> Coupling | Unsupported:
+    """F.normalize(x, p, dim): x / ‖x‖ along ``dim``: every dim passes (zeros stay zeros);
+    a removed channel must be zero along ``dim``, where it adds nothing to the norm."""
+    x, dim = op.arg(0, "input"), op.arg(2, "dim", 1)
+    xs = op.shape(x)
+    if xs is None or not isinstance(dim, int):
+        return Unsupported("normalize along a computed dim")
+    c = identity_all(Coupling(), op, x)
+    c.constraints.append(NeedsZero(op.slot(x, dim), f"'{op.node.name}' normalizes over dim {dim % len(xs)}"))
     return c

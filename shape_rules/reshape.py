@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from slimc.shape_rules import Coupling, OpView, Reshape, Unsupported, aten, shape_rule
+from slimc.shape_rules import Coupling, Link, OpView, Reshape, Unsupported, aten, shape_rule
 
 
 def blocks(ins: tuple, outs: tuple) -> list[tuple[list[int], list[int]]] | None:
@@ -45,7 +45,7 @@ def blocks(ins: tuple, outs: tuple) -> list[tuple[list[int], list[int]]] | None:
 
 @shape_rule(
     "view", "reshape", torch.reshape, "flatten", torch.flatten, nn.Flatten, nn.Unflatten,
-    "squeeze", torch.squeeze, "unsqueeze", torch.unsqueeze, "unflatten", torch.unflatten,
+    "squeeze", torch.squeeze, "unsqueeze", torch.unsqueeze, "unflatten", torch.unflatten, "reshape_as", "view_as",
     *aten("view.default", "reshape.default", "_unsafe_view.default", "flatten.using_ints", "squeeze.dim",
           "squeeze.dims", "squeeze.default", "unsqueeze.default", "unflatten.int"),
 )
@@ -68,7 +68,9 @@ def reshape(op: OpView) -> Coupling | Unsupported:
         if n == 1:
             c.cover(op.out(d))
     for bi, bj in pairs:
-        if len(bi) == 1 and len(bj) == 1:
+        if len(bi) == 1 and len(bj) == 1 and op.is_param(x):  # self.gamma.view(1, -1, 1, 1): it follows
+            c.param("follower", op.slot(x, bi[0]), op.out(bj[0]), term=0)
+        elif len(bi) == 1 and len(bj) == 1:
             c.flow(op.slot(x, bi[0]), op.out(bj[0]))
         elif len(bj) == 1:
             c.reshapes.append(Reshape(op.out(bj[0]), [op.slot(x, d) for d in bi], [ins[d] for d in bi], False, op.node.name))
@@ -76,6 +78,10 @@ def reshape(op: OpView) -> Coupling | Unsupported:
             c.reshapes.append(Reshape(op.slot(x, bi[0]), [op.out(d) for d in bj], [outs[d] for d in bj], True, op.node.name))
         else:
             _regroup(op, c, x, bi, bj)
+    like = op.arg(1, "other") if op.node.target in ("reshape_as", "view_as") else None
+    if isinstance(like, fx.Node) and op.shape(like) == outs:  # the shape is read from ``like`` at run time
+        for d in range(len(outs)):
+            c.links.append(Link("tie", op.slot(like, d), op.out(d), None, None, term=None))
     return c
 
 

@@ -52,7 +52,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
     _guard_outputs([a.model, a.masks], [out / n for n in ("slim.pt", "slim.onnx", "report.json", "masks.pth", "inputs.pt")])
     model, inputs, masks = _load(a.model, a.masks)
     res = slimc.compile(model, masks, inputs, mode=a.mode, verify=not a.no_verify, front_end=a.front_end,
-                        renorm=a.renorm, allow_empty=a.allow_empty, name=Path(a.model).stem)
+                        renorm=a.renorm, allow_empty=a.allow_empty, name=Path(a.model).stem, probe=not a.no_probe)
     spec = str(Path(a.model).resolve()) if Path(a.model).is_file() else a.model
     res.report["source"] = {"model": spec, "masks": str(Path(a.masks).resolve()) if a.masks else None,
                             "weights": str(Path(a.weights).resolve()) if a.weights else None}
@@ -155,7 +155,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     from slimc.inspect import inspect_model, render_inspection
 
     model, inputs, masks = _load(a.model, a.masks)
-    info = inspect_model(model, inputs, masks, front_end=a.front_end)
+    info = inspect_model(model, inputs, masks, front_end=a.front_end, probe=not a.no_probe)
     if a.json:
         print(json.dumps(info, indent=2, default=str))
     else:
@@ -243,6 +243,10 @@ def rules_markdown() -> str:
         doc = " ".join((fn.__doc__ or "").split())
         fam = f"`{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}`"
         lines.append(f"| {fam} | {', '.join(f'`{o}`' for o in sorted(set(ops)))} | {doc} |")
+    from slimc.probe import probed_markdown
+
+    lines += ["", "Ops without a rule are *probed* on the example inputs (`--no-probe` turns it off); as the "
+              "tests probe them:", "", probed_markdown()]
     return "\n".join(lines)
 
 
@@ -281,6 +285,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--renorm", action="store_true", help="plain LayerNorm over the kept channels (approximate) instead of the exact form")
     c.add_argument("--allow-empty", action="store_true", help="keep one zero channel where the masks remove a whole layer")
     c.add_argument("--no-verify", action="store_true", help="skip the built-in equivalence check")
+    c.add_argument("--no-probe", action="store_true", help="ops without a shape rule stay barriers (default: probed)")
     c.add_argument("--no-onnx", action="store_true", help="do not export slim.onnx")
     c.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     c.add_argument("--static-batch", action="store_true", help="fixed batch axis in ONNX (default: dynamic)")
@@ -319,6 +324,7 @@ def _parser() -> argparse.ArgumentParser:
     model_args(i)
     i.add_argument("--json", action="store_true")
     i.add_argument("-v", "--verbose", action="store_true", help="list every family and barrier")
+    i.add_argument("--no-probe", action="store_true", help="ops without a shape rule stay barriers (default: probed)")
     i.set_defaults(fn=cmd_inspect)
 
     pr = sub.add_parser("prune", help="complete masks of whole channel groups and heads (the masked model is the slim model)")

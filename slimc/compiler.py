@@ -1,7 +1,6 @@
 """``slimc.compile``: model + masks → physically slim, verified model."""
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -13,10 +12,12 @@ import torch
 from torch import fx, nn
 
 from slimc import graph as graph_mod
+from slimc.copying import clean, copy_hooks, dropped_hooks
 from slimc.errors import PlanError, SlimcError, VerifyError
 from slimc.inputs import bind
 from slimc.masks import MaskSet, normalize
 from slimc.passes import RewriteContext, run_pipeline
+from slimc.probe import Prober
 from slimc.propagate import RemovalPlan, plan as make_plan
 from slimc.report import count_flops, count_params, layer_widths
 from slimc.trace import shapes_of, trace
@@ -97,30 +98,6 @@ class CompileResult:
         return paths
 
 
-def without_prune_hooks(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with torch.nn.utils.prune reparametrizations made permanent
-    (``weight = weight_orig * weight_mask``); the model itself if it has none."""
-    from torch.nn.utils import prune
-
-    def hooks(m: nn.Module) -> list[tuple[nn.Module, str]]:
-        return [(mod, h._tensor_name) for mod in m.modules() for h in list(mod._forward_pre_hooks.values())
-                if isinstance(h, prune.BasePruningMethod)]
-
-    hooked = hooks(model)
-    if not hooked:
-        return model
-    # the computed `weight` attributes cannot be deep-copied: lift them out for the copy
-    saved = [(mod, name, mod.__dict__.pop(name)) for mod, name in hooked if name in mod.__dict__]
-    try:
-        clean = copy.deepcopy(model)
-    finally:
-        for mod, name, val in saved:
-            setattr(mod, name, val)
-    for mod, name in hooks(clean):
-        prune.remove(mod, name)  # weight = weight_orig * weight_mask, as a plain Parameter
-    return clean
-
-
 def expected_params(p: RemovalPlan) -> int:
     total = 0
     for fqn, t in p.dg.gm.named_parameters():
@@ -130,14 +107,25 @@ def expected_params(p: RemovalPlan) -> int:
 
 def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, mode: str = "channel",
             verify: bool = True, front_end: str = "auto", renorm: bool = False, allow_empty: bool = False,
-            name: str | None = None, user_model: bool = True) -> CompileResult:
+            name: str | None = None, user_model: bool = True, probe: bool = True) -> CompileResult:
     """Compile ``model`` under ``masks`` into a physically smaller module.
 
     ``model`` is never modified: the slim module is a new object. ``masks`` may be NNI
     style, flat ``{param_fqn: 0/1 tensor}``, a prune state dict or a MaskSet.
     ``user_model``: also make the user's own class slim (``res.model``), verified like the graph.
+    ``probe``: ops without a shape rule are probed on the example inputs and treated as
+    channel-wise where no mixing is found (slimc.probe); if the built-in check then fails,
+    the model is compiled again with them as barriers.
     """
     t_start = time.perf_counter()
+
+    def unprobed() -> CompileResult:
+        res = compile(model, masks, example_inputs, mode=mode, verify=verify, front_end=front_end, renorm=renorm,
+                      allow_empty=allow_empty, name=name, user_model=user_model, probe=False)
+        res.report["notes"].append("the check failed with the probed ops treated as channel-wise: "
+                                   "compiled again with them as barriers")
+        return res
+
     if not isinstance(model, nn.Module):
         raise SlimcError(f"model is a {type(model).__name__}, not an nn.Module")
     if example_inputs is None:
@@ -148,10 +136,11 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
     times: dict[str, float] = {}
     t = time.perf_counter()
+    hooks, given = dropped_hooks(model), model
+    model = clean(model)  # slimc.copying: reparametrizations made plain params; hooks, caches left out
     user = normalize(masks, model)
     times["masks"] = time.perf_counter() - t
     t = time.perf_counter()
-    model = without_prune_hooks(model)
     traced = trace(model, inputs, front_end, meta=on_meta)
     used_params = count_params(traced.gm)
     times["trace"] = time.perf_counter() - t
@@ -162,7 +151,8 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     times["flops"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    dg = graph_mod.build(traced.gm, shapes_of(traced.gm))
+    prober = Prober(traced.gm, inputs) if probe and not on_meta else None
+    dg = graph_mod.build(traced.gm, shapes_of(traced.gm), prober)
     times["graph"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -203,8 +193,11 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         "groups_removed": p.n_groups_removed,
         "kept": p.kept_reasons,
         "barriers": graph_mod.unsupported_table(dg),
+        "probed": graph_mod.probed_table(dg),
         "unstructured_zeros": user.unstructured_zeros(),
         "notes": [*traced.notes, *p.notes, *notes,
+                  *([f"{hooks} hook(s) of the model are not part of the slim graph (res.module); "
+                     f"the user's class (res.model) keeps them"] if hooks else []),
                   *([f"{unused:,} params of modules forward() never uses are not in the slim model"] if unused else [])],
         "times_s": times,
     }
@@ -221,7 +214,11 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         except SlimcError:
             raise
         except Exception as e:
+            if report["probed"]:
+                return unprobed()
             raise VerifyError(f"the slim model failed to run: {type(e).__name__}: {e}".splitlines()[0]) from e
+        if report["probed"] and not chk.ok:
+            return unprobed()
         times["verify"] = time.perf_counter() - t
         report["verify"] = {**chk.to_dict(), "approximate": approximate}
         if got_params != want_params:
@@ -237,6 +234,8 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     if user_model:
         t = time.perf_counter()
         um = _user_model(model, p, slim, ctx, ref if verify else None, approximate)
+        if um.model is not None and hooks:
+            copy_hooks(given, um.model)  # checked without them, like the graph; the user's hooks stay
         report["user_model"] = um.report()
         times["model"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -22,6 +22,7 @@ from slimc.shape_rules import (
     find_rule,
     op_key,
     op_name,
+    tensor_leaves,
 )
 
 
@@ -31,6 +32,11 @@ class NodeFacts:
     op: str  # readable op name
     coupling: Coupling
     unsupported: str | None = None
+
+    @property
+    def probed(self) -> str:
+        """What probing found, for an op without a rule treated as channel-wise ('' otherwise)."""
+        return self.coupling.probed
 
 
 @dataclass
@@ -64,12 +70,7 @@ class DependencyGraph:
 def _value_shapes(node: fx.Node, shapes: dict[str, Any]) -> list[tuple[str, tuple]]:
     if node.op == "get_attr":
         return []  # params and buffers are slots ("p", fqn, dim) of their own
-    s = shapes.get(node.name)
-    if isinstance(s, tuple):
-        return [(node.name, s)]
-    if isinstance(s, list):
-        return [(f"{node.name}#{i}", t) for i, t in enumerate(s) if isinstance(t, tuple)]
-    return []
+    return tensor_leaves(node.name, shapes.get(node.name))
 
 
 def _source_line(node: fx.Node) -> str:
@@ -99,18 +100,22 @@ def _touched(c: Coupling) -> set:
     return t
 
 
-def _apply_rule(node: fx.Node, gm: fx.GraphModule, shapes: dict[str, Any]) -> NodeFacts:
+def _apply_rule(node: fx.Node, gm: fx.GraphModule, shapes: dict[str, Any], probe=None) -> NodeFacts:
     key = op_key(node, gm)
     name = op_name(key)
     rule = find_rule(node, gm)
     view = OpView(node, gm, shapes)
-    if rule is None:
-        result: Coupling | Unsupported = Unsupported(f"no shape rule for {name}")
+    if rule is None and probe is not None:  # slimc.probe: channel-wise where no mixing is found
+        result: Coupling | Unsupported = probe(view, name)
+    elif rule is None:
+        result = Unsupported(f"no shape rule for {name}")
     else:
         try:
             result = rule(view)
         except Exception as e:  # a rule bug must not produce a wrong model
             result = Unsupported(f"rule for {name} failed: {type(e).__name__}: {e}".splitlines()[0])
+        if isinstance(result, Unsupported) and result.probe and probe is not None:
+            result = probe(view, name)
     if isinstance(result, Unsupported):
         c = Coupling()
         _barrier_everything(c, node, shapes, result.reason)
@@ -128,7 +133,7 @@ def _apply_rule(node: fx.Node, gm: fx.GraphModule, shapes: dict[str, Any]) -> No
             s = ("v", vname, d)
             if s not in touched and n > 1:
                 result.barrier(s, f"{name}: output dim {d} not described by its rule")
-    return NodeFacts(node, name, result)
+    return NodeFacts(node, name, result, result.mixed or None)
 
 
 def _barrier_everything(c: Coupling, node: fx.Node, shapes: dict[str, Any], reason: str) -> None:
@@ -138,7 +143,8 @@ def _barrier_everything(c: Coupling, node: fx.Node, shapes: dict[str, Any], reas
                 c.barrier(("v", vname, d), reason)
 
 
-def build(gm: fx.GraphModule, shapes: dict[str, Any]) -> DependencyGraph:
+def build(gm: fx.GraphModule, shapes: dict[str, Any], probe=None) -> DependencyGraph:
+    """``probe``: a :class:`slimc.probe.Prober` for ops without a rule (None: they are barriers)."""
     facts: list[NodeFacts] = []
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -159,7 +165,7 @@ def build(gm: fx.GraphModule, shapes: dict[str, Any]) -> DependencyGraph:
         elif not _value_shapes(node, shapes) and not any(_value_shapes(x, shapes) for x in node.all_input_nodes):
             facts.append(NodeFacts(node, "scalar", Coupling()))  # size arithmetic: no tensors involved
         else:
-            facts.append(_apply_rule(node, gm, shapes))
+            facts.append(_apply_rule(node, gm, shapes, probe))
 
     offset: dict[SlotKey, int] = {}
     size: dict[SlotKey, int] = {}
@@ -211,4 +217,10 @@ def unsupported_table(dg: DependencyGraph) -> list[dict[str, str]]:
     ]
 
 
-__all__ = ["DependencyGraph", "NodeFacts", "build", "describe_node", "unsupported_table"]
+def probed_table(dg: DependencyGraph) -> list[dict[str, str]]:
+    """Ops without a rule that probing found channel-wise (the built-in check is the proof)."""
+    return [{"node": f.node.name, "op": f.op, "found": f.probed, "source": _source_line(f.node)}
+            for f in dg.facts if f.probed]
+
+
+__all__ = ["DependencyGraph", "NodeFacts", "build", "describe_node", "probed_table", "unsupported_table"]

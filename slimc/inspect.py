@@ -9,14 +9,16 @@ from torch import nn
 from slimc import graph as graph_mod
 from slimc.inputs import bind
 from slimc.masks import normalize
+from slimc.probe import Prober
 from slimc.propagate import Propagation, _any_by_group, plan as make_plan
 from slimc.trace import shapes_of, trace
 
 
-def inspect_model(model: nn.Module, example_inputs: Any, masks: Any = None, front_end: str = "auto") -> dict:
+def inspect_model(model: nn.Module, example_inputs: Any, masks: Any = None, front_end: str = "auto",
+                  probe: bool = True) -> dict:
     inputs = bind(model, example_inputs)
     traced = trace(model, inputs, front_end)
-    dg = graph_mod.build(traced.gm, shapes_of(traced.gm))
+    dg = graph_mod.build(traced.gm, shapes_of(traced.gm), Prober(traced.gm, inputs) if probe else None)
     user = normalize(masks, model)
     P = Propagation(dg, user)
     grp, ng = P.group, P.ng
@@ -71,6 +73,7 @@ def inspect_model(model: nn.Module, example_inputs: Any, masks: Any = None, fron
         "elements": dg.n,
         "families": families,
         "unsupported": graph_mod.unsupported_table(dg),
+        "probed": graph_mod.probed_table(dg),
         "barrier_reasons": [{"reason": k, "dims": v} for k, v in sorted(barrier_reasons.items(), key=lambda kv: -kv[1])],
         "masked": masks is not None,
     }
@@ -78,6 +81,8 @@ def inspect_model(model: nn.Module, example_inputs: Any, masks: Any = None, fron
 
 def render_inspection(info: dict, console, verbose: bool = False) -> None:
     from rich.table import Table
+
+    from slimc.report import rows_table
 
     console.print(f"front end: {info['front_end']}, {info['nodes']} nodes, {info['elements']:,} channel elements")
     t = Table(title="channel families (channels created by the same source params)")
@@ -100,14 +105,11 @@ def render_inspection(info: dict, console, verbose: bool = False) -> None:
     if len(info["families"]) > len(fams):
         console.print(f"… {len(info['families']) - len(fams)} more families (--verbose)")
     if info["unsupported"]:
-        u = Table(title="ops without a usable rule (barriers)")
-        u.add_column("node")
-        u.add_column("op")
-        u.add_column("reason")
-        u.add_column("source")
-        for r in info["unsupported"]:
-            u.add_row(r["node"], r["op"], r["reason"], r["source"])
-        console.print(u)
+        console.print(rows_table("ops without a usable rule (barriers)", info["unsupported"],
+                                 ["node", "op", "reason", "source"]))
+    if info.get("probed"):
+        console.print(rows_table("ops without a rule, probed: channel-wise where no mixing was found "
+                                 "(the check is the proof)", info["probed"], ["node", "op", "found", "source"]))
     if info["barrier_reasons"]:
         b = Table(title="other fixed dims (not spatial, not graph inputs/outputs)")
         b.add_column("reason")

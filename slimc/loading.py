@@ -26,10 +26,12 @@ def _import_file(path: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise LoadError(f"cannot import '{path}': give a Python file that defines `model` and `example_inputs`")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # so that pickling the slim graph finds the user's functions it calls
     sys.path.insert(0, str(path.parent.resolve()))
     try:
         spec.loader.exec_module(mod)
     except Exception as e:
+        sys.modules.pop(name, None)
         raise LoadError(f"importing '{path}' failed: {type(e).__name__}: {e}".splitlines()[0]) from e
     finally:
         sys.path.pop(0)

@@ -24,7 +24,7 @@ from scipy.sparse.csgraph import connected_components
 from slimc.errors import PlanError
 from slimc.graph import DependencyGraph
 from slimc.masks import MaskSet
-from slimc.shape_rules import Blocks, Link, NeedsZero, SlotKey
+from slimc.shape_rules import Blocks, EqualCount, KeepMore, Link, NeedsZero, SlotKey
 
 
 @dataclass
@@ -275,35 +275,43 @@ class Propagation:
                 continue
             by_fact.setdefault(id(f), []).append((ln, a, b))
         for f in self.dg.facts:
+            for slot in f.coupling.zeros:  # torch.zeros: zero (and dead) whatever its sources
+                state[self.dg.ids(slot)] = True
             items = by_fact.get(id(f))
-            if not items:
-                continue
-            contribs = []
-            for ln, a, b in items:
-                v = value(ln, a, state, neutral)
-                if v is not None and ln.kind == "feed":  # one term for every element of b
-                    v = np.full(len(b), 1 if (v == 1).all() else 0 if (v != -1).any() else -1, np.int8)
-                if v is not None:
-                    contribs.append((b, ln.term, v))
-            if not contribs:
-                continue
-            uniq = np.unique(np.concatenate([c[0] for c in contribs]))
-            result = np.ones(len(uniq), bool)
-            has = np.zeros(len(uniq), bool)
-            for t in sorted({c[1] for c in contribs}):
-                anyv = np.zeros(len(uniq), bool)
-                present = np.zeros(len(uniq), bool)
-                for b, tt, v in contribs:
-                    if tt != t:
-                        continue
-                    li = np.searchsorted(uniq, b)
-                    np.logical_or.at(anyv, li, v == 1)
-                    np.logical_or.at(present, li, v != -1)
-                result &= anyv | ~present
-                has |= present
-            state[uniq] = result & has
-            neutral[uniq] = ~has
+            # a rule's virtual slots are values inside the op (an LSTM's units): they feed the
+            # op's outputs within the same fact, so evaluate it again once they are known
+            for _ in range(3 if items and f.coupling.virtual else 1 if items else 0):
+                self._fact_state(items, value, state, neutral)
         return state
+
+    @staticmethod
+    def _fact_state(items: list, value, state: np.ndarray, neutral: np.ndarray) -> None:
+        """Set the state of every element one fact's links reach: true where every term is."""
+        contribs = []
+        for ln, a, b in items:
+            v = value(ln, a, state, neutral)
+            if v is not None and ln.kind == "feed":  # one term for every element of b
+                v = np.full(len(b), 1 if (v == 1).all() else 0 if (v != -1).any() else -1, np.int8)
+            if v is not None:
+                contribs.append((b, ln.term, v))
+        if not contribs:
+            return
+        uniq = np.unique(np.concatenate([c[0] for c in contribs]))
+        result = np.ones(len(uniq), bool)
+        has = np.zeros(len(uniq), bool)
+        for t in sorted({c[1] for c in contribs}):
+            anyv = np.zeros(len(uniq), bool)
+            present = np.zeros(len(uniq), bool)
+            for b, tt, v in contribs:
+                if tt != t:
+                    continue
+                li = np.searchsorted(uniq, b)
+                np.logical_or.at(anyv, li, v == 1)
+                np.logical_or.at(present, li, v != -1)
+            result &= anyv | ~present
+            has |= present
+        state[uniq] = result & has
+        neutral[uniq] = ~has
 
     def live(self, sink_gone: np.ndarray | None = None) -> np.ndarray:
         """Per element, backward: does anything that is kept read it? A barrier is live; a
@@ -418,6 +426,26 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
         return True
 
     cons = list(_constraints(dg))
+
+    def equal_counts(c: EqualCount) -> bool:
+        """Slots that lose more elements than the least of them keep their last extra ones."""
+        ids = [dg.ids(s) for s in c.slots if s in dg.offset]
+        gone = [np.nonzero(removed_g[grp[i]])[0] for i in ids]
+        least = min((len(g) for g in gone), default=0)
+        extra = [i[g[least:]] for i, g in zip(ids, gone) if len(g) > least]
+        return keep(grp[np.concatenate(extra)], c.why) if extra else False
+
+    def keep_more(c: KeepMore) -> bool:
+        """A slot of ``big`` that keeps no more than the most kept of ``small`` keeps more."""
+        kept_n = lambda s: int((~removed_g[grp[dg.ids(s)]]).sum())  # noqa: E731
+        most = max((kept_n(s) for s in c.small if s in dg.offset), default=0)
+        extra = []
+        for s in c.big:
+            ids = dg.ids(s)
+            gone = np.nonzero(removed_g[grp[ids]])[0]
+            extra.append(ids[gone[: max(0, most + 1 - kept_n(s))]])
+        extra = np.concatenate(extra) if extra else np.zeros(0, np.int64)
+        return keep(grp[extra], c.why) if len(extra) else False
     # Reshape products: an element (i, j, …) of a merged/split dim lives iff every axis index
     # lives. Elements that carry sources (a shuffled channel) are *primary*: their axes follow
     # them and the kept set stays a rectangle. Elements without sources (features of a
@@ -459,6 +487,11 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
                 partial = kept_el[ids].any(axis=1) & ~kept_el[ids].all(axis=1)
                 if partial.any():
                     changed |= keep(grp[ids[partial].reshape(-1)], c.why)
+        for c in cons:
+            if isinstance(c, EqualCount):
+                changed |= equal_counts(c)
+            elif isinstance(c, KeepMore):
+                changed |= keep_more(c)
         kept_el = ~removed_g[grp]
         for pf, bg, derived, ax, primary_ax in pfs:
             lead = kept_el[pf.big] & ~derived

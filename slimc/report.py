@@ -47,6 +47,18 @@ def layer_widths(before: nn.Module, after: nn.Module) -> list[dict[str, Any]]:
     return rows
 
 
+def rows_table(title: str, rows: list[dict], keys: list[str]):
+    """A rich table of ``rows`` (dicts), one column per key."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for k in keys:
+        t.add_column(k)
+    for r in rows:
+        t.add_row(*(str(r.get(k, "")) for k in keys))
+    return t
+
+
 def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -81,13 +93,10 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
             kt.add_row(str(r["groups"]), r["reason"])
         console.print(kt)
     if report.get("barriers"):
-        bt = Table(title="unsupported ops (barriers)")
-        bt.add_column("node")
-        bt.add_column("reason")
-        bt.add_column("source")
-        for r in report["barriers"][:15]:
-            bt.add_row(r["node"], r["reason"], r.get("source", ""))
-        console.print(bt)
+        console.print(rows_table("unsupported ops (barriers)", report["barriers"][:15], ["node", "reason", "source"]))
+    if report.get("probed"):
+        console.print(rows_table("ops without a rule, probed (treated channel-wise where no mixing was found)",
+                                 report["probed"][:15], ["node", "found", "source"]))
     zeros = report.get("unstructured_zeros") or {}
     if zeros:
         n = sum(zeros.values())

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +14,9 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from slimc.copying import safe_copy
 from slimc.errors import TraceError
+from slimc.lowering import live_batch_norm_flags, lower
 
 
 @dataclass
@@ -136,8 +137,11 @@ class _Tracer(fx.Tracer):
         self.leaf_all = leaf_all
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from slimc.lowering import kept_whole
         from slimc.shape_rules import module_rule
 
+        if kept_whole(m):  # a library's drop-path: lowered to plain torch ops after the trace
+            return True
         if not super().is_leaf_module(m, qualname):
             return False
         return self.leaf_all or module_rule(type(m)) is not None
@@ -157,6 +161,7 @@ def trace_fx(model: nn.Module, leaf_all: bool = False, example_inputs: tuple = (
     graph = tracer.trace(model, concrete_args=concrete or None)
     name = model.__class__.__name__
     _live_training_flags(graph, model.training)
+    live_batch_norm_flags(graph, model.training)  # a BatchNorm subclass's own F.batch_norm
     gm = fx.GraphModule(tracer.root, graph, name)
     # forward() type annotations become node types, and torch 2.13 cannot pickle a
     # GraphModule whose code references them (torch.save fails on '_torch_Tensor_').
@@ -202,7 +207,7 @@ def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModul
 def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta: bool = False) -> Traced:
     """Trace a *copy* of ``model``; the model passed in is never touched. ``meta``: the
     parameters are on the meta device; shapes are propagated with every tensor there."""
-    model = copy.deepcopy(model)
+    model = safe_copy(model)  # slimc.copying: also models that earlier runs left state in
     notes: list[str] = caches_off(model)
     errors: list[str] = []
     # "fx (leaves)": torch.nn modules without a rule kept whole (barriers), when neither
@@ -219,6 +224,8 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta
                 gm = trace_fx(model, leaf_all=fe != "fx", example_inputs=example_inputs)
             real = to_meta(gm) if meta else {}
             propagate_shapes(gm, example_inputs)
+            if lower(gm, model.training):  # library calls, in-place slice writes → plain torch ops
+                propagate_shapes(gm, example_inputs)
         except Exception as e:  # tracing user code can raise anything
             errors.append(f"{fe}: {_first_line(e)}")
             continue

@@ -2,13 +2,13 @@
 the slim model holds exactly the parameters its kept indices imply."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
+from slimc.copying import safe_copy
 from slimc.errors import VerifyError
 from slimc.inputs import other_shapes, random_like
 from slimc.masks import MaskSet
@@ -46,7 +46,7 @@ def flat_outputs(y: Any) -> list[torch.Tensor]:
 
 def masked_copy(model: nn.Module, masks: MaskSet | dict) -> nn.Module:
     ms = masks if isinstance(masks, MaskSet) else MaskSet(dict(masks))
-    return ms.apply(copy.deepcopy(model)).eval()
+    return ms.apply(safe_copy(model)).eval()
 
 
 def run_eval(m: nn.Module, x: tuple) -> list[torch.Tensor]:

@@ -893,7 +893,7 @@ class Index(nn.Module):
         super().__init__()
         self.kind = kind
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(4 if kind == "channel_slice" else 8, 4, 1)
+        self.conv2 = nn.Conv2d({"channel_slice": 4, "channel_step": 4}.get(kind, 8), 4, 1)
 
     def forward(self, x):
         y = F.relu(self.conv1(x))
@@ -905,6 +905,8 @@ class Index(nn.Module):
             y = y[:, None].squeeze(1)
         elif self.kind == "spatial_int":
             y = y[:, :, 0].unsqueeze(2)
+        elif self.kind == "channel_step":
+            y = y[:, ::2]
         else:
             y = y[:, 2:6]
         return self.conv2(y)
@@ -917,15 +919,26 @@ def test_spatial_indexing_leaves_channels_free(kind):
     assert removed_idx(res, m, "conv1.weight") == {0, 3}
 
 
-def test_channel_slice_is_an_offset_range():
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_channel_slice_is_an_offset(front_end):
     """y[:, 2:6]: channel 3 (masked) goes at offset 1 of the slice; channels the slice never
-    reads (0, 1, 6, 7) go too; the slice bounds move to where the kept ones lie."""
+    reads (0, 1, 6, 7) go too; the slice bounds move to where the kept ones lie. The user's
+    class holds the bounds as literals: it cannot follow, and the report names the line."""
     m = build(Index, "channel_slice")
-    res = assert_contract(m, {"conv1.weight": mask_rows(m, "conv1.weight", [0, 3])}, x_(2, 3, 5, 5))
+    res = assert_contract(m, {"conv1.weight": mask_rows(m, "conv1.weight", [0, 3])}, x_(2, 3, 5, 5),
+                          front_end=front_end)
     assert removed_idx(res, m, "conv1.weight") == {0, 1, 3, 6, 7}
     assert removed_idx(res, m, "conv2.weight", dim=1) == {1}
-    assert res.model is None  # the user's class holds the bounds as literals: it cannot follow
+    assert res.module.get_parameter("conv2.weight").shape[1] == 3
+    assert res.model is None
     assert "y[:, 2:6]" in res.report["user_model"]["reason"]
+
+
+def test_stepped_channel_slice_is_a_barrier():
+    m = build(Index, "channel_step")
+    res = assert_contract(m, {"conv1.weight": mask_rows(m, "conv1.weight", [0, 3])}, x_(2, 3, 5, 5))
+    assert removed_idx(res, m, "conv1.weight") == set()
+    assert "barrier" in kept_reasons(res)
 
 
 # --------------------------------------------------------------------------- API errors

@@ -1,0 +1,108 @@
+"""Patch slice bounds where the sliced dim lost channels: ``x[:, a:b]``, ATen ``slice``,
+``narrow`` and ``slice_scatter``. A bound becomes the count of kept positions before it,
+so the slice picks exactly the kept channels of [a, b) (see shape_rules/slicing.py)."""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+from torch import fx
+
+from slimc.passes.context import PassResult, RewriteContext, SizeEvent
+from slimc.shape_rules.slicing import NARROWS, SLICE_SCATTERS, SLICES, index_entries, slice_bounds
+
+
+def _moved(kept: np.ndarray | None, bound: int | None, n: int) -> int | None:
+    """``bound`` in the slim dim: the count of kept positions before it (None stays None)."""
+    if kept is None or bound is None:
+        return bound
+    return None if bound >= n else int(np.searchsorted(kept, bound))
+
+
+def _slot(x: fx.Node, d: int):
+    return ("p", str(x.target), d) if x.op == "get_attr" else ("v", x.name, d)
+
+
+def _getitem(plan, node: fx.Node) -> bool:
+    x, k = node.args
+    shp = plan.dg.shapes.get(x.name)
+    entries = index_entries(k, len(shp)) if isinstance(shp, tuple) else None
+    if not entries:
+        return False
+    items, changed = [], False
+    for d_in, _, it in entries:
+        kept = plan.kept_idx(_slot(x, d_in)) if d_in is not None else None
+        b = slice_bounds(it, shp[d_in]) if isinstance(it, slice) and kept is not None else None
+        if b is not None and b != (0, shp[d_in]):
+            it = slice(_moved(kept, b[0], shp[d_in]), _moved(kept, b[1], shp[d_in]))
+            changed = True
+        items.append(it)
+    if changed:
+        node.args = (x, tuple(items))
+    return changed
+
+
+def _positional(node: fx.Node, names: list[str]) -> list:
+    """The node's args by position, keywords moved into place (defaults None)."""
+    args = list(node.args) + [None] * (len(names) - len(node.args))
+    for i, n in enumerate(names):
+        if n in node.kwargs:
+            args[i] = node.kwargs[n]
+    return args
+
+
+def _bounded(plan, node: fx.Node, names: list[str], slot_of) -> bool:
+    """aten.slice / slice_scatter: (…, dim, start, end, step) with the named positions."""
+    args = _positional(node, names)
+    i_dim = names.index("dim")
+    x = args[0]
+    dim = args[i_dim] or 0
+    shp = plan.dg.shapes.get(x.name)
+    if not isinstance(shp, tuple):
+        return False
+    dim %= len(shp)
+    kept = plan.kept_idx(slot_of(node, x, dim))  # the output's for a scatter: its every position is linked
+    start, end, step = args[i_dim + 1], args[i_dim + 2], args[i_dim + 3] if len(args) > i_dim + 3 else 1
+    b = slice_bounds(slice(start, end, step), shp[dim]) if kept is not None else None
+    if b is None:
+        return False
+    args[i_dim + 1], args[i_dim + 2] = _moved(kept, b[0], shp[dim]), _moved(kept, b[1], shp[dim])
+    args[i_dim + 3] = 1  # step (only 1 has bounds)
+    node.args, node.kwargs = tuple(args), {}
+    return True
+
+
+def _narrow(plan, node: fx.Node) -> bool:
+    x, dim, start, length = _positional(node, ["input", "dim", "start", "length"])
+    shp = plan.dg.shapes.get(x.name)
+    kept = plan.kept_idx(_slot(x, dim % len(shp))) if isinstance(shp, tuple) else None
+    if kept is None or not isinstance(start, int) or not isinstance(length, int):
+        return False
+    a, b = int(np.searchsorted(kept, start)), int(np.searchsorted(kept, start + length))
+    node.args, node.kwargs = (x, dim, a, b - a), {}
+    return True
+
+
+def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
+    plan = ctx.plan
+    notes: list[str] = []
+    modified = False
+    for node in gm.graph.nodes:
+        if node.op not in ("call_function", "call_method"):
+            continue
+        changed = False
+        if node.target is operator.getitem and isinstance(node.args[0], fx.Node) and \
+                isinstance(plan.dg.shapes.get(node.args[0].name), tuple):
+            changed = _getitem(plan, node)
+        elif node.target in SLICES:
+            changed = _bounded(plan, node, ["input", "dim", "start", "end", "step"], lambda n, x, d: _slot(x, d))
+        elif node.target in SLICE_SCATTERS:
+            changed = _bounded(plan, node, ["input", "src", "dim", "start", "end", "step"],
+                               lambda n, x, d: ("v", n.name, d))
+        elif node.target in NARROWS:
+            changed = _narrow(plan, node)
+        if changed:
+            modified = True
+            ctx.events.append(SizeEvent.at(node, "slice"))  # the user's class must move them too
+            notes.append(f"{node.name}: slice bounds patched")
+    return PassResult(gm, modified, notes)
