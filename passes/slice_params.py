@@ -1,26 +1,22 @@
-"""Slice params and buffers to the kept indices; replace each leaf module by a smaller
-instance of the same class (so the slim model fine-tunes like the original)."""
+"""Slice params and buffers to the kept indices (masked entries that stay are zeroed on
+the way); replace each leaf module by a smaller instance of the same class (so the slim
+model fine-tunes like the original)."""
 from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 from torch import fx, nn
 
 from slimc.passes import PassResult, RewriteContext
 from slimc.shape_rules import RESIZERS
+from slimc.shards import sliced
 
 
 def _sliced(t: torch.Tensor, fqn: str, plan) -> torch.Tensor | None:
-    out = t
-    changed = False
-    for d in range(t.dim()):
-        k = plan.kept_idx(("p", fqn, d))
-        if k is not None:
-            out = out.index_select(d, torch.from_numpy(np.asarray(k)).to(out.device))
-            changed = True
-    return out.contiguous() if changed else None
+    """``t`` masked with the final masks and cut to the kept indices; None if unchanged."""
+    out = sliced(plan, fqn, t)
+    return None if out is t else out
 
 
 def _set(root: nn.Module, path: str, value) -> None:

@@ -15,11 +15,12 @@ from torch import fx, nn
 from slimc import graph as graph_mod
 from slimc.errors import PlanError, SlimcError, VerifyError
 from slimc.inputs import bind
-from slimc.masks import MaskSet, normalize
+from slimc.masks import normalize
 from slimc.passes import RewriteContext, run_pipeline
 from slimc.propagate import RemovalPlan, plan as make_plan
-from slimc.report import count_flops, count_params, layer_widths
-from slimc.trace import shapes_of, trace
+from slimc.flops import dg_flops
+from slimc.report import StageClock, count_params, layer_widths
+from slimc.trace import own_tensors, shapes_of, trace
 from slimc.verify import Masked as _Masked, Reference, masks_cover
 
 
@@ -137,7 +138,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     style, flat ``{param_fqn: 0/1 tensor}``, a prune state dict or a MaskSet.
     ``user_model``: also make the user's own class slim (``res.model``), verified like the graph.
     """
-    t_start = time.perf_counter()
+    clock = StageClock()
     if not isinstance(model, nn.Module):
         raise SlimcError(f"model is a {type(model).__name__}, not an nn.Module")
     if example_inputs is None:
@@ -146,47 +147,40 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     on_meta = any(t.is_meta for t in model.parameters())
     if on_meta:  # shapes only: the example inputs go to the meta device too
         inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
-    times: dict[str, float] = {}
-    t = time.perf_counter()
     user = normalize(masks, model)
-    times["masks"] = time.perf_counter() - t
-    t = time.perf_counter()
+    clock.lap("masks")
     model = without_prune_hooks(model)
+    clock.lap("copy")
     traced = trace(model, inputs, front_end, meta=on_meta)
     used_params = count_params(traced.gm)
-    times["trace"] = time.perf_counter() - t
-    t = time.perf_counter()
-    # counted on the traced graph: the same ops the slim model runs (a fused fast path of the
-    # original, e.g. TransformerEncoderLayer in eval, is invisible to the FLOP counter)
-    flops_before = count_flops(traced.gm, inputs)
-    times["flops"] = time.perf_counter() - t
+    clock.lap("trace")
 
-    t = time.perf_counter()
     dg = graph_mod.build(traced.gm, shapes_of(traced.gm))
-    times["graph"] = time.perf_counter() - t
+    clock.lap("graph")
+    # read off the traced graph's shapes: the ops the slim model runs (a fused fast path of
+    # the original, e.g. TransformerEncoderLayer in eval, would hide them from a counter)
+    flops_before = dg_flops(dg)
+    clock.lap("flops")
 
-    t = time.perf_counter()
     p = make_plan(dg, user, mode=mode, allow_empty=allow_empty)
     want_params = expected_params(p)
-    times["propagate"] = time.perf_counter() - t
+    clock.lap("propagate")
 
-    t = time.perf_counter()
-    MaskSet(p.final_masks).apply(traced.gm)  # kept-but-masked weights stay zero
     ctx = RewriteContext(p, renorm=renorm)
-    try:
+    try:  # slice_params zeroes kept-but-masked weights as it cuts
         slim, notes = run_pipeline(traced.gm, ctx)
     except SlimcError:
         raise
     except Exception as e:
         raise PlanError(f"rewriting failed: {type(e).__name__}: {e}".splitlines()[0]) from e
     slim.train(model.training)
+    own_tensors(slim, model)
     if traced.real_tensors:  # a meta plan: the real buffers and constants go back, sliced
         from slimc.shards import sliced
         from slimc.trace import set_tensor
 
         for name, real in traced.real_tensors.items():
             set_tensor(slim, name, sliced(p, name, real))
-    times["rewrite"] = time.perf_counter() - t
 
     bad = masks_cover(p.final_masks, user)
     if bad:
@@ -194,6 +188,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     got_params = count_params(slim)
     unused = count_params(model) - used_params
     approximate = ctx.approximate
+    clock.lap("rewrite")
     report: dict[str, Any] = {
         "model": name or type(model).__name__,
         "mode": mode,
@@ -206,15 +201,15 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         "unstructured_zeros": user.unstructured_zeros(),
         "notes": [*traced.notes, *p.notes, *notes,
                   *([f"{unused:,} params of modules forward() never uses are not in the slim model"] if unused else [])],
-        "times_s": times,
+        "times_s": clock.times,
     }
+    clock.lap("report")
     if on_meta:  # a plan from shapes alone (a model larger than memory): nothing to run
         verify = False
         report["notes"].append("weights on the meta device: plan from shapes only, not verified; "
                                "slice a checkpoint with --weights (slimc.shards)")
     free = p.free_input_dims(inputs, traced.dynamic_dims)
     if verify:
-        t = time.perf_counter()
         try:
             ref = Reference(model, p.final_masks, inputs, free)
             chk = ref.check(slim, _Masked(model, user.masks))
@@ -222,7 +217,6 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
             raise
         except Exception as e:
             raise VerifyError(f"the slim model failed to run: {type(e).__name__}: {e}".splitlines()[0]) from e
-        times["verify"] = time.perf_counter() - t
         report["verify"] = {**chk.to_dict(), "approximate": approximate}
         if got_params != want_params:
             raise VerifyError(f"the slim model has {got_params:,} params, the kept indices imply {want_params:,}")
@@ -233,17 +227,17 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
                 f"the slim model differs from the masked model by {chk.max_abs_diff:.3g} "
                 f"(tolerance {chk.tolerance:.3g}): please report this model; use --debug for details"
             )
+        clock.lap("verify")
     um = None
     if user_model:
-        t = time.perf_counter()
         um = _user_model(model, p, slim, ctx, ref if verify else None, approximate)
         report["user_model"] = um.report()
-        times["model"] = time.perf_counter() - t
-    t = time.perf_counter()
-    report["flops"] = {"before": flops_before, "after": count_flops(slim, inputs)}
-    times["flops"] += time.perf_counter() - t
+        clock.lap("model")
+    report["flops"] = {"before": flops_before, "after": dg_flops(dg, p.new_size)}
+    clock.lap("flops")
     report["layers"] = layer_widths(model, slim)
-    times["total"] = time.perf_counter() - t_start
+    clock.lap("report")
+    clock.total()
     dynamic = ref.varied_dims if verify else free
     return CompileResult(slim, p.final_masks, report, p, given_inputs, um.model if um else None, um, model,
                          {i: ds for i, ds in dynamic.items() if ds})

@@ -23,6 +23,7 @@ from scipy.sparse.csgraph import connected_components
 
 from slimc.errors import PlanError
 from slimc.graph import DependencyGraph
+from slimc.compact import FinalMasks, structured_mask
 from slimc.masks import MaskSet
 from slimc.shape_rules import Blocks, Link, NeedsZero, SlotKey
 
@@ -41,7 +42,7 @@ class RemovalPlan:
     removed: np.ndarray  # bool per element
     group: np.ndarray  # group label per element
     kept: dict[SlotKey, np.ndarray]  # slots that lose elements → kept indices
-    final_masks: dict[str, torch.Tensor]
+    final_masks: FinalMasks  # {param_fqn: bool mask that broadcasts to the param}, kept as factors
     kept_reasons: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     n_groups_removed: int = 0
@@ -521,32 +522,24 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
     return result
 
 
-def _final_masks(dg: DependencyGraph, P: Propagation, removed: np.ndarray, masks: MaskSet) -> dict[str, torch.Tensor]:
+def _final_masks(dg: DependencyGraph, P: Propagation, removed: np.ndarray, masks: MaskSet) -> FinalMasks:
+    """The user's masks, times one compact keep vector per dim that loses slices (never a
+    full-size tensor: see :class:`slimc.compact.FinalMasks`)."""
     params = dict(dg.gm.named_parameters(remove_duplicate=False))
-    out: dict[str, torch.Tensor] = {k: v.clone() for k, v in masks.masks.items()}
-    for slot in P.linked_params:
+    factors: dict[str, list[torch.Tensor]] = {k: [v] for k, v in masks.masks.items()}
+    for slot in sorted(P.linked_params, key=lambda s: (s[1], s[2])):
         fqn, d = slot[1], slot[2]
         if fqn not in params:
             continue
         r = removed[dg.ids(slot)]
-        if not r.any():
-            continue
-        m = out.get(fqn)
-        if m is None:
-            m = torch.ones(params[fqn].shape, dtype=torch.bool)
-        idx = torch.from_numpy(np.nonzero(r)[0])
-        m = m.clone()
-        m.index_fill_(d, idx, False)
-        out[fqn] = m
+        if r.any():
+            factors.setdefault(fqn, []).append(structured_mask(params[fqn].shape, d, torch.from_numpy(~r)))
     for names in P.aliases:  # tied weights share one final mask
-        ms = [out[n] for n in names if n in out]
-        if ms:
-            joint = ms[0].clone()
-            for m in ms[1:]:
-                joint &= m.bool()
+        joint = list({id(f): f for n in names for f in factors.get(n, ())}.values())
+        if joint:
             for n in names:
-                out[n] = joint.clone()
-    return out
+                factors[n] = joint
+    return FinalMasks(factors)
 
 
 def _slot_name(dg: DependencyGraph, s: SlotKey) -> str:

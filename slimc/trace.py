@@ -7,7 +7,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import linecache
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +19,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from slimc.errors import TraceError
+from slimc.module_copy import copy_module
 
 
 @dataclass
@@ -81,12 +85,91 @@ def shapes_of(gm: fx.GraphModule) -> dict[str, Any]:
     return {n.name: _meta_shape(n.meta.get("tensor_meta")) for n in gm.graph.nodes}
 
 
+def tree_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s objects (modules, attributes, config) whose parameters and
+    buffers are the model's own: no weight is copied. What is traced and rewritten is this
+    copy; :func:`own_tensors` gives the result tensors of its own."""
+    memo: dict[int, object] = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return copy_module(model, memo)
+
+
+def own_tensors(gm: nn.Module, original: nn.Module) -> None:
+    """Clone every parameter and buffer that ``gm`` still shares with ``original`` (tied
+    ones stay tied), so that training one never changes the other."""
+    theirs = {id(t) for t in [*original.parameters(), *original.buffers()]}
+    new: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for mod in gm.modules():
+            for store in (mod._parameters, mod._buffers):
+                for k, t in store.items():
+                    if t is None or id(t) not in theirs:
+                        continue
+                    if id(t) not in new:
+                        c = t.detach().clone()
+                        new[id(t)] = nn.Parameter(c, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else c
+                    store[k] = new[id(t)]
+
+
+def _same_shape_modules() -> tuple[type, ...]:
+    """torch.nn layers whose output has their input's shape and dtype, whatever the layer
+    (norms, elementwise activations, dropout): on the meta device their Python meta
+    kernels would be the slowest part of shape propagation."""
+    from slimc.shape_rules.elementwise import UNARY_MODULES
+
+    return (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, *UNARY_MODULES)
+
+
+class MetaShapeProp(ShapeProp):
+    """ShapeProp on meta tensors: shapes without arithmetic. A norm or activation layer's
+    output is made like its input instead of running its meta kernel."""
+
+    same_shape: tuple[type, ...] = ()
+
+    def call_module(self, target, args, kwargs):
+        if not self.same_shape:
+            MetaShapeProp.same_shape = _same_shape_modules()
+        if isinstance(self.fetch_attr(target), self.same_shape) and args and isinstance(args[0], torch.Tensor):
+            return torch.empty_like(args[0])
+        return super().call_module(target, args, kwargs)
+
+
+@contextlib.contextmanager
+def tensors_on_meta(gm: nn.Module):
+    """Every parameter and buffer of ``gm``'s modules on the meta device meanwhile (entries
+    swapped in the modules' own dicts — gm is slimc's copy — and put back after)."""
+    swapped = []
+    for mod in gm.modules():
+        for store in (mod._parameters, mod._buffers):
+            for k, t in store.items():
+                if t is not None and not t.is_meta:
+                    swapped.append((store, k, t))
+                    store[k] = t.detach().to("meta")
+    try:
+        yield
+    finally:
+        for store, k, t in swapped:
+            store[k] = t
+
+
+def _on_meta(inputs: tuple) -> tuple:
+    return tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
+    """Record every node's shape (``tensor_meta``): on the meta device where the model runs
+    there (no arithmetic), else — a model that reads values (data-dependent shapes) — by
+    running it."""
     was_training = gm.training
     gm.eval()
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(*example_inputs)
+            try:
+                with tensors_on_meta(gm):
+                    MetaShapeProp(gm).propagate(*_on_meta(example_inputs))
+            except Exception:
+                if all(t.is_meta for t in gm.parameters()):
+                    raise
+                ShapeProp(gm).propagate(*example_inputs)
     finally:
         gm.train(was_training)
 
@@ -142,28 +225,48 @@ class _Tracer(fx.Tracer):
             return False
         return self.leaf_all or module_rule(type(m)) is not None
 
+    def create_node(self, *args, **kwargs) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        if not node.stack_trace:
+            node.stack_trace = user_frame()
+        return node
+
+
+def user_frame() -> str:
+    """The innermost frame of the user's code that made the node being traced, formatted
+    like a traceback entry (what reports and the user's-class sizes read: ``graph._source_line``).
+    One frame, not the whole stack: formatting every frame of every node would cost more
+    than the trace itself."""
+    f = sys._getframe(2)
+    while f is not None and f.f_code is not _TRACE_CODE:
+        name = f.f_code.co_filename
+        if "/torch/" not in name and "\\torch\\" not in name:
+            code = linecache.getline(name, f.f_lineno).strip()
+            return f'File "{name}", line {f.f_lineno}, in {f.f_code.co_name}\n    {code}'
+        f = f.f_back
+    return ""
+
+
+_TRACE_CODE = fx.Tracer.trace.__code__
+
 
 def trace_fx(model: nn.Module, leaf_all: bool = False, example_inputs: tuple = ()) -> fx.GraphModule:
     """``forward`` parameters the example inputs do not give (``attn_mask=None``), and inputs
     given as ``None``, are traced as the constants they are, not as graph inputs."""
     from slimc.inputs import forward_params, untaken_defaults
 
-    tracer = _Tracer(leaf_all)
-    tracer.record_stack_traces = True  # so reports and `inspect` can show the user's source line
+    tracer = _Tracer(leaf_all)  # records the user's source line of every node (reports, `inspect`)
     concrete = untaken_defaults(model, len(example_inputs)) if example_inputs else {}
     for p, x in zip(forward_params(model), example_inputs):
         if x is None or isinstance(x, (bool, int, float, str)):
             concrete[p.name] = x
     graph = tracer.trace(model, concrete_args=concrete or None)
-    name = model.__class__.__name__
     _live_training_flags(graph, model.training)
-    gm = fx.GraphModule(tracer.root, graph, name)
     # forward() type annotations become node types, and torch 2.13 cannot pickle a
     # GraphModule whose code references them (torch.save fails on '_torch_Tensor_').
-    for n in gm.graph.nodes:
+    for n in graph.nodes:
         n.type = None
-    gm.recompile()
-    return gm
+    return fx.GraphModule(tracer.root, graph, model.__class__.__name__)
 
 
 def _symbolic_dims(gm: fx.GraphModule, example_inputs: tuple) -> dict[int, list[int]]:
@@ -200,9 +303,10 @@ def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModul
 
 
 def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta: bool = False) -> Traced:
-    """Trace a *copy* of ``model``; the model passed in is never touched. ``meta``: the
-    parameters are on the meta device; shapes are propagated with every tensor there."""
-    model = copy.deepcopy(model)
+    """Trace a copy of ``model`` (:func:`tree_copy`: its tensors shared, never written); the
+    model passed in is never touched. ``meta``: the parameters are on the meta device;
+    shapes are propagated with every tensor there."""
+    model = tree_copy(model)
     notes: list[str] = caches_off(model)
     errors: list[str] = []
     # "fx (leaves)": torch.nn modules without a rule kept whole (barriers), when neither
@@ -224,7 +328,7 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta
             continue
         if errors:
             notes.append(f"front end '{fe}' used; " + "; ".join(errors))
-        return Traced(gm, fe.split()[0], notes, real, dynamic)
+        return Traced(gm, fe.split()[0], notes, real, dynamic_dims=dynamic)
     raise TraceError(
         "cannot trace the model (" + "; ".join(errors) + "): remove data-dependent Python control flow "
         "from forward() or try --front-end export"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
+from slimc.compact import apply_mask, factors_of, product
 from slimc.errors import VerifyError
 from slimc.inputs import other_shapes, random_like
 from slimc.masks import MaskSet
@@ -44,8 +45,8 @@ def flat_outputs(y: Any) -> list[torch.Tensor]:
     return []
 
 
-def masked_copy(model: nn.Module, masks: MaskSet | dict) -> nn.Module:
-    ms = masks if isinstance(masks, MaskSet) else MaskSet(dict(masks))
+def masked_copy(model: nn.Module, masks: MaskSet | Mapping) -> nn.Module:
+    ms = masks if isinstance(masks, MaskSet) else MaskSet(masks)
     return ms.apply(copy.deepcopy(model)).eval()
 
 
@@ -78,14 +79,15 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float
 
 
 class Masked(nn.Module):
-    """``original`` run with masked params, without copying the model."""
+    """``original`` run with masked params, without copying the model (``masks``: any mask
+    mapping, compact masks and final-mask factors included)."""
 
-    def __init__(self, original: nn.Module, masks: dict):
+    def __init__(self, original: nn.Module, masks: Mapping):
         super().__init__()
         self.original = original
         params = dict(original.named_parameters(remove_duplicate=False))
         with torch.no_grad():
-            self.params = {k: params[k] * m.to(params[k].dtype) for k, m in masks.items() if k in params}
+            self.params = {k: apply_mask(params[k], factors_of(masks, k)) for k in masks if k in params}
 
     def forward(self, *x):
         return torch.func.functional_call(self.original, self.params, x, tie_weights=False, strict=False)
@@ -156,11 +158,14 @@ def check(slim: nn.Module, original: nn.Module, final_masks: dict, example_input
     return ref.check(slim, user)
 
 
-def masks_cover(final: dict, user: MaskSet) -> list[str]:
-    """Names of params where the final masks would un-zero a user-masked entry."""
+def masks_cover(final: Mapping, user: MaskSet) -> list[str]:
+    """Names of params where the final masks would un-zero a user-masked entry. Final masks
+    that hold the user's mask as a factor cover it by construction; others are compared."""
     bad = []
     for fqn, m in user.masks.items():
-        f = final.get(fqn)
-        if f is None or bool((m == 0).logical_and(f != 0).any()):
+        fs = factors_of(final, fqn)
+        if fs is None:
+            bad.append(fqn)
+        elif not any(f is m for f in fs) and bool((m == 0).logical_and(product(fs) != 0).any()):
             bad.append(fqn)
     return bad

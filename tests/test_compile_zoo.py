@@ -17,6 +17,7 @@ import slimc
 from helpers import (
     CONV_TYPES,
     assert_contract,
+    dense,
     flat_user_masks,
     kept_reasons,
     masked_idx,
@@ -150,7 +151,7 @@ def test_residual_branch_only_is_held(name):
     assert "held by" in kept_reasons(res), res.report["kept"]
     for fqn, mk in masks.items():
         assert removed_idx(res, m, fqn) == set()
-        assert torch.equal(res.masks[fqn] != 0, mk != 0), f"{fqn}: final masks must equal the user's here"
+        assert torch.equal(dense(res.masks[fqn], mk.shape), mk != 0), f"{fqn}: final masks must equal the user's here"
 
 
 @pytest.mark.parametrize("name", zoo_param(ALL))
