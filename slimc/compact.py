@@ -79,14 +79,14 @@ def product(factors: Factors) -> torch.Tensor:
 
 
 def apply_mask(t: torch.Tensor, factors: Factors | torch.Tensor) -> torch.Tensor:
-    """``t`` times its mask, out of place, one factor at a time (the product is never made)."""
-    if isinstance(factors, torch.Tensor):
-        factors = (factors,)
-    out = t
-    for f in factors:
-        if not bool(f.all()):
-            out = out * f.to(t.device)  # a bool factor: no float copy of it
-    return out
+    """``t`` times its mask, out of place, in one pass: the factors are multiplied first, at
+    their own (broadcast) shape — ``(out, in, 1, 1)`` for a conv's rows and columns — never
+    at the parameter's; ``t`` itself where the mask keeps everything."""
+    factors = (factors,) if isinstance(factors, torch.Tensor) else tuple(factors)
+    if not factors:
+        return t
+    m = product(factors)
+    return t if bool(m.all()) else t * m.to(t.device)  # a bool mask: no float copy of it
 
 
 def slice_masked(t: torch.Tensor, factors: Factors, kept: Mapping[int, np.ndarray]) -> torch.Tensor:

@@ -131,12 +131,14 @@ def expected_params(p: RemovalPlan) -> int:
 
 def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, mode: str = "channel",
             verify: bool = True, front_end: str = "auto", renorm: bool = False, allow_empty: bool = False,
-            name: str | None = None, user_model: bool = True) -> CompileResult:
+            name: str | None = None, user_model: bool = True, vs_user_masks: bool = False) -> CompileResult:
     """Compile ``model`` under ``masks`` into a physically smaller module.
 
     ``model`` is never modified: the slim module is a new object. ``masks`` may be NNI
     style, flat ``{param_fqn: 0/1 tensor}``, a prune state dict or a MaskSet.
     ``user_model``: also make the user's own class slim (``res.model``), verified like the graph.
+    ``vs_user_masks``: also report how far the slim model is from the masks *as given*
+    (``report["verify"]["vs_user_masked"]``: one more forward pass of the full model).
     """
     clock = StageClock()
     if not isinstance(model, nn.Module):
@@ -212,7 +214,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     if verify:
         try:
             ref = Reference(model, p.final_masks, inputs, free)
-            chk = ref.check(slim, _Masked(model, user.masks))
+            chk = ref.check(slim, _Masked(model, user.masks) if vs_user_masks else None)
         except SlimcError:
             raise
         except Exception as e:
@@ -244,8 +246,9 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
 
 
 def _user_model(model: nn.Module, p: RemovalPlan, slim: fx.GraphModule, ctx: RewriteContext, ref, approximate: bool):
-    """The user's class, slim, checked against the same reference as the graph; where it
-    cannot be built or differs, ``model`` is None with the reason."""
+    """The user's class, slim, checked against the same reference as the graph (at the
+    second input shape: its sizes must follow the input like the graph's); where it cannot
+    be built or differs, ``model`` is None with the reason."""
     from slimc.surgery import build
 
     try:
@@ -258,8 +261,8 @@ def _user_model(model: nn.Module, p: RemovalPlan, slim: fx.GraphModule, ctx: Rew
     if um.model is None or ref is None:
         return um
     hint = f" (sizes computed in the code at: {'; '.join(um.unresolved[:3])})" if um.unresolved else ""
-    try:
-        chk = ref.check(um.model)
+    try:  # at the second input shape (the one that varies the dims): the graph was checked at both
+        chk = ref.check(um.model, which=[-1])
     except Exception as e:
         um.reason = f"the slim {type(model).__name__} failed to run: {type(e).__name__}: {e}".splitlines()[0] + hint
         um.model = None

@@ -43,12 +43,18 @@ class DependencyGraph:
     n: int
     barrier_reasons: dict[SlotKey, str]
     nx: nx.MultiDiGraph = field(repr=False, default_factory=nx.MultiDiGraph)
+    _ids: dict = field(repr=False, default_factory=dict)
 
     def ids(self, slot: SlotKey, idx: np.ndarray | None = None) -> np.ndarray:
+        """Element ids of ``slot`` (of its indices ``idx``); the whole slot's are cached, read-only."""
         base = self.offset[slot]
-        if idx is None:
-            return np.arange(base, base + self.size[slot], dtype=np.int64)
-        return base + np.asarray(idx, dtype=np.int64)
+        if idx is not None:
+            return base + np.asarray(idx, dtype=np.int64)
+        ids = self._ids.get(slot)
+        if ids is None:
+            ids = self._ids[slot] = np.arange(base, base + self.size[slot], dtype=np.int64)
+            ids.flags.writeable = False
+        return ids
 
     def value_slots(self) -> Iterator[SlotKey]:
         return (s for s in self.offset if s[0] == "v")

@@ -100,13 +100,15 @@ def _is_mask_like(t: torch.Tensor) -> bool:
 
 
 def other_size(n: int, batch: bool = False) -> int:
-    """Another size for a dim that may vary, no larger than needed: a batch of 1 → 2, else one
-    less; other sizes step by their lowest set bit (divisibility by powers of two is kept),
-    down where half the size remains (224 → 192, 12 → 8, 7 → 6), else up (32 → 64)."""
+    """Another size for a dim that may vary, as small as is safe (the check runs the full
+    model at it): a batch of 1 → 2, else one less; other sizes step by their lowest set bit
+    (divisibility by powers of two is kept) down to the smallest that keeps at least half
+    the size (224 → 128, 12 → 8, 7 → 4), else up one step (32 → 64)."""
     if batch:
         return 2 if n <= 1 else n - 1
     step = n & -n if n > 0 else 1
-    return n - step if 2 * (n - step) >= n and n - step > 0 else n + step
+    down = n - (n // 2 // step) * step  # the most steps down that keep ≥ n/2
+    return down if down < n else n + step  # a power of two: no step down keeps half
 
 
 def other_shapes(inputs: tuple, free: Mapping[int, list[int]]) -> dict[int, tuple]:

@@ -26,9 +26,11 @@ _plain_classes: dict[type, bool] = {}
 
 
 def _plain(cls: type) -> bool:
-    """Does ``cls`` copy like a plain nn.Module (no copy protocol of its own)?"""
+    """Does ``cls`` copy like a plain nn.Module (no copy protocol of its own)? torch.nn's own
+    ``__setstate__`` (defaults for old pickles, e.g. Conv's ``padding_mode``) does not count."""
     if cls not in _plain_classes:
-        own = [k for c in cls.__mro__ if c not in (nn.Module, object) for k in _PROTOCOL if k in c.__dict__]
+        own = [k for c in cls.__mro__ if c not in (nn.Module, object) for k in _PROTOCOL if k in c.__dict__
+               and not (k == "__setstate__" and c.__module__.startswith("torch.nn."))]
         _plain_classes[cls] = not own
     return _plain_classes[cls]
 

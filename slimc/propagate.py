@@ -115,6 +115,33 @@ def _count_by_group(flags: np.ndarray, grp: np.ndarray, g: int) -> np.ndarray:
     return np.bincount(grp, weights=flags.astype(np.float64), minlength=g)
 
 
+def _terms_and_factors(contribs: list[tuple[np.ndarray, int, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """One op's output elements from its contributions ``(elements, term, value)`` (value:
+    1 true, 0 false, -1 neutral): an element is true when, in every term that has a
+    non-neutral contribution, some contribution is true. Returns (elements, true, has a
+    non-neutral contribution). Counted with bincount over (element, term) cells."""
+    b = np.concatenate([c[0] for c in contribs])
+    v = np.concatenate([c[2] for c in contribs])
+    terms = sorted({c[1] for c in contribs})
+    t = np.concatenate([np.full(len(c[0]), terms.index(c[1]), np.int64) for c in contribs])
+    lo, span = int(b.min()), int(b.max()) - int(b.min()) + 1
+    if span <= 4 * len(b):  # an op's output elements are (nearly) one range: index it directly
+        local, el = b - lo, None
+    else:
+        el, local = np.unique(b, return_inverse=True)
+        span = len(el)
+    k = len(terms)
+    cell = local * k + t
+    any_true = np.bincount(cell, weights=v == 1, minlength=span * k).reshape(span, k) > 0
+    present = np.bincount(cell, weights=v != -1, minlength=span * k).reshape(span, k) > 0
+    true = (any_true | ~present).all(axis=1)
+    has = present.any(axis=1)
+    if el is None:
+        seen = np.nonzero(np.bincount(local, minlength=span))[0]
+        el, true, has = seen + lo, true[seen], has[seen]
+    return el, true & has, has
+
+
 class Propagation:
     """All element-level arrays for one (graph, masks) pair."""
 
@@ -286,24 +313,10 @@ class Propagation:
                     v = np.full(len(b), 1 if (v == 1).all() else 0 if (v != -1).any() else -1, np.int8)
                 if v is not None:
                     contribs.append((b, ln.term, v))
-            if not contribs:
-                continue
-            uniq = np.unique(np.concatenate([c[0] for c in contribs]))
-            result = np.ones(len(uniq), bool)
-            has = np.zeros(len(uniq), bool)
-            for t in sorted({c[1] for c in contribs}):
-                anyv = np.zeros(len(uniq), bool)
-                present = np.zeros(len(uniq), bool)
-                for b, tt, v in contribs:
-                    if tt != t:
-                        continue
-                    li = np.searchsorted(uniq, b)
-                    np.logical_or.at(anyv, li, v == 1)
-                    np.logical_or.at(present, li, v != -1)
-                result &= anyv | ~present
-                has |= present
-            state[uniq] = result & has
-            neutral[uniq] = ~has
+            if contribs:
+                el, true, has = _terms_and_factors(contribs)
+                state[el] = true
+                neutral[el] = ~has
         return state
 
     def live(self, sink_gone: np.ndarray | None = None) -> np.ndarray:

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import linecache
 import sys
@@ -16,10 +15,11 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from slimc.errors import TraceError
 from slimc.module_copy import copy_module
+from slimc.shapes import propagate_shapes
 
 
 @dataclass
@@ -81,8 +81,10 @@ def _meta_shape(meta: Any) -> Any:
 
 
 def shapes_of(gm: fx.GraphModule) -> dict[str, Any]:
-    """node name → shape tuple, list of shapes (tuple outputs), or None."""
-    return {n.name: _meta_shape(n.meta.get("tensor_meta")) for n in gm.graph.nodes}
+    """node name → shape tuple, list of shapes (tuple outputs), or None (recorded by
+    :func:`slimc.shapes.propagate_shapes`, or by torch's ShapeProp)."""
+    return {n.name: n.meta["shape"] if "shape" in n.meta else _meta_shape(n.meta.get("tensor_meta"))
+            for n in gm.graph.nodes}
 
 
 def tree_copy(model: nn.Module) -> nn.Module:
@@ -108,70 +110,6 @@ def own_tensors(gm: nn.Module, original: nn.Module) -> None:
                         c = t.detach().clone()
                         new[id(t)] = nn.Parameter(c, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else c
                     store[k] = new[id(t)]
-
-
-def _same_shape_modules() -> tuple[type, ...]:
-    """torch.nn layers whose output has their input's shape and dtype, whatever the layer
-    (norms, elementwise activations, dropout): on the meta device their Python meta
-    kernels would be the slowest part of shape propagation."""
-    from slimc.shape_rules.elementwise import UNARY_MODULES
-
-    return (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, *UNARY_MODULES)
-
-
-class MetaShapeProp(ShapeProp):
-    """ShapeProp on meta tensors: shapes without arithmetic. A norm or activation layer's
-    output is made like its input instead of running its meta kernel."""
-
-    same_shape: tuple[type, ...] = ()
-
-    def call_module(self, target, args, kwargs):
-        if not self.same_shape:
-            MetaShapeProp.same_shape = _same_shape_modules()
-        if isinstance(self.fetch_attr(target), self.same_shape) and args and isinstance(args[0], torch.Tensor):
-            return torch.empty_like(args[0])
-        return super().call_module(target, args, kwargs)
-
-
-@contextlib.contextmanager
-def tensors_on_meta(gm: nn.Module):
-    """Every parameter and buffer of ``gm``'s modules on the meta device meanwhile (entries
-    swapped in the modules' own dicts — gm is slimc's copy — and put back after)."""
-    swapped = []
-    for mod in gm.modules():
-        for store in (mod._parameters, mod._buffers):
-            for k, t in store.items():
-                if t is not None and not t.is_meta:
-                    swapped.append((store, k, t))
-                    store[k] = t.detach().to("meta")
-    try:
-        yield
-    finally:
-        for store, k, t in swapped:
-            store[k] = t
-
-
-def _on_meta(inputs: tuple) -> tuple:
-    return tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
-
-
-def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
-    """Record every node's shape (``tensor_meta``): on the meta device where the model runs
-    there (no arithmetic), else — a model that reads values (data-dependent shapes) — by
-    running it."""
-    was_training = gm.training
-    gm.eval()
-    try:
-        with torch.no_grad():
-            try:
-                with tensors_on_meta(gm):
-                    MetaShapeProp(gm).propagate(*_on_meta(example_inputs))
-            except Exception:
-                if all(t.is_meta for t in gm.parameters()):
-                    raise
-                ShapeProp(gm).propagate(*example_inputs)
-    finally:
-        gm.train(was_training)
 
 
 def _first_line(e: BaseException) -> str:

@@ -134,16 +134,19 @@ class Reference:
         self.outputs.append(run_eval(self.module, x))
         self.varied += "second input at the example shape"
 
-    def check(self, slim: nn.Module, user: nn.Module | None = None) -> Check:
+    def check(self, slim: nn.Module, user: nn.Module | None = None, which: Iterable[int] | None = None) -> Check:
+        """``slim`` against the reference at every input set (``which``: at those only)."""
         diff, scale, vs_user = 0.0, 0.0, None
-        for k, (x, want) in enumerate(zip(self.sets, self.outputs)):
+        picked = range(len(self.sets)) if which is None else [range(len(self.sets))[i] for i in which]
+        for k in picked:
+            x, want = self.sets[k], self.outputs[k]
             ys = run_eval(slim, x)
             d, s = max_diff(ys, want)
             diff, scale = max(diff, d), max(scale, s)
             if user is not None and k == 0:
                 vs_user = max_diff(ys, run_eval(user, x))[0]
         tol = TOLERANCE * max(scale, 1.0)
-        return Check(diff, scale, tol, diff <= tol, vs_user, [shape_text(x) for x in self.sets], self.varied)
+        return Check(diff, scale, tol, diff <= tol, vs_user, [shape_text(self.sets[k]) for k in picked], self.varied)
 
 
 def _dims_text(dims: dict[int, list[int]]) -> str:

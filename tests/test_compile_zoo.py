@@ -326,10 +326,11 @@ def test_resnet50_pipeline_times():
 
 def test_report_shape():
     m, x = model_and_inputs("resnet_tiny")
-    res = slimc.compile(m, random_filter_masks(m, 0.5, seed=1), x)
+    res = slimc.compile(m, random_filter_masks(m, 0.5, seed=1), x, vs_user_masks=True)
     r = res.report
     assert r["verify"]["ok"] and r["verify"]["max_abs_diff"] <= r["verify"]["tolerance"]
     assert r["verify"]["vs_user_masked"] is not None
+    assert slimc.compile(m, random_filter_masks(m, 0.5, seed=1), x).report["verify"]["vs_user_masked"] is None
     assert r["params"]["before"] > r["params"]["after"] == r["params"]["expected_after"]
     assert r["flops"]["before"] > r["flops"]["after"] > 0
     changed = [row for row in r["layers"] if row["changed"]]

@@ -8,6 +8,8 @@ memo entry).
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 from torch import nn
 
@@ -23,12 +25,18 @@ def tied_groups(named: list[tuple[str, torch.Tensor]]) -> list[list[str]]:
     return [names for names in by_id.values() if len(names) > 1]
 
 
-def slim_copy(model: nn.Module, plan) -> nn.Module:
-    """A copy of ``model`` whose tensors are the slim ones (fresh storage, gradients kept)."""
+def slim_copy(model: nn.Module, plan, ready: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+    """A copy of ``model`` whose tensors are the slim ones (fresh storage, gradients kept).
+    ``ready``: slim tensors already cut under the same names (the slim graph's): cloned,
+    not cut again, where their shape is the one the plan gives."""
     memo: dict[int, object] = {}
+    ready = ready or {}
 
     def own(name: str, t: torch.Tensor) -> torch.Tensor:
         d = t.detach()
+        r = ready.get(name)
+        if r is not None and tuple(r.shape) == new_shape(plan, name, d):
+            return r.detach().clone()
         s = sliced(plan, name, d)
         return d.clone() if s is d else s  # sliced or masked tensors are new already
 
@@ -40,6 +48,11 @@ def slim_copy(model: nn.Module, plan) -> nn.Module:
             if id(b) not in memo:
                 memo[id(b)] = own(name, b)
     return copy_module(model, memo)
+
+
+def new_shape(plan, name: str, t: torch.Tensor) -> tuple[int, ...]:
+    """The shape of tensor ``name`` in the slim model."""
+    return tuple(plan.new_size(("p", name, d)) if ("p", name, d) in plan.dg.size else n for d, n in enumerate(t.shape))
 
 
 __all__ = ["slim_copy", "tied_groups"]
