@@ -32,7 +32,7 @@ def structured_mask(shape: Sequence[int], dim: int, keep) -> torch.Tensor:
     shape = tuple(int(s) for s in shape)
     dim = dim % len(shape)
     n = shape[dim]
-    k = torch.as_tensor(np.asarray(keep) if not isinstance(keep, torch.Tensor) else keep)
+    k = keep if isinstance(keep, torch.Tensor) else torch.from_numpy(np.asarray(keep))
     if k.dtype == torch.bool:
         if k.numel() != n:
             raise ValueError(f"keep has {k.numel()} flags for a dim of size {n}")
@@ -89,41 +89,52 @@ def apply_mask(t: torch.Tensor, factors: Factors | torch.Tensor) -> torch.Tensor
     return t if bool(m.all()) else t * m.to(t.device)  # a bool mask: no float copy of it
 
 
-def slice_masked(t: torch.Tensor, factors: Factors, kept: Mapping[int, np.ndarray]) -> torch.Tensor:
-    """``t`` masked and cut to the kept indices (``kept``: dim → indices): cut first, then
-    masked by the cut factors — those that keep everything that is left cost nothing."""
+def slice_masked(t: torch.Tensor, kept: Mapping[int, torch.Tensor], rest: torch.Tensor | None) -> torch.Tensor:
+    """``t`` cut to the kept indices (``kept``: dim → index tensor), then masked by ``rest``
+    cut the same way: the part of its mask the cut does not remove (a structured keep
+    vector cut at its own kept indices is all ones, and costs nothing)."""
     for d, k in kept.items():
-        t = t.index_select(d, torch.as_tensor(np.asarray(k), dtype=torch.long, device=t.device))
-    cut = []
-    for f in factors:
-        for d, k in kept.items():
-            if f.shape[d] > 1:
-                f = f.index_select(d, torch.as_tensor(np.asarray(k), dtype=torch.long))
-        cut.append(f)
-    return apply_mask(t, tuple(cut))
+        t = t.index_select(d, k.to(t.device))
+    if rest is None:
+        return t
+    for d, k in kept.items():
+        if rest.shape[d] > 1:
+            rest = rest.index_select(d, k)
+    return apply_mask(t, rest)
 
 
 class FinalMasks(Mapping[str, torch.Tensor]):
     """``{param_fqn: bool tensor that broadcasts to the param}`` (True = kept), each held as
-    factors; ``masks[fqn]`` multiplies them (the smallest broadcast shape, made on access)."""
+    factors — the user's mask as given and one compact keep vector per dim that loses
+    slices; ``masks[fqn]`` multiplies them (the smallest broadcast shape, made on access)."""
 
-    def __init__(self, factors: Mapping[str, Factors]):
-        self._factors = {k: tuple(v) for k, v in factors.items()}
+    def __init__(self, user: Mapping[str, torch.Tensor], keep: Mapping[str, Factors]):
+        self._user = dict(user)
+        self._keep = {k: tuple(v) for k, v in keep.items()}
+        self._names = list(dict.fromkeys([*self._user, *self._keep]))
 
     def factors(self, fqn: str) -> Factors:
-        return self._factors[fqn]
+        u = self._user.get(fqn)
+        return ((u,) if u is not None else ()) + self._keep.get(fqn, ())
+
+    def user_mask(self, fqn: str) -> torch.Tensor | None:
+        """The user's mask of ``fqn``: what is left of the final mask once the removed
+        slices are cut away."""
+        return self._user.get(fqn)
 
     def __getitem__(self, fqn: str) -> torch.Tensor:
-        return product(self._factors[fqn])
+        if fqn not in self:
+            raise KeyError(fqn)
+        return product(self.factors(fqn))
 
     def __contains__(self, fqn: object) -> bool:  # without making the product
-        return fqn in self._factors
+        return fqn in self._user or fqn in self._keep
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._factors)
+        return iter(self._names)
 
     def __len__(self) -> int:
-        return len(self._factors)
+        return len(self._names)
 
     def __repr__(self) -> str:
         return f"FinalMasks({len(self)} params)"

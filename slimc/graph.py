@@ -56,6 +56,20 @@ class DependencyGraph:
             ids.flags.writeable = False
         return ids
 
+    def slot_table(self) -> tuple[list[SlotKey], np.ndarray, np.ndarray]:
+        """(slots, starts, sizes) in element order: slot i holds elements starts[i] … +sizes[i]."""
+        if "table" not in self._ids:
+            slots = sorted(self.offset, key=self.offset.__getitem__)
+            self._ids["table"] = (slots, np.array([self.offset[s] for s in slots], np.int64),
+                                  np.array([self.size[s] for s in slots], np.int64))
+        return self._ids["table"]
+
+    def per_slot_count(self, flags: np.ndarray) -> np.ndarray:
+        """How many elements of each slot (in :meth:`slot_table` order) ``flags`` marks."""
+        _, starts, sizes = self.slot_table()
+        cs = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+        return cs[starts + sizes] - cs[starts]
+
     def value_slots(self) -> Iterator[SlotKey]:
         return (s for s in self.offset if s[0] == "v")
 

@@ -22,6 +22,7 @@ from torch import nn
 _IMMUTABLE = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
 _PROTOCOL = ("__deepcopy__", "__reduce_ex__", "__reduce__", "__getstate__", "__setstate__", "__slots__")
 _EMPTY_NEW = (dict, OrderedDict, set, list)
+_ATOMS = frozenset({int, float, bool, str, bytes, type(None)})
 _plain_classes: dict[type, bool] = {}
 
 
@@ -36,18 +37,21 @@ def _plain(cls: type) -> bool:
 
 
 def _immutable(v: object) -> bool:
-    if isinstance(v, _IMMUTABLE):
+    if type(v) in _ATOMS or isinstance(v, _IMMUTABLE):
         return True
     return type(v) is tuple and all(_immutable(x) for x in v)
 
 
 def _value(v: object, memo: dict) -> object:
+    t = type(v)
+    if t in _ATOMS:
+        return v
+    if t in _EMPTY_NEW and not v:  # hook dicts, mostly
+        return t()
     if _immutable(v):
         return v
     if isinstance(v, nn.Module):
         return copy_module(v, memo)
-    if type(v) in _EMPTY_NEW and not v:  # hook dicts, mostly
-        return type(v)()
     return copy.deepcopy(v, memo)
 
 

@@ -47,6 +47,7 @@ class RemovalPlan:
     notes: list[str] = field(default_factory=list)
     n_groups_removed: int = 0
     param_group: np.ndarray | None = None  # per group: does a param slice (source, sink, follower) belong to it
+    _kept_t: dict = field(default_factory=dict, repr=False)
 
     def free_input_dims(self, inputs: tuple, dynamic: dict[int, list[int]] | None = None) -> dict[int, list[int]]:
         """Input index → dims no parameter is coupled to (batch, sequence, image size): sizes
@@ -68,6 +69,15 @@ class RemovalPlan:
 
     def kept_idx(self, slot: SlotKey) -> np.ndarray | None:
         return self.kept.get(slot)
+
+    def kept_index(self, slot: SlotKey) -> torch.Tensor | None:
+        """:meth:`kept_idx` as a (cached) torch index tensor."""
+        k = self.kept.get(slot)
+        if k is None:
+            return None
+        if slot not in self._kept_t:
+            self._kept_t[slot] = torch.from_numpy(np.ascontiguousarray(k, dtype=np.int64))
+        return self._kept_t[slot]
 
     def new_size(self, slot: SlotKey) -> int:
         k = self.kept.get(slot)
@@ -306,14 +316,19 @@ class Propagation:
             items = by_fact.get(id(f))
             if not items:
                 continue
-            contribs = []
+            contribs, whole = [], set()
             for ln, a, b in items:
                 v = value(ln, a, state, neutral)
                 if v is not None and ln.kind == "feed":  # one term for every element of b
                     v = np.full(len(b), 1 if (v == 1).all() else 0 if (v != -1).any() else -1, np.int8)
                 if v is not None:
                     contribs.append((b, ln.term, v))
-            if contribs:
+                    whole.add(ln.b if ln.b_idx is None and ln.b in self.dg.offset else None)
+            if len(whole) == len(contribs) and None not in whole:
+                for b, _, v in contribs:  # each into a slot of its own, whole: nothing to combine
+                    state[b] = v == 1
+                    neutral[b] = v == -1
+            elif contribs:
                 el, true, has = _terms_and_factors(contribs)
                 state[el] = true
                 neutral[el] = ~has
@@ -388,9 +403,8 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
     P = Propagation(dg, masks)
     grp, ng = P.group, P.ng
     gbar = _any_by_group(P.barrier, grp, ng)
-    is_value = np.zeros(dg.n, bool)
-    for s in dg.value_slots():
-        is_value[dg.ids(s)] = True
+    slots, _, sizes = dg.slot_table()
+    is_value = np.repeat(np.array([s[0] == "v" for s in slots], bool), sizes)
     param_el = P.is_source | P.is_sink | P.is_follower
 
     if mode == "channel":
@@ -508,9 +522,11 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
     removed = removed_g[grp]
 
     # empty layers
-    for s in dg.value_slots():
+    n_removed = dg.per_slot_count(removed)
+    for i in np.nonzero((n_removed == sizes) & (sizes > 1))[0].tolist():
+        s = slots[i]
         ids = dg.ids(s)
-        if len(ids) > 1 and removed[ids].all():
+        if s[0] == "v" and removed[ids].all():  # (one kept channel may have filled an earlier one)
             name = _slot_name(dg, s)
             if not allow_empty:
                 raise PlanError(
@@ -522,11 +538,8 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
             forced.setdefault(int(grp[ids[0]]), f"{name} would be empty: one zero channel kept")
 
     kept: dict[SlotKey, np.ndarray] = {}
-    for s in dg.offset:
-        ids = dg.ids(s)
-        r = removed[ids]
-        if r.any():
-            kept[s] = np.nonzero(~r)[0]
+    for i in np.nonzero(dg.per_slot_count(removed))[0].tolist():
+        kept[slots[i]] = np.nonzero(~removed[dg.ids(slots[i])])[0]
 
     final = _final_masks(dg, P, removed, masks)
     result = RemovalPlan(dg, mode, removed, grp, kept, final, n_groups_removed=int(removed_g.sum()),
@@ -539,20 +552,20 @@ def _final_masks(dg: DependencyGraph, P: Propagation, removed: np.ndarray, masks
     """The user's masks, times one compact keep vector per dim that loses slices (never a
     full-size tensor: see :class:`slimc.compact.FinalMasks`)."""
     params = dict(dg.gm.named_parameters(remove_duplicate=False))
-    factors: dict[str, list[torch.Tensor]] = {k: [v] for k, v in masks.masks.items()}
+    keep: dict[str, list[torch.Tensor]] = {}
     for slot in sorted(P.linked_params, key=lambda s: (s[1], s[2])):
         fqn, d = slot[1], slot[2]
         if fqn not in params:
             continue
         r = removed[dg.ids(slot)]
         if r.any():
-            factors.setdefault(fqn, []).append(structured_mask(params[fqn].shape, d, torch.from_numpy(~r)))
-    for names in P.aliases:  # tied weights share one final mask
-        joint = list({id(f): f for n in names for f in factors.get(n, ())}.values())
+            keep.setdefault(fqn, []).append(structured_mask(params[fqn].shape, d, torch.from_numpy(~r)))
+    for names in P.aliases:  # tied weights share one final mask (normalize joined their user masks)
+        joint = [f for n in names for f in keep.get(n, ())]
         if joint:
             for n in names:
-                factors[n] = joint
-    return FinalMasks(factors)
+                keep[n] = joint
+    return FinalMasks(masks.masks, keep)
 
 
 def _slot_name(dg: DependencyGraph, s: SlotKey) -> str:

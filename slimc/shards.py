@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from slimc.atomic import atomic_path, write_text
-from slimc.compact import factors_of, slice_masked
+from slimc.compact import slice_masked
 from slimc.errors import LoadError
 
 INDEX = "model.safetensors.index.json"
@@ -73,8 +73,8 @@ def sliced(plan, name: str, t: torch.Tensor) -> torch.Tensor:
         if slot in dg.size and dg.size[slot] != t.shape[d]:
             raise LoadError(f"checkpoint tensor '{name}' has shape {tuple(t.shape)}, the model's has "
                             f"dim {d} = {dg.size[slot]}: the checkpoint does not belong to this model")
-    kept = {d: k for d in range(t.dim()) if (k := plan.kept_idx(("p", name, d))) is not None}
-    out = slice_masked(t, factors_of(plan.final_masks, name) or (), kept)
+    kept = {d: k for d in range(t.dim()) if (k := plan.kept_index(("p", name, d))) is not None}
+    out = slice_masked(t, kept, plan.final_masks.user_mask(name))
     return out if out is t else out.contiguous()
 
 
