@@ -67,8 +67,10 @@ class DependencyGraph:
     def per_slot_count(self, flags: np.ndarray) -> np.ndarray:
         """How many elements of each slot (in :meth:`slot_table` order) ``flags`` marks."""
         _, starts, sizes = self.slot_table()
-        cs = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
-        return cs[starts + sizes] - cs[starts]
+        if not len(starts) or not len(flags):
+            return np.zeros(len(starts), np.int64)
+        counts = np.add.reduceat(flags, np.minimum(starts, len(flags) - 1), dtype=np.int64)
+        return np.where(sizes > 0, counts, 0)
 
     def value_slots(self) -> Iterator[SlotKey]:
         return (s for s in self.offset if s[0] == "v")

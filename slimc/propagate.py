@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -93,21 +93,77 @@ def param_aliases(dg: DependencyGraph) -> list[list[str]]:
 
 
 class _Union:
-    def __init__(self, n: int):
+    """Union-find over elements by connected components (scipy). ``aligned`` (per element,
+    the id it shares with the same channel of slots joined one-to-one, see :func:`_aligned`)
+    shrinks the graph to what those joins leave. Labels are kept: unions added later are
+    resolved on the graph of the current groups, far smaller still."""
+
+    def __init__(self, n: int, aligned: tuple[np.ndarray, int] | None = None):
         self.n = n
+        self.map, self.m = aligned if aligned is not None else (np.arange(n), n)
         self.a: list[np.ndarray] = []
         self.b: list[np.ndarray] = []
+        self._labels: np.ndarray | None = None  # per aligned id
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        self.a.append(a)
-        self.b.append(b)
+        self.a.append(self.map[a])
+        self.b.append(self.map[b])
 
     def labels(self) -> np.ndarray:
-        if not self.a:
-            return np.arange(self.n)
-        a, b = np.concatenate(self.a), np.concatenate(self.b)
-        m = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(self.n, self.n))
-        return connected_components(m, directed=False)[1]
+        if self._labels is None:
+            self._labels = _components(np.arange(self.m), self.a, self.b, self.m)
+        elif self.a:
+            lab = self._labels
+            self._labels = _components(lab, [lab[a] for a in self.a], [lab[b] for b in self.b], int(lab.max()) + 1)
+        self.a, self.b = [], []
+        return self._labels[self.map]
+
+
+def _aligned(dg: DependencyGraph, pairs: list[tuple[SlotKey, SlotKey]]) -> tuple[np.ndarray, int]:
+    """Slots joined one-to-one (element i with element i: elementwise ops, a bias with its
+    output) are one *class*: per element, the id of its channel in its class, and how many
+    ids there are. Found by a union-find over slots (thousands), not elements (millions)."""
+    parent: dict[SlotKey, SlotKey] = {}
+
+    def find(x: SlotKey) -> SlotKey:
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[rb] = ra
+    slots, starts, sizes = dg.slot_table()
+    index = {s: i for i, s in enumerate(slots)}
+    root = np.array([index[find(s)] for s in slots], np.int64)
+    is_root = root == np.arange(len(slots))
+    base = np.zeros(len(slots), np.int64)
+    base[is_root] = np.concatenate([[0], np.cumsum(sizes[is_root])[:-1]]) if is_root.any() else []
+    m = int(sizes[is_root].sum())
+    return np.repeat(base[root] - starts, sizes) + np.arange(dg.n, dtype=np.int64), m
+
+
+def _components(of: np.ndarray, a: list[np.ndarray], b: list[np.ndarray], n: int) -> np.ndarray:
+    """Component label of each entry of ``of`` (ids < n) once the pairs (a, b) are joined."""
+    if not a:
+        return of
+    a, b = np.concatenate(a), np.concatenate(b)
+    m = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    return connected_components(m, directed=False)[1][of]
+
+
+def _row_ids(keys: np.ndarray) -> np.ndarray:
+    """One id per distinct row of the int matrix ``keys`` (like ``np.unique(axis=0)``'s
+    inverse), column by column on plain ints, which sort far faster than rows."""
+    ids = np.zeros(len(keys), np.int64)
+    for col in keys.T:
+        c = col - col.min()
+        ids = np.unique(ids * (int(c.max()) + 1) + c, return_inverse=True)[1].reshape(-1)
+    return ids
 
 
 def _link_ids(dg: DependencyGraph, ln: Link) -> tuple[np.ndarray, np.ndarray]:
@@ -118,22 +174,28 @@ def _link_ids(dg: DependencyGraph, ln: Link) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _any_by_group(flags: np.ndarray, grp: np.ndarray, g: int) -> np.ndarray:
-    return np.bincount(grp, weights=flags.astype(np.float64), minlength=g) > 0
+    out = np.zeros(g, bool)
+    out[grp[flags]] = True
+    return out
 
 
 def _count_by_group(flags: np.ndarray, grp: np.ndarray, g: int) -> np.ndarray:
-    return np.bincount(grp, weights=flags.astype(np.float64), minlength=g)
+    return np.bincount(grp[flags], minlength=g)
 
 
-def _terms_and_factors(contribs: list[tuple[np.ndarray, int, np.ndarray]]) -> tuple[np.ndarray, ...]:
+_TRUE, _NEUTRAL = np.int8(1), np.int8(-1)  # a contribution: 1 true, 0 false, -1 neutral
+
+
+def _terms_and_factors(contribs: list[tuple[np.ndarray, Any, np.ndarray]]) -> tuple[np.ndarray, ...]:
     """One op's output elements from its contributions ``(elements, term, value)`` (value:
-    1 true, 0 false, -1 neutral): an element is true when, in every term that has a
-    non-neutral contribution, some contribution is true. Returns (elements, true, has a
-    non-neutral contribution). Counted with bincount over (element, term) cells."""
+    1 true, 0 false, -1 neutral; term: an int, or one per element — a split reshape's
+    fibers): an element is true when, in every term that has a non-neutral contribution,
+    some contribution is true. Returns (elements, true, has a non-neutral contribution),
+    marked in a table of (element, term) cells."""
     b = np.concatenate([c[0] for c in contribs])
     v = np.concatenate([c[2] for c in contribs])
-    terms = sorted({c[1] for c in contribs})
-    t = np.concatenate([np.full(len(c[0]), terms.index(c[1]), np.int64) for c in contribs])
+    t = np.concatenate([np.full(len(c[0]), c[1], np.int64) if np.isscalar(c[1]) else c[1] for c in contribs])
+    terms, t = np.unique(t, return_inverse=True)
     lo, span = int(b.min()), int(b.max()) - int(b.min()) + 1
     if span <= 4 * len(b):  # an op's output elements are (nearly) one range: index it directly
         local, el = b - lo, None
@@ -141,13 +203,18 @@ def _terms_and_factors(contribs: list[tuple[np.ndarray, int, np.ndarray]]) -> tu
         el, local = np.unique(b, return_inverse=True)
         span = len(el)
     k = len(terms)
-    cell = local * k + t
-    any_true = np.bincount(cell, weights=v == 1, minlength=span * k).reshape(span, k) > 0
-    present = np.bincount(cell, weights=v != -1, minlength=span * k).reshape(span, k) > 0
+    cell = local * k + t.reshape(-1)
+    any_true = np.zeros(span * k, bool)
+    any_true[cell[v == 1]] = True
+    present = np.zeros(span * k, bool)
+    present[cell[v != -1]] = True
+    any_true, present = any_true.reshape(span, k), present.reshape(span, k)
     true = (any_true | ~present).all(axis=1)
     has = present.any(axis=1)
     if el is None:
-        seen = np.nonzero(np.bincount(local, minlength=span))[0]
+        seen = np.zeros(span, bool)
+        seen[local] = True
+        seen = np.nonzero(seen)[0]
         el, true, has = seen + lo, true[seen], has[seen]
     return el, true & has, has
 
@@ -165,15 +232,22 @@ class Propagation:
         for slot in dg.barrier_reasons:
             if slot in dg.offset:
                 self.barrier[dg.ids(slot)] = True
-        self.uf = _Union(n)
+        one_to_one, mapped = [], []
         for _, ln, a, b in self.links:
-            if ln.kind != "feed":  # a broadcast term joins no channels
-                self.uf.add(a, b)
+            if ln.kind == "feed":  # a broadcast term joins no channels
+                continue
+            if ln.a_idx is None and ln.b_idx is None and ln.a in dg.offset and ln.b in dg.offset:
+                one_to_one.append((ln.a, ln.b))
+            else:
+                mapped.append((a, b))
         self.aliases = param_aliases(dg)
         for names in self.aliases:  # one tensor under several names: one set of channels
             for other in names[1:]:
                 for d in range(len(dg.gm.get_parameter(names[0]).shape)):
-                    self.uf.add(dg.ids(("p", names[0], d)), dg.ids(("p", other, d)))
+                    one_to_one.append((("p", names[0], d), ("p", other, d)))
+        self.uf = _Union(n, _aligned(dg, one_to_one))
+        for a, b in mapped:
+            self.uf.add(a, b)
         self.products: list[ProductFact] = []
         self.splits: list[tuple] = []  # (fact, big ids, [axis ids per free part]) of split reshapes
         self.group = self.uf.labels()
@@ -225,8 +299,7 @@ class Propagation:
             key[:, : len(parts)] = np.sort(np.stack([grp[p] for p in parts], axis=1), axis=1)
             keys.append(key)
             self.products.append(ProductFact(big, parts, why))
-        _, inv = np.unique(np.concatenate(keys), axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
+        inv = _row_ids(np.concatenate(keys))
         allel = np.concatenate([p[1] for p in pending])
         first = np.full(inv.max() + 1, -1, dtype=np.int64)
         first[inv[::-1]] = allel[::-1]
@@ -267,12 +340,12 @@ class Propagation:
         return parts
 
     def _flow(self, fact, a: np.ndarray, b: np.ndarray, terms: np.ndarray, split: bool = False) -> None:
-        """Synthetic flow links (one per term) for the dead/zero analyses through a reshape
-        (``split``: big element → its axis elements; liveness handles those itself)."""
-        for t in np.unique(terms).tolist():
-            sel = terms == t
-            tag = ("reshape", "split") if split else ("reshape",)
-            self.links.append((fact, Link("flow", ("reshape",), tag, term=int(t)), a[sel], b[sel]))
+        """A synthetic flow link for the dead/zero analyses through a reshape, one term per
+        element (``split``: big element → its axis elements, one term per fiber; liveness
+        handles those itself)."""
+        tag = ("reshape", "split") if split else ("reshape",)
+        term = int(terms[0]) if len(terms) and (terms == terms[0]).all() else terms
+        self.links.append((fact, Link("flow", ("reshape",), tag, term=term), a, b))
 
     # --- roles and masks ----------------------------------------------------------
     def _roles(self) -> None:
@@ -373,20 +446,20 @@ class Propagation:
             if ln.kind == "feed":
                 return None  # a broadcast term: what removes a channel is its own sources
             if ln.kind == "flow":
-                return np.where(neutral[a], -1, state[a]).astype(np.int8)
+                return np.where(neutral[a], _NEUTRAL, state[a].view(np.int8))
             if ln.kind == "source":
-                return self.user_masked[a].astype(np.int8)
+                return self.user_masked[a].view(np.int8)
             # a masked follower (BN γ in network slimming, a layer scale) kills its factor;
             # an unmasked one neither keeps a channel alive nor kills it
-            return np.where(self.user_masked[a], 1, -1).astype(np.int8)
+            return np.where(self.user_masked[a], _TRUE, _NEUTRAL)
 
         return self.forward(value)
 
     def zero(self, param_zero: np.ndarray) -> np.ndarray:
         def value(ln: Link, a: np.ndarray, state: np.ndarray, neutral: np.ndarray):
             if ln.kind in ("flow", "feed") and ln.a[0] == "v":
-                return (state[a] & ln.zero_ok).astype(np.int8)
-            return param_zero[a].astype(np.int8)
+                return (state[a] & ln.zero_ok).view(np.int8)
+            return param_zero[a].view(np.int8)
 
         return self.forward(value)
 

@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
+from slimc.blocks import Blocks, NotRepeated, find_blocks, traced_by_blocks
 from slimc.errors import TraceError
 from slimc.module_copy import copy_module
 from slimc.shapes import propagate_shapes
@@ -240,10 +241,22 @@ def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModul
     return gm, dynamic
 
 
+def _traced_whole(model: nn.Module, fe: str, example_inputs: tuple) -> tuple[fx.GraphModule, dict | None]:
+    """One front end on the whole of ``model``: (graph module with shapes, dynamic dims)."""
+    dynamic = None
+    if fe == "export":
+        gm, dynamic = trace_export(model, example_inputs)
+    else:
+        gm = trace_fx(model, leaf_all=fe != "fx", example_inputs=example_inputs)
+    propagate_shapes(gm, example_inputs)
+    return gm, dynamic
+
+
 def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta: bool = False) -> Traced:
     """Trace a copy of ``model`` (:func:`tree_copy`: its tensors shared, never written); the
     model passed in is never touched. ``meta``: the parameters are on the meta device;
-    shapes are propagated with every tensor there."""
+    shapes are propagated with every tensor there. A long list of identical blocks is
+    traced three blocks deep and copied (:mod:`slimc.blocks`)."""
     model = tree_copy(model)
     notes: list[str] = caches_off(model)
     errors: list[str] = []
@@ -252,15 +265,11 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta
     order = {"auto": ["fx", "export", "fx (leaves)"], "fx": ["fx", "fx (leaves)"], "export": ["export"]}.get(front_end)
     if order is None:
         raise TraceError(f"unknown front end '{front_end}': use auto, fx or export")
+    blocks = find_blocks(model)
     for fe in order:
         try:
-            dynamic = None
-            if fe == "export":
-                gm, dynamic = trace_export(model, example_inputs)
-            else:
-                gm = trace_fx(model, leaf_all=fe != "fx", example_inputs=example_inputs)
+            gm, dynamic = _traced(model, fe, example_inputs, blocks, notes)
             real = to_meta(gm) if meta else {}
-            propagate_shapes(gm, example_inputs)
         except Exception as e:  # tracing user code can raise anything
             errors.append(f"{fe}: {_first_line(e)}")
             continue
@@ -271,3 +280,18 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta
         "cannot trace the model (" + "; ".join(errors) + "): remove data-dependent Python control flow "
         "from forward() or try --front-end export"
     )
+
+
+def _traced(model: nn.Module, fe: str, example_inputs: tuple, blocks: Blocks | None, notes: list[str]):
+    def whole(m: nn.Module):
+        return _traced_whole(m, fe, example_inputs)
+
+    if blocks is None:
+        return whole(model)
+    try:
+        out = traced_by_blocks(model, blocks, whole)
+    except NotRepeated as e:
+        notes.append(f"{blocks.n} blocks of '{blocks.path}' traced one by one ({e})")
+        return whole(model)
+    notes.append(f"{blocks.n} identical blocks of '{blocks.path}': first and last traced, the others copied")
+    return out
