@@ -12,8 +12,9 @@ nodes.
 Used only where it is exact:
 
 * every block has the same structure — classes, attributes, parameter and buffer names,
-  shapes and dtypes — but for integer attributes that count the block's index
-  (``layer_idx``); the model's config holds no per-layer list that tells blocks apart;
+  shapes and dtypes — but for an integer attribute named as an index (``layer_idx``,
+  :data:`INDEX_NAMES`) that counts the blocks; the model's config holds no per-layer list
+  that tells blocks apart;
 * the traced graphs of the first and the last block are the same op for op, arguments
   renamed (the code does not branch on the index), and they form a chain: each reads only
   the block before it and what comes before all blocks.
@@ -30,6 +31,9 @@ from typing import Any, Callable
 from torch import fx, nn
 
 MIN_BLOCKS = 6
+# integer attributes that may count the block's index (HF's cache slot of a layer); any other
+# attribute that differs between blocks makes them different blocks
+INDEX_NAMES = ("layer_idx", "layer_id", "layer_index", "layer_number", "block_idx")
 
 
 @dataclass
@@ -53,8 +57,8 @@ def _signature(block: nn.Module) -> list[tuple]:
 
 
 def _same_blocks(blocks: list[nn.Module]) -> bool:
-    """Same structure everywhere; an int attribute may differ only as the block's index
-    plus a constant (``layer_idx``)."""
+    """Same structure everywhere; an int attribute may differ only if it is named as an
+    index (:data:`INDEX_NAMES`) and counts the blocks (index plus a constant)."""
     sigs = [_signature(b) for b in blocks]
     first = sigs[0]
     for sig in sigs[1:]:
@@ -64,7 +68,7 @@ def _same_blocks(blocks: list[nn.Module]) -> bool:
     for pos in range(len(first)):
         for j, (name, _) in enumerate(first[pos][3]):
             vals = [sig[pos][3][j][1] for sig in sigs]
-            if len(set(vals)) > 1 and any(v - i != vals[0] for i, v in enumerate(vals)):
+            if len(set(vals)) > 1 and (name not in INDEX_NAMES or any(v - i != vals[0] for i, v in enumerate(vals))):
                 return False
     return True
 
@@ -95,7 +99,7 @@ def cut(model: nn.Module, blocks: Blocks):
     lst = model.get_submodule(blocks.path)
     saved = lst._modules
     kids = list(saved.values())
-    lst._modules = type(saved)([("0", kids[0]), ("1", kids[-1])])
+    lst._modules = type(saved)([("0", kids[0]), (str(len(kids) - 1), kids[-1])])  # their own names
     try:
         yield
     finally:
@@ -177,21 +181,21 @@ def _check_chain(graph: fx.Graph, first: list[fx.Node], last: list[fx.Node]) -> 
 
 def expand(gm: fx.GraphModule, blocks: Blocks, full: nn.Module) -> fx.GraphModule:
     """The graph of the full model from ``gm``, traced with the list cut to its first and
-    last blocks (truncated indices 0, 1): blocks 1 … N-2 are copies of the last block's
+    last blocks (under their own indices): blocks 1 … N-2 are copies of the last block's
     nodes, each fed by the block before it; the last block is fed by the last copy."""
     prefix, n = blocks.path + ".", blocks.n
     graph = gm.graph
-    members: dict[int, list[fx.Node]] = {0: [], 1: []}
+    members: dict[int, list[fx.Node]] = {0: [], n - 1: []}
     for node in graph.nodes:
         b = _block_of(node, prefix)
         if b is not None:
             if b not in members:
-                raise NotRepeated(f"node {node.name} is in block {b} of a 2-block trace")
+                raise NotRepeated(f"node {node.name} is in block {b}, not the first or the last")
             members[b].append(node)
-    first, tmpl = members[0], members[1]
+    first, tmpl = members[0], members[n - 1]
     if not any(x.op != "get_attr" for x in first) or not any(x.op != "get_attr" for x in tmpl):
         raise NotRepeated("a block has no ops")
-    if _op_signature(first, prefix, 0) != _op_signature(tmpl, prefix, 1):
+    if _op_signature(first, prefix, 0) != _op_signature(tmpl, prefix, n - 1):
         raise NotRepeated("the first and last blocks trace differently")
     _check_chain(graph, first, tmpl)
     place = {x: tmpl[j] for j, x in enumerate(first)}  # first-block node → the template's at its place
@@ -205,18 +209,15 @@ def expand(gm: fx.GraphModule, blocks: Blocks, full: nn.Module) -> fx.GraphModul
 
         with graph.inserting_before(anchor):
             for x in tmpl:
-                new = graph.create_node(x.op, _renamed(x.target, prefix, 1, i),
+                new = graph.create_node(x.op, _renamed(x.target, prefix, n - 1, i),
                                         fx.node.map_arg(x.args, remap), fx.node.map_arg(x.kwargs, remap))
-                new.meta = _rename_meta(x.meta, prefix, 1, i)
+                new.meta = _rename_meta(x.meta, prefix, n - 1, i)
                 env[x] = new
         prev = {x: env[x] for x in tmpl}
-    # the last block (traced as block 1) reads the last copy where it read the first block
+    # the last block reads the last copy where it read the first block
     for x in tmpl:
         x.args = fx.node.map_arg(x.args, lambda a: prev[place[a]] if a in place else a)
         x.kwargs = fx.node.map_arg(x.kwargs, lambda a: prev[place[a]] if a in place else a)
-        if isinstance(x.target, str):
-            x.target = _renamed(x.target, prefix, 1, n - 1)
-        x.meta = _rename_meta(x.meta, prefix, 1, n - 1)
     return _module(gm, graph, full)
 
 
@@ -260,4 +261,4 @@ def traced_by_blocks(model: nn.Module, blocks: Blocks, trace_fn: Callable[[nn.Mo
         raise NotRepeated(f"{type(e).__name__}: {e}".splitlines()[0]) from e
 
 
-__all__ = ["Blocks", "MIN_BLOCKS", "NotRepeated", "cut", "expand", "find_blocks", "traced_by_blocks"]
+__all__ = ["Blocks", "INDEX_NAMES", "MIN_BLOCKS", "NotRepeated", "cut", "expand", "find_blocks", "traced_by_blocks"]

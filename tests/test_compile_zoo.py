@@ -324,6 +324,27 @@ def test_resnet50_pipeline_times():
     assert {"trace", "graph", "propagate", "rewrite", "verify", "total"} <= times.keys()
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_stage_times_add_up_to_the_wall_time(verify, tmp_path):
+    """times_s names every stage of compile and they sum to its wall time (``total``);
+    save adds its own stages (export, save) after it."""
+    import time
+
+    m, x = model_and_inputs("resnet_tiny")
+    masks = random_filter_masks(m, 0.5, seed=1)
+    t0 = time.perf_counter()
+    res = slimc.compile(m, masks, x, verify=verify)
+    wall = time.perf_counter() - t0
+    times = dict(res.report["times_s"])
+    total = times.pop("total")
+    want = {"masks", "copy", "trace", "graph", "flops", "propagate", "rewrite", "report", "model"}
+    assert want | ({"verify"} if verify else set()) == times.keys()
+    assert sum(times.values()) == pytest.approx(total, rel=0.01, abs=1e-3)
+    assert total <= wall and total == pytest.approx(wall, rel=0.05, abs=0.01)
+    res.save(tmp_path, onnx=True)
+    assert {"export", "save"} <= res.report["times_s"].keys()
+
+
 def test_report_shape():
     m, x = model_and_inputs("resnet_tiny")
     res = slimc.compile(m, random_filter_masks(m, 0.5, seed=1), x, vs_user_masks=True)
