@@ -14,6 +14,7 @@ made only when a value is asked for (``res.masks[fqn]``), at its smallest broadc
 """
 from __future__ import annotations
 
+import math
 from functools import reduce
 from typing import Iterator, Mapping, Sequence
 
@@ -50,8 +51,14 @@ def structured_mask(shape: Sequence[int], dim: int, keep) -> torch.Tensor:
 
 def shrink(mask: torch.Tensor) -> torch.Tensor:
     """``mask`` (any dtype, values unchanged) without the repeats: every dim along which it
-    is constant becomes size 1. A view where possible; clone it to free the full storage."""
+    is constant becomes size 1. A view where possible; clone it to free the full storage.
+    The common forms (whole filters or rows: constant along every dim but the first) are
+    tried first, in one pass over the mask."""
     m = mask
+    if m.dim() > 1:
+        rows = m[(slice(None),) + (slice(0, 1),) * (m.dim() - 1)]
+        if torch.equal(m, rows.expand_as(m)):
+            m = rows
     for d in reversed(range(m.dim())):
         if m.shape[d] > 1:
             first = m.narrow(d, 0, 1)
@@ -79,14 +86,20 @@ def product(factors: Factors) -> torch.Tensor:
 
 
 def apply_mask(t: torch.Tensor, factors: Factors | torch.Tensor) -> torch.Tensor:
-    """``t`` times its mask, out of place, in one pass: the factors are multiplied first, at
-    their own (broadcast) shape — ``(out, in, 1, 1)`` for a conv's rows and columns — never
-    at the parameter's; ``t`` itself where the mask keeps everything."""
+    """``t`` times its mask, out of place; ``t`` itself where the mask keeps everything.
+    Factors are converted to ``t``'s dtype (a same-dtype product is ~2× faster than by a
+    bool mask) and multiplied together first where their product is much smaller than
+    ``t`` (a 3×3 conv's rows × columns: one pass over ``t``), else one by one in place."""
     factors = (factors,) if isinstance(factors, torch.Tensor) else tuple(factors)
-    if not factors:
+    fs = [f.to(device=t.device, dtype=t.dtype) for f in factors if not bool(f.all())]
+    if not fs:
         return t
-    m = product(factors)
-    return t if bool(m.all()) else t * m.to(t.device)  # a bool mask: no float copy of it
+    if len(fs) > 1 and 4 * math.prod(torch.broadcast_shapes(*[f.shape for f in fs])) <= t.numel():
+        return t * reduce(torch.mul, fs)
+    out = t * fs[0]
+    for f in fs[1:]:
+        out.mul_(f)
+    return out
 
 
 def slice_masked(t: torch.Tensor, kept: Mapping[int, torch.Tensor], rest: torch.Tensor | None) -> torch.Tensor:

@@ -107,7 +107,7 @@ def _as_binary(name: str, t: object, shape: torch.Size) -> torch.Tensor:
         )
     t = shrink(t)  # repeats dropped first: the checks below then touch O(channels)
     if t.dtype != torch.bool:
-        bad = ~((t == 0) | (t == 1))
+        bad = (t != 0) & (t != 1)
         if bool(bad.any()):
             v = t[bad].flatten()[0].item()
             raise MaskError(f"mask '{name}' is not binary (found value {v!r}): use 0 for pruned and 1 for kept entries")

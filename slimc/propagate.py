@@ -194,8 +194,13 @@ def _terms_and_factors(contribs: list[tuple[np.ndarray, Any, np.ndarray]]) -> tu
     marked in a table of (element, term) cells."""
     b = np.concatenate([c[0] for c in contribs])
     v = np.concatenate([c[2] for c in contribs])
-    t = np.concatenate([np.full(len(c[0]), c[1], np.int64) if np.isscalar(c[1]) else c[1] for c in contribs])
-    terms, t = np.unique(t, return_inverse=True)
+    if all(np.isscalar(c[1]) for c in contribs):  # the usual case: one term per contribution
+        index = {term: i for i, term in enumerate(sorted({c[1] for c in contribs}))}
+        terms = list(index)
+        t = np.concatenate([np.full(len(c[0]), index[c[1]], np.int64) for c in contribs])
+    else:
+        t = np.concatenate([np.full(len(c[0]), c[1], np.int64) if np.isscalar(c[1]) else c[1] for c in contribs])
+        terms, t = np.unique(t, return_inverse=True)
     lo, span = int(b.min()), int(b.max()) - int(b.min()) + 1
     if span <= 4 * len(b):  # an op's output elements are (nearly) one range: index it directly
         local, el = b - lo, None
