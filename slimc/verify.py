@@ -100,8 +100,10 @@ def shape_text(inputs: tuple) -> str:
 class Reference:
     """The masked original's outputs at the inputs the check uses: the example, and random
     inputs at a second shape that changes the batch and every other dim that may vary
-    (``free``: input index → dims). Where the original refuses that shape (a size literal in
-    its code, a maximum length), fewer dims vary, down to the batch alone, and it says so."""
+    (``free``: input index → dims), each down to about a quarter (cheap to run; see
+    :func:`slimc.inputs.other_size`). Where the original refuses that shape (a minimum size,
+    a size literal in its code, a maximum length), the dims shrink less (to about half),
+    then fewer dims vary, down to the batch alone, and it says so."""
 
     def __init__(self, original: nn.Module, final_masks: dict, inputs: tuple, free: dict[int, list[int]]):
         self.module = Masked(original, final_masks)
@@ -109,11 +111,12 @@ class Reference:
         self.outputs = [run_eval(self.module, inputs)]
         self.varied = ""
         self.varied_dims: dict[int, list[int]] = {}  # the dims the second shape changed
-        tries = [free, {i: [d for d in dims if d == 0] for i, dims in free.items()}]
+        batch = {i: [d for d in dims if d == 0] for i, dims in free.items()}
+        tries = [(free, 4), (free, 2), (batch, 2)]
         seen: list = []
-        for k, dims in enumerate(tries):
+        for dims, keep in tries:
             dims = {i: ds for i, ds in dims.items() if ds}
-            shapes = other_shapes(inputs, dims)
+            shapes = other_shapes(inputs, dims, keep)
             if shapes in seen:
                 continue
             seen.append(shapes)
