@@ -1,32 +1,33 @@
-"""Slice params and buffers to the kept indices; replace each leaf module by a smaller
-instance of the same class (so the slim model fine-tunes like the original)."""
+"""Slice params and buffers to the kept indices (masked entries that stay are zeroed on
+the way); replace each leaf module by a smaller instance of the same class (so the slim
+model fine-tunes like the original)."""
 from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 from torch import fx, nn
 
 from slimc.passes import PassResult, RewriteContext
 from slimc.shape_rules import RESIZERS
+from slimc.shards import sliced
 
 
 def _sliced(t: torch.Tensor, fqn: str, plan) -> torch.Tensor | None:
-    out = t
-    changed = False
-    for d in range(t.dim()):
-        k = plan.kept_idx(("p", fqn, d))
-        if k is not None:
-            out = out.index_select(d, torch.from_numpy(np.asarray(k)).to(out.device))
-            changed = True
-    return out.contiguous() if changed else None
+    """``t`` masked with the final masks and cut to the kept indices; None if unchanged."""
+    out = sliced(plan, fqn, t)
+    return None if out is t else out
 
 
-def _set(root: nn.Module, path: str, value) -> None:
+def _set(modules: dict[str, nn.Module], path: str, value) -> None:
+    """Set submodule, parameter or buffer ``path`` (``modules``: the root's named_modules)."""
     parent, _, leaf = path.rpartition(".")
-    owner = root.get_submodule(parent) if parent else root
-    setattr(owner, leaf, value)
+    owner = modules[parent]
+    store = next((d for d in (owner._modules, owner._parameters, owner._buffers) if leaf in d), None)
+    if store is not None and (store is not owner._parameters or isinstance(value, nn.Parameter)):
+        store[leaf] = value
+    else:
+        setattr(owner, leaf, value)
 
 
 def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
@@ -42,13 +43,14 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
         return shared[id(orig)]
 
     leaves = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    modules = dict(gm.named_modules(remove_duplicate=False))
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target not in done:
             done.add(node.target)
-            mod = gm.get_submodule(node.target)
+            mod = modules[node.target]
             new_tensors = {}
-            for name, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]:
-                s = _sliced(t.detach(), f"{node.target}.{name}", plan)
+            for name, t in [*mod._parameters.items(), *mod._buffers.items()]:
+                s = None if t is None else _sliced(t.detach(), f"{node.target}.{name}", plan)
                 if s is not None:
                     new_tensors[name] = s
             x = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
@@ -71,16 +73,17 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             if new_in is not None:
                 sizes["__input__"] = new_in  # for modules whose sizes no param carries (affine=False)
             resize(new, sizes)
-            _set(gm, node.target, new)
+            _set(modules, node.target, new)
             modified = True
         elif node.op == "get_attr" and node.target not in done and node.target.rpartition(".")[0] not in leaves:
             # (a leaf module's own param read by get_attr, e.g. `.weight.device`, is sliced with the module)
             done.add(node.target)
-            t = getattr(gm.get_submodule(node.target.rpartition(".")[0]) if "." in node.target else gm, node.target.rpartition(".")[2])
+            owner, _, leaf = node.target.rpartition(".")
+            t = getattr(modules[owner], leaf)
             if isinstance(t, torch.Tensor):
                 s = _sliced(t.detach(), node.target, plan)
                 if s is not None:
                     val = param(t, s) if isinstance(t, nn.Parameter) else s
-                    _set(gm, node.target, val)
+                    _set(modules, node.target, val)
                     modified = True
     return PassResult(gm, modified, notes)

@@ -52,7 +52,8 @@ def cmd_compile(a: argparse.Namespace) -> int:
     _guard_outputs([a.model, a.masks], [out / n for n in ("slim.pt", "slim.onnx", "report.json", "masks.pth", "inputs.pt")])
     model, inputs, masks = _load(a.model, a.masks)
     res = slimc.compile(model, masks, inputs, mode=a.mode, verify=not a.no_verify, front_end=a.front_end,
-                        renorm=a.renorm, allow_empty=a.allow_empty, name=Path(a.model).stem, probe=not a.no_probe)
+                        renorm=a.renorm, allow_empty=a.allow_empty, name=Path(a.model).stem, probe=not a.no_probe,
+                        vs_user_masks=not a.no_verify)
     spec = str(Path(a.model).resolve()) if Path(a.model).is_file() else a.model
     res.report["source"] = {"model": spec, "masks": str(Path(a.masks).resolve()) if a.masks else None,
                             "weights": str(Path(a.weights).resolve()) if a.weights else None}

@@ -15,12 +15,13 @@ from slimc import graph as graph_mod
 from slimc.copying import clean, copy_hooks, dropped_hooks
 from slimc.errors import PlanError, SlimcError, VerifyError
 from slimc.inputs import bind
-from slimc.masks import MaskSet, normalize
+from slimc.masks import normalize
 from slimc.passes import RewriteContext, run_pipeline
 from slimc.probe import Prober
 from slimc.propagate import RemovalPlan, plan as make_plan
-from slimc.report import count_flops, count_params, layer_widths
-from slimc.trace import shapes_of, trace
+from slimc.flops import dg_flops
+from slimc.report import StageClock, count_params, layer_widths
+from slimc.trace import own_tensors, shapes_of, trace
 from slimc.verify import Masked as _Masked, Reference, masks_cover
 
 
@@ -107,7 +108,8 @@ def expected_params(p: RemovalPlan) -> int:
 
 def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, mode: str = "channel",
             verify: bool = True, front_end: str = "auto", renorm: bool = False, allow_empty: bool = False,
-            name: str | None = None, user_model: bool = True, probe: bool = True) -> CompileResult:
+            name: str | None = None, user_model: bool = True, probe: bool = True,
+            vs_user_masks: bool = False) -> CompileResult:
     """Compile ``model`` under ``masks`` into a physically smaller module.
 
     ``model`` is never modified: the slim module is a new object. ``masks`` may be NNI
@@ -116,12 +118,15 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     ``probe``: ops without a shape rule are probed on the example inputs and treated as
     channel-wise where no mixing is found (slimc.probe); if the built-in check then fails,
     the model is compiled again with them as barriers.
+    ``vs_user_masks``: also report how far the slim model is from the masks *as given*
+    (``report["verify"]["vs_user_masked"]``: one more forward pass of the full model).
     """
-    t_start = time.perf_counter()
+    clock = StageClock()
 
     def unprobed() -> CompileResult:
         res = compile(model, masks, example_inputs, mode=mode, verify=verify, front_end=front_end, renorm=renorm,
-                      allow_empty=allow_empty, name=name, user_model=user_model, probe=False)
+                      allow_empty=allow_empty, name=name, user_model=user_model, probe=False,
+                      vs_user_masks=vs_user_masks)
         res.report["notes"].append("the check failed with the probed ops treated as channel-wise: "
                                    "compiled again with them as barriers")
         return res
@@ -134,49 +139,42 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     on_meta = any(t.is_meta for t in model.parameters())
     if on_meta:  # shapes only: the example inputs go to the meta device too
         inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
-    times: dict[str, float] = {}
-    t = time.perf_counter()
     hooks, given = dropped_hooks(model), model
     model = clean(model)  # slimc.copying: reparametrizations made plain params; hooks, caches left out
+    clock.lap("copy")
     user = normalize(masks, model)
-    times["masks"] = time.perf_counter() - t
-    t = time.perf_counter()
+    clock.lap("masks")
     traced = trace(model, inputs, front_end, meta=on_meta)
     used_params = count_params(traced.gm)
-    times["trace"] = time.perf_counter() - t
-    t = time.perf_counter()
-    # counted on the traced graph: the same ops the slim model runs (a fused fast path of the
-    # original, e.g. TransformerEncoderLayer in eval, is invisible to the FLOP counter)
-    flops_before = count_flops(traced.gm, inputs)
-    times["flops"] = time.perf_counter() - t
+    clock.lap("trace")
 
-    t = time.perf_counter()
     prober = Prober(traced.gm, inputs) if probe and not on_meta else None
     dg = graph_mod.build(traced.gm, shapes_of(traced.gm), prober)
-    times["graph"] = time.perf_counter() - t
+    clock.lap("graph")
+    # read off the traced graph's shapes: the ops the slim model runs (a fused fast path of
+    # the original, e.g. TransformerEncoderLayer in eval, would hide them from a counter)
+    flops_before = dg_flops(dg)
+    clock.lap("flops")
 
-    t = time.perf_counter()
     p = make_plan(dg, user, mode=mode, allow_empty=allow_empty)
     want_params = expected_params(p)
-    times["propagate"] = time.perf_counter() - t
+    clock.lap("propagate")
 
-    t = time.perf_counter()
-    MaskSet(p.final_masks).apply(traced.gm)  # kept-but-masked weights stay zero
     ctx = RewriteContext(p, renorm=renorm)
-    try:
+    try:  # slice_params zeroes kept-but-masked weights as it cuts
         slim, notes = run_pipeline(traced.gm, ctx)
     except SlimcError:
         raise
     except Exception as e:
         raise PlanError(f"rewriting failed: {type(e).__name__}: {e}".splitlines()[0]) from e
     slim.train(model.training)
+    own_tensors(slim, model)
     if traced.real_tensors:  # a meta plan: the real buffers and constants go back, sliced
         from slimc.shards import sliced
         from slimc.trace import set_tensor
 
         for name, real in traced.real_tensors.items():
             set_tensor(slim, name, sliced(p, name, real))
-    times["rewrite"] = time.perf_counter() - t
 
     bad = masks_cover(p.final_masks, user)
     if bad:
@@ -184,6 +182,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     got_params = count_params(slim)
     unused = count_params(model) - used_params
     approximate = ctx.approximate
+    clock.lap("rewrite")
     report: dict[str, Any] = {
         "model": name or type(model).__name__,
         "mode": mode,
@@ -199,18 +198,18 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
                   *([f"{hooks} hook(s) of the model are not part of the slim graph (res.module); "
                      f"the user's class (res.model) keeps them"] if hooks else []),
                   *([f"{unused:,} params of modules forward() never uses are not in the slim model"] if unused else [])],
-        "times_s": times,
+        "times_s": clock.times,
     }
+    clock.lap("report")
     if on_meta:  # a plan from shapes alone (a model larger than memory): nothing to run
         verify = False
         report["notes"].append("weights on the meta device: plan from shapes only, not verified; "
                                "slice a checkpoint with --weights (slimc.shards)")
     free = p.free_input_dims(inputs, traced.dynamic_dims)
     if verify:
-        t = time.perf_counter()
         try:
             ref = Reference(model, p.final_masks, inputs, free)
-            chk = ref.check(slim, _Masked(model, user.masks))
+            chk = ref.check(slim, _Masked(model, user.masks) if vs_user_masks else None)
         except SlimcError:
             raise
         except Exception as e:
@@ -219,7 +218,6 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
             raise VerifyError(f"the slim model failed to run: {type(e).__name__}: {e}".splitlines()[0]) from e
         if report["probed"] and not chk.ok:
             return unprobed()
-        times["verify"] = time.perf_counter() - t
         report["verify"] = {**chk.to_dict(), "approximate": approximate}
         if got_params != want_params:
             raise VerifyError(f"the slim model has {got_params:,} params, the kept indices imply {want_params:,}")
@@ -230,27 +228,28 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
                 f"the slim model differs from the masked model by {chk.max_abs_diff:.3g} "
                 f"(tolerance {chk.tolerance:.3g}): please report this model; use --debug for details"
             )
+        clock.lap("verify")
     um = None
     if user_model:
-        t = time.perf_counter()
         um = _user_model(model, p, slim, ctx, ref if verify else None, approximate)
         if um.model is not None and hooks:
             copy_hooks(given, um.model)  # checked without them, like the graph; the user's hooks stay
         report["user_model"] = um.report()
-        times["model"] = time.perf_counter() - t
-    t = time.perf_counter()
-    report["flops"] = {"before": flops_before, "after": count_flops(slim, inputs)}
-    times["flops"] += time.perf_counter() - t
+        clock.lap("model")
+    report["flops"] = {"before": flops_before, "after": dg_flops(dg, p.new_size)}
+    clock.lap("flops")
     report["layers"] = layer_widths(model, slim)
-    times["total"] = time.perf_counter() - t_start
+    clock.lap("report")
+    clock.total()
     dynamic = ref.varied_dims if verify else free
     return CompileResult(slim, p.final_masks, report, p, given_inputs, um.model if um else None, um, model,
                          {i: ds for i, ds in dynamic.items() if ds})
 
 
 def _user_model(model: nn.Module, p: RemovalPlan, slim: fx.GraphModule, ctx: RewriteContext, ref, approximate: bool):
-    """The user's class, slim, checked against the same reference as the graph; where it
-    cannot be built or differs, ``model`` is None with the reason."""
+    """The user's class, slim, checked against the same reference as the graph (at the
+    second input shape: its sizes must follow the input like the graph's); where it cannot
+    be built or differs, ``model`` is None with the reason."""
     from slimc.surgery import build
 
     try:
@@ -263,8 +262,8 @@ def _user_model(model: nn.Module, p: RemovalPlan, slim: fx.GraphModule, ctx: Rew
     if um.model is None or ref is None:
         return um
     hint = f" (sizes computed in the code at: {'; '.join(um.unresolved[:3])})" if um.unresolved else ""
-    try:
-        chk = ref.check(um.model)
+    try:  # at the second input shape (the one that varies the dims): the graph was checked at both
+        chk = ref.check(um.model, which=[-1])
     except Exception as e:
         um.reason = f"the slim {type(model).__name__} failed to run: {type(e).__name__}: {e}".splitlines()[0] + hint
         um.model = None

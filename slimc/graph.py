@@ -49,12 +49,34 @@ class DependencyGraph:
     n: int
     barrier_reasons: dict[SlotKey, str]
     nx: nx.MultiDiGraph = field(repr=False, default_factory=nx.MultiDiGraph)
+    _ids: dict = field(repr=False, default_factory=dict)
 
     def ids(self, slot: SlotKey, idx: np.ndarray | None = None) -> np.ndarray:
+        """Element ids of ``slot`` (of its indices ``idx``); the whole slot's are cached, read-only."""
         base = self.offset[slot]
-        if idx is None:
-            return np.arange(base, base + self.size[slot], dtype=np.int64)
-        return base + np.asarray(idx, dtype=np.int64)
+        if idx is not None:
+            return base + np.asarray(idx, dtype=np.int64)
+        ids = self._ids.get(slot)
+        if ids is None:
+            ids = self._ids[slot] = np.arange(base, base + self.size[slot], dtype=np.int64)
+            ids.flags.writeable = False
+        return ids
+
+    def slot_table(self) -> tuple[list[SlotKey], np.ndarray, np.ndarray]:
+        """(slots, starts, sizes) in element order: slot i holds elements starts[i] … +sizes[i]."""
+        if "table" not in self._ids:
+            slots = sorted(self.offset, key=self.offset.__getitem__)
+            self._ids["table"] = (slots, np.array([self.offset[s] for s in slots], np.int64),
+                                  np.array([self.size[s] for s in slots], np.int64))
+        return self._ids["table"]
+
+    def per_slot_count(self, flags: np.ndarray) -> np.ndarray:
+        """How many elements of each slot (in :meth:`slot_table` order) ``flags`` marks."""
+        _, starts, sizes = self.slot_table()
+        if not len(starts) or not len(flags):
+            return np.zeros(len(starts), np.int64)
+        counts = np.add.reduceat(flags, np.minimum(starts, len(flags) - 1), dtype=np.int64)
+        return np.where(sizes > 0, counts, 0)
 
     def value_slots(self) -> Iterator[SlotKey]:
         return (s for s in self.offset if s[0] == "v")

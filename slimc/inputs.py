@@ -99,25 +99,30 @@ def _is_mask_like(t: torch.Tensor) -> bool:
     return bool((t.reshape(-1, t.shape[-1]).amax(dim=-1) == 1).all())
 
 
-def other_size(n: int, batch: bool = False) -> int:
-    """Another size for a dim that may vary, no larger than needed: a batch of 1 → 2, else one
-    less; other sizes step by their lowest set bit (divisibility by powers of two is kept),
-    down where half the size remains (224 → 192, 12 → 8, 7 → 6), else up (32 → 64)."""
+def other_size(n: int, batch: bool = False, keep: int = 2) -> int:
+    """Another size for a dim that may vary, as small as is safe (the check runs the full
+    model at it): a batch of 1 → 2, else one less; other sizes step by their lowest set bit
+    (divisibility by powers of two is kept) down to the smallest that keeps at least
+    1/``keep`` of the size (keep=2: 224 → 128, 12 → 8, 7 → 4; keep=4: 224 → 64), else —
+    a power of two — up one step (32 → 64)."""
     if batch:
         return 2 if n <= 1 else n - 1
     step = n & -n if n > 0 else 1
-    return n - step if 2 * (n - step) >= n and n - step > 0 else n + step
+    down = n - ((n - -(-n // keep)) // step) * step  # the most steps down that keep ≥ n/keep
+    if down < 2 < n:  # never down to a size-1 dim (broadcast rules differ there)
+        return other_size(n, keep=2) if keep > 2 else n + step
+    return down if down < n else n + step
 
 
-def other_shapes(inputs: tuple, free: Mapping[int, list[int]]) -> dict[int, tuple]:
-    """New shapes for the inputs: every free dim changed; ``free``: input index → dims that
-    may vary (dim 0 is the batch)."""
+def other_shapes(inputs: tuple, free: Mapping[int, list[int]], keep: int = 2) -> dict[int, tuple]:
+    """New shapes for the inputs: every free dim changed (see :func:`other_size`); ``free``:
+    input index → dims that may vary (dim 0 is the batch)."""
     out = {}
     for i, dims in free.items():
         t = inputs[i]
         shape = list(t.shape)
         for d in dims:
-            shape[d] = other_size(shape[d], batch=d == 0)
+            shape[d] = other_size(shape[d], batch=d == 0, keep=keep)
         if shape != list(t.shape):
             out[i] = tuple(shape)
     return out

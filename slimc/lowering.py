@@ -34,8 +34,8 @@ def kept_whole(m: nn.Module) -> bool:
 
 
 def _ndim(n: fx.Node) -> int | None:
-    meta = n.meta.get("tensor_meta")
-    return len(meta.shape) if hasattr(meta, "shape") else None
+    s = _shape(n)
+    return len(s) if s is not None else None
 
 
 def _drop_path_spec(gm: fx.GraphModule, node: fx.Node) -> DropPath | None:
@@ -98,7 +98,7 @@ def _slice_chain(view: fx.Node) -> tuple[fx.Node, int, tuple[int, int]] | None:
     part = None
     while isinstance(view, fx.Node) and view.target in SLICES:
         x, dim = view.args[0], view.args[1] if len(view.args) > 1 else 0
-        n = x.meta.get("tensor_meta").shape[dim] if hasattr(x.meta.get("tensor_meta"), "shape") else None
+        n = _shape(x)[dim] if _shape(x) is not None else None
         b = slice_bounds(slice(*[view.args[i] if len(view.args) > i else None for i in (2, 3, 4)]), n) if n else None
         if b is None:
             return None
@@ -134,7 +134,12 @@ def _slice_writes(gm: fx.GraphModule) -> bool:
 
 
 def _shape(n) -> tuple | None:
-    meta = n.meta.get("tensor_meta") if isinstance(n, fx.Node) else None
+    """A node's shape as the trace recorded it (slimc.shapes; torch's ShapeProp metadata)."""
+    if not isinstance(n, fx.Node):
+        return None
+    if isinstance(n.meta.get("shape"), tuple):
+        return n.meta["shape"]
+    meta = n.meta.get("tensor_meta")
     return tuple(meta.shape) if hasattr(meta, "shape") else None
 
 

@@ -1,12 +1,18 @@
 """Masks: load the three accepted formats and normalize them to structured masks.
 
-A :class:`MaskSet` maps parameter FQNs to 0/1 tensors of the parameter's shape. It
-knows, for every parameter and dim, which slices are entirely zero (``zero_slices``):
-that is what the propagation consumes. Zeros that do not fill a whole slice are
-unstructured sparsity — kept and counted in the report.
+A :class:`MaskSet` maps parameter FQNs to 0/1 bool tensors that *broadcast* to the
+parameter: compact where the mask is structured (``(out, 1, 1, 1)`` for conv filters,
+``(out, 1)`` / ``(1, in)`` for Linear rows / columns, see :mod:`slimc.compact`), full-size
+where it is not. It knows, for every parameter and dim, which slices are entirely zero
+(``zero_slices``): that is what the propagation consumes. Zeros that do not fill a whole
+slice are unstructured sparsity — kept and counted in the report.
+
+Pruners write compact masks with :func:`structured_mask` (``(shape, dim, keep)`` → the
+compact mask) or shrink a full-size one with :func:`compact`.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +21,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from slimc.compact import FinalMasks, broadcasts, compact, factors_of, shrink, structured_mask
 from slimc.errors import LoadError, MaskError
 
 PRUNE_SUFFIXES = ("_mask", "_orig")
@@ -22,9 +29,12 @@ PRUNE_SUFFIXES = ("_mask", "_orig")
 
 @dataclass
 class MaskSet:
-    """Binary masks keyed by parameter FQN, each with the parameter's shape."""
+    """Binary masks keyed by parameter FQN, each a bool tensor that broadcasts to the
+    parameter (``shapes``: the parameters' own shapes, as masks may be compact)."""
 
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    masks: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _zero: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.masks)
@@ -35,39 +45,50 @@ class MaskSet:
     def get(self, fqn: str) -> torch.Tensor | None:
         return self.masks.get(fqn)
 
+    def shape(self, fqn: str) -> tuple[int, ...]:
+        """The parameter's shape (the mask's own where the parameter's is not known)."""
+        return self.shapes.get(fqn) or tuple(self.masks[fqn].shape)
+
     def zero_slices(self, fqn: str, dim: int) -> torch.Tensor:
         """Bool tensor over ``dim``: True where the whole slice of the mask is zero."""
-        m = self.masks.get(fqn)
-        if m is None:
-            raise KeyError(fqn)
-        other = [d for d in range(m.dim()) if d != dim]
-        if not other:
-            return m == 0
-        return (m != 0).sum(dim=other) == 0
+        key = (fqn, dim)
+        if key not in self._zero:
+            m = self.masks[fqn] != 0
+            n = self.shape(fqn)[dim]
+            other = tuple(d for d in range(m.dim()) if d != dim)
+            if m.shape[dim] == 1:  # broadcast along dim: every slice is the whole mask
+                self._zero[key] = torch.full((n,), not bool(m.any()))
+            else:
+                self._zero[key] = ~m.any(dim=other) if other else ~m
+        return self._zero[key]
 
     def unstructured_zeros(self) -> dict[str, int]:
-        """Per parameter: zeros that lie outside fully-zero slices along dim 0 and dim 1."""
+        """Per parameter: zeros that lie outside fully-zero slices along dim 0 and dim 1.
+
+        Counted, not marked: a zero slice is all zeros, so the zeros it covers are its size."""
         out: dict[str, int] = {}
         for fqn, m in self.masks.items():
-            z = m == 0
-            covered = torch.zeros_like(z)
-            for d in range(min(2, m.dim())):
-                zs = self.zero_slices(fqn, d)
-                shape = [1] * m.dim()
-                shape[d] = -1
-                covered |= zs.view(shape).expand_as(z)
-            n = int((z & ~covered).sum())
-            if n:
-                out[fqn] = n
+            shape = self.shape(fqn)
+            numel = math.prod(shape)
+            zeros = numel - int(torch.count_nonzero(m)) * (numel // max(m.numel(), 1))
+            if not zeros or not shape:
+                continue
+            rows = int(self.zero_slices(fqn, 0).sum())
+            cols = int(self.zero_slices(fqn, 1).sum()) if len(shape) > 1 else 0
+            n0, n1 = shape[0], shape[1] if len(shape) > 1 else 1
+            covered = (rows * n1 + n0 * cols - rows * cols) * (numel // max(n0 * n1, 1))
+            if zeros > covered:
+                out[fqn] = zeros - covered
         return out
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Multiply every masked parameter of ``model`` in place (call on a copy)."""
         params = dict(model.named_parameters(remove_duplicate=False))
         with torch.no_grad():
-            for fqn, m in self.masks.items():
+            for fqn in self.masks:
                 if fqn in params:  # a traced graph drops modules forward() never uses
-                    params[fqn].mul_(m.to(params[fqn].dtype))
+                    for f in factors_of(self.masks, fqn):
+                        params[fqn].mul_(f.to(params[fqn].device))
         return model
 
     def to_state(self) -> dict[str, torch.Tensor]:
@@ -75,23 +96,22 @@ class MaskSet:
 
 
 def _as_binary(name: str, t: object, shape: torch.Size) -> torch.Tensor:
+    """``t`` validated against the parameter's ``shape``, as its smallest bool form."""
     if not isinstance(t, torch.Tensor):
         raise MaskError(f"mask '{name}' is a {type(t).__name__}, not a tensor: store 0/1 tensors of the parameter's shape")
-    if tuple(t.shape) != tuple(shape):
+    if not broadcasts(t.shape, shape):
         raise MaskError(
-            f"mask '{name}' has shape {tuple(t.shape)} but the parameter has shape {tuple(shape)}: "
-            "masks must have the parameter's own shape"
+            f"mask '{name}' has shape {tuple(t.shape)}, which does not broadcast to the parameter's shape "
+            f"{tuple(shape)}: give the parameter's own shape, or 1 on every dim the mask does not vary "
+            "along (e.g. (out, 1) for rows, (1, in) for columns, (out, 1, 1, 1) for conv filters)"
         )
-    if t.is_floating_point() or t.is_complex():
-        bad = ~((t == 0) | (t == 1))
-    elif t.dtype == torch.bool:
-        bad = torch.zeros_like(t)
-    else:
-        bad = ~((t == 0) | (t == 1))
-    if bool(bad.any()):
-        v = t[bad].flatten()[0].item()
-        raise MaskError(f"mask '{name}' is not binary (found value {v!r}): use 0 for pruned and 1 for kept entries")
-    return (t != 0).to(torch.bool).cpu()
+    t = shrink(t)  # repeats dropped first: the checks below then touch O(channels)
+    if t.dtype != torch.bool:
+        bad = (t != 0) & (t != 1)
+        if bool(bad.any()):
+            v = t[bad].flatten()[0].item()
+            raise MaskError(f"mask '{name}' is not binary (found value {v!r}): use 0 for pruned and 1 for kept entries")
+    return (t != 0).cpu().clone() if t.dtype != torch.bool else t.cpu().clone()
 
 
 def _flatten(raw: Mapping[str, object]) -> dict[str, object]:
@@ -144,10 +164,10 @@ def normalize(raw: Mapping[str, object] | MaskSet | None, model: nn.Module) -> M
         if len(names) > 1 and given:
             joint = given[0].clone()
             for m in given[1:]:
-                joint = joint * m
+                joint = joint & m
             for n in names:
                 out[n] = joint.clone()
-    return MaskSet(out)
+    return MaskSet(out, {n: tuple(params[n].shape) for n in out})
 
 
 def _closest(name: str, params: Mapping[str, object]) -> str | None:
@@ -183,7 +203,8 @@ def load_masks(path: str | os.PathLike) -> dict[str, object]:
 
 
 def save_masks(masks: Mapping[str, object], path: str | os.PathLike) -> None:
-    """Write masks as uint8, flat ``{param: m}`` or NNI ``{module: {"weight": m}}``, atomically."""
+    """Write masks as uint8, flat ``{param: m}`` or NNI ``{module: {"weight": m}}``, atomically;
+    compact masks stay compact (final masks are saved at their smallest broadcast shape)."""
     from slimc.atomic import atomic_path
 
     def uint8(v: object) -> object:
@@ -191,3 +212,6 @@ def save_masks(masks: Mapping[str, object], path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         torch.save({k: uint8(v) for k, v in masks.items()}, tmp)
+
+
+__all__ = ["FinalMasks", "MaskSet", "compact", "load_masks", "normalize", "save_masks", "structured_mask"]

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from scipy.sparse.csgraph import connected_components
 
 from slimc.errors import PlanError
 from slimc.graph import DependencyGraph
+from slimc.compact import FinalMasks, structured_mask
 from slimc.masks import MaskSet
 from slimc.shape_rules import Blocks, EqualCount, KeepMore, Link, NeedsZero, SlotKey
 
@@ -41,11 +42,12 @@ class RemovalPlan:
     removed: np.ndarray  # bool per element
     group: np.ndarray  # group label per element
     kept: dict[SlotKey, np.ndarray]  # slots that lose elements → kept indices
-    final_masks: dict[str, torch.Tensor]
+    final_masks: FinalMasks  # {param_fqn: bool mask that broadcasts to the param}, kept as factors
     kept_reasons: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     n_groups_removed: int = 0
     param_group: np.ndarray | None = None  # per group: does a param slice (source, sink, follower) belong to it
+    _kept_t: dict = field(default_factory=dict, repr=False)
 
     def free_input_dims(self, inputs: tuple, dynamic: dict[int, list[int]] | None = None) -> dict[int, list[int]]:
         """Input index → dims no parameter is coupled to (batch, sequence, image size): sizes
@@ -68,6 +70,15 @@ class RemovalPlan:
     def kept_idx(self, slot: SlotKey) -> np.ndarray | None:
         return self.kept.get(slot)
 
+    def kept_index(self, slot: SlotKey) -> torch.Tensor | None:
+        """:meth:`kept_idx` as a (cached) torch index tensor."""
+        k = self.kept.get(slot)
+        if k is None:
+            return None
+        if slot not in self._kept_t:
+            self._kept_t[slot] = torch.from_numpy(np.ascontiguousarray(k, dtype=np.int64))
+        return self._kept_t[slot]
+
     def new_size(self, slot: SlotKey) -> int:
         k = self.kept.get(slot)
         return self.dg.size[slot] if k is None else len(k)
@@ -82,21 +93,77 @@ def param_aliases(dg: DependencyGraph) -> list[list[str]]:
 
 
 class _Union:
-    def __init__(self, n: int):
+    """Union-find over elements by connected components (scipy). ``aligned`` (per element,
+    the id it shares with the same channel of slots joined one-to-one, see :func:`_aligned`)
+    shrinks the graph to what those joins leave. Labels are kept: unions added later are
+    resolved on the graph of the current groups, far smaller still."""
+
+    def __init__(self, n: int, aligned: tuple[np.ndarray, int] | None = None):
         self.n = n
+        self.map, self.m = aligned if aligned is not None else (np.arange(n), n)
         self.a: list[np.ndarray] = []
         self.b: list[np.ndarray] = []
+        self._labels: np.ndarray | None = None  # per aligned id
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        self.a.append(a)
-        self.b.append(b)
+        self.a.append(self.map[a])
+        self.b.append(self.map[b])
 
     def labels(self) -> np.ndarray:
-        if not self.a:
-            return np.arange(self.n)
-        a, b = np.concatenate(self.a), np.concatenate(self.b)
-        m = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(self.n, self.n))
-        return connected_components(m, directed=False)[1]
+        if self._labels is None:
+            self._labels = _components(np.arange(self.m), self.a, self.b, self.m)
+        elif self.a:
+            lab = self._labels
+            self._labels = _components(lab, [lab[a] for a in self.a], [lab[b] for b in self.b], int(lab.max()) + 1)
+        self.a, self.b = [], []
+        return self._labels[self.map]
+
+
+def _aligned(dg: DependencyGraph, pairs: list[tuple[SlotKey, SlotKey]]) -> tuple[np.ndarray, int]:
+    """Slots joined one-to-one (element i with element i: elementwise ops, a bias with its
+    output) are one *class*: per element, the id of its channel in its class, and how many
+    ids there are. Found by a union-find over slots (thousands), not elements (millions)."""
+    parent: dict[SlotKey, SlotKey] = {}
+
+    def find(x: SlotKey) -> SlotKey:
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[rb] = ra
+    slots, starts, sizes = dg.slot_table()
+    index = {s: i for i, s in enumerate(slots)}
+    root = np.array([index[find(s)] for s in slots], np.int64)
+    is_root = root == np.arange(len(slots))
+    base = np.zeros(len(slots), np.int64)
+    base[is_root] = np.concatenate([[0], np.cumsum(sizes[is_root])[:-1]]) if is_root.any() else []
+    m = int(sizes[is_root].sum())
+    return np.repeat(base[root] - starts, sizes) + np.arange(dg.n, dtype=np.int64), m
+
+
+def _components(of: np.ndarray, a: list[np.ndarray], b: list[np.ndarray], n: int) -> np.ndarray:
+    """Component label of each entry of ``of`` (ids < n) once the pairs (a, b) are joined."""
+    if not a:
+        return of
+    a, b = np.concatenate(a), np.concatenate(b)
+    m = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    return connected_components(m, directed=False)[1][of]
+
+
+def _row_ids(keys: np.ndarray) -> np.ndarray:
+    """One id per distinct row of the int matrix ``keys`` (like ``np.unique(axis=0)``'s
+    inverse), column by column on plain ints, which sort far faster than rows."""
+    ids = np.zeros(len(keys), np.int64)
+    for col in keys.T:
+        c = col - col.min()
+        ids = np.unique(ids * (int(c.max()) + 1) + c, return_inverse=True)[1].reshape(-1)
+    return ids
 
 
 def _link_ids(dg: DependencyGraph, ln: Link) -> tuple[np.ndarray, np.ndarray]:
@@ -107,11 +174,54 @@ def _link_ids(dg: DependencyGraph, ln: Link) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _any_by_group(flags: np.ndarray, grp: np.ndarray, g: int) -> np.ndarray:
-    return np.bincount(grp, weights=flags.astype(np.float64), minlength=g) > 0
+    out = np.zeros(g, bool)
+    out[grp[flags]] = True
+    return out
 
 
 def _count_by_group(flags: np.ndarray, grp: np.ndarray, g: int) -> np.ndarray:
-    return np.bincount(grp, weights=flags.astype(np.float64), minlength=g)
+    return np.bincount(grp[flags], minlength=g)
+
+
+_TRUE, _NEUTRAL = np.int8(1), np.int8(-1)  # a contribution: 1 true, 0 false, -1 neutral
+
+
+def _terms_and_factors(contribs: list[tuple[np.ndarray, Any, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """One op's output elements from its contributions ``(elements, term, value)`` (value:
+    1 true, 0 false, -1 neutral; term: an int, or one per element — a split reshape's
+    fibers): an element is true when, in every term that has a non-neutral contribution,
+    some contribution is true. Returns (elements, true, has a non-neutral contribution),
+    marked in a table of (element, term) cells."""
+    b = np.concatenate([c[0] for c in contribs])
+    v = np.concatenate([c[2] for c in contribs])
+    if all(np.isscalar(c[1]) for c in contribs):  # the usual case: one term per contribution
+        index = {term: i for i, term in enumerate(sorted({c[1] for c in contribs}))}
+        terms = list(index)
+        t = np.concatenate([np.full(len(c[0]), index[c[1]], np.int64) for c in contribs])
+    else:
+        t = np.concatenate([np.full(len(c[0]), c[1], np.int64) if np.isscalar(c[1]) else c[1] for c in contribs])
+        terms, t = np.unique(t, return_inverse=True)
+    lo, span = int(b.min()), int(b.max()) - int(b.min()) + 1
+    if span <= 4 * len(b):  # an op's output elements are (nearly) one range: index it directly
+        local, el = b - lo, None
+    else:
+        el, local = np.unique(b, return_inverse=True)
+        span = len(el)
+    k = len(terms)
+    cell = local * k + t.reshape(-1)
+    any_true = np.zeros(span * k, bool)
+    any_true[cell[v == 1]] = True
+    present = np.zeros(span * k, bool)
+    present[cell[v != -1]] = True
+    any_true, present = any_true.reshape(span, k), present.reshape(span, k)
+    true = (any_true | ~present).all(axis=1)
+    has = present.any(axis=1)
+    if el is None:
+        seen = np.zeros(span, bool)
+        seen[local] = True
+        seen = np.nonzero(seen)[0]
+        el, true, has = seen + lo, true[seen], has[seen]
+    return el, true & has, has
 
 
 class Propagation:
@@ -127,15 +237,22 @@ class Propagation:
         for slot in dg.barrier_reasons:
             if slot in dg.offset:
                 self.barrier[dg.ids(slot)] = True
-        self.uf = _Union(n)
+        one_to_one, mapped = [], []
         for _, ln, a, b in self.links:
-            if ln.kind != "feed":  # a broadcast term joins no channels
-                self.uf.add(a, b)
+            if ln.kind == "feed":  # a broadcast term joins no channels
+                continue
+            if ln.a_idx is None and ln.b_idx is None and ln.a in dg.offset and ln.b in dg.offset:
+                one_to_one.append((ln.a, ln.b))
+            else:
+                mapped.append((a, b))
         self.aliases = param_aliases(dg)
         for names in self.aliases:  # one tensor under several names: one set of channels
             for other in names[1:]:
                 for d in range(len(dg.gm.get_parameter(names[0]).shape)):
-                    self.uf.add(dg.ids(("p", names[0], d)), dg.ids(("p", other, d)))
+                    one_to_one.append((("p", names[0], d), ("p", other, d)))
+        self.uf = _Union(n, _aligned(dg, one_to_one))
+        for a, b in mapped:
+            self.uf.add(a, b)
         self.products: list[ProductFact] = []
         self.splits: list[tuple] = []  # (fact, big ids, [axis ids per free part]) of split reshapes
         self.group = self.uf.labels()
@@ -187,8 +304,7 @@ class Propagation:
             key[:, : len(parts)] = np.sort(np.stack([grp[p] for p in parts], axis=1), axis=1)
             keys.append(key)
             self.products.append(ProductFact(big, parts, why))
-        _, inv = np.unique(np.concatenate(keys), axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
+        inv = _row_ids(np.concatenate(keys))
         allel = np.concatenate([p[1] for p in pending])
         first = np.full(inv.max() + 1, -1, dtype=np.int64)
         first[inv[::-1]] = allel[::-1]
@@ -229,12 +345,12 @@ class Propagation:
         return parts
 
     def _flow(self, fact, a: np.ndarray, b: np.ndarray, terms: np.ndarray, split: bool = False) -> None:
-        """Synthetic flow links (one per term) for the dead/zero analyses through a reshape
-        (``split``: big element → its axis elements; liveness handles those itself)."""
-        for t in np.unique(terms).tolist():
-            sel = terms == t
-            tag = ("reshape", "split") if split else ("reshape",)
-            self.links.append((fact, Link("flow", ("reshape",), tag, term=int(t)), a[sel], b[sel]))
+        """A synthetic flow link for the dead/zero analyses through a reshape, one term per
+        element (``split``: big element → its axis elements, one term per fiber; liveness
+        handles those itself)."""
+        tag = ("reshape", "split") if split else ("reshape",)
+        term = int(terms[0]) if len(terms) and (terms == terms[0]).all() else terms
+        self.links.append((fact, Link("flow", ("reshape",), tag, term=term), a, b))
 
     # --- roles and masks ----------------------------------------------------------
     def _roles(self) -> None:
@@ -278,40 +394,32 @@ class Propagation:
             for slot in f.coupling.zeros:  # torch.zeros: zero (and dead) whatever its sources
                 state[self.dg.ids(slot)] = True
             items = by_fact.get(id(f))
+            if not items:
+                continue
             # a rule's virtual slots are values inside the op (an LSTM's units): they feed the
             # op's outputs within the same fact, so evaluate it again once they are known
-            for _ in range(3 if items and f.coupling.virtual else 1 if items else 0):
+            for _ in range(3 if f.coupling.virtual else 1):
                 self._fact_state(items, value, state, neutral)
         return state
 
-    @staticmethod
-    def _fact_state(items: list, value, state: np.ndarray, neutral: np.ndarray) -> None:
+    def _fact_state(self, items: list, value, state: np.ndarray, neutral: np.ndarray) -> None:
         """Set the state of every element one fact's links reach: true where every term is."""
-        contribs = []
+        contribs, whole = [], set()
         for ln, a, b in items:
             v = value(ln, a, state, neutral)
             if v is not None and ln.kind == "feed":  # one term for every element of b
                 v = np.full(len(b), 1 if (v == 1).all() else 0 if (v != -1).any() else -1, np.int8)
             if v is not None:
                 contribs.append((b, ln.term, v))
-        if not contribs:
-            return
-        uniq = np.unique(np.concatenate([c[0] for c in contribs]))
-        result = np.ones(len(uniq), bool)
-        has = np.zeros(len(uniq), bool)
-        for t in sorted({c[1] for c in contribs}):
-            anyv = np.zeros(len(uniq), bool)
-            present = np.zeros(len(uniq), bool)
-            for b, tt, v in contribs:
-                if tt != t:
-                    continue
-                li = np.searchsorted(uniq, b)
-                np.logical_or.at(anyv, li, v == 1)
-                np.logical_or.at(present, li, v != -1)
-            result &= anyv | ~present
-            has |= present
-        state[uniq] = result & has
-        neutral[uniq] = ~has
+                whole.add(ln.b if ln.b_idx is None and ln.b in self.dg.offset else None)
+        if len(whole) == len(contribs) and None not in whole:
+            for b, _, v in contribs:  # each into a slot of its own, whole: nothing to combine
+                state[b] = v == 1
+                neutral[b] = v == -1
+        elif contribs:
+            el, true, has = _terms_and_factors(contribs)
+            state[el] = true
+            neutral[el] = ~has
 
     def live(self, sink_gone: np.ndarray | None = None) -> np.ndarray:
         """Per element, backward: does anything that is kept read it? A barrier is live; a
@@ -352,20 +460,20 @@ class Propagation:
             if ln.kind == "feed":
                 return None  # a broadcast term: what removes a channel is its own sources
             if ln.kind == "flow":
-                return np.where(neutral[a], -1, state[a]).astype(np.int8)
+                return np.where(neutral[a], _NEUTRAL, state[a].view(np.int8))
             if ln.kind == "source":
-                return self.user_masked[a].astype(np.int8)
+                return self.user_masked[a].view(np.int8)
             # a masked follower (BN γ in network slimming, a layer scale) kills its factor;
             # an unmasked one neither keeps a channel alive nor kills it
-            return np.where(self.user_masked[a], 1, -1).astype(np.int8)
+            return np.where(self.user_masked[a], _TRUE, _NEUTRAL)
 
         return self.forward(value)
 
     def zero(self, param_zero: np.ndarray) -> np.ndarray:
         def value(ln: Link, a: np.ndarray, state: np.ndarray, neutral: np.ndarray):
             if ln.kind in ("flow", "feed") and ln.a[0] == "v":
-                return (state[a] & ln.zero_ok).astype(np.int8)
-            return param_zero[a].astype(np.int8)
+                return (state[a] & ln.zero_ok).view(np.int8)
+            return param_zero[a].view(np.int8)
 
         return self.forward(value)
 
@@ -382,9 +490,8 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
     P = Propagation(dg, masks)
     grp, ng = P.group, P.ng
     gbar = _any_by_group(P.barrier, grp, ng)
-    is_value = np.zeros(dg.n, bool)
-    for s in dg.value_slots():
-        is_value[dg.ids(s)] = True
+    slots, _, sizes = dg.slot_table()
+    is_value = np.repeat(np.array([s[0] == "v" for s in slots], bool), sizes)
     param_el = P.is_source | P.is_sink | P.is_follower
 
     if mode == "channel":
@@ -527,9 +634,11 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
     removed = removed_g[grp]
 
     # empty layers
-    for s in dg.value_slots():
+    n_removed = dg.per_slot_count(removed)
+    for i in np.nonzero((n_removed == sizes) & (sizes > 1))[0].tolist():
+        s = slots[i]
         ids = dg.ids(s)
-        if len(ids) > 1 and removed[ids].all():
+        if s[0] == "v" and removed[ids].all():  # (one kept channel may have filled an earlier one)
             name = _slot_name(dg, s)
             if not allow_empty:
                 raise PlanError(
@@ -541,11 +650,8 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
             forced.setdefault(int(grp[ids[0]]), f"{name} would be empty: one zero channel kept")
 
     kept: dict[SlotKey, np.ndarray] = {}
-    for s in dg.offset:
-        ids = dg.ids(s)
-        r = removed[ids]
-        if r.any():
-            kept[s] = np.nonzero(~r)[0]
+    for i in np.nonzero(dg.per_slot_count(removed))[0].tolist():
+        kept[slots[i]] = np.nonzero(~removed[dg.ids(slots[i])])[0]
 
     final = _final_masks(dg, P, removed, masks)
     result = RemovalPlan(dg, mode, removed, grp, kept, final, n_groups_removed=int(removed_g.sum()),
@@ -554,32 +660,24 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
     return result
 
 
-def _final_masks(dg: DependencyGraph, P: Propagation, removed: np.ndarray, masks: MaskSet) -> dict[str, torch.Tensor]:
+def _final_masks(dg: DependencyGraph, P: Propagation, removed: np.ndarray, masks: MaskSet) -> FinalMasks:
+    """The user's masks, times one compact keep vector per dim that loses slices (never a
+    full-size tensor: see :class:`slimc.compact.FinalMasks`)."""
     params = dict(dg.gm.named_parameters(remove_duplicate=False))
-    out: dict[str, torch.Tensor] = {k: v.clone() for k, v in masks.masks.items()}
-    for slot in P.linked_params:
+    keep: dict[str, list[torch.Tensor]] = {}
+    for slot in sorted(P.linked_params, key=lambda s: (s[1], s[2])):
         fqn, d = slot[1], slot[2]
         if fqn not in params:
             continue
         r = removed[dg.ids(slot)]
-        if not r.any():
-            continue
-        m = out.get(fqn)
-        if m is None:
-            m = torch.ones(params[fqn].shape, dtype=torch.bool)
-        idx = torch.from_numpy(np.nonzero(r)[0])
-        m = m.clone()
-        m.index_fill_(d, idx, False)
-        out[fqn] = m
-    for names in P.aliases:  # tied weights share one final mask
-        ms = [out[n] for n in names if n in out]
-        if ms:
-            joint = ms[0].clone()
-            for m in ms[1:]:
-                joint &= m.bool()
+        if r.any():
+            keep.setdefault(fqn, []).append(structured_mask(params[fqn].shape, d, torch.from_numpy(~r)))
+    for names in P.aliases:  # tied weights share one final mask (normalize joined their user masks)
+        joint = [f for n in names for f in keep.get(n, ())]
+        if joint:
             for n in names:
-                out[n] = joint.clone()
-    return out
+                keep[n] = joint
+    return FinalMasks(masks.masks, keep)
 
 
 def _slot_name(dg: DependencyGraph, s: SlotKey) -> str:

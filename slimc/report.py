@@ -2,6 +2,7 @@
 stage times. A plain dict (JSON-ready) plus a rich table for humans."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -9,11 +10,31 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
+class StageClock:
+    """Stage times that add up to the wall time: a lap charges the time since the last lap
+    to the stage it names (a stage may come back: its laps add up)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.times: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.times[stage] = self.times.get(stage, 0.0) + now - self.last
+        self.last = now
+
+    def total(self) -> float:
+        self.times["total"] = time.perf_counter() - self.start
+        return self.times["total"]
+
+
 def count_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
 def count_flops(m: nn.Module, inputs: tuple) -> int | None:
+    """FLOPs of one forward of ``m`` at ``inputs``, counted by running it (``compile`` reads
+    them off the graph's shapes instead: :mod:`slimc.flops`)."""
     was = m.training
     m.eval()
     try:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from slimc.atomic import atomic_path, write_text
+from slimc.compact import slice_masked
 from slimc.errors import LoadError
 
 INDEX = "model.safetensors.index.json"
@@ -63,22 +64,18 @@ def checkpoint_files(src: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 def sliced(plan, name: str, t: torch.Tensor) -> torch.Tensor:
-    """``t`` (the checkpoint's tensor for param/buffer ``name``) with the final masks applied
-    (masked entries that stay are zero, as in ``compile``) and cut to the kept indices."""
+    """``t`` (the tensor for param/buffer ``name``) with the final masks applied (masked
+    entries that stay are zero, as in ``compile``) and cut to the kept indices; ``t`` itself
+    where nothing changes. Cut first, then masked by the cut mask factors (never full-size)."""
     dg = plan.dg
     for d in range(t.dim()):
         slot = ("p", name, d)
         if slot in dg.size and dg.size[slot] != t.shape[d]:
             raise LoadError(f"checkpoint tensor '{name}' has shape {tuple(t.shape)}, the model's has "
                             f"dim {d} = {dg.size[slot]}: the checkpoint does not belong to this model")
-    mask = plan.final_masks.get(name)
-    if mask is not None:
-        t = t * mask.to(dtype=t.dtype, device=t.device)
-    for d in range(t.dim()):
-        k = plan.kept_idx(("p", name, d))
-        if k is not None:
-            t = t.index_select(d, torch.from_numpy(np.asarray(k)))
-    return t.contiguous()
+    kept = {d: k for d in range(t.dim()) if (k := plan.kept_index(("p", name, d))) is not None}
+    out = slice_masked(t, kept, plan.final_masks.user_mask(name))
+    return out if out is t else out.contiguous()
 
 
 def slice_checkpoint(plan, src, out_dir: str | Path) -> dict:

@@ -7,16 +7,21 @@
 """
 from __future__ import annotations
 
+import linecache
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.fx.passes.shape_prop import TensorMetadata
 
-from slimc.copying import safe_copy
+from slimc.blocks import Blocks, NotRepeated, find_blocks, traced_by_blocks
+from slimc.copying import clean
 from slimc.errors import TraceError
 from slimc.lowering import live_batch_norm_flags, lower
+from slimc.module_copy import copy_module
+from slimc.shapes import propagate_shapes
 
 
 @dataclass
@@ -78,18 +83,37 @@ def _meta_shape(meta: Any) -> Any:
 
 
 def shapes_of(gm: fx.GraphModule) -> dict[str, Any]:
-    """node name → shape tuple, list of shapes (tuple outputs), or None."""
-    return {n.name: _meta_shape(n.meta.get("tensor_meta")) for n in gm.graph.nodes}
+    """node name → shape tuple, list of shapes (tuple outputs), or None (recorded by
+    :func:`slimc.shapes.propagate_shapes`, or by torch's ShapeProp)."""
+    return {n.name: n.meta["shape"] if "shape" in n.meta else _meta_shape(n.meta.get("tensor_meta"))
+            for n in gm.graph.nodes}
 
 
-def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
-    was_training = gm.training
-    gm.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*example_inputs)
-    finally:
-        gm.train(was_training)
+def tree_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s objects (modules, attributes, config) whose parameters are the
+    model's own: no weight is copied. Buffers are copied (small, and a traced graph may
+    write them in place: a BatchNorm subclass traced in train mode counts its batches).
+    What is traced and rewritten is this copy; :func:`own_tensors` gives the result tensors
+    of its own."""
+    memo: dict[int, object] = {id(t): t for t in model.parameters()}
+    return copy_module(model, memo)
+
+
+def own_tensors(gm: nn.Module, original: nn.Module) -> None:
+    """Clone every parameter and buffer that ``gm`` still shares with ``original`` (tied
+    ones stay tied), so that training one never changes the other."""
+    theirs = {id(t) for t in [*original.parameters(), *original.buffers()]}
+    new: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for mod in gm.modules():
+            for store in (mod._parameters, mod._buffers):
+                for k, t in store.items():
+                    if t is None or id(t) not in theirs:
+                        continue
+                    if id(t) not in new:
+                        c = t.detach().clone()
+                        new[id(t)] = nn.Parameter(c, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else c
+                    store[k] = new[id(t)]
 
 
 def _first_line(e: BaseException) -> str:
@@ -146,29 +170,49 @@ class _Tracer(fx.Tracer):
             return False
         return self.leaf_all or module_rule(type(m)) is not None
 
+    def create_node(self, *args, **kwargs) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        if not node.stack_trace:
+            node.stack_trace = user_frame()
+        return node
+
+
+def user_frame() -> str:
+    """The innermost frame of the user's code that made the node being traced, formatted
+    like a traceback entry (what reports and the user's-class sizes read: ``graph._source_line``).
+    One frame, not the whole stack: formatting every frame of every node would cost more
+    than the trace itself."""
+    f = sys._getframe(2)
+    while f is not None and f.f_code is not _TRACE_CODE:
+        name = f.f_code.co_filename
+        if "/torch/" not in name and "\\torch\\" not in name:
+            code = linecache.getline(name, f.f_lineno).strip()
+            return f'File "{name}", line {f.f_lineno}, in {f.f_code.co_name}\n    {code}'
+        f = f.f_back
+    return ""
+
+
+_TRACE_CODE = fx.Tracer.trace.__code__
+
 
 def trace_fx(model: nn.Module, leaf_all: bool = False, example_inputs: tuple = ()) -> fx.GraphModule:
     """``forward`` parameters the example inputs do not give (``attn_mask=None``), and inputs
     given as ``None``, are traced as the constants they are, not as graph inputs."""
     from slimc.inputs import forward_params, untaken_defaults
 
-    tracer = _Tracer(leaf_all)
-    tracer.record_stack_traces = True  # so reports and `inspect` can show the user's source line
+    tracer = _Tracer(leaf_all)  # records the user's source line of every node (reports, `inspect`)
     concrete = untaken_defaults(model, len(example_inputs)) if example_inputs else {}
     for p, x in zip(forward_params(model), example_inputs):
         if x is None or isinstance(x, (bool, int, float, str)):
             concrete[p.name] = x
     graph = tracer.trace(model, concrete_args=concrete or None)
-    name = model.__class__.__name__
     _live_training_flags(graph, model.training)
     live_batch_norm_flags(graph, model.training)  # a BatchNorm subclass's own F.batch_norm
-    gm = fx.GraphModule(tracer.root, graph, name)
     # forward() type annotations become node types, and torch 2.13 cannot pickle a
     # GraphModule whose code references them (torch.save fails on '_torch_Tensor_').
-    for n in gm.graph.nodes:
+    for n in graph.nodes:
         n.type = None
-    gm.recompile()
-    return gm
+    return fx.GraphModule(tracer.root, graph, model.__class__.__name__)
 
 
 def _symbolic_dims(gm: fx.GraphModule, example_inputs: tuple) -> dict[int, list[int]]:
@@ -204,10 +248,26 @@ def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModul
     return gm, dynamic
 
 
+def _traced_whole(model: nn.Module, fe: str, example_inputs: tuple) -> tuple[fx.GraphModule, dict | None]:
+    """One front end on the whole of ``model``: (graph module with shapes, dynamic dims)."""
+    dynamic = None
+    if fe == "export":
+        gm, dynamic = trace_export(model, example_inputs)
+    else:
+        gm = trace_fx(model, leaf_all=fe != "fx", example_inputs=example_inputs)
+    propagate_shapes(gm, example_inputs)
+    if lower(gm, model.training):  # library calls, in-place slice writes → plain torch ops
+        propagate_shapes(gm, example_inputs)
+    return gm, dynamic
+
+
 def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta: bool = False) -> Traced:
-    """Trace a *copy* of ``model``; the model passed in is never touched. ``meta``: the
-    parameters are on the meta device; shapes are propagated with every tensor there."""
-    model = safe_copy(model)  # slimc.copying: also models that earlier runs left state in
+    """Trace a copy of ``model`` (:func:`tree_copy`: its tensors shared, never written; a model
+    that earlier runs left state in is cleaned first, :func:`slimc.copying.clean`); the model
+    passed in is never touched. ``meta``: the parameters are on the meta device; shapes are
+    propagated with every tensor there. A long list of identical blocks is traced three
+    blocks deep and copied (:mod:`slimc.blocks`)."""
+    model = tree_copy(clean(model))
     notes: list[str] = caches_off(model)
     errors: list[str] = []
     # "fx (leaves)": torch.nn modules without a rule kept whole (barriers), when neither
@@ -215,24 +275,33 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta
     order = {"auto": ["fx", "export", "fx (leaves)"], "fx": ["fx", "fx (leaves)"], "export": ["export"]}.get(front_end)
     if order is None:
         raise TraceError(f"unknown front end '{front_end}': use auto, fx or export")
+    blocks = find_blocks(model)
     for fe in order:
         try:
-            dynamic = None
-            if fe == "export":
-                gm, dynamic = trace_export(model, example_inputs)
-            else:
-                gm = trace_fx(model, leaf_all=fe != "fx", example_inputs=example_inputs)
+            gm, dynamic = _traced(model, fe, example_inputs, blocks, notes)
             real = to_meta(gm) if meta else {}
-            propagate_shapes(gm, example_inputs)
-            if lower(gm, model.training):  # library calls, in-place slice writes → plain torch ops
-                propagate_shapes(gm, example_inputs)
         except Exception as e:  # tracing user code can raise anything
             errors.append(f"{fe}: {_first_line(e)}")
             continue
         if errors:
             notes.append(f"front end '{fe}' used; " + "; ".join(errors))
-        return Traced(gm, fe.split()[0], notes, real, dynamic)
+        return Traced(gm, fe.split()[0], notes, real, dynamic_dims=dynamic)
     raise TraceError(
         "cannot trace the model (" + "; ".join(errors) + "): remove data-dependent Python control flow "
         "from forward() or try --front-end export"
     )
+
+
+def _traced(model: nn.Module, fe: str, example_inputs: tuple, blocks: Blocks | None, notes: list[str]):
+    def whole(m: nn.Module):
+        return _traced_whole(m, fe, example_inputs)
+
+    if blocks is None:
+        return whole(model)
+    try:
+        out = traced_by_blocks(model, blocks, whole)
+    except NotRepeated as e:
+        notes.append(f"{blocks.n} blocks of '{blocks.path}' traced one by one ({e})")
+        return whole(model)
+    notes.append(f"{blocks.n} identical blocks of '{blocks.path}': first and last traced, the others copied")
+    return out

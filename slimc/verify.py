@@ -3,11 +3,12 @@ the slim model holds exactly the parameters its kept indices imply."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
+from slimc.compact import apply_mask, factors_of, product
 from slimc.copying import safe_copy
 from slimc.errors import VerifyError
 from slimc.inputs import other_shapes, random_like
@@ -44,8 +45,8 @@ def flat_outputs(y: Any) -> list[torch.Tensor]:
     return []
 
 
-def masked_copy(model: nn.Module, masks: MaskSet | dict) -> nn.Module:
-    ms = masks if isinstance(masks, MaskSet) else MaskSet(dict(masks))
+def masked_copy(model: nn.Module, masks: MaskSet | Mapping) -> nn.Module:
+    ms = masks if isinstance(masks, MaskSet) else MaskSet(masks)
     return ms.apply(safe_copy(model)).eval()
 
 
@@ -78,14 +79,15 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float
 
 
 class Masked(nn.Module):
-    """``original`` run with masked params, without copying the model."""
+    """``original`` run with masked params, without copying the model (``masks``: any mask
+    mapping, compact masks and final-mask factors included)."""
 
-    def __init__(self, original: nn.Module, masks: dict):
+    def __init__(self, original: nn.Module, masks: Mapping):
         super().__init__()
         self.original = original
         params = dict(original.named_parameters(remove_duplicate=False))
         with torch.no_grad():
-            self.params = {k: params[k] * m.to(params[k].dtype) for k, m in masks.items() if k in params}
+            self.params = {k: apply_mask(params[k], factors_of(masks, k)) for k in masks if k in params}
 
     def forward(self, *x):
         return torch.func.functional_call(self.original, self.params, x, tie_weights=False, strict=False)
@@ -98,8 +100,10 @@ def shape_text(inputs: tuple) -> str:
 class Reference:
     """The masked original's outputs at the inputs the check uses: the example, and random
     inputs at a second shape that changes the batch and every other dim that may vary
-    (``free``: input index → dims). Where the original refuses that shape (a size literal in
-    its code, a maximum length), fewer dims vary, down to the batch alone, and it says so."""
+    (``free``: input index → dims), each down to about a quarter (cheap to run; see
+    :func:`slimc.inputs.other_size`). Where the original refuses that shape (a minimum size,
+    a size literal in its code, a maximum length), the dims shrink less (to about half),
+    then fewer dims vary, down to the batch alone, and it says so."""
 
     def __init__(self, original: nn.Module, final_masks: dict, inputs: tuple, free: dict[int, list[int]]):
         self.module = Masked(original, final_masks)
@@ -107,11 +111,12 @@ class Reference:
         self.outputs = [run_eval(self.module, inputs)]
         self.varied = ""
         self.varied_dims: dict[int, list[int]] = {}  # the dims the second shape changed
-        tries = [free, {i: [d for d in dims if d == 0] for i, dims in free.items()}]
+        batch = {i: [d for d in dims if d == 0] for i, dims in free.items()}
+        tries = [(free, 4), (free, 2), (batch, 2)]
         seen: list = []
-        for k, dims in enumerate(tries):
+        for dims, keep in tries:
             dims = {i: ds for i, ds in dims.items() if ds}
-            shapes = other_shapes(inputs, dims)
+            shapes = other_shapes(inputs, dims, keep)
             if shapes in seen:
                 continue
             seen.append(shapes)
@@ -132,16 +137,19 @@ class Reference:
         self.outputs.append(run_eval(self.module, x))
         self.varied += "second input at the example shape"
 
-    def check(self, slim: nn.Module, user: nn.Module | None = None) -> Check:
+    def check(self, slim: nn.Module, user: nn.Module | None = None, which: Iterable[int] | None = None) -> Check:
+        """``slim`` against the reference at every input set (``which``: at those only)."""
         diff, scale, vs_user = 0.0, 0.0, None
-        for k, (x, want) in enumerate(zip(self.sets, self.outputs)):
+        picked = range(len(self.sets)) if which is None else [range(len(self.sets))[i] for i in which]
+        for k in picked:
+            x, want = self.sets[k], self.outputs[k]
             ys = run_eval(slim, x)
             d, s = max_diff(ys, want)
             diff, scale = max(diff, d), max(scale, s)
             if user is not None and k == 0:
                 vs_user = max_diff(ys, run_eval(user, x))[0]
         tol = TOLERANCE * max(scale, 1.0)
-        return Check(diff, scale, tol, diff <= tol, vs_user, [shape_text(x) for x in self.sets], self.varied)
+        return Check(diff, scale, tol, diff <= tol, vs_user, [shape_text(self.sets[k]) for k in picked], self.varied)
 
 
 def _dims_text(dims: dict[int, list[int]]) -> str:
@@ -156,11 +164,14 @@ def check(slim: nn.Module, original: nn.Module, final_masks: dict, example_input
     return ref.check(slim, user)
 
 
-def masks_cover(final: dict, user: MaskSet) -> list[str]:
-    """Names of params where the final masks would un-zero a user-masked entry."""
+def masks_cover(final: Mapping, user: MaskSet) -> list[str]:
+    """Names of params where the final masks would un-zero a user-masked entry. Final masks
+    that hold the user's mask as a factor cover it by construction; others are compared."""
     bad = []
     for fqn, m in user.masks.items():
-        f = final.get(fqn)
-        if f is None or bool((m == 0).logical_and(f != 0).any()):
+        fs = factors_of(final, fqn)
+        if fs is None:
+            bad.append(fqn)
+        elif not any(f is m for f in fs) and bool((m == 0).logical_and(product(fs) != 0).any()):
             bad.append(fqn)
     return bad

@@ -103,7 +103,8 @@ def flat_user_masks(raw: Any) -> dict[str, torch.Tensor]:
     """The three accepted mask formats → flat ``{param_fqn: bool (True = kept)}``.
 
     Written independently of slimc.masks on purpose: the test must not trust the code
-    under test to tell it what the user asked for."""
+    under test to tell it what the user asked for. Compact masks (``(out, 1, 1, 1)``) stay
+    compact: they broadcast wherever they are used."""
     if raw is None:
         return {}
     if isinstance(raw, slimc.MaskSet):
@@ -229,13 +230,13 @@ def assert_contract(model: nn.Module, masks: Any, inputs: Any, *, n_inputs: int 
     for fqn, um in user.items():
         assert fqn in res.masks, f"user masked '{fqn}' but it is missing from the final masks"
         fm = res.masks[fqn]
-        assert tuple(fm.shape) == tuple(all_params[fqn].shape), f"final mask '{fqn}' has shape {tuple(fm.shape)}"
+        assert broadcasts_to(fm, all_params[fqn]), f"final mask '{fqn}' has shape {tuple(fm.shape)}"
         unzeroed = (~um) & (fm != 0)
         assert not bool(unzeroed.any()), (
             f"final masks un-zero {int(unzeroed.sum())} user-masked entries of '{fqn}'")
     for fqn, fm in res.masks.items():
         assert fqn in all_params, f"final mask for unknown param '{fqn}'"
-        assert tuple(fm.shape) == tuple(all_params[fqn].shape), f"final mask '{fqn}' has shape {tuple(fm.shape)}"
+        assert broadcasts_to(fm, all_params[fqn]), f"final mask '{fqn}' has shape {tuple(fm.shape)}"
 
     # (c) parameter count and shapes implied by the plan; every removed slice is masked;
     #     slim params are the masked originals sliced at the kept indices
@@ -257,7 +258,7 @@ def assert_contract(model: nn.Module, masks: Any, inputs: Any, *, n_inputs: int 
                 continue
             fm = res.masks.get(fqn)
             assert fm is not None, f"'{fqn}' dim {d} loses {len(removed)} slices but has no final mask"
-            sl = fm.index_select(d, torch.as_tensor(removed, dtype=torch.long))
+            sl = fm.expand(p.shape).index_select(d, torch.as_tensor(removed, dtype=torch.long))
             assert not bool((sl != 0).any()), f"'{fqn}' dim {d}: a removed slice is not zero in the final masks"
     slim_params = dict(res.module.named_parameters())
     assert n_params(res.module) == expected_total, (
@@ -293,7 +294,8 @@ def assert_same_masks(final: Mapping[str, torch.Tensor], given: Mapping[str, tor
         b = given[fqn].bool() if fqn in given else None
         if a is None or b is None:
             assert bool((a if a is not None else b).all()), f"'{fqn}' is masked on one side only"
-        else:
+        else:  # compact masks (a broadcast shape) compare by the entries they mean
+            a, b = torch.broadcast_tensors(a, b)
             assert torch.equal(a, b), f"'{fqn}': compile's final masks differ from the pruner's ({int((a != b).sum())} entries)"
 
 
@@ -310,8 +312,21 @@ def removed_idx(res, model: nn.Module, fqn: str, dim: int = 0) -> set[int]:
     return set(range(n)) - set(np.asarray(k).tolist())
 
 
-def masked_idx(mask: torch.Tensor, dim: int = 0) -> set[int]:
-    """Indices along ``dim`` whose whole slice of ``mask`` is zero."""
+def broadcasts_to(mask: torch.Tensor, param: torch.Tensor) -> bool:
+    """A mask is the param's shape, or compact: the same rank, each dim 1 or the param's."""
+    return mask.dim() == param.dim() and all(m in (1, p) for m, p in zip(mask.shape, param.shape))
+
+
+def dense(mask: torch.Tensor, shape) -> torch.Tensor:
+    """A (possibly compact) mask at the full ``shape``, 0/1 bool."""
+    return (mask != 0).expand(tuple(shape))
+
+
+def masked_idx(mask: torch.Tensor, dim: int = 0, shape=None) -> set[int]:
+    """Indices along ``dim`` whose whole slice of ``mask`` is zero (``shape``: the param's,
+    for a compact mask that does not vary along ``dim``)."""
+    if shape is not None:
+        mask = dense(mask, shape)
     other = [d for d in range(mask.dim()) if d != dim]
     nz = (mask != 0).sum(dim=other) if other else (mask != 0).long()
     return set(torch.nonzero(nz == 0).flatten().tolist())

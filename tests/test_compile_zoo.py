@@ -18,6 +18,7 @@ from helpers import (
     CONV_TYPES,
     assert_contract,
     assert_same_masks,
+    dense,
     flat_user_masks,
     kept_reasons,
     masked_idx,
@@ -150,7 +151,7 @@ def test_residual_branch_only_is_held(name):
     assert "held by" in kept_reasons(res), res.report["kept"]
     for fqn, mk in masks.items():
         assert removed_idx(res, m, fqn) == set()
-        assert torch.equal(res.masks[fqn] != 0, mk != 0), f"{fqn}: final masks must equal the user's here"
+        assert torch.equal(dense(res.masks[fqn], mk.shape), mk != 0), f"{fqn}: final masks must equal the user's here"
 
 
 @pytest.mark.parametrize("name", zoo_param(ALL))
@@ -325,12 +326,34 @@ def test_resnet50_pipeline_times():
     assert {"trace", "graph", "propagate", "rewrite", "verify", "total"} <= times.keys()
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_stage_times_add_up_to_the_wall_time(verify, tmp_path):
+    """times_s names every stage of compile and they sum to its wall time (``total``);
+    save adds its own stages (export, save) after it."""
+    import time
+
+    m, x = model_and_inputs("resnet_tiny")
+    masks = random_filter_masks(m, 0.5, seed=1)
+    t0 = time.perf_counter()
+    res = slimc.compile(m, masks, x, verify=verify)
+    wall = time.perf_counter() - t0
+    times = dict(res.report["times_s"])
+    total = times.pop("total")
+    want = {"masks", "copy", "trace", "graph", "flops", "propagate", "rewrite", "report", "model"}
+    assert want | ({"verify"} if verify else set()) == times.keys()
+    assert sum(times.values()) == pytest.approx(total, rel=0.01, abs=1e-3)
+    assert total <= wall and total == pytest.approx(wall, rel=0.05, abs=0.01)
+    res.save(tmp_path, onnx=True)
+    assert {"export", "save"} <= res.report["times_s"].keys()
+
+
 def test_report_shape():
     m, x = model_and_inputs("resnet_tiny")
-    res = slimc.compile(m, random_filter_masks(m, 0.5, seed=1), x)
+    res = slimc.compile(m, random_filter_masks(m, 0.5, seed=1), x, vs_user_masks=True)
     r = res.report
     assert r["verify"]["ok"] and r["verify"]["max_abs_diff"] <= r["verify"]["tolerance"]
     assert r["verify"]["vs_user_masked"] is not None
+    assert slimc.compile(m, random_filter_masks(m, 0.5, seed=1), x).report["verify"]["vs_user_masked"] is None
     assert r["params"]["before"] > r["params"]["after"] == r["params"]["expected_after"]
     assert r["flops"]["before"] > r["flops"]["after"] > 0
     changed = [row for row in r["layers"] if row["changed"]]

@@ -8,16 +8,18 @@ fine-tunes computes exactly what the slim model will, and compiling the masks re
 exactly those slices again. A chosen group the compiler must keep (a channel shuffle's
 rectangle) is left unmasked rather than half-masked, and counted in ``notes``.
 
-:func:`removal_mask` is the one place a mask tensor is made (full-size 0/1 today).
+:func:`removal_mask` is the one place a mask tensor is made: compact, per dim (:mod:`slimc.compact`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import reduce
 from typing import Mapping
 
 import numpy as np
 import torch
 
+from slimc.compact import structured_mask
 from slimc.masks import MaskSet
 from slimc.propagate import RemovalPlan, plan
 from slimc.prune.space import PruneSpace
@@ -26,11 +28,16 @@ LAYOUTS = ("flat", "nni")
 
 
 def removal_mask(shape: torch.Size | tuple, removed: Mapping[int, np.ndarray]) -> torch.Tensor:
-    """A 0/1 mask of a parameter of ``shape`` with the ``removed[dim]`` slices zeroed."""
-    m = torch.ones(tuple(shape))
+    """The compact 0/1 mask of a parameter of ``shape`` with the ``removed[dim]`` slices
+    zeroed: per-dim keep vectors that broadcast to it (``(out, 1, 1, 1)`` for conv filters,
+    ``(1, in)`` for columns, their product where both go), never a full-size copy of the
+    parameter (see :mod:`slimc.compact`)."""
+    m = torch.ones((1,) * len(shape))
     for dim, idx in removed.items():
         if len(idx):
-            m.index_fill_(dim, torch.as_tensor(np.asarray(idx), dtype=torch.long), 0.0)
+            keep = np.ones(int(shape[dim]), bool)
+            keep[np.asarray(idx, dtype=np.int64)] = False
+            m = m * structured_mask(shape, dim, keep).float()
     return m
 
 
@@ -73,7 +80,7 @@ def complete_masks(space: PruneSpace, chosen_groups: np.ndarray,
     for names in space.P.aliases:  # a tied weight: one mask under each of its names
         given_ms = [masks[n] for n in names if n in masks]
         if given_ms:
-            joint = torch.stack(given_ms).prod(0)
+            joint = reduce(torch.mul, given_ms)
             masks.update({n: joint.clone() for n in names})
     notes = []
     held = chosen_groups & ~_removed_groups(space, p)

@@ -63,7 +63,8 @@ def module_inputs(gm: fx.GraphModule, plan) -> dict[str, tuple]:
 
 def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm: bool = False) -> UserModel:
     """The slim model of the user's class (not yet verified: the compiler checks it like the graph)."""
-    slim = slim_copy(original, plan)
+    graph_tensors = dict([*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)])
+    slim = slim_copy(original, plan, graph_tensors)  # the graph's slim tensors, cloned
     resize_leaves(slim, original, module_inputs(gm, plan))
     fixes = SizeFixes()
     follow_events(slim, events, fixes)

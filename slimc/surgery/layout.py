@@ -48,9 +48,10 @@ def diff(original: nn.Module, slim: nn.Module) -> dict[str, Any]:
                    if not k.startswith("_") and k != "training" and simple_value(v) and v0.get(k, object()) != v}
         if changed:
             attrs[path] = changed
-    persistent = set(slim.state_dict())
+    non_persistent = {f"{path}.{b}" if path else b for path, m in slim.named_modules(remove_duplicate=False)
+                      for b in m._non_persistent_buffers_set}
     return {"format": FORMAT, "class": qualname(type(slim)), "shapes": shapes, "attrs": attrs, "classes": classes,
-            "non_persistent": sorted(n for n in shapes if n not in persistent)}
+            "non_persistent": sorted(n for n in shapes if n in non_persistent)}
 
 
 def resolve(name: str) -> type:

@@ -76,9 +76,8 @@ def resize_leaves(slim: nn.Module, original: nn.Module, new_inputs: dict[str, tu
         m0 = orig_modules.get(path)
         if m0 is None:
             continue
-        own = [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
-        old = {n: tuple(t.shape) for n, t in [*m0.named_parameters(recurse=False), *m0.named_buffers(recurse=False)]}
-        new = {n: tuple(t.shape) for n, t in own}
+        old = {n: tuple(t.shape) for n, t in [*m0._parameters.items(), *m0._buffers.items()] if t is not None}
+        new = {n: tuple(t.shape) for n, t in [*m._parameters.items(), *m._buffers.items()] if t is not None}
         resize = resizer_for(type(m))
         changed = any(old.get(n) != s for n, s in new.items())
         if not changed and not (resize is not None and path in new_inputs):

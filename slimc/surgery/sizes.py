@@ -207,6 +207,12 @@ def input_embedding_width(original: nn.Module, slim: nn.Module) -> tuple[int, in
     return None
 
 
+def _int_attr(m: nn.Module, a: str) -> int | None:
+    """``m.a`` if it is a plain int (an instance or class attribute; no module lookup)."""
+    v = m.__dict__.get(a, getattr(type(m), a, None))
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
 def sync_widths(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
     """``hidden_size``/``intermediate_size``-like attributes: the hidden size where the model
     has a token embedding, else the new size of every tensor dim below the module that had
@@ -217,8 +223,7 @@ def sync_widths(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
         m0 = orig.get(path)
         if m0 is None:
             continue
-        attrs = [a for a in (*HIDDEN, *FFN) if isinstance(getattr(m, a, None), int)
-                 and not isinstance(getattr(m, a), bool) and (id(m), a) not in fixes.done]
+        attrs = [a for a in (*HIDDEN, *FFN) if _int_attr(m, a) is not None and (id(m), a) not in fixes.done]
         if not attrs:
             continue
         dims: dict[int, set[int]] = {}

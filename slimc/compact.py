@@ -1,0 +1,165 @@
+"""Compact masks: 0/1 tensors that broadcast to their parameter.
+
+A structured mask says, along one dim, which slices are kept: it needs a keep vector, not
+a tensor of the parameter's size. ``(out, 1)`` keeps rows of a Linear weight, ``(1, in)``
+its columns, ``(out, 1, 1, 1)`` conv filters. Every mask slimc reads or writes may take
+this form (full-size masks work too); pruners make one with :func:`structured_mask`, or
+shrink a full-size mask with :func:`compact`.
+
+Final masks zero slices along several dims of one parameter (a conv loses filters *and*
+input channels), which no single compact tensor says. :class:`FinalMasks` keeps each as
+*factors* — the user's mask and one keep vector per dim — whose product is the mask:
+:func:`apply_mask` and :func:`slice_masked` use the factors one by one, and the product is
+made only when a value is asked for (``res.masks[fqn]``), at its smallest broadcast shape.
+"""
+from __future__ import annotations
+
+import math
+from functools import reduce
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+Factors = tuple[torch.Tensor, ...]
+
+
+def structured_mask(shape: Sequence[int], dim: int, keep) -> torch.Tensor:
+    """The compact mask of a parameter of ``shape`` that keeps ``keep`` along ``dim``.
+
+    ``keep``: a bool vector of length ``shape[dim]`` (True = kept), or the kept indices.
+    Returns a bool tensor with ``shape[dim]`` on ``dim`` and 1 elsewhere: ``(out, 1, 1, 1)``
+    for conv filters, ``(1, in)`` for Linear columns."""
+    shape = tuple(int(s) for s in shape)
+    dim = dim % len(shape)
+    n = shape[dim]
+    k = keep if isinstance(keep, torch.Tensor) else torch.from_numpy(np.asarray(keep))
+    if k.dtype == torch.bool:
+        if k.numel() != n:
+            raise ValueError(f"keep has {k.numel()} flags for a dim of size {n}")
+        vec = k.reshape(n).clone()
+    else:
+        idx = k.reshape(-1).long()
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise ValueError(f"kept index out of range for a dim of size {n}")
+        vec = torch.zeros(n, dtype=torch.bool)
+        vec[idx] = True
+    view = [1] * len(shape)
+    view[dim] = n
+    return vec.reshape(view)
+
+
+def shrink(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` (any dtype, values unchanged) without the repeats: every dim along which it
+    is constant becomes size 1. A view where possible; clone it to free the full storage.
+    The common forms (whole filters or rows: constant along every dim but the first) are
+    tried first, in one pass over the mask."""
+    m = mask
+    if m.dim() > 1:
+        rows = m[(slice(None),) + (slice(0, 1),) * (m.dim() - 1)]
+        if torch.equal(m, rows.expand_as(m)):
+            m = rows
+    for d in reversed(range(m.dim())):
+        if m.shape[d] > 1:
+            first = m.narrow(d, 0, 1)
+            if torch.equal(m, first.expand_as(m)):
+                m = first
+    return m
+
+
+def compact(mask: torch.Tensor) -> torch.Tensor:
+    """The smallest bool tensor that broadcasts to ``mask``'s shape and says the same
+    (True = kept): a full-size mask whose zeros are whole filters → ``(out, 1, 1, 1)``."""
+    m = shrink(mask)
+    return (m if m.dtype == torch.bool else m != 0).clone()
+
+
+def broadcasts(shape: Sequence[int], to: Sequence[int]) -> bool:
+    """Does a mask of ``shape`` broadcast to a parameter of shape ``to`` (same rank, each
+    dim 1 or the parameter's)?"""
+    return len(shape) == len(to) and all(s in (1, t) for s, t in zip(shape, to))
+
+
+def product(factors: Factors) -> torch.Tensor:
+    """The mask the factors make, at its smallest broadcast shape (bool)."""
+    return reduce(torch.logical_and, factors[1:], factors[0].bool())
+
+
+def apply_mask(t: torch.Tensor, factors: Factors | torch.Tensor) -> torch.Tensor:
+    """``t`` times its mask, out of place; ``t`` itself where the mask keeps everything.
+    Factors are converted to ``t``'s dtype (a same-dtype product is ~2× faster than by a
+    bool mask) and multiplied together first where their product is much smaller than
+    ``t`` (a 3×3 conv's rows × columns: one pass over ``t``), else one by one in place."""
+    factors = (factors,) if isinstance(factors, torch.Tensor) else tuple(factors)
+    fs = [f.to(device=t.device, dtype=t.dtype) for f in factors if not bool(f.all())]
+    if not fs:
+        return t
+    if len(fs) > 1 and 4 * math.prod(torch.broadcast_shapes(*[f.shape for f in fs])) <= t.numel():
+        return t * reduce(torch.mul, fs)
+    out = t * fs[0]
+    for f in fs[1:]:
+        out.mul_(f)
+    return out
+
+
+def slice_masked(t: torch.Tensor, kept: Mapping[int, torch.Tensor], rest: torch.Tensor | None) -> torch.Tensor:
+    """``t`` cut to the kept indices (``kept``: dim → index tensor), then masked by ``rest``
+    cut the same way: the part of its mask the cut does not remove (a structured keep
+    vector cut at its own kept indices is all ones, and costs nothing)."""
+    for d, k in kept.items():
+        t = t.index_select(d, k.to(t.device))
+    if rest is None:
+        return t
+    for d, k in kept.items():
+        if rest.shape[d] > 1:
+            rest = rest.index_select(d, k)
+    return apply_mask(t, rest)
+
+
+class FinalMasks(Mapping[str, torch.Tensor]):
+    """``{param_fqn: bool tensor that broadcasts to the param}`` (True = kept), each held as
+    factors — the user's mask as given and one compact keep vector per dim that loses
+    slices; ``masks[fqn]`` multiplies them (the smallest broadcast shape, made on access)."""
+
+    def __init__(self, user: Mapping[str, torch.Tensor], keep: Mapping[str, Factors]):
+        self._user = dict(user)
+        self._keep = {k: tuple(v) for k, v in keep.items()}
+        self._names = list(dict.fromkeys([*self._user, *self._keep]))
+
+    def factors(self, fqn: str) -> Factors:
+        u = self._user.get(fqn)
+        return ((u,) if u is not None else ()) + self._keep.get(fqn, ())
+
+    def user_mask(self, fqn: str) -> torch.Tensor | None:
+        """The user's mask of ``fqn``: what is left of the final mask once the removed
+        slices are cut away."""
+        return self._user.get(fqn)
+
+    def __getitem__(self, fqn: str) -> torch.Tensor:
+        if fqn not in self:
+            raise KeyError(fqn)
+        return product(self.factors(fqn))
+
+    def __contains__(self, fqn: object) -> bool:  # without making the product
+        return fqn in self._user or fqn in self._keep
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return f"FinalMasks({len(self)} params)"
+
+
+def factors_of(masks: Mapping[str, torch.Tensor], fqn: str) -> Factors | None:
+    """The factors of ``fqn``'s mask in any mask mapping (one factor for a plain tensor)."""
+    if isinstance(masks, FinalMasks):
+        return masks.factors(fqn) if fqn in masks else None
+    m = masks.get(fqn)
+    return None if m is None else (m,)
+
+
+__all__ = ["FinalMasks", "Factors", "apply_mask", "broadcasts", "compact", "factors_of", "product", "shrink",
+           "slice_masked", "structured_mask"]

@@ -1,0 +1,100 @@
+"""Node shapes of a traced graph, without arithmetic.
+
+An ``fx.Interpreter`` runs the graph once with every tensor on the meta device and records
+each node's output shape in ``node.meta["shape"]`` (a tuple; a list for tuple outputs;
+None for non-tensors). Meta kernels of elementwise ops and norms are Python reference
+code, slower than the real arithmetic of a small network; so a norm or elementwise
+activation *layer* — whose output has its input's shape and dtype by definition — is not
+run: its output is made like its input. A model that reads values (data-dependent shapes)
+cannot run on meta: it runs for real, every node.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+
+def _same_shape_modules() -> tuple[type, ...]:
+    from slimc.shape_rules.elementwise import UNARY_MODULES
+
+    return (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, *UNARY_MODULES)
+
+
+def shape(x: Any) -> Any:
+    """A value's shape: a tuple for a tensor, a list for a tuple holding tensors, else None."""
+    if isinstance(x, torch.Tensor):
+        return tuple(int(s) for s in x.shape)
+    if isinstance(x, (list, tuple)) and any(isinstance(e, torch.Tensor) or isinstance(e, (list, tuple)) for e in x):
+        out = [shape(e) for e in x]
+        return out if any(o is not None for o in out) else None
+    return None
+
+
+class ShapeRecorder(fx.Interpreter):
+    """Runs the graph and records ``node.meta["shape"]``; ``skip_same_shape``: layers whose
+    output has their input's shape (norms, activations) are not run (meta tensors only:
+    on real tensors later ops may read their values)."""
+
+    same_shape: tuple[type, ...] = ()
+
+    def __init__(self, gm: fx.GraphModule, skip_same_shape: bool):
+        super().__init__(gm)
+        self.skip = skip_same_shape
+        if skip_same_shape and not ShapeRecorder.same_shape:
+            ShapeRecorder.same_shape = _same_shape_modules()
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        n.meta["shape"] = shape(result)
+        return result
+
+    def call_module(self, target, args, kwargs):
+        if self.skip and args and isinstance(args[0], torch.Tensor) and isinstance(self.fetch_attr(target), self.same_shape):
+            return torch.empty_like(args[0])
+        return super().call_module(target, args, kwargs)
+
+
+@contextlib.contextmanager
+def tensors_on_meta(gm: nn.Module):
+    """Every parameter and buffer of ``gm``'s modules on the meta device meanwhile (entries
+    swapped in the modules' own dicts — gm is slimc's copy — and put back after)."""
+    swapped = []
+    for mod in gm.modules():
+        for store in (mod._parameters, mod._buffers):
+            for k, t in store.items():
+                if t is not None and not t.is_meta:
+                    swapped.append((store, k, t))
+                    store[k] = t.detach().to("meta")
+    try:
+        yield
+    finally:
+        for store, k, t in swapped:
+            store[k] = t
+
+
+def _on_meta(inputs: tuple) -> tuple:
+    return tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
+
+
+def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
+    """Record every node's shape: on the meta device where the model runs there, else by
+    running it (eval mode, no grad; the mode is put back)."""
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            try:
+                with tensors_on_meta(gm):
+                    ShapeRecorder(gm, skip_same_shape=True).run(*_on_meta(example_inputs))
+            except Exception:
+                if all(t.is_meta for t in gm.parameters()):
+                    raise
+                ShapeRecorder(gm, skip_same_shape=False).run(*example_inputs)
+    finally:
+        gm.train(was_training)
+
+
+__all__ = ["ShapeRecorder", "propagate_shapes", "shape", "tensors_on_meta"]
