@@ -106,12 +106,17 @@ def _make_permanent(model: nn.Module) -> None:
 
 
 def needs_copy(model: nn.Module) -> bool:
-    """Does ``model`` carry anything :func:`safe_copy` drops or makes permanent?"""
+    """Does ``model`` carry anything :func:`safe_copy` drops or makes permanent? (Read from
+    each module's ``__dict__``: this runs on every compile, so it stays cheap.)"""
     for m in model.modules():
-        if parametrize.is_parametrized(m) or any(getattr(m, a, None) for a in HOOK_DICTS):
+        d = m.__dict__
+        if "parametrizations" in d.get("_modules", ()) or any(d.get(a) for a in HOOK_DICTS):
             return True
-        for name, value in vars(m).items():
-            if _is_cache(name, value) and value or _computed(value):
+        for name, value in d.items():
+            if isinstance(value, torch.Tensor):
+                if _computed(value):
+                    return True
+            elif isinstance(value, dict) and value and name.lower().endswith("cache"):
                 return True
     return False
 

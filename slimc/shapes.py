@@ -52,9 +52,30 @@ class ShapeRecorder(fx.Interpreter):
         return result
 
     def call_module(self, target, args, kwargs):
-        if self.skip and args and isinstance(args[0], torch.Tensor) and isinstance(self.fetch_attr(target), self.same_shape):
-            return torch.empty_like(args[0])
+        if self.skip and args and isinstance(args[0], torch.Tensor):
+            mod = self.fetch_attr(target)
+            if isinstance(mod, self.same_shape):
+                return torch.empty_like(args[0])
+            out = _by_formula(mod, args[0]) if len(args) == 1 and not kwargs else None
+            if out is not None:
+                return torch.empty(out, dtype=args[0].dtype, device=args[0].device)
         return super().call_module(target, args, kwargs)
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _by_formula(mod: nn.Module, x: torch.Tensor) -> tuple[int, ...] | None:
+    """The output shape of a plain Linear or Conv layer (batched input), by its formula:
+    the meta kernels of convolutions are Python code, slower than the formula."""
+    if type(mod) is nn.Linear:
+        return (*x.shape[:-1], mod.out_features) if x.dim() >= 1 and x.shape[-1] == mod.in_features else None
+    if type(mod) in _CONVS and not isinstance(mod.padding, str) and x.dim() == mod.weight.dim() \
+            and x.shape[1] == mod.in_channels:
+        spatial = [(n + 2 * p - d * (k - 1) - 1) // s + 1
+                   for n, p, d, k, s in zip(x.shape[2:], mod.padding, mod.dilation, mod.kernel_size, mod.stride)]
+        return (x.shape[0], mod.out_channels, *spatial) if all(v > 0 for v in spatial) else None
+    return None
 
 
 @contextlib.contextmanager

@@ -261,13 +261,14 @@ def _traced_whole(model: nn.Module, fe: str, example_inputs: tuple) -> tuple[fx.
     return gm, dynamic
 
 
-def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta: bool = False) -> Traced:
+def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta: bool = False,
+          cleaned: bool = False) -> Traced:
     """Trace a copy of ``model`` (:func:`tree_copy`: its tensors shared, never written; a model
     that earlier runs left state in is cleaned first, :func:`slimc.copying.clean`); the model
     passed in is never touched. ``meta``: the parameters are on the meta device; shapes are
     propagated with every tensor there. A long list of identical blocks is traced three
-    blocks deep and copied (:mod:`slimc.blocks`)."""
-    model = tree_copy(clean(model))
+    blocks deep and copied (:mod:`slimc.blocks`). ``cleaned``: the caller already did."""
+    model = tree_copy(model if cleaned else clean(model))
     notes: list[str] = caches_off(model)
     errors: list[str] = []
     # "fx (leaves)": torch.nn modules without a rule kept whole (barriers), when neither
