@@ -64,13 +64,25 @@ class Budget:
 
 
 class Meter:
-    """The cost of a pruning result, in the budget's unit; ``dense`` is the dense model's."""
+    """The cost of a pruning result, in the budget's unit; ``dense`` is the dense model's.
+
+    A meter whose cost is ``fixed + Σ weight[fqn] · Π_d kept(fqn, d) / size(fqn, d)`` over
+    parameters (params, FLOPs of weight layers) sets ``weights``: :meth:`of_widths` then
+    prices any widths without a plan (what :class:`~slimc.prune.fit.Sizer` estimates with)."""
 
     kind = ""
     dense: float = 1.0
+    fixed: float = 0.0
+    weights: dict[str, float] | None = None  # None: only a compiled model tells the cost
 
     def __call__(self, pruned: Pruned) -> float:
-        raise NotImplementedError
+        return self.of_widths(lambda fqn, d: pruned.plan.new_size(("p", fqn, d)))
+
+    def of_widths(self, width: Callable[[str, int], float]) -> float:
+        """The cost at the kept width ``width(fqn, dim)`` of every parameter dim."""
+        shapes = self.shapes
+        return float(self.fixed) + sum(w * math.prod(width(fqn, d) / n for d, n in enumerate(shapes[fqn]))
+                                       for fqn, w in self.weights.items())
 
     def relative(self, pruned: Pruned) -> float:
         return self(pruned) / self.dense
@@ -80,10 +92,9 @@ class ParamsMeter(Meter):
     kind = "params"
 
     def __init__(self, space: PruneSpace):
-        self.dense = float(sum(p.numel() for p in space.gm.parameters()))
-
-    def __call__(self, pruned: Pruned) -> float:
-        return float(pruned.params_after())
+        self.shapes = {fqn: tuple(p.shape) for fqn, p in space.gm.named_parameters()}
+        self.weights = {fqn: float(math.prod(s)) for fqn, s in self.shapes.items()}
+        self.dense = sum(self.weights.values())
 
 
 def weight_flops(model: nn.Module, inputs: tuple) -> tuple[dict[str, int], int]:
@@ -106,18 +117,14 @@ class FlopsMeter(Meter):
         self.owned, total = weight_flops(model, inputs)
         self.dense = float(total)
         self.fixed = total - sum(self.owned.values())  # FLOPs no weight layer owns
-        self.exact_from_plan = self.fixed <= 0.001 * max(total, 1) and all(k in space.gm_params for k in self.owned)
+        if self.fixed <= 0.001 * max(total, 1) and all(k in space.gm_params for k in self.owned):
+            self.weights = {k: float(v) for k, v in self.owned.items()}  # exact from the plan
+            self.shapes = {k: tuple(space.gm_params[k].shape) for k in self.owned}
 
     def __call__(self, pruned: Pruned) -> float:
-        if not self.exact_from_plan:
+        if self.weights is None:
             return float(compiled_flops(self.model, pruned.masks, self.inputs))
-        p = pruned.plan
-        total = float(self.fixed)
-        for fqn, flops in self.owned.items():
-            shape = self.space.gm_params[fqn].shape
-            kept = math.prod(p.new_size(("p", fqn, d)) / shape[d] for d in range(len(shape)))
-            total += flops * kept
-        return total
+        return super().__call__(pruned)
 
 
 def compiled_flops(model: nn.Module, masks: dict, inputs: tuple) -> int:

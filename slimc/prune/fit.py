@@ -8,6 +8,15 @@ latency), then gives units back one at a time until the cost is within the toler
 the target. The cost of a result depends only on how many units each family loses (the
 units of a family have one shape), so costs are memoised by those counts; which units go
 is the criterion's choice at the pruner's current weights.
+
+Planning a result takes a tenth of a second, and a search prices hundreds of counts. A
+meter of params or FLOPs is a function of the kept widths of the parameters, and a unit of
+a family removes the same number of indices from the same parameter dims whatever the
+other families lose, so the widths are linear in the counts: one plan per family (one
+unit removed) gives the coefficients, and every count is priced from them. The result of
+:meth:`Sizer.fit` is planned for real and its cost checked against the estimate; where
+they differ (a plan that keeps a rectangle) the sizer drops the estimate and fits again
+with a plan per count. Latency has no estimate: every count is compiled and timed.
 """
 from __future__ import annotations
 
@@ -46,6 +55,8 @@ class Sizer:
         self.floor = self.counts_of(previous) if previous is not None else np.zeros_like(self.sizes)
         self._costs: dict[tuple, float] = {}
         self._scores: np.ndarray | None = None
+        self._widths: tuple[list, np.ndarray, np.ndarray] | None = None  # the estimate's coefficients
+        self.estimated = meter.weights is not None and pruner.selection.round_to == 1 and not pruner.selection.uniform
 
     def keep(self, pruned: Pruned) -> None:
         """From now on the units of ``pruned`` stay pruned (costs stay valid: they depend on counts)."""
@@ -80,17 +91,47 @@ class Sizer:
     def prune(self, counts: np.ndarray, scores: np.ndarray | None = None) -> Pruned:
         sparsities = {f.name: int(counts[f.index]) / len(f) for f in self.space.families if counts[f.index] > 0}
         if scores is None:
-            if self._scores is None:
-                self._scores = self.pruner.scores()
-            scores = self._scores
+            scores = self._unit_scores()
         return self.pruner.prune(sparsities=sparsities, scores=scores, previous=self.previous)
 
     def cost(self, counts: np.ndarray) -> float:
         key = tuple(counts.tolist())
         if key not in self._costs:
-            pruned = self.prune(counts)
-            self._costs[key] = self._costs[tuple(self.counts_of(pruned).tolist())] = self.meter.relative(pruned)
+            if self.estimated and self._linear() is not None:
+                self._costs[key] = self.estimate(counts)
+            else:
+                pruned = self.prune(counts)
+                self._costs[key] = self._costs[tuple(self.counts_of(pruned).tolist())] = self.meter.relative(pruned)
         return self._costs[key]
+
+    def _linear(self) -> tuple[list, np.ndarray, np.ndarray] | None:
+        """(param dims, their sizes, indices one unit of each family removes from each), planned
+        once; None (and no more estimates) where a family's unit does not remove one unit."""
+        if self._widths is None:
+            dims = [(fqn, d) for fqn, shape in self.meter.shapes.items() for d in range(len(shape))]
+            size = np.array([self.meter.shapes[f][d] for f, d in dims], dtype=np.float64)
+            per_unit = np.zeros((len(self.sizes), len(dims)))
+            for fi in np.flatnonzero(self.caps > 0).tolist():
+                one = np.zeros_like(self.sizes)
+                one[fi] = 1
+                pruned = self.pruner.prune(sparsities={self.space.families[fi].name: 1 / self.sizes[fi]},
+                                           scores=self._unit_scores())
+                if not np.array_equal(self.counts_of(pruned), one):
+                    self.estimated = False
+                    return None
+                per_unit[fi] = [size[i] - pruned.plan.new_size(("p", f, d)) for i, (f, d) in enumerate(dims)]
+            self._widths = (dims, size, per_unit)
+        return self._widths
+
+    def estimate(self, counts: np.ndarray) -> float:
+        dims, size, per_unit = self._linear()
+        kept = dict(zip(dims, size - counts.astype(np.float64) @ per_unit))
+        return self.meter.of_widths(lambda fqn, d: kept[(fqn, d)]) / self.meter.dense
+
+    def _unit_scores(self) -> np.ndarray:
+        if self._scores is None:
+            self._scores = self.pruner.scores()
+        return self._scores
 
     def fit(self, distribution: Mapping[str, float] | np.ndarray, target: float, *, refine: bool = True,
             scores: np.ndarray | None = None) -> Fit:
@@ -121,7 +162,13 @@ class Sizer:
             best = self.scaled(d, lo)
         if refine:
             best = self.give_back(best, target)
-        return Fit(best, self.cost(best), self.prune(best, scores))
+        pruned = self.prune(best, scores)
+        if self.estimated:
+            exact = self.meter.relative(pruned)
+            if abs(exact - self.cost(best)) > 1e-9 * max(exact, 1e-12):  # not additive: plan every count
+                self.estimated, self._costs = False, {}
+                return self.fit(distribution, target, refine=refine, scores=scores)
+        return Fit(best, self.cost(best), pruned)
 
     def give_back(self, counts: np.ndarray, target: float) -> np.ndarray:
         """Restore single units while the cost stays at most the target's upper tolerance,
