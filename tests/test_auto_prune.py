@@ -134,3 +134,53 @@ def test_measured_latency_budget(name):
     auto = make_auto(name, model, x, "latency=0.5", evaluate=evaluate, finetune=finetune, steps=1,
                      latency_inputs=(torch.randn(256, 1, 8, 8),), **FAST[name])
     assert auto.run().met
+
+
+# ------------------------------------------------------------------ slimc prune --budget
+FINETUNE_PY = '''
+def finetune(m, steps):
+    g = torch.Generator().manual_seed(3)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    m.train()
+    for _ in range(steps):
+        x, y = torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
+        opt.zero_grad(); F.cross_entropy(m(x), y).backward(); opt.step()
+'''
+
+
+@pytest.mark.parametrize("criterion, budget", [("netadapt", "flops=0.5"), ("sa", "params=0.4"), ("fpgm", "flops=0.3")])
+def test_cli_prune_with_a_budget(tmp_path, capsys, criterion, budget):
+    from test_prune_cli import DATA, MODEL
+
+    from slimc.cli import main
+    from slimc.loading import load_spec
+
+    model_py = tmp_path / "model.py"
+    model_py.write_text(MODEL + DATA + FINETUNE_PY)
+    masks = tmp_path / "m.pth"
+    assert main(["prune", str(model_py), "--criterion", criterion, "--budget", budget, "--steps", "2",
+                 "-o", str(masks)]) == 0
+    out = capsys.readouterr().out
+    assert f"budget {budget}" in out and "(met," in out
+    model, x, _ = load_spec(str(model_py))
+    if criterion == "netadapt":  # it trained the weights: they come with the masks
+        assert (tmp_path / "m.weights.pth").exists()
+        model.load_state_dict(torch.load(tmp_path / "m.weights.pth", weights_only=True))
+    kind, frac = budget.split("=")
+    res = slimc.compile(model, torch.load(masks, weights_only=True), x)
+    got = res.report[kind]["after"] / res.report[kind]["before"]
+    assert abs(got / float(frac) - 1) <= TOLERANCE
+
+
+@pytest.mark.parametrize("argv, says", [(["--criterion", "netadapt"], "give it a budget"),
+                                        (["--criterion", "sa", "--budget", "speed=2"], "KIND=FRACTION"),
+                                        (["--criterion", "netadapt", "--budget", "params=0.5"], "finetune(model, steps)")])
+def test_cli_budget_errors_are_one_line(tmp_path, capsys, argv, says):
+    from test_prune_cli import DATA, MODEL, _err
+
+    from slimc.cli import main
+
+    model_py = tmp_path / "model.py"
+    model_py.write_text(MODEL + DATA)
+    assert main(["prune", str(model_py), *argv, "-o", str(tmp_path / "m.pth")]) == 2
+    assert says in _err(capsys)

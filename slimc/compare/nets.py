@@ -24,12 +24,13 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
 
 
 class DigitsVGG(nn.Module):
-    """conv32-conv32-pool-conv64-conv64-pool (8×8 → 2×2), linear 256 → 128 → 10."""
+    """conv24-conv24-pool-conv48-conv48-pool (8×8 → 2×2), linear 192 → 96 → 10."""
 
-    def __init__(self, widths: tuple[int, int] = (32, 64), hidden: int = 128, num_classes: int = 10):
+    def __init__(self, widths: tuple[int, int] = (24, 48), hidden: int = 96, num_classes: int = 10,
+                 in_channels: int = 1):
         super().__init__()
         a, b = widths
-        self.features = nn.Sequential(*_conv_bn(1, a), *_conv_bn(a, a), nn.MaxPool2d(2),
+        self.features = nn.Sequential(*_conv_bn(in_channels, a), *_conv_bn(a, a), nn.MaxPool2d(2),
                                       *_conv_bn(a, b), *_conv_bn(b, b), nn.MaxPool2d(2))
         self.classifier = nn.Sequential(nn.Linear(b * 4, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
 
@@ -56,10 +57,10 @@ class BasicBlock(nn.Module):
 class DigitsResNet(nn.Module):
     """Stem 16, blocks 16 → 32 (stride 2) → 64 (stride 2), average pool, linear 64 → 10."""
 
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), num_classes: int = 10):
+    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), num_classes: int = 10, in_channels: int = 1):
         super().__init__()
         a, b, c = widths
-        self.stem = nn.Sequential(*_conv_bn(1, a))
+        self.stem = nn.Sequential(*_conv_bn(in_channels, a))
         self.layer1 = BasicBlock(a, a)
         self.layer2 = BasicBlock(a, b, stride=2)
         self.layer3 = BasicBlock(b, c, stride=2)

@@ -7,8 +7,9 @@ steps (``finetune(model, steps)``) and evaluated (``evaluate(model)``); the best
 is kept, fine-tuned weights included. The resource is the budget's: params or FLOPs of the
 plan, or the *measured* latency of the physically slim model — what NetAdapt's lookup
 tables estimate, slimc measures. One family shrinks per iteration, so high compression
-takes many iterations; the last ones land the distribution reached on the budget (a
-bisection on its global scale).
+takes many iterations; where they stop short of the budget (the classic finding: NetAdapt
+cannot reach high compression in its iterations) the distribution reached — every family
+given at least a small weight — is landed on the budget by a bisection on its global scale.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import copy
 
 import numpy as np
 
+from slimc.prune.annealing import MIN_WEIGHT
 from slimc.prune.auto import AutoPruner, auto_pruner
 from slimc.prune.budget import TOLERANCE
 from slimc.prune.fit import Sizer
@@ -76,5 +78,5 @@ class NetAdapt(AutoPruner):
             self.model.load_state_dict(trial.state_dict())
             sizer.keep(pruned)
             self.log(iteration=it, family=self.pruner.families[fi].name, cost=sizer.cost(counts), score=score)
-        d = counts / np.maximum(sizer.sizes, 1)
+        d = np.maximum(counts / np.maximum(sizer.sizes, 1), MIN_WEIGHT * sizer.uniform())
         return sizer.fit(d, target, scores=self.pruner.scores()).pruned
