@@ -45,4 +45,4 @@ class AutoCompress(AutoPruner):
                 self.callbacks.train(self.model, self.steps, pruned.masks)
         # the trained weights may rank other units lowest: land the final distribution exactly
         d = sizer.counts_of(pruned) / sizer.sizes.clip(1)
-        return sizer.fit(d, final, scores=self.pruner.scores()).pruned
+        return sizer.land(d, self.budget, scores=self.pruner.scores()).pruned

@@ -63,6 +63,21 @@ class Sizer:
         self.previous = pruned
         self.floor = np.maximum(self.floor, self.counts_of(pruned))
 
+    def release(self) -> None:
+        """Units pruned before may come back (an iterative search that overshot a coarse budget)."""
+        self.previous = None
+        self.floor = np.zeros_like(self.sizes)
+
+    def land(self, distribution: Mapping[str, float] | np.ndarray, budget: Budget,
+             scores: np.ndarray | None = None) -> Fit:
+        """:meth:`fit` on the budget; where the units kept pruned make it miss the tolerance
+        (coarse families: one unit is more than the tolerance), fit again without them."""
+        fit = self.fit(distribution, budget.fraction, scores=scores)
+        if not budget.met(fit.cost) and self.floor.any():
+            self.release()
+            fit = self.fit(distribution, budget.fraction, scores=scores)
+        return fit
+
     @property
     def prunable(self) -> list[int]:
         return [int(fi) for fi in np.flatnonzero(self.caps > self.floor)]

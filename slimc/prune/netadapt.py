@@ -36,8 +36,9 @@ class NetAdapt(AutoPruner):
         self.iterations = max(1, int(iterations))
 
     def fewest(self, sizer: Sizer, counts: np.ndarray, fi: int, goal: float) -> int:
-        """The fewest units family ``fi`` must lose (others as they are) to cost at most ``goal``;
-        its limit when no number does."""
+        """The fewest units family ``fi`` must lose (others as they are) to cost at most ``goal``
+        (within half the tolerance); its limit when no number does."""
+        goal *= 1 + TOLERANCE / 2
         lo, hi = int(counts[fi]), int(sizer.caps[fi])
         trial = counts.copy()
         trial[fi] = hi
@@ -79,4 +80,4 @@ class NetAdapt(AutoPruner):
             sizer.keep(pruned)
             self.log(iteration=it, family=self.pruner.families[fi].name, cost=sizer.cost(counts), score=score)
         d = np.maximum(counts / np.maximum(sizer.sizes, 1), MIN_WEIGHT * sizer.uniform())
-        return sizer.fit(d, target, scores=self.pruner.scores()).pruned
+        return sizer.land(d, self.budget, scores=self.pruner.scores()).pruned
