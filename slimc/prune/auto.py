@@ -27,6 +27,7 @@ from slimc.errors import ConfigError
 from slimc.masks import MaskSet
 from slimc.prune.budget import Budget, Meter, Timer, meter_for
 from slimc.prune.callbacks import Callbacks
+from slimc.prune.criteria import registrar
 from slimc.prune.data import UserData
 from slimc.prune.fit import Sizer
 from slimc.prune.pruner import Pruned, Pruner
@@ -34,15 +35,8 @@ from slimc.prune.pruner import Pruned, Pruner
 AUTO_PRUNERS: dict[str, type["AutoPruner"]] = {}
 
 
-def auto_pruner(name: str) -> Callable[[type["AutoPruner"]], type["AutoPruner"]]:
-    """Register an automatic pruner under ``name`` (``slimc prune --criterion NAME``)."""
-
-    def register(cls: type[AutoPruner]) -> type[AutoPruner]:
-        cls.name = name
-        AUTO_PRUNERS[name] = cls
-        return cls
-
-    return register
+#: register an automatic pruner under ``name`` (``slimc prune --criterion NAME --budget …``)
+auto_pruner = registrar(AUTO_PRUNERS)
 
 
 @dataclass
