@@ -87,6 +87,9 @@ class Meter:
     def relative(self, pruned: Pruned) -> float:
         return self(pruned) / self.dense
 
+    def refresh(self) -> None:
+        """Measure the dense model again (a measured meter; counted ones need not)."""
+
 
 class ParamsMeter(Meter):
     kind = "params"
@@ -151,9 +154,12 @@ class LatencyMeter(Meter):
     kind = "latency"
 
     def __init__(self, space: PruneSpace, model: nn.Module, inputs: tuple, timer: Timer | None = None):
-        self.model, self.inputs = model, inputs
+        self.model, self.inputs, self.gm = model, inputs, space.gm
         self.timer = timer or median_latency()
-        self.dense = float(self.timer(space.gm, inputs))
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.dense = float(self.timer(self.gm, self.inputs))
 
     def slim_module(self, masks: dict) -> nn.Module:
         import slimc

@@ -63,6 +63,10 @@ class Sizer:
         self.previous = pruned
         self.floor = np.maximum(self.floor, self.counts_of(pruned))
 
+    def forget(self) -> None:
+        """Drop the costs priced so far (a measured meter whose dense cost was measured again)."""
+        self._costs = {}
+
     def release(self) -> None:
         """Units pruned before may come back (an iterative search that overshot a coarse budget)."""
         self.previous = None
