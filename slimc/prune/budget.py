@@ -171,6 +171,13 @@ class LatencyMeter(Meter):
     def __call__(self, pruned: Pruned) -> float:
         return float(self.timer(self.slim_module(pruned.masks), self.inputs))
 
+    def relative(self, pruned: Pruned) -> float:
+        """The slim module's time over the dense module's, timed back to back (the load of a
+        shared machine drifts between a search's first timing and its last)."""
+        slim = self(pruned)
+        self.refresh()
+        return slim / self.dense
+
 
 def meter_for(budget: Budget, space: PruneSpace, model: nn.Module, inputs: Any, *,
               timer: Timer | None = None, latency_inputs: Any = None) -> Meter:
