@@ -135,7 +135,8 @@ def test_measured_latency_budget(name):
     model, x = build("digits_vgg"), (torch.randn(2, 1, 8, 8),)
     auto = make_auto(name, model, x, "latency=0.5", evaluate=evaluate, finetune=finetune, steps=1,
                      latency_inputs=(torch.randn(256, 1, 8, 8),), **FAST[name])
-    assert auto.run().met
+    result = auto.run()
+    assert result.met, (result.achieved, result.history[-3:])
 
 
 # ------------------------------------------------------------------ slimc prune --budget
