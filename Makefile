@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # spec would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test test-all bench gpu-check clean
+.PHONY: demo test test-all bench compare-quick gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,19 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/latency.py --models transformers --stem latency_cpu_transformers
 	$(BIN)/python benchmarks/compile_time.py
 	$(BIN)/python benchmarks/compile_time.py --models vit_small,bert_small,gpt_small,llama_small --kinds '' --stem compile_time_cpu_transformers
+
+$(VENV)/.installed-digits: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e ".[digits]"
+	touch $@
+
+# The pruner comparison on scikit-learn's digits (two small CNNs × 8 pruners × 5 compression
+# targets × 2 seeds at a params budget, then the VGG-style net at a FLOPs budget), all with
+# measured slim latency → benchmarks/results/compare_pruners/: 18.8 min for the committed run
+# (one core busy; the 2-core machine shared with other test suites).
+COMPARE := $(BIN)/python benchmarks/compare_pruners.py --targets 2,4,8,16,32 --seeds 2
+compare-quick: $(VENV)/.installed-digits
+	$(COMPARE) --models digits_vgg,digits_resnet --budgets params --fresh
+	$(COMPARE) --models digits_vgg --budgets flops
 
 # On a GPU machine: the `gpu` tests and benchmarks/latency.py --device cuda (eager and CUDA
 # graphs) → benchmarks/results/latency_cuda.*; a few minutes on one H200. Without CUDA: one

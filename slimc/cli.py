@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from slimc.errors import LoadError, SlimcError
+from slimc.errors import ConfigError, LoadError, SlimcError
 
 
 def _console():
@@ -168,23 +168,43 @@ def cmd_prune(a: argparse.Namespace) -> int:
     from slimc.loading import load_spec
     from slimc.masks import save_masks
     from slimc.prune import make_pruner, to_layout
+    from slimc.prune.auto import auto_class, make_auto
     from slimc.prune.data import UserData
 
     out = Path(a.output)
     _guard_outputs([a.model, a.config], [out])
+    automatic = auto_class(a.criterion) is not None
+    if automatic and not a.budget:
+        raise ConfigError(f"criterion '{a.criterion}' is an automatic pruner: give it a budget, e.g. --budget flops=0.5")
     model, inputs, ns = load_spec(a.model)
-    pruner = make_pruner(model, inputs, a.criterion, a.config, ratio=a.ratio, ranking=a.ranking,
-                         max_sparsity_per_layer=a.max_sparsity_per_layer, round_to=a.round_to, uniform=a.uniform,
-                         attention=a.attention, seed=a.seed, front_end=a.front_end, max_batches=a.batches,
-                         user_data=UserData.from_namespace(ns, a.model))
-    pruned = pruner.prune()
+    common = dict(round_to=a.round_to, uniform=a.uniform, attention=a.attention, seed=a.seed,
+                  front_end=a.front_end, max_batches=a.batches, user_data=UserData.from_namespace(ns, a.model))
+    result = None
+    if a.budget:
+        result = make_auto(a.criterion, model, inputs, a.budget, config_list=a.config, steps=a.steps,
+                           max_sparsity_per_layer=a.max_sparsity_per_layer, **common).run()
+        pruned = result.pruned
+    else:
+        pruned = make_pruner(model, inputs, a.criterion, a.config, ratio=a.ratio, ranking=a.ranking,
+                             max_sparsity_per_layer=a.max_sparsity_per_layer, **common).prune()
     save_masks(to_layout(pruned.masks, a.format), out)
     before = sum(p.numel() for p in model.parameters())
     after = pruned.params_after()
-    what = f"{a.criterion}, " + (f"config {a.config}" if a.config else f"{a.ranking} ratio {a.ratio}")
+    what = f"{a.criterion}, " + (f"budget {a.budget}" if a.budget else
+                                 f"config {a.config}" if a.config else f"{a.ranking} ratio {a.ratio}")
     print(f"wrote {out} ({a.format}): {len(pruned.masks)} params masked, {len(pruned.sparsity)} layers pruned ({what})")
     print(f"the masked model is the slim model: {before:,} → {after:,} params ({after / max(before, 1):.2f}×) "
           "once compiled")
+    if result is not None:
+        print(f"budget {result.budget}: the slim model's {result.budget.kind} is {result.achieved:.3f} of the dense "
+              f"model's ({'met' if result.met else 'NOT met'}, tolerance ±5 %)")
+        if result.trained:
+            import torch
+
+            weights = out.with_name(out.stem + ".weights.pth")
+            torch.save(model.state_dict(), weights)
+            print(f"{a.criterion} trained the weights (finetune in {a.model}): wrote {weights}; "
+                  "load them into the model before compiling")
     for n in pruned.notes:
         print(f"note: {n}")
     print(f"next: fine-tune with the masks applied, then slimc compile {a.model} --masks {out} -o out/")
@@ -333,7 +353,15 @@ def _parser() -> argparse.ArgumentParser:
                                   "calibration_batches(), and loss_fn(output, target) for taylor)")
     pr.add_argument("--criterion", default="l1", metavar="NAME",
                     help="l1 (default), l2, fpgm (geometric median), random, slim (|BatchNorm γ|), apoz, "
-                         "mean_activation, taylor (data-driven), level (unstructured magnitude)")
+                         "mean_activation, taylor (data-driven), level (unstructured magnitude); automatic, "
+                         "with --budget: netadapt, sa (simulated annealing), autocompress, admm (model.py "
+                         "defines evaluate(model) -> float and finetune(model, steps))")
+    pr.add_argument("--budget", default=None, metavar="KIND=F",
+                    help="params=0.3, flops=0.5 or latency=0.5: the slim model's cost as a fraction of the dense "
+                         "model's (latency measured on the compiled slim model); with a classic criterion, "
+                         "every layer alike at the sparsity that meets it")
+    pr.add_argument("--steps", type=int, default=20, metavar="N",
+                    help="finetune(model, N) between the automatic pruners' iterations (default 20)")
     pr.add_argument("--ratio", type=float, default=0.5, help="fraction of every layer's channels to prune (default 0.5)")
     pr.add_argument("--config", default=None, metavar="CFG",
                     help="config list (.yaml/.json, NNI style): [{sparsity: 0.5, op_types: [Conv2d]}, "

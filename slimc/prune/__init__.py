@@ -9,12 +9,16 @@ families (global), and writes the masks of every parameter slice the compiler wi
     from slimc.prune import Pruner, prune, AGP, LotteryTicket, slim_regularizer
     masks = prune(model, x, "l1", ratio=0.5)                          # one shot
     masks = prune(model, x, "taylor", config_list, data=batches, loss_fn=F.cross_entropy)
+    result = make_auto("netadapt", model, x, "latency=0.5", evaluate=evaluate, finetune=finetune).run()
 
 Files: space (groups → units → families), criteria (weight scores), activations
 (data-driven scores), config (NNI config lists), select (how many, which), emit (complete
 masks), pruner (the interface), level (unstructured), schedules (AGP, Lottery Ticket),
 regularizer (network slimming), sensitivity (per-family sensitivity analysis), data
-(calibration batches, losses, evaluation).
+(calibration batches, losses, evaluation). Automatic pruners under a params / FLOPs /
+measured-latency budget: auto (the interface), budget (meters), fit (landing a per-family
+distribution on a budget), callbacks (the user's evaluate / finetune), netadapt,
+annealing, admm, autocompress.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ from torch import nn
 
 from slimc.prune.config import RANKINGS, ConfigList
 from slimc.prune.criteria import CRITERIA, Criterion, ScoreContext, criterion
+from slimc.prune.auto import AUTO_PRUNERS, AutoPruner, AutoResult, auto_names, make_auto
+from slimc.prune.budget import Budget
 from slimc.prune.emit import LAYOUTS, removal_mask, to_layout
 from slimc.prune.level import LevelPruner
 from slimc.prune.pruner import Pruned, Pruner
@@ -56,7 +62,7 @@ def group_masks(model: nn.Module, example_inputs: Any, ratio: float = 0.5, crite
 
 
 __all__ = [
-    "AGP", "ATTENTION", "CRITERIA", "ConfigList", "Criterion", "Family", "LAYOUTS", "LevelPruner",
+    "AGP", "ATTENTION", "AUTO_PRUNERS", "AutoPruner", "AutoResult", "Budget", "auto_names", "make_auto", "CRITERIA", "ConfigList", "Criterion", "Family", "LAYOUTS", "LevelPruner",
     "LotteryTicket", "PruneSpace", "Pruned", "Pruner", "RANKINGS", "Schedule", "ScoreContext", "criterion",
     "group_masks", "make_pruner", "prune", "removal_mask", "slim_regularizer", "to_layout",
 ]

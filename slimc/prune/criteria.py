@@ -22,15 +22,21 @@ from slimc.prune.space import PruneSpace
 CRITERIA: dict[str, type["Criterion"]] = {}
 
 
-def criterion(name: str) -> Callable[[type["Criterion"]], type["Criterion"]]:
-    """Register a criterion class under ``name`` (``slimc prune --criterion NAME``)."""
+def registrar(table: dict[str, type]) -> Callable[[str], Callable[[type], type]]:
+    """A class decorator factory: ``@deco(name)`` sets ``cls.name`` and files the class in ``table``."""
+    def named(name: str) -> Callable[[type], type]:
+        def register(cls: type) -> type:
+            cls.name = name
+            table[name] = cls
+            return cls
 
-    def register(cls: type[Criterion]) -> type[Criterion]:
-        cls.name = name
-        CRITERIA[name] = cls
-        return cls
+        return register
 
-    return register
+    return named
+
+
+#: register a criterion class under ``name`` (``slimc prune --criterion NAME``)
+criterion = registrar(CRITERIA)
 
 
 @dataclass

@@ -3,9 +3,10 @@
 From the API: ``data=`` an iterable (or a function returning one) of input tuples, single
 tensors, or ``(inputs, target)`` pairs; ``loss_fn(output, target)``; ``evaluate(model) ->
 float``. From a model.py: the same names, ``calibration_batches()``, ``loss_fn`` and
-``evaluate`` (``evaluate_higher_is_better = False`` when it returns a loss). Every pass
-over the data shows a progress bar; what is missing is a one-line error naming what to
-define.
+``evaluate`` (``evaluate_higher_is_better = False`` when it returns a loss), and for the
+automatic pruners ``finetune(model, steps)`` (a short training loop on the model it is
+given; :mod:`slimc.prune.callbacks` keeps the masked weights at zero). Every pass over the
+data shows a progress bar; what is missing is a one-line error naming what to define.
 """
 from __future__ import annotations
 
@@ -146,6 +147,7 @@ class UserData:
     evaluate: Callable | None = None
     higher_is_better: bool = True
     where: str = "data="
+    finetune: Callable | None = None
 
     @classmethod
     def from_namespace(cls, ns: ModuleType | None, where: str) -> "UserData":
@@ -153,7 +155,7 @@ class UserData:
             return cls(where=where)
         return cls(getattr(ns, "calibration_batches", None), getattr(ns, "loss_fn", None),
                    getattr(ns, "evaluate", None), bool(getattr(ns, "evaluate_higher_is_better", True)),
-                   f"calibration_batches() in {where}")
+                   f"calibration_batches() in {where}", getattr(ns, "finetune", None))
 
     def with_api(self, data: Any = None, loss_fn: Callable | None = None) -> "UserData":
         """What the API passes takes precedence over what model.py defines."""

@@ -81,9 +81,10 @@ class Pruner:
     def families(self):
         return self.space.families
 
-    def scores(self) -> np.ndarray:
-        """Per unit, low = pruned first (NaN: no statistic reached it)."""
-        ctx = ScoreContext(self.model, np.random.default_rng(self.seed), self.calibration)
+    def scores(self, model: nn.Module | None = None) -> np.ndarray:
+        """Per unit, low = pruned first (NaN: no statistic reached it); of ``model``'s weights
+        when given (a copy holding other values of the same parameters, as ADMM scores W + U)."""
+        ctx = ScoreContext(model or self.model, np.random.default_rng(self.seed), self.calibration)
         return self.space.unit_scores(self.criterion.group_scores(self.space, ctx), mean=self.criterion.comparable)
 
     def resolve(self, sparsities: Mapping[str, float] | None = None,
