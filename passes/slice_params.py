@@ -8,7 +8,7 @@ import copy
 import torch
 from torch import fx, nn
 
-from slimc.passes import PassResult, RewriteContext
+from slimc.passes.context import PassResult, RewriteContext, node_error
 from slimc.shape_rules import RESIZERS
 from slimc.shards import sliced
 
@@ -60,7 +60,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                 continue
             resize = RESIZERS.get(type(mod)) or next((RESIZERS[b] for b in type(mod).__mro__ if b in RESIZERS), None)
             if resize is None:
-                raise RuntimeError(f"no resizer for {type(mod).__name__} at '{node.target}'")
+                raise node_error(node, f"no resizer for {type(mod).__name__} at '{node.target}'")
             new = copy.copy(mod)
             new._parameters = dict(mod._parameters)
             new._buffers = dict(mod._buffers)

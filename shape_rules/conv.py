@@ -7,6 +7,9 @@ from torch import nn
 from slimc.shape_rules import Coupling, OpView, Unsupported, aten, arange, resizer, shape_rule
 
 SPATIAL = "spatial dim mixed by the convolution kernel"
+FUNCTIONAL_CONVS = (F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default"))
+FUNCTIONAL_CONV_TRANSPOSES = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+                              *aten("conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input"))
 
 
 def _conv_slots(op: OpView):
@@ -32,8 +35,7 @@ def _spatial(c: Coupling, op: OpView, x) -> None:
         c.barrier(op.out(d), SPATIAL)
 
 
-@shape_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, F.conv1d, F.conv2d, F.conv3d,
-            *aten("conv1d.default", "conv2d.default", "conv3d.default"))
+@shape_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, *FUNCTIONAL_CONVS)
 def conv(op: OpView) -> Coupling | Unsupported:
     """out channels ← weight rows (source); in channels → weight cols (sink); bias follows."""
     parts = _conv_slots(op)
@@ -73,8 +75,7 @@ def _tie(slot, a_idx, b_idx):
     return Link("tie", slot, slot, a_idx, b_idx, term=None)
 
 
-@shape_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, F.conv_transpose1d, F.conv_transpose2d,
-            F.conv_transpose3d, *aten("conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input"))
+@shape_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, *FUNCTIONAL_CONV_TRANSPOSES)
 def conv_transpose(op: OpView) -> Coupling | Unsupported:
     """Transposed conv: weight is (in, out/groups, *k): rows sink the input, cols source the
     output. Grouped: the same in/out positions go in every group (groups stay aligned);

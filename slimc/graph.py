@@ -95,7 +95,7 @@ def _value_shapes(node: fx.Node, shapes: dict[str, Any]) -> list[tuple[str, tupl
     return tensor_leaves(node.name, shapes.get(node.name))
 
 
-def _source_line(node: fx.Node) -> str:
+def source_line(node: fx.Node) -> str:
     """'file.py:LINE: code' of the user's line that created the node, if recorded."""
     st = node.meta.get("stack_trace") or ""
     lines = [ln.strip() for ln in st.strip().splitlines() if ln.strip()]
@@ -228,20 +228,20 @@ def build(gm: fx.GraphModule, shapes: dict[str, Any], probe=None) -> DependencyG
 
 
 def describe_node(node: fx.Node) -> str:
-    line = _source_line(node)
+    line = source_line(node)
     return node.format_node() + (f"  [{line}]" if line else "")
 
 
 def unsupported_table(dg: DependencyGraph) -> list[dict[str, str]]:
     return [
-        {"node": f.node.name, "op": f.op, "reason": f.unsupported or "", "source": _source_line(f.node)}
+        {"node": f.node.name, "op": f.op, "reason": f.unsupported or "", "source": source_line(f.node)}
         for f in dg.unsupported
     ]
 
 
 def probed_table(dg: DependencyGraph) -> list[dict[str, str]]:
     """Ops without a rule that probing found channel-wise (the built-in check is the proof)."""
-    return [{"node": f.node.name, "op": f.op, "found": f.probed, "source": _source_line(f.node)}
+    return [{"node": f.node.name, "op": f.op, "found": f.probed, "source": source_line(f.node)}
             for f in dg.facts if f.probed]
 
 

@@ -132,14 +132,14 @@ def _live_training_flags(graph: fx.Graph, training: bool) -> None:
     """`F.dropout(x, p, self.training)` traces `self.training` as a constant; read it from
     the module at run time instead, so the slim model's dropout follows .train()/.eval().
     Only where the source line names `training` (a literal True/False stays literal)."""
-    from slimc.graph import _source_line
+    from slimc.graph import source_line
 
     for n in graph.nodes:
         pos = _DROPOUTS.get(n.target) if n.op == "call_function" else None
         if pos is None:
             continue
         flag = n.args[pos] if len(n.args) > pos else n.kwargs.get("training")
-        if flag is training and "training" in _source_line(n):
+        if flag is training and "training" in source_line(n):
             with graph.inserting_before(n):
                 attr = graph.get_attr("training")
             if len(n.args) > pos:
@@ -179,7 +179,7 @@ class _Tracer(fx.Tracer):
 
 def user_frame() -> str:
     """The innermost frame of the user's code that made the node being traced, formatted
-    like a traceback entry (what reports and the user's-class sizes read: ``graph._source_line``).
+    like a traceback entry (what reports and the user's-class sizes read: ``graph.source_line``).
     One frame, not the whole stack: formatting every frame of every node would cost more
     than the trace itself."""
     f = sys._getframe(2)
