@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from slimc.errors import LoadError, SlimcError
+from slimc.errors import LoadError, SlimcError, describe
 
 
 def _console():
@@ -84,7 +84,7 @@ def _load_compiled_dir(path: Path):
     except SlimcError:
         raise
     except Exception as e:
-        raise LoadError(f"cannot read '{slim_pt}': {type(e).__name__}: {e}".splitlines()[0]) from e
+        raise LoadError(f"cannot read '{slim_pt}': {describe(e)}") from e
     return module, inputs
 
 
@@ -402,8 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an internal bug: still one line unless --debug
         if debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"error: internal error {type(e).__name__}: {msg[:300]} (rerun with --debug and report it)", file=sys.stderr)
+        print(f"error: internal error {describe(e)} (rerun with --debug and report it)", file=sys.stderr)
         return 1
 
 

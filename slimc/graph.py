@@ -14,6 +14,7 @@ import networkx as nx
 import numpy as np
 from torch import fx
 
+from slimc.errors import describe
 from slimc.shape_rules import (
     Coupling,
     OpView,
@@ -135,7 +136,7 @@ def _apply_rule(node: fx.Node, gm: fx.GraphModule, shapes: dict[str, Any], probe
         try:
             result = rule(view)
         except Exception as e:  # a rule bug must not produce a wrong model
-            result = Unsupported(f"rule for {name} failed: {type(e).__name__}: {e}".splitlines()[0])
+            result = Unsupported(f"rule for {name} failed: {describe(e)}")
         if isinstance(result, Unsupported) and result.probe and probe is not None:
             result = probe(view, name)
     if isinstance(result, Unsupported):

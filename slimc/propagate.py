@@ -26,6 +26,7 @@ from slimc.graph import DependencyGraph
 from slimc.compact import FinalMasks, structured_mask
 from slimc.masks import MaskSet
 from slimc.shape_rules import Blocks, EqualCount, KeepMore, Link, NeedsZero, SlotKey
+from slimc.tensors import tied_groups
 
 
 @dataclass
@@ -86,10 +87,7 @@ class RemovalPlan:
 
 def param_aliases(dg: DependencyGraph) -> list[list[str]]:
     """Names that refer to one shared Parameter (tied weights), each list with ≥ 2 names."""
-    by_id: dict[int, list[str]] = {}
-    for fqn, t in dg.gm.named_parameters(remove_duplicate=False):
-        by_id.setdefault(id(t), []).append(fqn)
-    return [v for v in by_id.values() if len(v) > 1]
+    return tied_groups(dg.gm.named_parameters(remove_duplicate=False))
 
 
 class _Union:
