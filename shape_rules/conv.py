@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from slimc.shape_rules import Coupling, OpView, Unsupported, aten, arange, resizer, shape_rule
+from slimc.shape_rules import Coupling, OpView, Unsupported, aten, arange, resizer, shape_rule, tie
 
 SPATIAL = "spatial dim mixed by the convolution kernel"
 FUNCTIONAL_CONVS = (F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default"))
@@ -14,19 +14,11 @@ FUNCTIONAL_CONV_TRANSPOSES = (F.conv_transpose1d, F.conv_transpose2d, F.conv_tra
 
 def _conv_slots(op: OpView):
     """(x, weight slot fn, bias slot fn or None, groups) for module or functional form."""
-    if op.module is not None:
-        m = op.module
-        x = op.arg(0, "input")
-        w = lambda d: op.p("weight", d)  # noqa: E731
-        b = (lambda d: op.p("bias", d)) if m.bias is not None else None
-        return x, w, b, m.groups
-    x, wn, bn = op.arg(0, "input"), op.arg(1, "weight"), op.arg(2, "bias")
-    if not op.is_param(wn) or (bn is not None and not op.is_param(bn)):
+    wb = op.weight_bias()
+    groups = op.module.groups if op.module is not None else op.arg(6, "groups", 1)
+    if wb is None or not isinstance(groups, int):
         return None
-    groups = op.arg(6, "groups", 1)
-    if not isinstance(groups, int):
-        return None
-    return x, (lambda d: op.slot(wn, d)), ((lambda d: op.slot(bn, d)) if bn is not None else None), groups
+    return (op.arg(0, "input"), *wb, groups)
 
 
 def _spatial(c: Coupling, op: OpView, x) -> None:
@@ -65,14 +57,8 @@ def conv(op: OpView) -> Coupling | Unsupported:
         c.param("sink", w(1), op.slot(x, 1), cidx % ci, cidx)
         c.param("source", w(0), op.out(1))
         oidx = arange(cout)
-        c.links.append(_tie(op.out(1), oidx, oidx % co))
+        c.links.append(tie(op.out(1), op.out(1), oidx, oidx % co))
     return c
-
-
-def _tie(slot, a_idx, b_idx):
-    from slimc.shape_rules import Link
-
-    return Link("tie", slot, slot, a_idx, b_idx, term=None)
 
 
 @shape_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, *FUNCTIONAL_CONV_TRANSPOSES)
@@ -80,17 +66,10 @@ def conv_transpose(op: OpView) -> Coupling | Unsupported:
     """Transposed conv: weight is (in, out/groups, *k): rows sink the input, cols source the
     output. Grouped: the same in/out positions go in every group (groups stay aligned);
     depthwise (groups = in): input channel i makes outputs i·m … i·m+m-1."""
-    if op.module is not None:
-        groups = op.module.groups
-        w = lambda d: op.p("weight", d)  # noqa: E731
-        b = (lambda d: op.p("bias", d)) if op.module.bias is not None else None
-    else:
-        wn, bn, groups = op.arg(1, "weight"), op.arg(2, "bias"), op.arg(6, "groups", 1)
-        if not op.is_param(wn) or (bn is not None and not op.is_param(bn)) or not isinstance(groups, int):
-            return Unsupported("functional transposed conv with a computed weight, bias or groups")
-        w = lambda d: op.slot(wn, d)  # noqa: E731
-        b = (lambda d: op.slot(bn, d)) if bn is not None else None
-    x = op.arg(0, "input")
+    parts = _conv_slots(op)
+    if parts is None:
+        return Unsupported("functional transposed conv with a computed weight, bias or groups")
+    x, w, b, groups = parts
     xs, os_ = op.shape(x), op.out_shape
     if len(xs) < 3 or len(os_) != len(xs):
         return Unsupported("unbatched convolution input")
@@ -113,7 +92,7 @@ def conv_transpose(op: OpView) -> Coupling | Unsupported:
         c.param("sink", w(0), op.slot(x, 1))
         c.param("source", w(1), op.out(1), o % co, o)
         i = arange(cin)
-        c.links.append(_tie(op.slot(x, 1), i, i % ci))
+        c.links.append(tie(op.slot(x, 1), op.slot(x, 1), i, i % ci))
     return c
 
 

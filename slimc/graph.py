@@ -2,13 +2,15 @@
 
 Every dim of every value (node outputs, params, buffers) is a *slot*; its channels are
 *elements* with global integer ids. Shape rules couple slots of one op; the couplings
-are kept as a ``networkx.MultiDiGraph`` over slots (for ``inspect`` and reports) and as
-element-id arrays (for the vectorized union-find in :mod:`slimc.propagate`).
+are kept as a ``networkx.MultiDiGraph`` over slots (``DependencyGraph.nx``: what
+``slimc inspect --graph`` writes as GraphML or DOT, with each slot's channel families
+and barrier) and as element-id arrays (for the vectorized grouping in :mod:`slimc.propagate`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Mapping
 
 import networkx as nx
 import numpy as np
@@ -78,12 +80,6 @@ class DependencyGraph:
             return np.zeros(len(starts), np.int64)
         counts = np.add.reduceat(flags, np.minimum(starts, len(flags) - 1), dtype=np.int64)
         return np.where(sizes > 0, counts, 0)
-
-    def value_slots(self) -> Iterator[SlotKey]:
-        return (s for s in self.offset if s[0] == "v")
-
-    def param_slots(self) -> Iterator[SlotKey]:
-        return (s for s in self.offset if s[0] == "p")
 
     @property
     def unsupported(self) -> list[NodeFacts]:
@@ -228,11 +224,6 @@ def build(gm: fx.GraphModule, shapes: dict[str, Any], probe=None) -> DependencyG
     return DependencyGraph(gm, shapes, facts, offset, size, n, barrier_reasons, g)
 
 
-def describe_node(node: fx.Node) -> str:
-    line = source_line(node)
-    return node.format_node() + (f"  [{line}]" if line else "")
-
-
 def unsupported_table(dg: DependencyGraph) -> list[dict[str, str]]:
     return [
         {"node": f.node.name, "op": f.op, "reason": f.unsupported or "", "source": source_line(f.node)}
@@ -246,4 +237,45 @@ def probed_table(dg: DependencyGraph) -> list[dict[str, str]]:
             for f in dg.facts if f.probed]
 
 
-__all__ = ["DependencyGraph", "NodeFacts", "build", "describe_node", "probed_table", "unsupported_table"]
+def slot_name(slot: SlotKey) -> str:
+    """``("v", "conv1", 1)`` → ``"v:conv1:1"`` (a value's dim; ``p:`` a param's)."""
+    return ":".join(str(part) for part in slot)
+
+
+def write_graph(dg: DependencyGraph, path: str | Path, slot_attrs: Mapping[SlotKey, Mapping[str, Any]] | None = None) -> Path:
+    """Write the slot graph ``dg.nx`` — slots as nodes (``size``, ``barrier`` reason, and
+    ``slot_attrs`` such as the channel families), couplings as edges (``kind``, the fx
+    ``node`` that made them) — as GraphML (``.graphml``) or DOT (``.dot``, ``.gv``; plain
+    text, no pydot needed)."""
+    path = Path(path)
+    g = nx.MultiDiGraph()
+    for s, attrs in dg.nx.nodes(data=True):
+        g.add_node(slot_name(s), **{k: v for k, v in {**attrs, **(slot_attrs or {}).get(s, {})}.items() if v is not None})
+    for a, b, attrs in dg.nx.edges(data=True):
+        g.add_edge(slot_name(a), slot_name(b), **attrs)
+    if path.suffix == ".graphml":
+        nx.write_graphml(g, path)
+    elif path.suffix in (".dot", ".gv"):
+        path.write_text(_dot(g))
+    else:
+        raise ValueError(f"write the graph as .graphml or .dot, not '{path.suffix or path.name}'")
+    return path
+
+
+def _dot(g: nx.MultiDiGraph) -> str:
+    def q(v: Any) -> str:
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = ["digraph slimc {", "  node [shape=box, fontsize=10];"]
+    for n, attrs in g.nodes(data=True):
+        label = f"{n} ({attrs['size']})" if "size" in attrs else n
+        extra = "".join(f", {k}={q(v)}" for k, v in attrs.items() if k != "size")
+        color = ", color=red" if attrs.get("barrier") else ""
+        lines.append(f"  {q(n)} [label={q(label)}{color}{extra}];")
+    for a, b, attrs in g.edges(data=True):
+        lines.append(f"  {q(a)} -> {q(b)} [label={q(attrs.get('kind', ''))}, node={q(attrs.get('node', ''))}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["DependencyGraph", "NodeFacts", "build", "probed_table", "slot_name", "unsupported_table", "write_graph"]
