@@ -10,7 +10,7 @@ from slimc import graph as graph_mod
 from slimc.inputs import bind
 from slimc.masks import normalize
 from slimc.probe import Prober
-from slimc.propagate import Propagation, _any_by_group, plan as make_plan
+from slimc.propagate import Propagation, any_by_group, plan as make_plan
 from slimc.trace import shapes_of, trace
 
 
@@ -24,7 +24,7 @@ def inspect_model(model: nn.Module, example_inputs: Any, masks: Any = None, fron
     user = normalize(masks, model)
     prop = Propagation(dg, user)
     grp, ng = prop.group, prop.ng
-    group_has_barrier = _any_by_group(prop.barrier, grp, ng)
+    group_has_barrier = any_by_group(prop.barrier, grp, ng)
     removed = None
     if masks is not None:
         removed = make_plan(dg, user, allow_empty=True).removed

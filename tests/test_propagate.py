@@ -1,4 +1,4 @@
-"""slimc/propagate.py on its own: masks → removal plan (groups, kept indices, final masks,
+"""slimc/propagate/ on its own: masks → removal plan (groups, kept indices, final masks,
 kept-and-why), before any rewrite."""
 from __future__ import annotations
 
