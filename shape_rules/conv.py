@@ -27,21 +27,31 @@ def _spatial(c: Coupling, op: OpView, x) -> None:
         c.barrier(op.out(d), SPATIAL)
 
 
-@shape_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, *FUNCTIONAL_CONVS)
-def conv(op: OpView) -> Coupling | Unsupported:
-    """out channels ← weight rows (source); in channels → weight cols (sink); bias follows."""
+def _conv_start(op: OpView, what: str):
+    """What every convolution starts from: the batch passes, spatial dims are barriers, the
+    bias follows the output channel. ``(coupling, x, weight slot fn, groups, in, out)``, or
+    Unsupported (a computed functional weight, bias or groups; an unbatched input)."""
     parts = _conv_slots(op)
     if parts is None:
-        return Unsupported("functional conv whose weight/bias/groups are not plain params and ints")
+        return Unsupported(f"functional {what} whose weight/bias/groups are not plain params and ints")
     x, w, b, groups = parts
     xs, os_ = op.shape(x), op.out_shape
-    if len(xs) != len(os_) or len(xs) < 3:
+    if len(xs) < 3 or len(os_) != len(xs):
         return Unsupported("unbatched convolution input")
-    cin, cout = xs[1], os_[1]
     c = Coupling().flow(op.slot(x, 0), op.out(0))
     _spatial(c, op, x)
     if b is not None:
         c.param("follower", b(0), op.out(1), term=1)
+    return c, x, w, groups, xs[1], os_[1]
+
+
+@shape_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, *FUNCTIONAL_CONVS)
+def conv(op: OpView) -> Coupling | Unsupported:
+    """out channels ← weight rows (source); in channels → weight cols (sink); bias follows."""
+    start = _conv_start(op, "conv")
+    if isinstance(start, Unsupported):
+        return start
+    c, x, w, groups, cin, cout = start
     if groups == 1:
         c.param("sink", w(1), op.slot(x, 1))
         c.param("source", w(0), op.out(1))
@@ -66,18 +76,10 @@ def conv_transpose(op: OpView) -> Coupling | Unsupported:
     """Transposed conv: weight is (in, out/groups, *k): rows sink the input, cols source the
     output. Grouped: the same in/out positions go in every group (groups stay aligned);
     depthwise (groups = in): input channel i makes outputs i·m … i·m+m-1."""
-    parts = _conv_slots(op)
-    if parts is None:
-        return Unsupported("functional transposed conv with a computed weight, bias or groups")
-    x, w, b, groups = parts
-    xs, os_ = op.shape(x), op.out_shape
-    if len(xs) < 3 or len(os_) != len(xs):
-        return Unsupported("unbatched convolution input")
-    cin, cout = xs[1], os_[1]
-    c = Coupling().flow(op.slot(x, 0), op.out(0))
-    _spatial(c, op, x)
-    if b is not None:
-        c.param("follower", b(0), op.out(1), term=1)
+    start = _conv_start(op, "transposed conv")
+    if isinstance(start, Unsupported):
+        return start
+    c, x, w, groups, cin, cout = start
     o = arange(cout)
     if groups == 1:
         c.param("sink", w(0), op.slot(x, 1))

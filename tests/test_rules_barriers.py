@@ -1,7 +1,6 @@
-"""Barriers: ops that mix channels, ops without a rule, and how barriers are reported; argument errors of compile.
-
-One equivalence test per shape-rule family: a small fx-traceable fragment, random
-structured masks, the DESIGN.md contract (``helpers.assert_contract``)."""
+"""Barriers: ops that mix channels, ops without a rule, and how barriers are reported;
+argument errors of compile. Each: a small fragment, random structured masks,
+``helpers.assert_contract``."""
 from __future__ import annotations
 
 import pytest
@@ -9,17 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import (
-    ConvChain,
-    assert_contract,
-    build,
-    check,
-    kept_reasons,
-    mask_rows,
-    n_params,
-    removed_idx,
-    x_,
-)
+from helpers import ConvChain, assert_contract, build, check, kept_reasons, mask_rows, n_params, removed_idx, x_
 import slimc
 
 

@@ -1,26 +1,13 @@
-"""Convolutions: plain, grouped, depthwise, transposed (shape_rules/conv.py).
-
-One equivalence test per shape-rule family: a small fx-traceable fragment, random
-structured masks, the DESIGN.md contract (``helpers.assert_contract``)."""
+"""Convolutions: plain, grouped, depthwise, transposed (shape_rules/conv.py). Each: a small
+fragment, random structured masks, ``helpers.assert_contract``."""
 from __future__ import annotations
 
 import pytest
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import (
-    ConvChain,
-    SEEDS,
-    assert_contract,
-    build,
-    check,
-    mask_rows,
-    n_params,
-    random_filter_masks,
-    removed_idx,
-    slim_module,
-    x_,
-)
+from helpers import ConvChain, SEEDS, assert_contract, build, check
+from helpers import mask_rows, n_params, random_filter_masks, removed_idx, slim_module, x_
 
 
 # --------------------------------------------------------------------------- convs

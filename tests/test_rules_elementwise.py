@@ -1,7 +1,6 @@
-"""Elementwise ops: activations, dropout, arithmetic (add joins, mul drops either side), residuals, broadcast terms (shape_rules/elementwise.py).
-
-One equivalence test per shape-rule family: a small fx-traceable fragment, random
-structured masks, the DESIGN.md contract (``helpers.assert_contract``)."""
+"""Elementwise ops: activations, dropout, arithmetic (add joins, mul drops either side),
+residuals, broadcast terms (shape_rules/elementwise.py). Each: a small fragment, random
+structured masks, ``helpers.assert_contract``."""
 from __future__ import annotations
 
 import pytest
@@ -9,19 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import (
-    SEEDS,
-    assert_contract,
-    build,
-    check,
-    kept_reasons,
-    mask_rows,
-    n_params,
-    random_filter_masks,
-    removed_idx,
-    slim_module,
-    x_,
-)
+from helpers import SEEDS, assert_contract, build, check, kept_reasons
+from helpers import mask_rows, n_params, random_filter_masks, removed_idx, slim_module, x_
 import slimc
 
 

@@ -1,7 +1,6 @@
-"""Linear layers and normalizations: BatchNorm, GroupNorm, InstanceNorm, LayerNorm, norms without affine (shape_rules/linear.py, shape_rules/norm.py).
-
-One equivalence test per shape-rule family: a small fx-traceable fragment, random
-structured masks, the DESIGN.md contract (``helpers.assert_contract``)."""
+"""Linear layers and normalizations: BatchNorm, GroupNorm, InstanceNorm, LayerNorm, norms
+without affine (shape_rules/linear.py, shape_rules/norm.py). Each: a small fragment,
+random structured masks, ``helpers.assert_contract``."""
 from __future__ import annotations
 
 import pytest
@@ -9,22 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import (
-    ConvChain,
-    SEEDS,
-    assert_contract,
-    build,
-    check,
-    kept_reasons,
-    mask_rows,
-    masked_idx,
-    n_params,
-    random_filter_masks,
-    removed_idx,
-    run_eval,
-    slim_module,
-    x_,
-)
+from helpers import ConvChain, SEEDS, assert_contract, build, check, kept_reasons, mask_rows
+from helpers import masked_idx, n_params, random_filter_masks, removed_idx, run_eval, slim_module, x_
 import slimc
 from slimc.verify import masked_copy
 

@@ -1,19 +1,12 @@
-"""Pooling, spatial reductions, resampling, identity (shape_rules/pooling.py).
-
-One equivalence test per shape-rule family: a small fx-traceable fragment, random
-structured masks, the DESIGN.md contract (``helpers.assert_contract``)."""
+"""Pooling, spatial reductions, resampling, identity (shape_rules/pooling.py). Each: a
+small fragment, random structured masks, ``helpers.assert_contract``."""
 from __future__ import annotations
 
 import pytest
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import (
-    build,
-    check,
-    slim_module,
-    x_,
-)
+from helpers import build, check, slim_module, x_
 
 
 # --------------------------------------------------------------------------- pooling / resampling

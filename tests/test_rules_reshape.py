@@ -1,7 +1,6 @@
-"""Reshapes: flatten into a linear, flatten of two free dims, pixel (un)shuffle (shape_rules/reshape.py).
-
-One equivalence test per shape-rule family: a small fx-traceable fragment, random
-structured masks, the DESIGN.md contract (``helpers.assert_contract``)."""
+"""Reshapes: flatten into a linear, flatten of two free dims, pixel (un)shuffle
+(shape_rules/reshape.py). Each: a small fragment, random structured masks,
+``helpers.assert_contract``."""
 from __future__ import annotations
 
 import pytest
@@ -9,16 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import (
-    assert_contract,
-    build,
-    check,
-    kept_reasons,
-    mask_rows,
-    removed_idx,
-    slim_module,
-    x_,
-)
+from helpers import assert_contract, build, check, kept_reasons, mask_rows, removed_idx, slim_module, x_
 
 
 # --------------------------------------------------------------------------- reshapes
