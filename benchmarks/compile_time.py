@@ -29,18 +29,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+import compile_chains  # siblings: a script's own folder is on sys.path
+import compile_llm
+import compile_models
+from slimc.atomic import atomic_path, write_text
+from slimc.bench import machine_info, machine_markdown, wait_for_quiet_cpu
+from slimc.errors import describe
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import compile_chains  # noqa: E402
-import compile_llm  # noqa: E402
-import compile_models  # noqa: E402
-from slimc.atomic import atomic_path, write_text  # noqa: E402
-from slimc.bench import machine_info, machine_markdown, wait_for_quiet_cpu  # noqa: E402
-from slimc.errors import describe  # noqa: E402
 
 DEFAULT_MODELS = "resnet50,mobilenet_v2,densenet121,vgg16_bn"
 STAGE_COLORS = {"masks": "#bcbd22", "copy": "#7f7f7f", "trace": "#1f77b4", "graph": "#ff7f0e", "flops": "#8c564b",

@@ -19,22 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+import torch
+from torch import nn
+
+import slimc
+from slimc.atomic import write_text
+from slimc.prune import make_pruner
+from slimc.prune.criteria import names
+from slimc.verify import masked_copy
+from slimc.zoo import randomize_bn
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run from a source tree without installing
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import slimc  # noqa: E402
-from slimc.atomic import write_text  # noqa: E402
-from slimc.prune import make_pruner  # noqa: E402
-from slimc.prune.criteria import names  # noqa: E402
-from slimc.verify import masked_copy  # noqa: E402
-from slimc.zoo import randomize_bn  # noqa: E402
 
 MODELS = ("resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "vgg16_bn", "resnext50_32x4d",
           "regnet_y_400mf", "shufflenet_v2_x1_0", "mnasnet1_0", "mobilenet_v3_large", "convnext_tiny")

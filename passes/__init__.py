@@ -9,29 +9,30 @@ from typing import Callable
 
 from torch import fx
 
-from slimc.passes.context import PassResult, RewriteContext, SizeEvent
+from slimc.passes.context import PassResult, RewriteContext, SizeEvent, node_error
+from slimc.passes import (drop_dead, exact_layernorm, exact_mean, patch_constants, patch_factories, patch_slices,
+                          slice_params)
 
-__all__ = ["PassResult", "RewriteContext", "SizeEvent", "run_pipeline"]
+__all__ = ["PIPELINE", "PassResult", "RewriteContext", "SizeEvent", "node_error", "run_pipeline"]
 
+Pass = Callable[[fx.GraphModule, RewriteContext], PassResult]
 
-def _pipeline() -> list[tuple[str, Callable[[fx.GraphModule, RewriteContext], PassResult]]]:
-    from slimc.passes import (drop_dead, exact_layernorm, exact_mean, patch_constants, patch_factories, patch_slices,
-                              slice_params)
-
-    return [
-        ("slice_params", slice_params.run),  # smaller leaf modules and params, same classes
-        ("patch_constants", patch_constants.run),  # view/reshape sizes, split sizes, conv groups
-        ("patch_slices", patch_slices.run),  # x[:, a:b] bounds: the count of kept channels before them
-        ("patch_factories", patch_factories.run),  # torch.zeros(B, H) sizes (an RNN cell's initial state)
-        ("exact_mean", exact_mean.run),  # a mean over pruned channels divides by the original count
-        ("exact_layernorm", exact_layernorm.run),  # LayerNorm stats as if removed channels were zeros
-        ("drop_dead", drop_dead.run),  # dead nodes out, lint, recompile
-    ]
+PIPELINE: list[tuple[str, Pass]] = [
+    ("slice_params", slice_params.run),  # smaller leaf modules and params, same classes
+    ("patch_constants", patch_constants.run),  # view/reshape sizes, split sizes, conv groups
+    ("patch_slices", patch_slices.run),  # x[:, a:b] bounds: the count of kept channels before them
+    ("patch_factories", patch_factories.run),  # torch.zeros(B, H) sizes (an RNN cell's initial state)
+    ("exact_mean", exact_mean.run),  # a mean over pruned channels divides by the original count
+    ("exact_layernorm", exact_layernorm.run),  # LayerNorm stats as if removed channels were zeros
+    ("drop_dead", drop_dead.run),  # dead nodes out, lint, recompile
+]
 
 
 def run_pipeline(gm: fx.GraphModule, ctx: RewriteContext) -> tuple[fx.GraphModule, list[str]]:
+    """Every pass of :data:`PIPELINE` in order; ``graph.lint()`` after each that changed
+    the graph, one ``recompile()`` at the end. Returns the slim module and the passes' notes."""
     notes: list[str] = []
-    for name, fn in _pipeline():
+    for name, fn in PIPELINE:
         res = fn(gm, ctx)
         gm = res.gm
         if res.modified:

@@ -13,6 +13,16 @@ from typing import Any
 
 from torch import fx
 
+from slimc.errors import PlanError
+from slimc.graph import source_line
+
+
+def node_error(node: fx.Node, message: str) -> PlanError:
+    """A pass's failure at ``node``, named like the rules name theirs: the node and the
+    user's source line (``"view_3 (model.py:42: x.view(B, 8, 16)): …"``)."""
+    where = source_line(node)
+    return PlanError(f"{node.name} ({where}): {message}" if where else f"{node.name}: {message}")
+
 
 @dataclass
 class PassResult:
@@ -35,12 +45,10 @@ class SizeEvent:
 
     @classmethod
     def at(cls, node: fx.Node, kind: str, **kw) -> "SizeEvent":
-        from slimc.graph import _source_line
-
         stack = node.meta.get("nn_module_stack") or {}
         module = list(stack.values())[-1][0] if stack else ""
         op = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
-        return cls(kind, node.name, str(op), module, _source_line(node), **kw)
+        return cls(kind, node.name, str(op), module, source_line(node), **kw)
 
 
 @dataclass

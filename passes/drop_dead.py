@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import fx
 
-from slimc.passes import PassResult, RewriteContext
+from slimc.passes.context import PassResult, RewriteContext
 
 
 def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:

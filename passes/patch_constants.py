@@ -10,25 +10,20 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import fx
 
-from slimc.passes.context import PassResult, RewriteContext, SizeEvent
+from slimc.passes.context import PassResult, RewriteContext, SizeEvent, node_error
 
-from slimc.shape_rules import aten
 from slimc.shape_rules.attention import SDPA, sdpa_scale
-from slimc.shape_rules.structural import EXPANDS, size_query
+from slimc.shape_rules.conv import FUNCTIONAL_CONV_TRANSPOSES, FUNCTIONAL_CONVS
+from slimc.shape_rules.norm import FUNCTIONAL_GROUP_NORMS
+from slimc.shape_rules.reshape import SIZED_RESHAPES, UNFLATTENS
+from slimc.shape_rules.structural import EXPANDS, SPLITS, size_query
 
-RESHAPES = {"view", "reshape", torch.reshape, *aten("view.default", "reshape.default", "_unsafe_view.default"), *EXPANDS}
-CONVS = {F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default"),  # groups: args[6]
-         F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
-         *aten("conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input")}
-GROUP_NORMS = {F.group_norm, *aten("group_norm.default")}
-UNFLATTENS = {"unflatten", torch.unflatten, *aten("unflatten.int")}
-SPLITS = {"split", torch.split, "chunk", torch.chunk, *aten("split.Tensor", "split_with_sizes.default", "chunk.default")}
-
+RESHAPES = (*SIZED_RESHAPES, *EXPANDS)  # sizes written in the call: x.view(B, H, D), x.expand(B, -1, C)
 
 def _new_shape(plan, name: str, old: tuple) -> list[int]:
     return [plan.new_size(("v", name, d)) for d in range(len(old))]
@@ -89,91 +84,143 @@ def _changed(old, new) -> str:
     return ", ".join(f"dim {d}: {o} → {n}" for d, (o, n) in enumerate(zip(old, new)) if o != n) or "as before"
 
 
-def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
+def _reshape(ctx: RewriteContext, node: fx.Node, old) -> str | None:
+    """view / reshape / expand: the sizes written in the call."""
     plan = ctx.plan
-    shapes = plan.dg.shapes
+    if not isinstance(old, tuple):
+        return None
+    new = _new_shape(plan, node.name, old)
+    if new == list(old) and not any(_reads_changed(plan, a) for a in node.all_input_nodes[1:]):
+        return None
+    args = list(node.args)
+    if len(args) == 2 and isinstance(args[1], (list, tuple)):
+        args[1] = type(args[1])(_patch_sizes(ctx, node, args[1], new, old, packed=True))
+    elif "shape" in node.kwargs or "size" in node.kwargs:
+        key = "shape" if "shape" in node.kwargs else "size"
+        node.kwargs = {**node.kwargs, key: _patch_sizes(ctx, node, node.kwargs[key], new, old, packed=True)}
+        return ""  # changed, nothing to note
+    else:
+        args[1:] = _patch_sizes(ctx, node, args[1:], new, old)
+    if tuple(args) == node.args:
+        return None
+    node.args = tuple(args)
+    return f"sizes {_changed(old, new)}"
+
+
+def _unflatten(ctx: RewriteContext, node: fx.Node, old) -> str | None:
+    """unflatten(dim, sizes): the sizes the one dim splits into."""
+    plan, shapes = ctx.plan, ctx.plan.dg.shapes
+    if not isinstance(old, tuple):
+        return None
+    dim, sizes = node.args[1], node.args[2]
+    dim %= len(shapes[node.args[0].name])
+    new = _new_shape(plan, node.name, old)[dim: dim + len(sizes)]
+    patched = _patch_sizes(ctx, node, sizes, new, old[dim: dim + len(sizes)], packed=True)
+    if list(patched) == list(sizes):
+        return None
+    node.args = (node.args[0], dim, type(sizes)(patched), *node.args[3:])
+    return f"sizes {_changed(old[dim: dim + len(sizes)], new)}"
+
+
+_SPLIT_ARG = ("split_size_or_sections", "split_size", "chunks", "indices_or_sections", "sections", "indices")
+
+
+def _split(ctx: RewriteContext, node: fx.Node, old) -> str | None:
+    """split / chunk / tensor_split: each piece's new width, as ``torch.split(x, sizes, dim=dim)``."""
+    plan, shapes = ctx.plan, ctx.plan.dg.shapes
+    if not isinstance(old, list):
+        return None
+    x = node.args[0]
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    dim %= len(shapes[x.name])
+    old_sizes = [s[dim] for s in old]
+    sizes = [plan.new_size(("v", f"{node.name}#{k}", dim)) for k in range(len(old))]
+    if sizes == old_sizes:
+        return None
+    if any(s == 0 for s in sizes):
+        raise node_error(node, "the split would produce an empty piece")
+    given = node.args[1] if len(node.args) > 1 else next((node.kwargs[k] for k in _SPLIT_ARG if k in node.kwargs), None)
+    name = str(node.target)
+    # what the user's call gives: equal pieces (chunk, tensor_split into n sections), split
+    # points (tensor_split at indices) or the sizes themselves (split)
+    sections = "chunk" in name or ("tensor_split" in name and isinstance(given, int))
+    ctx.events.append(SizeEvent.at(node, "split", position=1, old=given, new=sizes,
+                                   detail={"chunk": sections, "indices": "tensor_split" in name and not sections,
+                                           "old_sizes": old_sizes}))
+    node.op, node.target = "call_function", torch.split
+    node.args, node.kwargs = (x, sizes), {"dim": dim}
+    return f"split sizes → {sizes}"
+
+
+def _sdpa(ctx: RewriteContext, node: fx.Node, old) -> str | None:
+    """scaled_dot_product_attention: its implicit 1/√E stays the original head dim's."""
+    plan, shapes = ctx.plan, ctx.plan.dg.shapes
+    q = node.args[0]
+    e_old = shapes[q.name][-1]
+    e_new = plan.new_size(("v", q.name, len(shapes[q.name]) - 1))
+    scale = sdpa_scale(node, e_old)
+    if scale is None or e_new == e_old:
+        return None
+    ctx.events.append(SizeEvent.at(node, "sdpa_scale", old=e_old, new=e_new))
+    node.kwargs = {**node.kwargs, "scale": scale}
+    return f"scale kept at 1/√{e_old}"
+
+
+def _conv_groups(ctx: RewriteContext, node: fx.Node, old) -> str | None:
+    """Functional depthwise conv (groups == in channels): as many groups as channels kept."""
+    plan, shapes = ctx.plan, ctx.plan.dg.shapes
+    x = node.args[0]
+    groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+    cin_old = shapes[x.name][1]
+    if not (groups > 1 and groups == cin_old):
+        return None
+    cin_new = plan.new_size(("v", x.name, 1))
+    if cin_new == cin_old:
+        return None
+    ctx.events.append(SizeEvent.at(node, "literal", position="groups", old=groups, new=cin_new))
+    if len(node.args) > 6:
+        node.args = (*node.args[:6], cin_new, *node.args[7:])
+    else:
+        node.kwargs = {**node.kwargs, "groups": cin_new}
+    return ""
+
+
+def _group_norm(ctx: RewriteContext, node: fx.Node, old) -> str | None:
+    """Functional group norm: whole groups went, so as many fewer groups."""
+    plan, shapes = ctx.plan, ctx.plan.dg.shapes
+    x, groups = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs["num_groups"]
+    c_old, c_new = shapes[x.name][1], plan.new_size(("v", x.name, 1))
+    if c_new == c_old:
+        return None
+    new_groups = groups * c_new // c_old
+    if len(node.args) > 1:
+        node.args = (x, new_groups, *node.args[2:])
+    else:
+        node.kwargs = {**node.kwargs, "num_groups": new_groups}
+    return f"num_groups → {new_groups}"
+
+
+Patcher = Callable[[RewriteContext, fx.Node, Any], "str | None"]
+"""``(ctx, node, its old shape) -> None`` (nothing to patch) or a note ("" = changed, nothing to say)."""
+
+PATCHERS: dict[Any, Patcher] = {}
+for _ops, _patcher in [(RESHAPES, _reshape), (UNFLATTENS, _unflatten), (SPLITS, _split), (SDPA, _sdpa),
+                       ((*FUNCTIONAL_CONVS, *FUNCTIONAL_CONV_TRANSPOSES), _conv_groups),  # groups: args[6] in both
+                       (FUNCTIONAL_GROUP_NORMS, _group_norm)]:
+    for _op in _ops:
+        assert _op not in PATCHERS, f"{_op} has two patchers"
+        PATCHERS[_op] = _patcher
+
+
+def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
+    shapes = ctx.plan.dg.shapes
     notes: list[str] = []
     modified = False
     for node in list(gm.graph.nodes):
-        old = shapes.get(node.name)
-        if node.target in RESHAPES and node.op in ("call_method", "call_function") and isinstance(old, tuple):
-            new = _new_shape(plan, node.name, old)
-            if new == list(old) and not any(_reads_changed(plan, a) for a in node.all_input_nodes[1:]):
-                continue
-            args = list(node.args)
-            if len(args) == 2 and isinstance(args[1], (list, tuple)):
-                args[1] = type(args[1])(_patch_sizes(ctx, node, args[1], new, old, packed=True))
-            elif "shape" in node.kwargs or "size" in node.kwargs:
-                key = "shape" if "shape" in node.kwargs else "size"
-                node.kwargs = {**node.kwargs, key: _patch_sizes(ctx, node, node.kwargs[key], new, old, packed=True)}
-                modified = True
-            else:
-                args[1:] = _patch_sizes(ctx, node, args[1:], new, old)
-            if tuple(args) != node.args:
-                node.args = tuple(args)
-                modified = True
-                notes.append(f"{node.name}: sizes {_changed(old, new)}")
-        elif node.target in UNFLATTENS and isinstance(old, tuple):
-            dim, sizes = node.args[1], node.args[2]
-            dim %= len(shapes[node.args[0].name])
-            new = _new_shape(plan, node.name, old)[dim: dim + len(sizes)]
-            patched = _patch_sizes(ctx, node, sizes, new, old[dim: dim + len(sizes)], packed=True)
-            if list(patched) != list(sizes):
-                node.args = (node.args[0], dim, type(sizes)(patched), *node.args[3:])
-                modified = True
-                notes.append(f"{node.name}: sizes {_changed(old[dim: dim + len(sizes)], new)}")
-        elif node.target in SPLITS and isinstance(old, list):
-            x = node.args[0]
-            dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-            nd = len(shapes[x.name])
-            dim %= nd
-            sizes = [plan.new_size(("v", f"{node.name}#{k}", dim)) for k in range(len(old))]
-            if sizes == [s[dim] for s in old]:
-                continue
-            if any(s == 0 for s in sizes):
-                raise RuntimeError(f"split '{node.name}' would produce an empty piece")
-            given = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections",
-                                                                               node.kwargs.get("chunks"))
-            ctx.events.append(SizeEvent.at(node, "split", position=1, old=given, new=sizes,
-                                           detail={"chunk": "chunk" in str(node.target), "old_sizes": [s[dim] for s in old]}))
-            node.op, node.target = "call_function", torch.split
-            node.args, node.kwargs = (x, sizes), {"dim": dim}
+        patch = PATCHERS.get(node.target) if node.op in ("call_function", "call_method") else None
+        note = patch(ctx, node, shapes.get(node.name)) if patch is not None else None
+        if note is not None:
             modified = True
-            notes.append(f"{node.name}: split sizes → {sizes}")
-        elif node.target in SDPA:
-            q = node.args[0]
-            e_old = shapes[q.name][-1]
-            scale = sdpa_scale(node, e_old)
-            if scale is not None and plan.new_size(("v", q.name, len(shapes[q.name]) - 1)) != e_old:
-                ctx.events.append(SizeEvent.at(node, "sdpa_scale", old=e_old,
-                                               new=plan.new_size(("v", q.name, len(shapes[q.name]) - 1))))
-                node.kwargs = {**node.kwargs, "scale": scale}
-                modified = True
-                notes.append(f"{node.name}: scale kept at 1/√{e_old}")
-        elif node.target in CONVS:
-            x = node.args[0]
-            groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
-            cin_old = shapes[x.name][1]
-            if groups > 1 and groups == cin_old:
-                cin_new = plan.new_size(("v", x.name, 1))
-                if cin_new != cin_old:
-                    ctx.events.append(SizeEvent.at(node, "literal", position="groups", old=groups, new=cin_new))
-                    if len(node.args) > 6:
-                        a = list(node.args)
-                        a[6] = cin_new
-                        node.args = tuple(a)
-                    else:
-                        node.kwargs = {**node.kwargs, "groups": cin_new}
-                    modified = True
-        elif node.target in GROUP_NORMS:  # whole groups went: as many fewer groups
-            x, groups = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs["num_groups"]
-            c_old, c_new = shapes[x.name][1], plan.new_size(("v", x.name, 1))
-            if c_new != c_old:
-                new_groups = groups * c_new // c_old
-                if len(node.args) > 1:
-                    node.args = (x, new_groups, *node.args[2:])
-                else:
-                    node.kwargs = {**node.kwargs, "num_groups": new_groups}
-                modified = True
-                notes.append(f"{node.name}: num_groups → {new_groups}")
+            if note:
+                notes.append(f"{node.name}: {note}")
     return PassResult(gm, modified, notes)

@@ -8,26 +8,16 @@ import copy
 import torch
 from torch import fx, nn
 
-from slimc.passes import PassResult, RewriteContext
+from slimc.passes.context import PassResult, RewriteContext, node_error
 from slimc.shape_rules import RESIZERS
 from slimc.shards import sliced
+from slimc.tensors import set_by_path
 
 
 def _sliced(t: torch.Tensor, fqn: str, plan) -> torch.Tensor | None:
     """``t`` masked with the final masks and cut to the kept indices; None if unchanged."""
     out = sliced(plan, fqn, t)
     return None if out is t else out
-
-
-def _set(modules: dict[str, nn.Module], path: str, value) -> None:
-    """Set submodule, parameter or buffer ``path`` (``modules``: the root's named_modules)."""
-    parent, _, leaf = path.rpartition(".")
-    owner = modules[parent]
-    store = next((d for d in (owner._modules, owner._parameters, owner._buffers) if leaf in d), None)
-    if store is not None and (store is not owner._parameters or isinstance(value, nn.Parameter)):
-        store[leaf] = value
-    else:
-        setattr(owner, leaf, value)
 
 
 def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
@@ -60,7 +50,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                 continue
             resize = RESIZERS.get(type(mod)) or next((RESIZERS[b] for b in type(mod).__mro__ if b in RESIZERS), None)
             if resize is None:
-                raise RuntimeError(f"no resizer for {type(mod).__name__} at '{node.target}'")
+                raise node_error(node, f"no resizer for {type(mod).__name__} at '{node.target}'")
             new = copy.copy(mod)
             new._parameters = dict(mod._parameters)
             new._buffers = dict(mod._buffers)
@@ -73,7 +63,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             if new_in is not None:
                 sizes["__input__"] = new_in  # for modules whose sizes no param carries (affine=False)
             resize(new, sizes)
-            _set(modules, node.target, new)
+            set_by_path(gm, node.target, new)
             modified = True
         elif node.op == "get_attr" and node.target not in done and node.target.rpartition(".")[0] not in leaves:
             # (a leaf module's own param read by get_attr, e.g. `.weight.device`, is sliced with the module)
@@ -84,6 +74,6 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                 s = _sliced(t.detach(), node.target, plan)
                 if s is not None:
                     val = param(t, s) if isinstance(t, nn.Parameter) else s
-                    _set(modules, node.target, val)
+                    set_by_path(gm, node.target, val)
                     modified = True
     return PassResult(gm, modified, notes)

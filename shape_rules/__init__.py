@@ -46,6 +46,12 @@ class Link:
     zero_ok: bool = True  # flow: a zero input gives a zero contribution
 
 
+def tie(a: SlotKey, b: SlotKey, a_idx=None, b_idx=None) -> Link:
+    """Join channels of two slots (or of one slot with itself) without a data flow: a
+    contracted dim, groups that must stay aligned."""
+    return Link("tie", a, b, a_idx, b_idx, term=None)
+
+
 @dataclass
 class Reshape:
     """One block of a view/reshape: ``big`` (one dim) is the row-major product of ``parts``."""
@@ -328,6 +334,19 @@ class OpView:
 
     def is_param(self, x: Any) -> bool:
         return isinstance(x, fx.Node) and x.op == "get_attr"
+
+    def weight_bias(self, w_pos: int = 1, b_pos: int | None = 2):
+        """``(weight slot of dim d, bias slot of dim d or None)`` of a layer in either form:
+        the module's ``weight``/``bias``, or the functional call's args ``w_pos``/``b_pos``
+        read as graph params. None where a functional weight or bias is computed."""
+        if self.module is not None:
+            bias = (lambda d: self.p("bias", d)) if getattr(self.module, "bias", None) is not None else None
+            return (lambda d: self.p("weight", d)), bias
+        wn = self.arg(w_pos, "weight")
+        bn = self.arg(b_pos, "bias") if b_pos is not None else None
+        if not self.is_param(wn) or (bn is not None and not self.is_param(bn)):
+            return None
+        return (lambda d: self.slot(wn, d)), ((lambda d: self.slot(bn, d)) if bn is not None else None)
 
 
 def tensor_leaves(name: str, shp: Any) -> list[tuple[str, tuple]]:

@@ -14,12 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from slimc.shape_rules import Coupling, HeadAxis, Link, OpView, Unsupported, aten, arange, shape_rule
-
-
-def _tie(a, b, a_idx=None, b_idx=None) -> Link:
-    """Join channels of two slots without a data flow (a contracted dim)."""
-    return Link("tie", a, b, a_idx, b_idx, term=None)
+from slimc.shape_rules import Coupling, HeadAxis, OpView, Unsupported, aten, arange, shape_rule, tie
 
 
 def _batch_dims(op: OpView, c: Coupling, x: fx.Node, n_batch: int, *, zero_ok: bool = True,
@@ -79,7 +74,7 @@ def matmul(op: OpView) -> Coupling | Unsupported:
     else:
         c.flow(op.slot(a, -2), op.out(-2))
         c.flow(op.slot(b, -1), op.out(-1))
-        c.links.append(_tie(op.slot(a, -1), op.slot(b, -2)))
+        c.links.append(tie(op.slot(a, -1), op.slot(b, -2)))
         c.use(op.slot(a, -1), op.out(-1)).use(op.slot(b, -2), op.out(-1))
         if nb >= 2:  # (batch, heads, n, m): scores or context of multi-head attention
             c.constraints.append(HeadAxis(op.out(nb - 1)))
@@ -135,7 +130,7 @@ def sdpa(op: OpView) -> Coupling | Unsupported:
     why = "attention mixes key positions (softmax over keys)"
     c.barrier(op.slot(k, -2), why)
     c.barrier(op.slot(v, -2), why)
-    c.links.append(_tie(op.slot(q, -1), op.slot(k, -1)))
+    c.links.append(tie(op.slot(q, -1), op.slot(k, -1)))
     c.use(op.slot(q, -1), op.out(-1)).use(op.slot(k, -1), op.out(-1))
     c.flow(op.slot(v, -1), op.out(-1))
     mask = op.arg(3, "attn_mask")

@@ -4,26 +4,21 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from slimc.shape_rules import Coupling, OpView, Unsupported, aten, arange, resizer, shape_rule
+from slimc.shape_rules import Coupling, OpView, Unsupported, aten, arange, resizer, shape_rule, tie
 
 SPATIAL = "spatial dim mixed by the convolution kernel"
+FUNCTIONAL_CONVS = (F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default"))
+FUNCTIONAL_CONV_TRANSPOSES = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+                              *aten("conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input"))
 
 
 def _conv_slots(op: OpView):
     """(x, weight slot fn, bias slot fn or None, groups) for module or functional form."""
-    if op.module is not None:
-        m = op.module
-        x = op.arg(0, "input")
-        w = lambda d: op.p("weight", d)  # noqa: E731
-        b = (lambda d: op.p("bias", d)) if m.bias is not None else None
-        return x, w, b, m.groups
-    x, wn, bn = op.arg(0, "input"), op.arg(1, "weight"), op.arg(2, "bias")
-    if not op.is_param(wn) or (bn is not None and not op.is_param(bn)):
+    wb = op.weight_bias()
+    groups = op.module.groups if op.module is not None else op.arg(6, "groups", 1)
+    if wb is None or not isinstance(groups, int):
         return None
-    groups = op.arg(6, "groups", 1)
-    if not isinstance(groups, int):
-        return None
-    return x, (lambda d: op.slot(wn, d)), ((lambda d: op.slot(bn, d)) if bn is not None else None), groups
+    return (op.arg(0, "input"), *wb, groups)
 
 
 def _spatial(c: Coupling, op: OpView, x) -> None:
@@ -32,22 +27,31 @@ def _spatial(c: Coupling, op: OpView, x) -> None:
         c.barrier(op.out(d), SPATIAL)
 
 
-@shape_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, F.conv1d, F.conv2d, F.conv3d,
-            *aten("conv1d.default", "conv2d.default", "conv3d.default"))
-def conv(op: OpView) -> Coupling | Unsupported:
-    """out channels ← weight rows (source); in channels → weight cols (sink); bias follows."""
+def _conv_start(op: OpView, what: str):
+    """What every convolution starts from: the batch passes, spatial dims are barriers, the
+    bias follows the output channel. ``(coupling, x, weight slot fn, groups, in, out)``, or
+    Unsupported (a computed functional weight, bias or groups; an unbatched input)."""
     parts = _conv_slots(op)
     if parts is None:
-        return Unsupported("functional conv whose weight/bias/groups are not plain params and ints")
+        return Unsupported(f"functional {what} whose weight/bias/groups are not plain params and ints")
     x, w, b, groups = parts
     xs, os_ = op.shape(x), op.out_shape
-    if len(xs) != len(os_) or len(xs) < 3:
+    if len(xs) < 3 or len(os_) != len(xs):
         return Unsupported("unbatched convolution input")
-    cin, cout = xs[1], os_[1]
     c = Coupling().flow(op.slot(x, 0), op.out(0))
     _spatial(c, op, x)
     if b is not None:
         c.param("follower", b(0), op.out(1), term=1)
+    return c, x, w, groups, xs[1], os_[1]
+
+
+@shape_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, *FUNCTIONAL_CONVS)
+def conv(op: OpView) -> Coupling | Unsupported:
+    """out channels ← weight rows (source); in channels → weight cols (sink); bias follows."""
+    start = _conv_start(op, "conv")
+    if isinstance(start, Unsupported):
+        return start
+    c, x, w, groups, cin, cout = start
     if groups == 1:
         c.param("sink", w(1), op.slot(x, 1))
         c.param("source", w(0), op.out(1))
@@ -63,41 +67,19 @@ def conv(op: OpView) -> Coupling | Unsupported:
         c.param("sink", w(1), op.slot(x, 1), cidx % ci, cidx)
         c.param("source", w(0), op.out(1))
         oidx = arange(cout)
-        c.links.append(_tie(op.out(1), oidx, oidx % co))
+        c.links.append(tie(op.out(1), op.out(1), oidx, oidx % co))
     return c
 
 
-def _tie(slot, a_idx, b_idx):
-    from slimc.shape_rules import Link
-
-    return Link("tie", slot, slot, a_idx, b_idx, term=None)
-
-
-@shape_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, F.conv_transpose1d, F.conv_transpose2d,
-            F.conv_transpose3d, *aten("conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input"))
+@shape_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, *FUNCTIONAL_CONV_TRANSPOSES)
 def conv_transpose(op: OpView) -> Coupling | Unsupported:
     """Transposed conv: weight is (in, out/groups, *k): rows sink the input, cols source the
     output. Grouped: the same in/out positions go in every group (groups stay aligned);
     depthwise (groups = in): input channel i makes outputs i·m … i·m+m-1."""
-    if op.module is not None:
-        groups = op.module.groups
-        w = lambda d: op.p("weight", d)  # noqa: E731
-        b = (lambda d: op.p("bias", d)) if op.module.bias is not None else None
-    else:
-        wn, bn, groups = op.arg(1, "weight"), op.arg(2, "bias"), op.arg(6, "groups", 1)
-        if not op.is_param(wn) or (bn is not None and not op.is_param(bn)) or not isinstance(groups, int):
-            return Unsupported("functional transposed conv with a computed weight, bias or groups")
-        w = lambda d: op.slot(wn, d)  # noqa: E731
-        b = (lambda d: op.slot(bn, d)) if bn is not None else None
-    x = op.arg(0, "input")
-    xs, os_ = op.shape(x), op.out_shape
-    if len(xs) < 3 or len(os_) != len(xs):
-        return Unsupported("unbatched convolution input")
-    cin, cout = xs[1], os_[1]
-    c = Coupling().flow(op.slot(x, 0), op.out(0))
-    _spatial(c, op, x)
-    if b is not None:
-        c.param("follower", b(0), op.out(1), term=1)
+    start = _conv_start(op, "transposed conv")
+    if isinstance(start, Unsupported):
+        return start
+    c, x, w, groups, cin, cout = start
     o = arange(cout)
     if groups == 1:
         c.param("sink", w(0), op.slot(x, 1))
@@ -112,7 +94,7 @@ def conv_transpose(op: OpView) -> Coupling | Unsupported:
         c.param("sink", w(0), op.slot(x, 1))
         c.param("source", w(1), op.out(1), o % co, o)
         i = arange(cin)
-        c.links.append(_tie(op.slot(x, 1), i, i % ci))
+        c.links.append(tie(op.slot(x, 1), op.slot(x, 1), i, i % ci))
     return c
 
 

@@ -12,15 +12,10 @@ from slimc.shape_rules import Coupling, OpView, Unsupported, aten, resizer, shap
 def linear(op: OpView) -> Coupling | Unsupported:
     """out features ← weight rows (source); in features → weight cols (sink); leading dims pass."""
     x = op.arg(0, "input")
-    if op.module is not None:
-        w = lambda d: op.p("weight", d)  # noqa: E731
-        b = (lambda d: op.p("bias", d)) if op.module.bias is not None else None
-    else:
-        wn, bn = op.arg(1, "weight"), op.arg(2, "bias")
-        if not op.is_param(wn) or (bn is not None and not op.is_param(bn)):
-            return Unsupported("F.linear with a computed weight or bias")
-        w = lambda d: op.slot(wn, d)  # noqa: E731
-        b = (lambda d: op.slot(bn, d)) if bn is not None else None
+    wb = op.weight_bias()
+    if wb is None:
+        return Unsupported("F.linear with a computed weight or bias")
+    w, b = wb
     xs = op.shape(x)
     c = Coupling()
     for d in range(len(xs) - 1):
@@ -55,13 +50,13 @@ def addmm(op: OpView) -> Coupling | Unsupported:
 @shape_rule(nn.Embedding, F.embedding, *aten("embedding.default"))
 def embedding(op: OpView) -> Coupling | Unsupported:
     """Embedding columns are sources of the hidden dim; index dims pass through."""
-    if op.module is not None:
-        x, w = op.arg(0, "input"), (lambda d: op.p("weight", d))
-    else:  # F.embedding(input, weight); aten.embedding(weight, indices)
-        wn, x = (op.arg(1, "weight"), op.arg(0, "input")) if op.node.target is F.embedding else (op.arg(0), op.arg(1))
-        if not op.is_param(wn):
-            return Unsupported("embedding with a computed table")
-        w = lambda d: op.slot(wn, d)  # noqa: E731
+    # module and F.embedding(input, weight); aten.embedding(weight, indices)
+    functional_aten = op.module is None and op.node.target is not F.embedding
+    x = op.arg(1) if functional_aten else op.arg(0, "input")
+    wb = op.weight_bias(w_pos=0 if functional_aten else 1, b_pos=None)
+    if wb is None:
+        return Unsupported("embedding with a computed table")
+    w = wb[0]
     c = Coupling()
     for d in range(len(op.shape(x))):
         c.flow(op.slot(x, d), op.out(d))

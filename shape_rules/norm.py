@@ -120,7 +120,10 @@ def batchnorm_functional(op: OpView) -> Coupling | Unsupported:
     return _functional_params(c, op, _FUNCTIONAL_BN[op.node.target], 1, "batch norm") or c
 
 
-@shape_rule(F.group_norm, *aten("group_norm.default"))
+FUNCTIONAL_GROUP_NORMS = (F.group_norm, *aten("group_norm.default"))
+
+
+@shape_rule(*FUNCTIONAL_GROUP_NORMS)
 def groupnorm_functional(op: OpView) -> Coupling | Unsupported:
     """Functional GroupNorm (timm's GroupNorm1 subclass): the module's coupling, γ and β
     as graph attributes; whole groups only."""

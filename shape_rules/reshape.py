@@ -43,11 +43,16 @@ def blocks(ins: tuple, outs: tuple) -> list[tuple[list[int], list[int]]] | None:
     return res
 
 
+SIZED_RESHAPES = ("view", "reshape", torch.reshape, *aten("view.default", "reshape.default", "_unsafe_view.default"))
+"""Reshapes whose target sizes are written in the call (``x.view(B, H, D)``)."""
+UNFLATTENS = ("unflatten", torch.unflatten, *aten("unflatten.int"))
+"""Reshapes that split one dim into sizes written in the call (``x.unflatten(-1, (H, D))``)."""
+
+
 @shape_rule(
-    "view", "reshape", torch.reshape, "flatten", torch.flatten, nn.Flatten, nn.Unflatten,
-    "squeeze", torch.squeeze, "unsqueeze", torch.unsqueeze, "unflatten", torch.unflatten, "reshape_as", "view_as",
-    *aten("view.default", "reshape.default", "_unsafe_view.default", "flatten.using_ints", "squeeze.dim",
-          "squeeze.dims", "squeeze.default", "unsqueeze.default", "unflatten.int"),
+    *SIZED_RESHAPES, *UNFLATTENS, "flatten", torch.flatten, nn.Flatten, nn.Unflatten,
+    "squeeze", torch.squeeze, "unsqueeze", torch.unsqueeze, "reshape_as", "view_as",
+    *aten("flatten.using_ints", "squeeze.dim", "squeeze.dims", "squeeze.default", "unsqueeze.default"),
 )
 def reshape(op: OpView) -> Coupling | Unsupported:
     """Reshape: pass 1↔1 dims, record merges/splits for propagation to resolve."""

@@ -34,10 +34,14 @@ def cat(op: OpView) -> Coupling | Unsupported:
     return c
 
 
-@shape_rule(torch.split, "split", torch.chunk, "chunk", torch.tensor_split, "tensor_split",
-            *aten("split.Tensor", "split_with_sizes.default", "chunk.default"))
+SPLITS = (torch.split, "split", torch.chunk, "chunk", torch.tensor_split, "tensor_split",
+          *aten("split.Tensor", "split_with_sizes.default", "chunk.default", "tensor_split.sections",
+                "tensor_split.indices"))
+
+
+@shape_rule(*SPLITS)
 def split(op: OpView) -> Coupling | Unsupported:
-    """split / chunk: each piece is an offset range of the input along ``dim``."""
+    """split / chunk / tensor_split: each piece is an offset range of the input along ``dim``."""
     x = op.arg(0, "input")
     out = op.out_shape
     if not isinstance(out, list):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import fx, nn
+from slimc.errors import describe
 
 MIN_BLOCKS = 6
 # integer attributes that may count the block's index (HF's cache slot of a layer); any other
@@ -258,7 +259,7 @@ def traced_by_blocks(model: nn.Module, blocks: Blocks, trace_fn: Callable[[nn.Mo
     except NotRepeated:
         raise
     except Exception as e:  # a graph the copies do not fit: trace it whole
-        raise NotRepeated(f"{type(e).__name__}: {e}".splitlines()[0]) from e
+        raise NotRepeated(f"{describe(e)}") from e
 
 
 __all__ = ["Blocks", "INDEX_NAMES", "MIN_BLOCKS", "NotRepeated", "cut", "expand", "find_blocks", "traced_by_blocks"]

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from slimc.errors import ConfigError, LoadError, SlimcError
+from slimc.errors import ConfigError, LoadError, SlimcError, describe
 
 
 def _console():
@@ -84,7 +84,7 @@ def _load_compiled_dir(path: Path):
     except SlimcError:
         raise
     except Exception as e:
-        raise LoadError(f"cannot read '{slim_pt}': {type(e).__name__}: {e}".splitlines()[0]) from e
+        raise LoadError(f"cannot read '{slim_pt}': {describe(e)}") from e
     return module, inputs
 
 
@@ -156,11 +156,15 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     from slimc.inspect import inspect_model, render_inspection
 
     model, inputs, masks = _load(a.model, a.masks)
-    info = inspect_model(model, inputs, masks, front_end=a.front_end, probe=not a.no_probe)
+    if a.graph and not a.graph.endswith((".graphml", ".dot", ".gv")):
+        raise SlimcError(f"--graph writes .graphml or .dot, not '{a.graph}'")
+    info = inspect_model(model, inputs, masks, front_end=a.front_end, probe=not a.no_probe, graph_path=a.graph)
     if a.json:
         print(json.dumps(info, indent=2, default=str))
     else:
         render_inspection(info, _console(), verbose=a.verbose)
+    if a.graph:
+        print(f"wrote {a.graph}", file=sys.stderr if a.json else sys.stdout)
     return 0
 
 
@@ -346,6 +350,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.add_argument("-v", "--verbose", action="store_true", help="list every family and barrier")
     i.add_argument("--no-probe", action="store_true", help="ops without a shape rule stay barriers (default: probed)")
+    i.add_argument("--graph", metavar="PATH", help="also write the slot graph (channel families, barriers, couplings) "
+                   "as GraphML (.graphml) or DOT (.dot)")
     i.set_defaults(fn=cmd_inspect)
 
     pr = sub.add_parser("prune", help="complete masks of whole channel groups and heads (the masked model is the slim model)")
@@ -430,8 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an internal bug: still one line unless --debug
         if debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"error: internal error {type(e).__name__}: {msg[:300]} (rerun with --debug and report it)", file=sys.stderr)
+        print(f"error: internal error {describe(e)} (rerun with --debug and report it)", file=sys.stderr)
         return 1
 
 

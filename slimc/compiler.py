@@ -13,7 +13,7 @@ from torch import fx, nn
 
 from slimc import graph as graph_mod
 from slimc.copying import clean, copy_hooks, dropped_hooks
-from slimc.errors import PlanError, SlimcError, VerifyError
+from slimc.errors import PlanError, SlimcError, VerifyError, describe
 from slimc.inputs import bind
 from slimc.masks import normalize
 from slimc.passes import RewriteContext, run_pipeline
@@ -166,7 +166,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     except SlimcError:
         raise
     except Exception as e:
-        raise PlanError(f"rewriting failed: {type(e).__name__}: {e}".splitlines()[0]) from e
+        raise PlanError(f"rewriting failed: {describe(e)}") from e
     slim.train(model.training)
     own_tensors(slim, model)
     if traced.real_tensors:  # a meta plan: the real buffers and constants go back, sliced
@@ -215,7 +215,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         except Exception as e:
             if report["probed"]:
                 return unprobed()
-            raise VerifyError(f"the slim model failed to run: {type(e).__name__}: {e}".splitlines()[0]) from e
+            raise VerifyError(f"the slim model failed to run: {describe(e)}") from e
         if report["probed"] and not chk.ok:
             return unprobed()
         report["verify"] = {**chk.to_dict(), "approximate": approximate}
@@ -257,7 +257,7 @@ def _user_model(model: nn.Module, p: RemovalPlan, slim: fx.GraphModule, ctx: Rew
     except Exception as e:  # surgery on a class slimc does not know: the graph output stands
         from slimc.surgery import UserModel
 
-        return UserModel(None, f"could not rebuild {type(model).__name__}: {type(e).__name__}: {e}".splitlines()[0],
+        return UserModel(None, f"could not rebuild {type(model).__name__}: {describe(e)}",
                          {"class": type(model).__name__})
     if um.model is None or ref is None:
         return um
@@ -265,7 +265,7 @@ def _user_model(model: nn.Module, p: RemovalPlan, slim: fx.GraphModule, ctx: Rew
     try:  # at the second input shape (the one that varies the dims): the graph was checked at both
         chk = ref.check(um.model, which=[-1])
     except Exception as e:
-        um.reason = f"the slim {type(model).__name__} failed to run: {type(e).__name__}: {e}".splitlines()[0] + hint
+        um.reason = f"the slim {type(model).__name__} failed to run: {describe(e)}" + hint
         um.model = None
         return um
     um.notes.append(f"checked like the graph: max abs diff {chk.max_abs_diff:.3g} at {', '.join(chk.shapes)}")

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
+from slimc.modes import eval_mode
 
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
@@ -78,31 +79,25 @@ def _make_permanent(model: nn.Module) -> None:
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            for m in list(model.modules()):
-                for hook in list(m._forward_pre_hooks.values()):
-                    if isinstance(hook, prune.BasePruningMethod):
-                        prune.remove(m, hook._tensor_name)
-                    elif isinstance(hook, WeightNorm):
-                        torch.nn.utils.remove_weight_norm(m, hook.name)
-                    elif isinstance(hook, SpectralNorm):
-                        torch.nn.utils.remove_spectral_norm(m, hook.name)
-                if parametrize.is_parametrized(m):
-                    # the injected Parametrized* class is shared with the original: removing a
-                    # parametrization deletes its property from the class, so give the copy its own
-                    cls = type(m)
-                    m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-                    for name in list(m.parametrizations.keys()):
-                        with torch.enable_grad():  # so that the value stays a Parameter
-                            parametrize.remove_parametrizations(m, name, leave_parametrized=True)
-                        if name in m._buffers:  # computed without grad: a parameter again
-                            m._parameters[name] = nn.Parameter(m._buffers.pop(name).detach())
-    finally:
-        for m, t in modes:
-            m.training = t
+    with eval_mode(model), torch.no_grad():
+        for m in list(model.modules()):
+            for hook in list(m._forward_pre_hooks.values()):
+                if isinstance(hook, prune.BasePruningMethod):
+                    prune.remove(m, hook._tensor_name)
+                elif isinstance(hook, WeightNorm):
+                    torch.nn.utils.remove_weight_norm(m, hook.name)
+                elif isinstance(hook, SpectralNorm):
+                    torch.nn.utils.remove_spectral_norm(m, hook.name)
+            if parametrize.is_parametrized(m):
+                # the injected Parametrized* class is shared with the original: removing a
+                # parametrization deletes its property from the class, so give the copy its own
+                cls = type(m)
+                m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+                for name in list(m.parametrizations.keys()):
+                    with torch.enable_grad():  # so that the value stays a Parameter
+                        parametrize.remove_parametrizations(m, name, leave_parametrized=True)
+                    if name in m._buffers:  # computed without grad: a parameter again
+                        m._parameters[name] = nn.Parameter(m._buffers.pop(name).detach())
 
 
 def needs_copy(model: nn.Module) -> bool:

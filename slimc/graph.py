@@ -2,18 +2,21 @@
 
 Every dim of every value (node outputs, params, buffers) is a *slot*; its channels are
 *elements* with global integer ids. Shape rules couple slots of one op; the couplings
-are kept as a ``networkx.MultiDiGraph`` over slots (for ``inspect`` and reports) and as
-element-id arrays (for the vectorized union-find in :mod:`slimc.propagate`).
+are kept as a ``networkx.MultiDiGraph`` over slots (``DependencyGraph.nx``: what
+``slimc inspect --graph`` writes as GraphML or DOT, with each slot's channel families
+and barrier) and as element-id arrays (for the vectorized grouping in :mod:`slimc.propagate`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Mapping
 
 import networkx as nx
 import numpy as np
 from torch import fx
 
+from slimc.errors import describe
 from slimc.shape_rules import (
     Coupling,
     OpView,
@@ -78,12 +81,6 @@ class DependencyGraph:
         counts = np.add.reduceat(flags, np.minimum(starts, len(flags) - 1), dtype=np.int64)
         return np.where(sizes > 0, counts, 0)
 
-    def value_slots(self) -> Iterator[SlotKey]:
-        return (s for s in self.offset if s[0] == "v")
-
-    def param_slots(self) -> Iterator[SlotKey]:
-        return (s for s in self.offset if s[0] == "p")
-
     @property
     def unsupported(self) -> list[NodeFacts]:
         return [f for f in self.facts if f.unsupported]
@@ -95,7 +92,7 @@ def _value_shapes(node: fx.Node, shapes: dict[str, Any]) -> list[tuple[str, tupl
     return tensor_leaves(node.name, shapes.get(node.name))
 
 
-def _source_line(node: fx.Node) -> str:
+def source_line(node: fx.Node) -> str:
     """'file.py:LINE: code' of the user's line that created the node, if recorded."""
     st = node.meta.get("stack_trace") or ""
     lines = [ln.strip() for ln in st.strip().splitlines() if ln.strip()]
@@ -135,7 +132,7 @@ def _apply_rule(node: fx.Node, gm: fx.GraphModule, shapes: dict[str, Any], probe
         try:
             result = rule(view)
         except Exception as e:  # a rule bug must not produce a wrong model
-            result = Unsupported(f"rule for {name} failed: {type(e).__name__}: {e}".splitlines()[0])
+            result = Unsupported(f"rule for {name} failed: {describe(e)}")
         if isinstance(result, Unsupported) and result.probe and probe is not None:
             result = probe(view, name)
     if isinstance(result, Unsupported):
@@ -227,22 +224,58 @@ def build(gm: fx.GraphModule, shapes: dict[str, Any], probe=None) -> DependencyG
     return DependencyGraph(gm, shapes, facts, offset, size, n, barrier_reasons, g)
 
 
-def describe_node(node: fx.Node) -> str:
-    line = _source_line(node)
-    return node.format_node() + (f"  [{line}]" if line else "")
-
-
 def unsupported_table(dg: DependencyGraph) -> list[dict[str, str]]:
     return [
-        {"node": f.node.name, "op": f.op, "reason": f.unsupported or "", "source": _source_line(f.node)}
+        {"node": f.node.name, "op": f.op, "reason": f.unsupported or "", "source": source_line(f.node)}
         for f in dg.unsupported
     ]
 
 
 def probed_table(dg: DependencyGraph) -> list[dict[str, str]]:
     """Ops without a rule that probing found channel-wise (the built-in check is the proof)."""
-    return [{"node": f.node.name, "op": f.op, "found": f.probed, "source": _source_line(f.node)}
+    return [{"node": f.node.name, "op": f.op, "found": f.probed, "source": source_line(f.node)}
             for f in dg.facts if f.probed]
 
 
-__all__ = ["DependencyGraph", "NodeFacts", "build", "describe_node", "probed_table", "unsupported_table"]
+def slot_name(slot: SlotKey) -> str:
+    """``("v", "conv1", 1)`` → ``"v:conv1:1"`` (a value's dim; ``p:`` a param's)."""
+    return ":".join(str(part) for part in slot)
+
+
+def write_graph(dg: DependencyGraph, path: str | Path, slot_attrs: Mapping[SlotKey, Mapping[str, Any]] | None = None) -> Path:
+    """Write the slot graph ``dg.nx`` — slots as nodes (``size``, ``barrier`` reason, and
+    ``slot_attrs`` such as the channel families), couplings as edges (``kind``, the fx
+    ``node`` that made them) — as GraphML (``.graphml``) or DOT (``.dot``, ``.gv``; plain
+    text, no pydot needed)."""
+    path = Path(path)
+    g = nx.MultiDiGraph()
+    for s, attrs in dg.nx.nodes(data=True):
+        g.add_node(slot_name(s), **{k: v for k, v in {**attrs, **(slot_attrs or {}).get(s, {})}.items() if v is not None})
+    for a, b, attrs in dg.nx.edges(data=True):
+        g.add_edge(slot_name(a), slot_name(b), **attrs)
+    if path.suffix == ".graphml":
+        nx.write_graphml(g, path)
+    elif path.suffix in (".dot", ".gv"):
+        path.write_text(_dot(g))
+    else:
+        raise ValueError(f"write the graph as .graphml or .dot, not '{path.suffix or path.name}'")
+    return path
+
+
+def _dot(g: nx.MultiDiGraph) -> str:
+    def q(v: Any) -> str:
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = ["digraph slimc {", "  node [shape=box, fontsize=10];"]
+    for n, attrs in g.nodes(data=True):
+        label = f"{n} ({attrs['size']})" if "size" in attrs else n
+        extra = "".join(f", {k}={q(v)}" for k, v in attrs.items() if k != "size")
+        color = ", color=red" if attrs.get("barrier") else ""
+        lines.append(f"  {q(n)} [label={q(label)}{color}{extra}];")
+    for a, b, attrs in g.edges(data=True):
+        lines.append(f"  {q(a)} -> {q(b)} [label={q(attrs.get('kind', ''))}, node={q(attrs.get('node', ''))}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["DependencyGraph", "NodeFacts", "build", "probed_table", "slot_name", "unsupported_table", "write_graph"]

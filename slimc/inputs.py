@@ -69,27 +69,32 @@ def untaken_defaults(model: nn.Module, n_given: int) -> dict[str, Any]:
     return {p.name: p.default for p in forward_params(model)[n_given:] if p.default is not inspect.Parameter.empty}
 
 
+def random_tensor_like(t: torch.Tensor, shape: tuple, generator: torch.Generator) -> torch.Tensor:
+    """One random tensor of ``shape`` like the example ``t`` — the one policy for every check:
+    floats are drawn from a normal distribution (half precision drawn in fp32 and cast),
+    integer inputs (token ids) uniformly from ``[min(min, 0), max + 1)``; bool tensors and
+    0/1 masks are kept, or filled with ones at a new shape; complex values are kept."""
+    shape = tuple(shape)
+    if t.is_meta:
+        return torch.empty(shape, dtype=t.dtype, device=t.device)
+    if t.is_floating_point():
+        draw = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+        return torch.randn(shape, generator=generator, dtype=draw).to(device=t.device, dtype=t.dtype)
+    if t.dtype == torch.bool or _is_mask_like(t):
+        return t if shape == tuple(t.shape) else torch.ones(shape, dtype=t.dtype, device=t.device)
+    if t.is_complex():
+        return t
+    hi = int(t.max()) + 1 if t.numel() else 1
+    lo = min(int(t.min()), 0) if t.numel() else 0
+    return torch.randint(lo, max(hi, lo + 1), shape, generator=generator, dtype=t.dtype).to(t.device)
+
+
 def random_like(inputs: tuple, seed: int, shapes: Mapping[int, tuple] | None = None) -> tuple:
-    """Inputs like ``inputs`` (``shapes``: input index → another shape): floats are drawn
-    from a normal distribution, integer inputs (token ids) uniformly from ``[0, max + 1)``,
-    other values and bool tensors (masks) are kept, or filled with ones at a new shape."""
+    """Inputs like ``inputs`` (``shapes``: input index → another shape), each tensor drawn by
+    :func:`random_tensor_like`; values that are not tensors are kept."""
     g = torch.Generator().manual_seed(seed)
-    out = []
-    for i, t in enumerate(inputs):
-        shape = tuple((shapes or {}).get(i, t.shape)) if isinstance(t, torch.Tensor) else None
-        if not isinstance(t, torch.Tensor) or t.is_meta:
-            out.append(t if shape is None or not isinstance(t, torch.Tensor) else torch.empty(shape, dtype=t.dtype, device=t.device))
-        elif t.is_floating_point():
-            out.append(torch.randn(shape, generator=g, dtype=t.dtype).to(t.device))
-        elif t.dtype == torch.bool or _is_mask_like(t):
-            out.append(t if shape == tuple(t.shape) else torch.ones(shape, dtype=t.dtype, device=t.device))
-        elif t.is_complex():
-            out.append(t)
-        else:
-            hi = int(t.max()) + 1 if t.numel() else 1
-            lo = min(int(t.min()), 0) if t.numel() else 0
-            out.append(torch.randint(lo, max(hi, lo + 1), shape, generator=g, dtype=t.dtype).to(t.device))
-    return tuple(out)
+    return tuple(random_tensor_like(t, (shapes or {}).get(i, t.shape), g) if isinstance(t, torch.Tensor) else t
+                 for i, t in enumerate(inputs))
 
 
 def _is_mask_like(t: torch.Tensor) -> bool:
@@ -128,4 +133,4 @@ def other_shapes(inputs: tuple, free: Mapping[int, list[int]], keep: int = 2) ->
     return out
 
 
-__all__ = ["as_tuple", "bind", "forward_params", "untaken_defaults", "random_like", "other_shapes", "other_size"]
+__all__ = ["as_tuple", "bind", "forward_params", "untaken_defaults", "random_like", "random_tensor_like", "other_shapes", "other_size"]

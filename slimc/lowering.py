@@ -50,9 +50,9 @@ def _drop_path_spec(gm: fx.GraphModule, node: fx.Node) -> DropPath | None:
 
 def _training_flag(graph: fx.Graph, node: fx.Node, flag, training: bool):
     """The module's mode at run time where the traced flag is ``self.training`` frozen."""
-    from slimc.graph import _source_line
+    from slimc.graph import source_line
 
-    if flag is None or (flag is training and "training" in _source_line(node)):
+    if flag is None or (flag is training and "training" in source_line(node)):
         return _training_attr(graph)
     return flag
 

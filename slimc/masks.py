@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from slimc.compact import FinalMasks, broadcasts, compact, factors_of, shrink, structured_mask
-from slimc.errors import LoadError, MaskError
+from slimc.errors import LoadError, MaskError, describe
+from slimc.tensors import tied_groups
 
 PRUNE_SUFFIXES = ("_mask", "_orig")
 
@@ -156,12 +157,9 @@ def normalize(raw: Mapping[str, object] | MaskSet | None, model: nn.Module) -> M
         out[name] = _as_binary(name, m, params[name].shape)
     # tied weights (lm_head = embedding): a mask on one name masks the shared tensor, whatever
     # name the traced graph reads it under
-    by_id: dict[int, list[str]] = {}
-    for name, p in params.items():
-        by_id.setdefault(id(p), []).append(name)
-    for names in by_id.values():
+    for names in tied_groups(params.items()):
         given = [out[n] for n in names if n in out]
-        if len(names) > 1 and given:
+        if given:
             joint = given[0].clone()
             for m in given[1:]:
                 joint = joint & m
@@ -191,9 +189,8 @@ def load_masks(path: str | os.PathLike) -> dict[str, object]:
             return dict(load_file(str(p)))
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, wrong format, pickled classes
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LoadError(
-            f"cannot read masks file '{p}' ({first[:160]}): save masks with torch.save(dict_of_tensors) or safetensors"
+            f"cannot read masks file '{p}' ({describe(e, 160)}): save masks with torch.save(dict_of_tensors) or safetensors"
         ) from e
     if isinstance(obj, Mapping) and "masks" in obj and isinstance(obj["masks"], Mapping):
         obj = obj["masks"]

@@ -28,6 +28,8 @@ import torch
 from torch import fx
 
 from slimc.shape_rules import Coupling, OpView, Unsupported, find_rule
+from slimc.modes import eval_mode
+from slimc.errors import describe
 
 CALLS = ("call_function", "call_method", "call_module")
 SCALES = (1.0, 100.0)  # random inputs besides the captured ones: N(0, s²)
@@ -73,15 +75,11 @@ class Prober:
                     store[n.name] = fx.node.map_aggregate((args, kwargs), _clone)
                 return super().run_node(n)
 
-        was = self.gm.training
-        self.gm.eval()
         try:
-            with torch.no_grad():
+            with eval_mode(self.gm), torch.no_grad():
                 _Capture(self.gm).run(*self.example_inputs)
         except Exception:  # the model ran in ShapeProp; a failure here only means no probing
             store.clear()
-        finally:
-            self.gm.train(was)
         return store
 
     def __call__(self, op: OpView, name: str) -> Coupling | Unsupported:
@@ -98,7 +96,7 @@ class Prober:
             with torch.no_grad():
                 return _probe(op, name, got, self.verdicts)
         except Exception as e:  # an op that cannot be probed stays a barrier
-            return Unsupported(f"no shape rule for {name}; probe failed: {type(e).__name__}: {e}".splitlines()[0][:200])
+            return Unsupported(f"no shape rule for {name}; probe failed: {describe(e)}"[:200])
 
 
 def _clone(a: Any) -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from slimc.modes import eval_mode
 
 
 class StageClock:
@@ -35,16 +36,12 @@ def count_params(m: nn.Module) -> int:
 def count_flops(m: nn.Module, inputs: tuple) -> int | None:
     """FLOPs of one forward of ``m`` at ``inputs``, counted by running it (``compile`` reads
     them off the graph's shapes instead: :mod:`slimc.flops`)."""
-    was = m.training
-    m.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        with eval_mode(m), torch.no_grad(), FlopCounterMode(display=False) as fc:
             m(*inputs)
         return int(fc.get_total_flops())
     except Exception:
         return None
-    finally:
-        m.train(was)
 
 
 def layer_widths(before: nn.Module, after: nn.Module) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from slimc.modes import eval_mode
 
 
 def _same_shape_modules() -> tuple[type, ...]:
@@ -103,19 +104,14 @@ def _on_meta(inputs: tuple) -> tuple:
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
     """Record every node's shape: on the meta device where the model runs there, else by
     running it (eval mode, no grad; the mode is put back)."""
-    was_training = gm.training
-    gm.eval()
-    try:
-        with torch.no_grad():
-            try:
-                with tensors_on_meta(gm):
-                    ShapeRecorder(gm, skip_same_shape=True).run(*_on_meta(example_inputs))
-            except Exception:
-                if all(t.is_meta for t in gm.parameters()):
-                    raise
-                ShapeRecorder(gm, skip_same_shape=False).run(*example_inputs)
-    finally:
-        gm.train(was_training)
+    with eval_mode(gm), torch.no_grad():
+        try:
+            with tensors_on_meta(gm):
+                ShapeRecorder(gm, skip_same_shape=True).run(*_on_meta(example_inputs))
+        except Exception:
+            if all(t.is_meta for t in gm.parameters()):
+                raise
+            ShapeRecorder(gm, skip_same_shape=False).run(*example_inputs)
 
 
 __all__ = ["ShapeRecorder", "propagate_shapes", "shape", "tensors_on_meta"]

@@ -26,6 +26,7 @@ from torch import nn
 from slimc.atomic import atomic_path, write_text
 from slimc.compact import slice_masked
 from slimc.errors import LoadError
+from slimc.tensors import set_by_path, tied_groups
 
 INDEX = "model.safetensors.index.json"
 
@@ -126,17 +127,14 @@ def fill_weights(module: nn.Module, src) -> nn.Module:
     state: dict[str, torch.Tensor] = {}
     for f in checkpoint_files(src):
         state.update(load_file(str(f)))
-    tied: dict[int, list[str]] = {}
-    for n, p in module.named_parameters(remove_duplicate=False):
-        tied.setdefault(id(p), []).append(n)
+    tied = tied_groups(module.named_parameters(remove_duplicate=False))
     module.load_state_dict(state, strict=False, assign=True)
-    for names in tied.values():
+    for names in tied:
         src_name = next((n for n in names if n in state), None)
-        if src_name is not None and len(names) > 1:
+        if src_name is not None:
             p = module.get_parameter(src_name)
             for n in names:
-                owner, _, leaf = n.rpartition(".")
-                setattr(module.get_submodule(owner) if owner else module, leaf, p)
+                set_by_path(module, n, p)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if left:
         raise LoadError(f"the checkpoint {src} has no weights for '{left[0]}' (and {len(left) - 1} more)")

@@ -18,10 +18,12 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from slimc.blocks import Blocks, NotRepeated, find_blocks, traced_by_blocks
 from slimc.copying import clean
-from slimc.errors import TraceError
+from slimc.errors import TraceError, describe
 from slimc.lowering import live_batch_norm_flags, lower
 from slimc.module_copy import copy_module
 from slimc.shapes import propagate_shapes
+from slimc.tensors import owner_of, set_by_path
+from slimc.modes import eval_mode
 
 
 @dataclass
@@ -48,15 +50,12 @@ def caches_off(model: nn.Module) -> list[str]:
 
 def set_tensor(gm: nn.Module, name: str, t: torch.Tensor) -> None:
     """Set buffer or plain tensor attribute ``name`` (dotted path) of ``gm``, if it has it."""
-    owner, _, leaf = name.rpartition(".")
     try:
-        mod = gm.get_submodule(owner) if owner else gm
+        mod, leaf = owner_of(gm, name)
     except AttributeError:
         return
-    if leaf in mod._buffers:
-        mod._buffers[leaf] = t
-    elif isinstance(getattr(mod, leaf, None), torch.Tensor):
-        setattr(mod, leaf, t)
+    if leaf in mod._buffers or isinstance(getattr(mod, leaf, None), torch.Tensor):
+        set_by_path(gm, name, t)
 
 
 def to_meta(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
@@ -65,8 +64,7 @@ def to_meta(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
     real: dict[str, torch.Tensor] = {}
     names = {n.target for n in gm.graph.nodes if n.op == "get_attr"} | {n for n, _ in gm.named_buffers()}
     for name in sorted(names):
-        owner, _, leaf = name.rpartition(".")
-        mod = gm.get_submodule(owner) if owner else gm
+        mod, leaf = owner_of(gm, name)
         t = getattr(mod, leaf, None)
         if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter) and not t.is_meta:
             real[name] = t
@@ -116,11 +114,6 @@ def own_tensors(gm: nn.Module, original: nn.Module) -> None:
                     store[k] = new[id(t)]
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]
-
-
 _DROPOUTS = {
     torch.nn.functional.dropout: 2, torch.nn.functional.dropout1d: 2, torch.nn.functional.dropout2d: 2,
     torch.nn.functional.dropout3d: 2, torch.nn.functional.alpha_dropout: 2,
@@ -132,14 +125,14 @@ def _live_training_flags(graph: fx.Graph, training: bool) -> None:
     """`F.dropout(x, p, self.training)` traces `self.training` as a constant; read it from
     the module at run time instead, so the slim model's dropout follows .train()/.eval().
     Only where the source line names `training` (a literal True/False stays literal)."""
-    from slimc.graph import _source_line
+    from slimc.graph import source_line
 
     for n in graph.nodes:
         pos = _DROPOUTS.get(n.target) if n.op == "call_function" else None
         if pos is None:
             continue
         flag = n.args[pos] if len(n.args) > pos else n.kwargs.get("training")
-        if flag is training and "training" in _source_line(n):
+        if flag is training and "training" in source_line(n):
             with graph.inserting_before(n):
                 attr = graph.get_attr("training")
             if len(n.args) > pos:
@@ -179,7 +172,7 @@ class _Tracer(fx.Tracer):
 
 def user_frame() -> str:
     """The innermost frame of the user's code that made the node being traced, formatted
-    like a traceback entry (what reports and the user's-class sizes read: ``graph._source_line``).
+    like a traceback entry (what reports and the user's-class sizes read: ``graph.source_line``).
     One frame, not the whole stack: formatting every frame of every node would cost more
     than the trace itself."""
     f = sys._getframe(2)
@@ -229,8 +222,8 @@ def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModul
     was = model.training
     dyn = tuple({d: torch.export.Dim.AUTO for d in range(t.dim())} if isinstance(t, torch.Tensor) and t.dim() else None
                 for t in example_inputs)
-    ep = torch.export.export(model.eval(), example_inputs, dynamic_shapes=dyn, strict=False)
-    model.train(was)
+    with eval_mode(model):
+        ep = torch.export.export(model, example_inputs, dynamic_shapes=dyn, strict=False)
     unlifted = ep.module()
     dynamic = _symbolic_dims(unlifted, example_inputs)
     # the unlifted module refuses .train()/.eval(); a plain GraphModule over the same graph does not.
@@ -282,7 +275,7 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta
             gm, dynamic = _traced(model, fe, example_inputs, blocks, notes)
             real = to_meta(gm) if meta else {}
         except Exception as e:  # tracing user code can raise anything
-            errors.append(f"{fe}: {_first_line(e)}")
+            errors.append(f"{fe}: {describe(e, 200)}")
             continue
         if errors:
             notes.append(f"front end '{fe}' used; " + "; ".join(errors))

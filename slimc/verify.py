@@ -10,9 +10,10 @@ from torch import nn
 
 from slimc.compact import apply_mask, factors_of, product
 from slimc.copying import safe_copy
-from slimc.errors import VerifyError
+from slimc.errors import VerifyError, describe
 from slimc.inputs import other_shapes, random_like
 from slimc.masks import MaskSet
+from slimc.modes import eval_mode
 
 TOLERANCE = 1e-5  # max abs diff ≤ TOLERANCE × output scale (fp32)
 
@@ -52,15 +53,8 @@ def masked_copy(model: nn.Module, masks: MaskSet | Mapping) -> nn.Module:
 
 def run_eval(m: nn.Module, x: tuple) -> list[torch.Tensor]:
     """``m``'s output tensors in eval mode, without grad; every module's mode restored."""
-    mods = list(m.modules())
-    modes = [mod.training for mod in mods]
-    m.eval()
-    try:
-        with torch.no_grad():
-            return flat_outputs(m(*x))
-    finally:
-        for mod, t in zip(mods, modes):
-            mod.training = t
+    with eval_mode(m), torch.no_grad():
+        return flat_outputs(m(*x))
 
 
 def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float]:
@@ -124,7 +118,7 @@ class Reference:
             try:
                 y = run_eval(self.module, x)
             except Exception as e:  # the original itself refuses that shape
-                why = f"{type(e).__name__}: {e}".splitlines()[0][:160]
+                why = f"{describe(e)}"[:160]
                 self.varied += f"{_dims_text(dims)} refused by the original ({why}); "
                 continue
             self.sets.append(x)

@@ -23,18 +23,26 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 import slimc
-from slimc.verify import masked_copy
 
 TOL = 1e-5
+FULL_SIZE = ("vgg16", "resnet18", "resnet50", "mobilenetv2")  # the zoo's full-size CNNs: `-m slow`
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONVT_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 # --------------------------------------------------------------------------- basics
+def zoo_params(names, slow_for=FULL_SIZE) -> list:
+    """Zoo names as pytest params, the full-size models marked slow (``make test`` skips them)."""
+    import pytest
+
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow_for else n for n in names]
+
+
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
@@ -44,11 +52,17 @@ def as_tuple(x: Any) -> tuple:
 
 
 def random_inputs_like(inputs: tuple, seed: int) -> tuple:
+    """Fresh inputs shaped like ``inputs`` (written apart from slimc.inputs on purpose): floats
+    redrawn from a normal distribution, integer token ids redrawn in ``[0, max]``; bool and
+    0/1 integer tensors (attention masks) and non-tensors are kept."""
     g = torch.Generator().manual_seed(10_000 + seed)
     out = []
     for t in inputs:
         if isinstance(t, torch.Tensor) and t.is_floating_point():
             out.append(torch.randn(t.shape, generator=g, dtype=t.dtype))
+        elif (isinstance(t, torch.Tensor) and t.dtype in (torch.int32, torch.int64) and t.numel()
+              and int(t.min()) >= 0 and int(t.max()) > 1):
+            out.append(torch.randint(0, int(t.max()) + 1, t.shape, generator=g, dtype=t.dtype))
         else:
             out.append(t)
     return tuple(out)
@@ -191,6 +205,19 @@ def to_nni(flat: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor
 
 
 # --------------------------------------------------------------------------- contract
+def masked_reference(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` whose parameters are multiplied by ``masks`` (``{param_fqn: 0/1}``,
+    the param's shape or compact: broadcast to it). Written apart from slimc.verify on purpose:
+    the reference the contract compares against must not come from the code under test."""
+    ref = copy.deepcopy(model)
+    params = dict(ref.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        for fqn, m in masks.items():
+            p = params[fqn]
+            p.mul_((m != 0).to(p.dtype).expand(p.shape))  # tied names: the same 0/1 mask, applied again
+    return ref
+
+
 def _expected_slim_param(orig: torch.Tensor, mask: torch.Tensor | None, fqn: str, plan) -> torch.Tensor:
     t = orig.detach()
     if mask is not None:
@@ -279,7 +306,7 @@ def assert_contract(model: nn.Module, masks: Any, inputs: Any, *, n_inputs: int 
         assert name not in ("index_select", "gather", "take"), f"slim graph has {node.format_node()}"
 
     # (a) slim(x) == original-with-final-masks(x)
-    ref = masked_copy(model, res.masks)
+    ref = masked_reference(model, res.masks)
     diff, scale = outputs_diff(res.module, ref, inputs, n_inputs)
     tol = TOL * max(1.0, scale)
     assert diff <= tol, f"slim differs from masked-with-final-masks by {diff:.3g} (tolerance {tol:.3g})"
@@ -330,3 +357,110 @@ def masked_idx(mask: torch.Tensor, dim: int = 0, shape=None) -> set[int]:
     other = [d for d in range(mask.dim()) if d != dim]
     nz = (mask != 0).sum(dim=other) if other else (mask != 0).long()
     return set(torch.nonzero(nz == 0).flatten().tolist())
+
+
+# --------------------------------------------------------------------------- rule fragments
+# shared by the tests/test_rules_*.py files (one per shape-rule family)
+SEEDS = (0, 1)
+
+
+@torch.no_grad()
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial affine params and running stats on every norm layer, so that a wrong
+    follower (β left in, γ sliced wrong, stats misaligned) shows up in the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm2d)):
+            n = m.num_features
+            if m.running_mean is not None:
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+        elif isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
+            pass
+        else:
+            continue
+        if getattr(m, "weight", None) is not None:
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+        if getattr(m, "bias", None) is not None:
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
+    return model
+
+
+def build(cls, *args, seed: int = 0, train: bool = False, **kw) -> nn.Module:
+    torch.manual_seed(seed)
+    m = randomize_norms(cls(*args, **kw), seed)
+    return m.train(train)
+
+
+def x_(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def mask_rows(model: nn.Module, fqn: str, rows, dim: int = 0) -> torch.Tensor:
+    w = dict(model.named_parameters())[fqn]
+    m = torch.ones_like(w)
+    m.index_fill_(dim, torch.as_tensor(list(rows), dtype=torch.long), 0.0)
+    return m
+
+
+def check(model: nn.Module, inputs, masks=None, *, smaller: bool = True, seed: int = 0, ratio: float = 0.5, **kw):
+    """Contract + (optionally) a strictly smaller slim model."""
+    if masks is None:
+        masks = random_filter_masks(model, ratio, seed)
+    res = assert_contract(model, masks, inputs, **kw)
+    if smaller:
+        assert n_params(res.module) < n_params(model), (
+            f"masks allow removal but the slim model is not smaller; kept: {kept_reasons(res)}")
+    return res
+
+
+def slim_module(res, name: str) -> nn.Module:
+    return res.module.get_submodule(name)
+
+
+class ConvChain(nn.Module):
+    def __init__(self, nd: int = 2, cin: int = 3, c1: int = 8, c2: int = 6, bias: bool = True):
+        super().__init__()
+        Conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[nd]
+        BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[nd]
+        self.conv1 = Conv(cin, c1, 3, padding=1, bias=bias)
+        self.bn1 = BN(c1)
+        self.conv2 = Conv(c1, c2, 3, padding=1, bias=bias)
+        self.bn2 = BN(c2)
+        self.conv3 = Conv(c2, 4, 1)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.conv3(x)
+
+
+# --------------------------------------------------------------------------- pipeline stages
+def stages(model: nn.Module, masks: Any, inputs: Any, front_end: str = "fx"):
+    """The pipeline up to the rewrite, stage by stage, as ``compile`` runs it: (traced gm,
+    dependency graph, removal plan). For the per-stage tests (test_graph, test_propagate,
+    test_passes_*), which then run one stage or pass on their own."""
+    from slimc import graph as graph_mod
+    from slimc.inputs import bind
+    from slimc.masks import normalize
+    from slimc.propagate import plan
+    from slimc.trace import shapes_of, trace
+
+    inputs = bind(model, inputs)
+    traced = trace(model, inputs, front_end)
+    dg = graph_mod.build(traced.gm, shapes_of(traced.gm))
+    return traced.gm, dg, plan(dg, normalize(masks, model))
+
+
+def run_pass(name: str, model: nn.Module, masks: Any, inputs: Any, front_end: str = "fx"):
+    """Every pass of ``PIPELINE`` before ``name``, then ``name`` itself: (PassResult, context)."""
+    from slimc.passes import PIPELINE, RewriteContext
+
+    gm, _, p = stages(model, masks, inputs, front_end)
+    ctx = RewriteContext(p)
+    for pass_name, fn in PIPELINE:
+        res = fn(gm, ctx)
+        gm = res.gm
+        if pass_name == name:
+            return res, ctx
+    raise KeyError(name)

@@ -127,7 +127,8 @@ def test_batched_inputs() -> None:
     a, b = batched_inputs((x, ids), 5, seed=1)
     assert a.shape == (5, 3, 4, 4) and a.dtype == x.dtype
     assert torch.equal(a, batched_inputs((x, ids), 5, seed=1)[0])
-    assert b.shape == (5, 2) and torch.equal(b[2], ids[0])
+    assert b.shape == (5, 2) and b.dtype == ids.dtype  # token ids: redrawn in the example's range
+    assert int(b.min()) >= 0 and int(b.max()) <= 4
 
 
 def test_contention_meter_sees_another_process() -> None:

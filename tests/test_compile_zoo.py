@@ -1,8 +1,8 @@
 """slimc.compile over the whole model zoo × mask patterns, each checked against the
 DESIGN.md contract by ``helpers.assert_contract`` (independently of slimc's verify).
 
-vgg16 and resnet50 run their mask-pattern sweeps and golden numbers under ``-m slow``;
-by default resnet50 runs one end-to-end compile that records its stage times.
+The full-size models (vgg16, resnet18, resnet50, mobilenetv2) and the ResNet-50 pipeline
+run under ``-m slow`` (``make test-all``); ``make test`` runs the small ones.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from torch import nn
 import slimc
 from helpers import (
     CONV_TYPES,
+    FULL_SIZE,
     assert_contract,
     assert_same_masks,
     dense,
@@ -29,6 +30,7 @@ from helpers import (
     sink_masks,
     to_nni,
     torch_prune_masks,
+    zoo_params,
 )
 from slimc import zoo
 from slimc.errors import PlanError
@@ -36,8 +38,7 @@ from slimc.prune import Pruner, group_masks
 from slimc.prune.emit import source_masks
 from slimc.verify import masked_copy
 
-BIG = ("vgg16", "resnet18", "resnet50", "mobilenetv2")
-VERY_BIG = ("vgg16", "resnet50")
+BIG = FULL_SIZE
 ALL = zoo.names()
 
 # params after group_masks(ratio=0.5, criterion="l1") — measured, exact
@@ -47,10 +48,6 @@ GOLDEN_GROUP_L1_05 = {
     "resnet50": 5_899_050,
     "mobilenetv2": 587_178,
 }
-
-
-def zoo_param(names, slow_for=VERY_BIG):
-    return [pytest.param(n, marks=pytest.mark.slow) if n in slow_for else n for n in names]
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,7 +68,7 @@ def _group_masks(name: str, ratio: float, criterion: str) -> dict:
 
 # --------------------------------------------------------------------------- mask patterns
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
-@pytest.mark.parametrize("name", zoo_param(ALL))
+@pytest.mark.parametrize("name", zoo_params(ALL))
 def test_random_filter_masks(name, ratio):
     m, x = model_and_inputs(name)
     res = assert_contract(m, random_filter_masks(m, ratio, seed=int(ratio * 10)), x)
@@ -80,7 +77,7 @@ def test_random_filter_masks(name, ratio):
     assert res.report["flops"]["after"] < res.report["flops"]["before"]
 
 
-@pytest.mark.parametrize("name", zoo_param(ALL))
+@pytest.mark.parametrize("name", zoo_params(ALL))
 def test_group_masks_l1(name):
     m, x = model_and_inputs(name)
     masks = _group_masks(name, 0.5, "l1")
@@ -103,7 +100,7 @@ def test_group_masks_l1(name):
     assert d <= 1e-5 * max(1.0, scale)
 
 
-@pytest.mark.parametrize("name", zoo_param(BIG))
+@pytest.mark.parametrize("name", zoo_params(BIG))
 def test_group_masks_golden_params(name):
     m, x = model_and_inputs(name)
     res = slimc.compile(m, _group_masks(name, 0.5, "l1"), x, verify=False)
@@ -131,7 +128,7 @@ def _residual_branch_tails(m: nn.Module) -> list[str]:
     return tails
 
 
-@pytest.mark.parametrize("name", zoo_param(["resnet_tiny", "resnet18", "resnet50"]))
+@pytest.mark.parametrize("name", zoo_params(["resnet_tiny", "resnet18", "resnet50"]))
 def test_residual_branch_only_is_held(name):
     """Masks on one branch of a residual add only: channels stay (held by the other
     writer), reported with a 'held by' reason, masked weights stay zero, still exact."""
@@ -154,7 +151,7 @@ def test_residual_branch_only_is_held(name):
         assert torch.equal(dense(res.masks[fqn], mk.shape), mk != 0), f"{fqn}: final masks must equal the user's here"
 
 
-@pytest.mark.parametrize("name", zoo_param(ALL))
+@pytest.mark.parametrize("name", zoo_params(ALL))
 def test_sink_masks_only(name):
     m, x = model_and_inputs(name)
     res = assert_contract(m, sink_masks(m, 0.5, seed=0, types=(*CONV_TYPES, nn.Linear)), x)
@@ -162,7 +159,7 @@ def test_sink_masks_only(name):
 
 
 @pytest.mark.parametrize("masks", [None, {}], ids=["None", "empty"])
-@pytest.mark.parametrize("name", zoo_param(ALL))
+@pytest.mark.parametrize("name", zoo_params(ALL))
 def test_empty_masks_change_nothing(name, masks):
     m, x = model_and_inputs(name)
     res = assert_contract(m, masks, x)
@@ -315,6 +312,7 @@ def test_compile_accepts_a_prunified_model():
 
 
 # --------------------------------------------------------------------------- pipeline
+@pytest.mark.slow
 def test_resnet50_pipeline_times():
     """The whole pipeline (verify included) on ResNet-50; stage times are recorded, not asserted."""
     m, x = model_and_inputs("resnet50")

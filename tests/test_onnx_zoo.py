@@ -66,6 +66,7 @@ def test_zoo_export_large(name, tmp_path):
     _check_pair(name, tmp_path)
 
 
+@pytest.mark.slow
 def test_resnet18_half_filters_is_a_quarter_of_the_bytes(tmp_path):
     """Golden: ResNet-18 with 50 % of every filter group removed keeps ~1/4 of the bytes."""
     model, res, orig, slim = _export_both("resnet18", tmp_path)

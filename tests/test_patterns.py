@@ -17,7 +17,7 @@ from torch import nn
 from helpers import assert_contract, kept_reasons, n_params, random_filter_masks, sink_masks
 from patterns import EXPORT_ONLY, PATTERNS
 from slimc.prune import group_masks
-from test_rules import randomize_norms
+from helpers import randomize_norms
 
 MASKS = ("filter", "sinks", "groups")
 # HF's channels-first LayerNorm takes the variance of x - mean(x) over the channels: a removed

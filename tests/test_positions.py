@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import assert_contract, kept_reasons, n_params, random_filter_masks, removed_idx
-from test_rules import mask_rows
+from helpers import mask_rows
 
 FRONT_ENDS = ["fx", "export"]
 

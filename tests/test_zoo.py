@@ -12,6 +12,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import zoo_params
 from slimc import zoo
 
 ALL = zoo.names()
@@ -62,7 +63,7 @@ def test_registry():
         zoo.build("no-such-model")
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", zoo_params(ALL))
 def test_build_run_trace(name):
     model = _model(name)
     assert not model.training
@@ -81,7 +82,7 @@ def test_build_run_trace(name):
     torch.testing.assert_close(traced_out, out, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", CNN)  # the transformers have no BN: test_norms_randomized
+@pytest.mark.parametrize("name", zoo_params(CNN))  # the transformers have no BN: test_norms_randomized
 def test_bn_randomized(name):
     bns = [m for m in _model(name).modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns, "every zoo model uses BatchNorm"
@@ -102,7 +103,7 @@ def test_deterministic():
     assert torch.equal(x1[0], x2[0])
 
 
-@pytest.mark.parametrize("name", sorted(GOLDEN_PARAMS))
+@pytest.mark.parametrize("name", zoo_params(sorted(GOLDEN_PARAMS)))
 def test_param_counts(name):
     n = _n_params(_model(name))
     print(f"{name}: {n:,} parameters")

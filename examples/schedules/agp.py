@@ -8,15 +8,12 @@ loop re-applies the masks after every optimizer step. The fine-tuned masked mode
 exactly the slim model slimc compile builds.
 """
 import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import slimc  # noqa: E402
-from model import evaluate, example_inputs, loss_fn, model, train_batches  # noqa: E402
-from slimc.prune import AGP, Pruner  # noqa: E402
+import slimc
+from model import evaluate, example_inputs, loss_fn, model, train_batches  # sibling: the script's folder is on sys.path
+from slimc.prune import AGP, Pruner
 
 EPOCHS = int(os.environ.get("EPOCHS", "12"))
 STEPS = min(6, EPOCHS)

@@ -4,15 +4,12 @@ repeat n rounds; then train the ticket and compile it.
     python examples/schedules/lottery.py
 """
 import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import slimc  # noqa: E402
-from model import evaluate, example_inputs, loss_fn, model, train_batches  # noqa: E402
-from slimc.prune import LotteryTicket, Pruner  # noqa: E402
+import slimc
+from model import evaluate, example_inputs, loss_fn, model, train_batches  # sibling: the script's folder is on sys.path
+from slimc.prune import LotteryTicket, Pruner
 
 EPOCHS = int(os.environ.get("EPOCHS", "4"))
 ROUNDS = 3

@@ -35,7 +35,7 @@ from slimc.bench.machine import machine_info
 from slimc.bench.ort_timer import time_ort
 from slimc.bench.timing import Timing, launch_bound, time_torch
 from slimc.errors import describe
-from slimc.inputs import as_tuple
+from slimc.inputs import as_tuple, random_like
 
 __all__ = ["bench", "bench_spec", "batched_inputs", "NOISY_RATIO"]
 
@@ -46,30 +46,15 @@ Log = Callable[[str], None]
 
 
 def batched_inputs(example_inputs: Any, batch: int, seed: int = 0) -> tuple:
-    """Example inputs with dim 0 replaced by ``batch``.
-
-    Floating tensors become seeded ``randn`` of the new shape (same dtype); other
-    tensors (token ids, masks) are tiled along dim 0 from the example values;
-    0-d tensors and non-tensors pass through unchanged.
-    """
+    """Example inputs with dim 0 replaced by ``batch``, drawn by :func:`slimc.inputs.random_like`
+    (floats ``randn``, token ids redrawn in the example's range, masks ones); 0-d tensors and
+    non-tensors pass through unchanged."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    gen = torch.Generator().manual_seed(seed)
-    out: list[Any] = []
-    for t in as_tuple(example_inputs):
-        if not isinstance(t, torch.Tensor) or t.dim() == 0:
-            out.append(t)
-            continue
-        shape = (batch, *t.shape[1:])
-        if t.is_floating_point():
-            x = torch.randn(shape, generator=gen, dtype=torch.float32).to(t.dtype)
-        else:
-            if t.shape[0] == 0:
-                raise ValueError("cannot tile an input with an empty batch dimension")
-            idx = torch.arange(batch) % t.shape[0]
-            x = t.detach().cpu()[idx].clone()
-        out.append(x.to(t.device))
-    return tuple(out)
+    inputs = as_tuple(example_inputs)
+    shapes = {i: (batch, *t.shape[1:]) for i, t in enumerate(inputs) if isinstance(t, torch.Tensor) and t.dim()}
+    drawn = random_like(tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in inputs), seed, shapes)
+    return tuple(d if i in shapes else t for i, (t, d) in enumerate(zip(inputs, drawn)))
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

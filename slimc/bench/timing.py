@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from slimc.bench.machine import physical_cores_available
+from slimc.errors import describe
 
 __all__ = [
     "Timing",
@@ -365,7 +366,7 @@ def _capture_cuda_graph(
         except Exception:
             pass
         raise RuntimeError(
-            f"CUDA graph capture failed for {type(model).__name__}: {type(e).__name__}: {e}. "
+            f"CUDA graph capture failed for {type(model).__name__}: {describe(e)}. "
             "The model probably does host-device syncs, data-dependent control flow or "
             "CPU tensors in forward(); time it with cuda_graph=False instead."
         ) from e

@@ -14,18 +14,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from slimc.inputs import bind
 from slimc.prune.space import leaf_modules
+from slimc.modes import eval_mode
 
 
 def layer_costs(model: nn.Module, inputs: tuple) -> dict[str, dict[str, Any]]:
     """Per leaf module with parameters or FLOPs: its type, parameter count and FLOPs."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            model(*inputs)
-        counts = fc.get_flop_counts()
-    finally:
-        model.train(was)
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(*inputs)
+    counts = fc.get_flop_counts()
     root = type(model).__name__
     flops = {k[len(root) + 1:]: sum(v.values()) for k, v in counts.items() if k.startswith(root + ".")}
     out: dict[str, dict[str, Any]] = {}

@@ -6,13 +6,12 @@ every dynamic dim (see :mod:`slimc.onnx.shapes`).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from slimc.errors import ExportError, describe
 from slimc.onnx.quiet import Quiet
 from slimc.onnx.shapes import CheckRun, check_runs, example_batch, normalize_inputs, random_like
 from slimc.onnx.stats import dynamic_axes, exporter_of, graph_inputs, load_graph, onnx_stats
+from slimc.modes import eval_mode
 
 __all__ = ["OnnxCheck", "OrtComparison", "check_onnx", "compare_with_torch", "eval_mode", "tensor_leaves"]
 
@@ -101,18 +101,6 @@ class OrtComparison:
 
 
 # --------------------------------------------------------------------------- torch-side helpers
-
-
-@contextlib.contextmanager
-def eval_mode(module: torch.nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode; restore each one's own flag afterwards."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def tensor_leaves(out: Any) -> list[torch.Tensor]:

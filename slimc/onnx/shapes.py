@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from slimc.errors import ExportError
+from slimc.inputs import random_tensor_like
 
 __all__ = ["DynamicDims", "normalize_inputs", "example_batch", "resolve_dynamic_dims", "grown_size",
            "CheckRun", "check_runs", "random_like"]
@@ -124,19 +125,5 @@ def check_runs(example_inputs: Sequence[torch.Tensor], dims: Mapping[int, Sequen
 
 
 def random_like(example: torch.Tensor, shape: Sequence[int], seed: int) -> torch.Tensor:
-    """A seeded random tensor of ``shape`` like ``example``: floats ``randn``; integer
-    inputs (token ids) random ids in ``[0, max(example) + 1)``; bool inputs (masks), and
-    integers with no non-negative value, values drawn from the example."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    shape = list(shape)
-    dtype = example.dtype
-    flat = example.detach().reshape(-1).cpu()
-    if dtype.is_floating_point or dtype.is_complex:
-        t = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
-    elif flat.numel() == 0:
-        t = torch.zeros(shape, dtype=dtype)
-    elif dtype != torch.bool and int(flat.max()) >= 0:
-        t = torch.randint(0, int(flat.max()) + 1, shape, generator=gen, dtype=torch.int64).to(dtype)
-    else:
-        t = flat[torch.randint(0, flat.numel(), shape, generator=gen)]
-    return t.to(example.device)
+    """A seeded random tensor of ``shape`` like ``example``: :func:`slimc.inputs.random_tensor_like`."""
+    return random_tensor_like(example.detach(), tuple(shape), torch.Generator().manual_seed(seed))

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 from torch import nn
 
-from slimc.errors import ConfigError
+from slimc.errors import ConfigError, describe
 from slimc.prune.space import PruneSpace
 
 #: NNI's "default" op type: the layers a structured pruner usually means
@@ -254,8 +254,7 @@ def _parse_text(text: str, where: str, yaml: bool = True) -> Any:
     try:
         return pyyaml.safe_load(text)
     except pyyaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"{where} is not valid YAML ({first})") from None
+        raise ConfigError(f"{where} is not valid YAML ({describe(e)})") from None
 
 
 def dump_config(entries: list[dict], path: str | Path) -> None:

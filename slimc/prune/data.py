@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from slimc.errors import DataError
+from slimc.errors import DataError, describe
 
 MODEL_PY_HINT = ("define `calibration_batches()` in model.py (yielding input tuples or (inputs, target) pairs), "
                  "or pass data= to the API")
@@ -24,8 +24,7 @@ MODEL_PY_HINT = ("define `calibration_batches()` in model.py (yielding input tup
 
 def failed(what: str, e: BaseException, hint: str = "") -> DataError:
     """One line for an exception the user's code raised (data, loss, evaluation)."""
-    msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-    return DataError(f"{what} failed: {type(e).__name__}: {msg}" + (f" ({hint})" if hint else ""))
+    return DataError(f"{what} failed: {describe(e, 200)}" + (f" ({hint})" if hint else ""))
 
 
 @dataclass

@@ -27,7 +27,7 @@ from slimc import graph as graph_mod
 from slimc.errors import ConfigError
 from slimc.inputs import bind
 from slimc.masks import MaskSet
-from slimc.propagate import Propagation, _any_by_group
+from slimc.propagate import Propagation, any_by_group
 from slimc.shape_rules import HeadAxis
 from slimc.trace import shapes_of, trace
 
@@ -118,7 +118,7 @@ class PruneSpace:
         self.P = P = Propagation(self.dg, MaskSet())
         grp, ng = P.group, P.ng
         self.ng = ng
-        self.barrier = _any_by_group(P.barrier, grp, ng)
+        self.barrier = any_by_group(P.barrier, grp, ng)
         self.gm_params = dict(traced.gm.named_parameters(remove_duplicate=False))  # tied weights under any name
         self.sources: list[SourceSlice] = []
         family_slots: dict[int, set] = {}
@@ -135,7 +135,7 @@ class PruneSpace:
     # --- units -----------------------------------------------------------------------
     def _build_units(self, family_slots: dict[int, set]) -> None:
         P, ng = self.P, self.ng
-        members, unit_fam = _head_units(P, _any_by_group(P.is_source, P.group, ng), self.attention)
+        members, unit_fam = _head_units(P, any_by_group(P.is_source, P.group, ng), self.attention)
         in_head = np.zeros(ng, bool)
         for ms in members.values():
             in_head[list(ms)] = True

@@ -16,6 +16,7 @@ from torch import nn
 
 from slimc.surgery.layout import simple_value as _simple
 from slimc.surgery.sizes import FFN, HEAD_DIM, HEADS, HIDDEN, KV_HEADS, input_embedding_width
+from slimc.errors import describe
 
 EPS_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps", "rms_norm_epsilon")
 EPS_ATTRS = ("variance_epsilon", "eps", "epsilon")
@@ -86,7 +87,7 @@ def expressible(slim: nn.Module) -> tuple[bool, str]:
         with torch.device("meta"):
             fresh = type(slim)(cfg)
     except Exception as e:  # the config's sizes do not even build
-        return False, f"the config does not build: {type(e).__name__}: {e}".splitlines()[0][:200]
+        return False, f"the config does not build: {describe(e)}"[:200]
     mods = dict(fresh.named_modules())
     for path, m in slim.named_modules():
         f = mods.get(path)

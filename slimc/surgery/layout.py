@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from slimc.surgery.leaves import qualname
-from slimc.surgery.weights import tied_groups
+from slimc.tensors import owner_of, tied_groups
 
 FORMAT = "slimc-layout/1"
 
@@ -82,8 +82,7 @@ def apply(model: nn.Module, layout: dict[str, Any]) -> nn.Module:
             setattr(m, k, tuple(v) if isinstance(old, tuple) and isinstance(v, list) else v)
     new_of: dict[int, torch.Tensor] = {}
     for name, shape in layout.get("shapes", {}).items():
-        owner, _, leaf = name.rpartition(".")
-        m = model.get_submodule(owner) if owner else model
+        m, leaf = owner_of(model, name)
         old = m._parameters.get(leaf) if leaf in m._parameters else m._buffers.get(leaf)
         if old is None:
             continue
@@ -112,11 +111,10 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
         src = next((n for n in names if n in state), None)
         if src is None:
             continue
-        owner, _, leaf = src.rpartition(".")
-        t = (model.get_submodule(owner) if owner else model)._parameters.get(leaf)
+        owner, leaf = owner_of(model, src)
+        t = owner._parameters.get(leaf)
         for n in names:
-            o, _, lf = n.rpartition(".")
-            mod = model.get_submodule(o) if o else model
+            mod, lf = owner_of(model, n)
             if t is not None and lf in mod._parameters:
                 mod._parameters[lf] = t
     if hasattr(model, "_slimc_tied"):

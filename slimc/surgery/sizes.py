@@ -14,6 +14,8 @@ Two sources:
 """
 from __future__ import annotations
 
+import itertools
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +70,9 @@ def _split_value(ev) -> tuple[Any, str | None]:
     sizes, given = list(ev.new), ev.old
     if ev.detail.get("chunk"):
         return given, None if len(set(sizes)) == 1 else f"chunk into {given} equal pieces cannot give {sizes}"
+    if ev.detail.get("indices"):  # tensor_split at split points: where each piece but the first starts
+        points = list(itertools.accumulate(sizes[:-1]))
+        return type(given)(points) if isinstance(given, (list, tuple)) else points, None
     if isinstance(given, int):
         return (sizes[0], None) if len(set(sizes[:-1])) == 1 and sizes[-1] <= sizes[0] else \
             (None, f"split into pieces of {given} cannot give {sizes}")

@@ -17,14 +17,6 @@ from slimc.module_copy import copy_module
 from slimc.shards import sliced
 
 
-def tied_groups(named: list[tuple[str, torch.Tensor]]) -> list[list[str]]:
-    """Names that refer to one shared tensor (tied weights), each list with ≥ 2 names."""
-    by_id: dict[int, list[str]] = {}
-    for name, t in named:
-        by_id.setdefault(id(t), []).append(name)
-    return [names for names in by_id.values() if len(names) > 1]
-
-
 def slim_copy(model: nn.Module, plan, ready: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """A copy of ``model`` whose tensors are the slim ones (fresh storage, gradients kept).
     ``ready``: slim tensors already cut under the same names (the slim graph's): cloned,
@@ -55,4 +47,4 @@ def new_shape(plan, name: str, t: torch.Tensor) -> tuple[int, ...]:
     return tuple(plan.new_size(("p", name, d)) if ("p", name, d) in plan.dg.size else n for d, n in enumerate(t.shape))
 
 
-__all__ = ["slim_copy", "tied_groups"]
+__all__ = ["slim_copy"]
