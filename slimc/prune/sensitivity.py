@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from slimc.copying import safe_copy
 from slimc.errors import DataError
 from slimc.inputs import bind
 from slimc.masks import MaskSet
@@ -70,8 +71,8 @@ def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Mo
         missing = sorted(set(families) - {f.name for f in fams})
         raise DataError(f"no family '{missing[0]}': see `slimc inspect` or PruneSpace.describe() for the names")
     scores = pruner.scores()
-    work = copy.deepcopy(model)
-    dense_state = copy.deepcopy(model.state_dict())
+    work = safe_copy(model)  # also a model that earlier runs left cached (non-leaf) tensors in
+    dense_state = copy.deepcopy(work.state_dict())
     baseline = _evaluated(evaluate, work)
     rows = []
     trials = [(f, s) for f in fams for s in sparsities]
