@@ -144,7 +144,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     clock.lap("copy")
     user = normalize(masks, model)
     clock.lap("masks")
-    traced = trace(model, inputs, front_end, meta=on_meta, cleaned=True)
+    traced = trace(model, inputs, front_end, meta=on_meta)
     used_params = count_params(traced.gm)
     clock.lap("trace")
 

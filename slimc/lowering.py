@@ -24,6 +24,7 @@ from torch import fx, nn
 from slimc.shape_rules import ByName, qualified_name
 from slimc.shape_rules.library import DROP_PATH_FUNCTIONS, DROP_PATH_MODULES, DropPath
 from slimc.shape_rules.slicing import SLICES, slice_bounds
+from slimc.shapes import node_shape
 
 COPIES = (torch.ops.aten.copy_.default,)
 
@@ -134,13 +135,9 @@ def _slice_writes(gm: fx.GraphModule) -> bool:
 
 
 def _shape(n) -> tuple | None:
-    """A node's shape as the trace recorded it (slimc.shapes; torch's ShapeProp metadata)."""
-    if not isinstance(n, fx.Node):
-        return None
-    if isinstance(n.meta.get("shape"), tuple):
-        return n.meta["shape"]
-    meta = n.meta.get("tensor_meta")
-    return tuple(meta.shape) if hasattr(meta, "shape") else None
+    """A tensor node's shape as the trace recorded it (:func:`slimc.shapes.node_shape`)."""
+    s = node_shape(n) if isinstance(n, fx.Node) else None
+    return s if isinstance(s, tuple) else None
 
 
 def live_batch_norm_flags(graph: fx.Graph, training: bool) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx.passes.shape_prop import TensorMetadata
 from slimc.modes import eval_mode
 
 
@@ -101,6 +102,20 @@ def _on_meta(inputs: tuple) -> tuple:
     return tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
 
 
+def _meta_shape(meta: Any) -> Any:
+    if isinstance(meta, TensorMetadata):
+        return tuple(int(s) for s in meta.shape)
+    if isinstance(meta, (list, tuple)):
+        return [_meta_shape(m) for m in meta]
+    return None
+
+
+def node_shape(n: fx.Node) -> Any:
+    """A node's shape as recorded: ``meta["shape"]`` (:func:`propagate_shapes`), else torch's
+    ShapeProp ``tensor_meta`` — a tuple, a list for tuple outputs, or None."""
+    return n.meta["shape"] if "shape" in n.meta else _meta_shape(n.meta.get("tensor_meta"))
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
     """Record every node's shape: on the meta device where the model runs there, else by
     running it (eval mode, no grad; the mode is put back)."""
@@ -114,4 +129,4 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
             ShapeRecorder(gm, skip_same_shape=False).run(*example_inputs)
 
 
-__all__ = ["ShapeRecorder", "propagate_shapes", "shape", "tensors_on_meta"]
+__all__ = ["ShapeRecorder", "node_shape", "propagate_shapes", "shape", "tensors_on_meta"]

@@ -14,14 +14,13 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import TensorMetadata
 
 from slimc.blocks import Blocks, NotRepeated, find_blocks, traced_by_blocks
 from slimc.copying import clean
 from slimc.errors import TraceError, describe
 from slimc.lowering import live_batch_norm_flags, lower
 from slimc.module_copy import copy_module
-from slimc.shapes import propagate_shapes
+from slimc.shapes import node_shape, propagate_shapes
 from slimc.tensors import owner_of, set_by_path
 from slimc.modes import eval_mode
 
@@ -72,19 +71,10 @@ def to_meta(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
     return real
 
 
-def _meta_shape(meta: Any) -> Any:
-    if isinstance(meta, TensorMetadata):
-        return tuple(int(s) for s in meta.shape)
-    if isinstance(meta, (list, tuple)):
-        return [_meta_shape(m) for m in meta]
-    return None
-
-
 def shapes_of(gm: fx.GraphModule) -> dict[str, Any]:
     """node name → shape tuple, list of shapes (tuple outputs), or None (recorded by
     :func:`slimc.shapes.propagate_shapes`, or by torch's ShapeProp)."""
-    return {n.name: n.meta["shape"] if "shape" in n.meta else _meta_shape(n.meta.get("tensor_meta"))
-            for n in gm.graph.nodes}
+    return {n.name: node_shape(n) for n in gm.graph.nodes}
 
 
 def tree_copy(model: nn.Module) -> nn.Module:
@@ -254,14 +244,13 @@ def _traced_whole(model: nn.Module, fe: str, example_inputs: tuple) -> tuple[fx.
     return gm, dynamic
 
 
-def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta: bool = False,
-          cleaned: bool = False) -> Traced:
+def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta: bool = False) -> Traced:
     """Trace a copy of ``model`` (:func:`tree_copy`: its tensors shared, never written; a model
     that earlier runs left state in is cleaned first, :func:`slimc.copying.clean`); the model
     passed in is never touched. ``meta``: the parameters are on the meta device; shapes are
     propagated with every tensor there. A long list of identical blocks is traced three
-    blocks deep and copied (:mod:`slimc.blocks`). ``cleaned``: the caller already did."""
-    model = tree_copy(model if cleaned else clean(model))
+    blocks deep and copied (:mod:`slimc.blocks`)."""
+    model = tree_copy(clean(model))
     notes: list[str] = caches_off(model)
     errors: list[str] = []
     # "fx (leaves)": torch.nn modules without a rule kept whole (barriers), when neither
