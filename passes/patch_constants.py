@@ -25,7 +25,7 @@ from slimc.shape_rules.structural import EXPANDS, SPLITS, size_query
 
 RESHAPES = (*SIZED_RESHAPES, *EXPANDS)  # sizes written in the call: x.view(B, H, D), x.expand(B, -1, C)
 
-def _new_shape(plan, name: str, old: tuple) -> list[int]:
+def new_shape(plan, name: str, old: tuple) -> list[int]:
     return [plan.new_size(("v", name, d)) for d in range(len(old))]
 
 
@@ -52,7 +52,7 @@ def _reads_changed(plan, n, seen: set | None = None) -> bool:
     return any(_reads_changed(plan, a, seen) for a in n.all_input_nodes)
 
 
-def _patch_sizes(ctx: RewriteContext, node: fx.Node, args, new: list[int], old: tuple, packed: bool = False):
+def patch_sizes(ctx: RewriteContext, node: fx.Node, args, new: list[int], old: tuple, packed: bool = False):
     """Literal sizes become the new ones (-1 stays). A size computed at run time that reads
     a changed size becomes the new literal (channel dims are static); one that does not
     but must change — ``bsz * num_heads`` with heads removed — is scaled by new/old, which
@@ -89,18 +89,18 @@ def _reshape(ctx: RewriteContext, node: fx.Node, old) -> str | None:
     plan = ctx.plan
     if not isinstance(old, tuple):
         return None
-    new = _new_shape(plan, node.name, old)
+    new = new_shape(plan, node.name, old)
     if new == list(old) and not any(_reads_changed(plan, a) for a in node.all_input_nodes[1:]):
         return None
     args = list(node.args)
     if len(args) == 2 and isinstance(args[1], (list, tuple)):
-        args[1] = type(args[1])(_patch_sizes(ctx, node, args[1], new, old, packed=True))
+        args[1] = type(args[1])(patch_sizes(ctx, node, args[1], new, old, packed=True))
     elif "shape" in node.kwargs or "size" in node.kwargs:
         key = "shape" if "shape" in node.kwargs else "size"
-        node.kwargs = {**node.kwargs, key: _patch_sizes(ctx, node, node.kwargs[key], new, old, packed=True)}
+        node.kwargs = {**node.kwargs, key: patch_sizes(ctx, node, node.kwargs[key], new, old, packed=True)}
         return ""  # changed, nothing to note
     else:
-        args[1:] = _patch_sizes(ctx, node, args[1:], new, old)
+        args[1:] = patch_sizes(ctx, node, args[1:], new, old)
     if tuple(args) == node.args:
         return None
     node.args = tuple(args)
@@ -114,8 +114,8 @@ def _unflatten(ctx: RewriteContext, node: fx.Node, old) -> str | None:
         return None
     dim, sizes = node.args[1], node.args[2]
     dim %= len(shapes[node.args[0].name])
-    new = _new_shape(plan, node.name, old)[dim: dim + len(sizes)]
-    patched = _patch_sizes(ctx, node, sizes, new, old[dim: dim + len(sizes)], packed=True)
+    new = new_shape(plan, node.name, old)[dim: dim + len(sizes)]
+    patched = patch_sizes(ctx, node, sizes, new, old[dim: dim + len(sizes)], packed=True)
     if list(patched) == list(sizes):
         return None
     node.args = (node.args[0], dim, type(sizes)(patched), *node.args[3:])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import fx
 
 from slimc.passes.context import PassResult, RewriteContext
-from slimc.passes.patch_constants import _new_shape, _patch_sizes
+from slimc.passes.patch_constants import new_shape, patch_sizes
 from slimc.shape_rules import aten
 from slimc.shape_rules.structural import FILLS
 
@@ -33,18 +33,18 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
         old = plan.dg.shapes.get(node.name)
         if node.target not in FILLS or node.op not in ("call_function", "call_method") or not isinstance(old, tuple):
             continue
-        new = _new_shape(plan, node.name, old)
+        new = new_shape(plan, node.name, old)
         if new == list(old):
             continue
         where, i = _sizes_at(node)
         if where == "kw":
-            node.kwargs = {**node.kwargs, "size": _patch_sizes(ctx, node, node.kwargs["size"], new, old, packed=True)}
+            node.kwargs = {**node.kwargs, "size": patch_sizes(ctx, node, node.kwargs["size"], new, old, packed=True)}
         elif where == "arg":
             args = list(node.args)
-            args[i] = type(args[i])(_patch_sizes(ctx, node, args[i], new, old, packed=True))
+            args[i] = type(args[i])(patch_sizes(ctx, node, args[i], new, old, packed=True))
             node.args = tuple(args)
         else:
-            node.args = (*node.args[:i], *_patch_sizes(ctx, node, node.args[i:], new, old))
+            node.args = (*node.args[:i], *patch_sizes(ctx, node, node.args[i:], new, old))
         modified = True
         notes.append(f"{node.name}: sizes → {new}")
     return PassResult(gm, modified, notes)
