@@ -29,14 +29,16 @@ PIPELINE: list[tuple[str, Pass]] = [
 
 
 def run_pipeline(gm: fx.GraphModule, ctx: RewriteContext) -> tuple[fx.GraphModule, list[str]]:
-    """Every pass of :data:`PIPELINE` in order; ``graph.lint()`` after each that changed
-    the graph, one ``recompile()`` at the end. Returns the slim module and the passes' notes."""
+    """Every pass of :data:`PIPELINE` in order; one ``graph.lint()`` (if any pass changed
+    the graph) and one ``recompile()`` at the end. Returns the slim module and the passes' notes."""
     notes: list[str] = []
+    modified = False
     for name, fn in PIPELINE:
         res = fn(gm, ctx)
         gm = res.gm
-        if res.modified:
-            gm.graph.lint()
+        modified |= res.modified
         notes.extend(f"{name}: {n}" for n in res.notes)
+    if modified:
+        gm.graph.lint()
     gm.recompile()
     return gm, notes

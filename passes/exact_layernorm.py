@@ -15,11 +15,11 @@ from slimc.passes.context import PassResult, RewriteContext, SizeEvent
 from slimc.shape_rules.norm import LAYER_NORMS
 
 
-def _layer_norm(gm: fx.GraphModule, node: fx.Node):
+def _layer_norm(modules: dict[str, nn.Module], node: fx.Node):
     """(input, weight, bias, eps) of a LayerNorm node — module, functional or ATen — else None.
     weight/bias are get_attr targets (str) or None."""
     if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
+        mod = modules[node.target]
         if not isinstance(mod, nn.LayerNorm):
             return None
         w = f"{node.target}.weight" if mod.weight is not None else None
@@ -36,8 +36,9 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
     plan = ctx.plan
     notes: list[str] = []
     modified = False
+    modules = dict(gm.named_modules(remove_duplicate=False))
     for node in list(gm.graph.nodes):
-        found = _layer_norm(gm, node)
+        found = _layer_norm(modules, node)
         if found is None:
             continue
         x, weight, bias, eps = found

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from slimc import graph as graph_mod
+from slimc import analysis, graph as graph_mod
 from slimc.copying import clean, copy_hooks, dropped_hooks
 from slimc.errors import PlanError, SlimcError, VerifyError, describe
 from slimc.inputs import bind
@@ -109,7 +109,7 @@ def expected_params(p: RemovalPlan) -> int:
 def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, mode: str = "channel",
             verify: bool = True, front_end: str = "auto", renorm: bool = False, allow_empty: bool = False,
             name: str | None = None, user_model: bool = True, probe: bool = True,
-            vs_user_masks: bool = False) -> CompileResult:
+            vs_user_masks: bool = False, cache: bool = True) -> CompileResult:
     """Compile ``model`` under ``masks`` into a physically smaller module.
 
     ``model`` is never modified: the slim module is a new object. ``masks`` may be NNI
@@ -120,13 +120,15 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     the model is compiled again with them as barriers.
     ``vs_user_masks``: also report how far the slim model is from the masks *as given*
     (``report["verify"]["vs_user_masked"]``: one more forward pass of the full model).
+    ``cache``: reuse the analysis of this model object from an earlier compile where nothing
+    it depends on changed (:mod:`slimc.analysis`; the report's ``analysis`` says which).
     """
     clock = StageClock()
 
     def unprobed() -> CompileResult:
         res = compile(model, masks, example_inputs, mode=mode, verify=verify, front_end=front_end, renorm=renorm,
                       allow_empty=allow_empty, name=name, user_model=user_model, probe=False,
-                      vs_user_masks=vs_user_masks)
+                      vs_user_masks=vs_user_masks, cache=cache)
         res.report["notes"].append("the check failed with the probed ops treated as channel-wise: "
                                    "compiled again with them as barriers")
         return res
@@ -144,17 +146,8 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     clock.lap("copy")
     user = normalize(masks, model)
     clock.lap("masks")
-    traced = trace(model, inputs, front_end, meta=on_meta)
-    used_params = count_params(traced.gm)
-    clock.lap("trace")
-
-    prober = Prober(traced.gm, inputs) if probe and not on_meta else None
-    dg = graph_mod.build(traced.gm, shapes_of(traced.gm), prober)
-    clock.lap("graph")
-    # read off the traced graph's shapes: the ops the slim model runs (a fused fast path of
-    # the original, e.g. TransformerEncoderLayer in eval, would hide them from a counter)
-    flops_before = dg_flops(dg)
-    clock.lap("flops")
+    an = _analysis(model, inputs, front_end, on_meta, probe, cache, clock)
+    traced, dg, flops_before, used_params = an.traced, an.dg, an.flops, an.used_params
 
     p = make_plan(dg, user, mode=mode, allow_empty=allow_empty)
     want_params = expected_params(p)
@@ -162,7 +155,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
 
     ctx = RewriteContext(p, renorm=renorm)
     try:  # slice_params zeroes kept-but-masked weights as it cuts
-        slim, notes = run_pipeline(traced.gm, ctx)
+        slim, notes = run_pipeline(an.fork() if cache and not on_meta else traced.gm, ctx)
     except SlimcError:
         raise
     except Exception as e:
@@ -187,6 +180,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         "model": name or type(model).__name__,
         "mode": mode,
         "front_end": traced.front_end,
+        "analysis": "reused" if an.reused else "fresh",
         "params": {"before": used_params, "after": got_params, "expected_after": want_params,
                    "unused_dropped": unused},
         "groups_removed": p.n_groups_removed,
@@ -244,6 +238,36 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     dynamic = ref.varied_dims if verify else free
     return CompileResult(slim, p.final_masks, report, p, given_inputs, um.model if um else None, um, model,
                          {i: ds for i, ds in dynamic.items() if ds})
+
+
+def _analysis(model: nn.Module, inputs: tuple, front_end: str, on_meta: bool, probe: bool, cache: bool,
+              clock: StageClock) -> analysis.Analysis:
+    """Trace, dependency graph and dense FLOPs of ``model`` (the masks-independent stages),
+    or the kept ones of an earlier compile of it (:mod:`slimc.analysis`; not on meta)."""
+    key = (front_end, probe)
+    cache = cache and not on_meta
+    if cache:
+        kept, fp = analysis.lookup(model, inputs, *key)
+        clock.lap("trace")
+        if kept is not None:
+            kept.reused = True
+            clock.lap("graph")
+            clock.lap("flops")
+            return kept
+    traced = trace(model, inputs, front_end, meta=on_meta)
+    used_params = count_params(traced.gm)
+    clock.lap("trace")
+    prober = Prober(traced.gm, inputs) if probe and not on_meta else None
+    dg = graph_mod.build(traced.gm, shapes_of(traced.gm), prober)
+    clock.lap("graph")
+    # read off the traced graph's shapes: the ops the slim model runs (a fused fast path of
+    # the original, e.g. TransformerEncoderLayer in eval, would hide them from a counter)
+    an = analysis.Analysis(traced, dg, dg_flops(dg), used_params)
+    clock.lap("flops")
+    if cache:
+        an.fingerprint = fp
+        analysis.keep(model, key, an)
+    return an
 
 
 def _user_model(model: nn.Module, p: RemovalPlan, slim: fx.GraphModule, ctx: RewriteContext, ref, approximate: bool):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -54,13 +55,14 @@ class MaskSet:
         """Bool tensor over ``dim``: True where the whole slice of the mask is zero."""
         key = (fqn, dim)
         if key not in self._zero:
-            m = self.masks[fqn] != 0
+            m = self.masks[fqn].numpy()  # bool, on the CPU (normalize): numpy costs less per call
             n = self.shape(fqn)[dim]
-            other = tuple(d for d in range(m.dim()) if d != dim)
+            other = tuple(d for d in range(m.ndim) if d != dim)
             if m.shape[dim] == 1:  # broadcast along dim: every slice is the whole mask
-                self._zero[key] = torch.full((n,), not bool(m.any()))
+                z = np.full(n, not m.any())
             else:
-                self._zero[key] = ~m.any(dim=other) if other else ~m
+                z = ~m.any(axis=other) if other else ~m
+            self._zero[key] = torch.from_numpy(np.ascontiguousarray(z))
         return self._zero[key]
 
     def unstructured_zeros(self) -> dict[str, int]:
@@ -71,7 +73,7 @@ class MaskSet:
         for fqn, m in self.masks.items():
             shape = self.shape(fqn)
             numel = math.prod(shape)
-            zeros = numel - int(torch.count_nonzero(m)) * (numel // max(m.numel(), 1))
+            zeros = numel - int(np.count_nonzero(m.numpy())) * (numel // max(m.numel(), 1))
             if not zeros or not shape:
                 continue
             rows = int(self.zero_slices(fqn, 0).sum())
@@ -96,6 +98,10 @@ class MaskSet:
         return {k: v.to(torch.uint8) for k, v in self.masks.items()}
 
 
+_NUMPY_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,
+                 torch.float32, torch.float64}
+
+
 def _as_binary(name: str, t: object, shape: torch.Size) -> torch.Tensor:
     """``t`` validated against the parameter's ``shape``, as its smallest bool form."""
     if not isinstance(t, torch.Tensor):
@@ -106,13 +112,17 @@ def _as_binary(name: str, t: object, shape: torch.Size) -> torch.Tensor:
             f"{tuple(shape)}: give the parameter's own shape, or 1 on every dim the mask does not vary "
             "along (e.g. (out, 1) for rows, (1, in) for columns, (out, 1, 1, 1) for conv filters)"
         )
-    t = shrink(t)  # repeats dropped first: the checks below then touch O(channels)
-    if t.dtype != torch.bool:
-        bad = (t != 0) & (t != 1)
-        if bool(bad.any()):
-            v = t[bad].flatten()[0].item()
+    t = shrink(t.detach())  # repeats dropped first: the checks below then touch O(channels)
+    t = t.cpu()
+    # small now; numpy costs less per call than torch (bfloat16 and the like: as float)
+    a = t.numpy() if t.dtype in _NUMPY_DTYPES else t.float().numpy()
+    if a.dtype != np.bool_:
+        bad = (a != 0) & (a != 1)
+        if bad.any():
+            v = a[bad].flat[0].item()
             raise MaskError(f"mask '{name}' is not binary (found value {v!r}): use 0 for pruned and 1 for kept entries")
-    return (t != 0).cpu().clone() if t.dtype != torch.bool else t.cpu().clone()
+        a = a != 0
+    return torch.from_numpy(np.array(a, dtype=bool, copy=True))
 
 
 def _flatten(raw: Mapping[str, object]) -> dict[str, object]:

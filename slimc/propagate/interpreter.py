@@ -29,6 +29,20 @@ def _terms_and_factors(contribs: list[tuple[np.ndarray, Any, np.ndarray]]) -> tu
     fibers): an element is true when, in every term that has a non-neutral contribution,
     some contribution is true. Returns (elements, true, has a non-neutral contribution),
     marked in a table of (element, term) cells."""
+    b0 = contribs[0][0]
+    if all(c[0] is b0 and np.isscalar(c[1]) for c in contribs):  # the usual case: all into one slot
+        by_term: dict[Any, list[np.ndarray]] = {}
+        for _, term, v in contribs:
+            by_term.setdefault(term, []).append(v)
+        true, has = np.ones(len(b0), bool), np.zeros(len(b0), bool)
+        for vs in by_term.values():
+            vv = vs[0] if len(vs) == 1 else np.stack(vs)
+            any_true, present = vv == 1, vv != -1
+            if len(vs) > 1:
+                any_true, present = any_true.any(axis=0), present.any(axis=0)
+            true &= any_true | ~present
+            has |= present
+        return b0, true & has, has
     b = np.concatenate([c[0] for c in contribs])
     v = np.concatenate([c[2] for c in contribs])
     if all(np.isscalar(c[1]) for c in contribs):  # the usual case: one term per contribution
@@ -67,6 +81,20 @@ class Propagation:
     def __init__(self, dg: DependencyGraph, masks: MaskSet):
         self.dg = dg
         self.masks = masks
+        structure = dg._ids.get("propagation")  # the masks-independent part, once per graph
+        if structure is None:
+            structure = dg._ids["propagation"] = self._structure()
+        self.__dict__.update(structure)
+        self.user_masked = np.zeros(dg.n, bool)
+        for slot in self.linked_params:
+            fqn, d = slot[1], slot[2]
+            if fqn in masks:
+                self.user_masked[dg.ids(slot)] = masks.zero_slices(fqn, d).numpy()
+
+    def _structure(self) -> dict[str, Any]:
+        """Links, barriers, element groups, reshapes and every element's role: what the
+        masks do not change (kept on the dependency graph, read-only from here on)."""
+        dg = self.dg
         n = dg.n
         self.links = [(f, ln, *link_ids(dg, ln)) for f in dg.facts for ln in f.coupling.links]
         self.barrier = np.zeros(n, bool)
@@ -96,15 +124,19 @@ class Propagation:
         resolve_reshapes(self)
         self.ng = int(self.group.max()) + 1 if n else 0
         self._roles()
+        for a in (self.barrier, self.group, self.is_source, self.is_sink, self.is_follower, self.sink_consumed):
+            a.flags.writeable = False
+        keep = ("links", "barrier", "barrier_why", "aliases", "element_groups", "products", "splits", "group", "ng",
+                "is_source", "is_sink", "is_follower", "sink_consumed", "linked_params")
+        return {k: self.__dict__[k] for k in keep}
 
-    # --- roles and masks ----------------------------------------------------------
+    # --- roles --------------------------------------------------------------------
     def _roles(self) -> None:
-        n, dg = self.dg.n, self.dg
+        n = self.dg.n
         self.is_source = np.zeros(n, bool)
         self.is_sink = np.zeros(n, bool)
         self.is_follower = np.zeros(n, bool)
         self.sink_consumed = np.zeros(n, bool)
-        self.user_masked = np.zeros(n, bool)
         self.linked_params: set[SlotKey] = set()
         for _, ln, a, b in self.links:
             if ln.kind == "source":
@@ -116,10 +148,6 @@ class Propagation:
                 self.is_follower[a] = True
             if ln.kind in ("source", "sink", "follower"):
                 self.linked_params.add(ln.a)
-        for slot in self.linked_params:
-            fqn, d = slot[1], slot[2]
-            if fqn in self.masks:
-                self.user_masked[dg.ids(slot)] = self.masks.zero_slices(fqn, d).numpy()
 
     # --- forward analyses ---------------------------------------------------------
     def forward(self, value: Callable[[Link, np.ndarray, np.ndarray, np.ndarray], np.ndarray | None]) -> np.ndarray:

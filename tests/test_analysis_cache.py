@@ -1,0 +1,109 @@
+"""The analysis kept between compiles of one model (slimc.analysis): reused only while
+nothing it depends on changed, never rewritten, and every compile still meets the contract."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import slimc
+from helpers import assert_contract, random_filter_masks, randomize_norms, run_eval
+from slimc import analysis, zoo
+from slimc.verify import masked_copy
+
+
+def model_and_inputs(name: str):
+    return zoo.build(name), zoo.example_inputs(name, batch=2)
+
+
+def _compile(m, masks, x, **kw):
+    return slimc.compile(m, masks, x, **kw)
+
+
+def test_a_sweep_reuses_the_analysis_and_each_point_meets_the_contract():
+    m, x = model_and_inputs("resnet_tiny")
+    analysis.clear()
+    first = _compile(m, random_filter_masks(m, 0.3, seed=1), x)
+    assert first.report["analysis"] == "fresh"
+    for ratio, seed in [(0.5, 2), (0.7, 3), (0.3, 1)]:
+        masks = random_filter_masks(m, ratio, seed=seed)
+        res = assert_contract(m, masks, x)
+        assert res.report["analysis"] == "reused"
+    again = _compile(m, random_filter_masks(m, 0.3, seed=1), x)
+    assert again.report["params"] == first.report["params"]
+    assert again.report["flops"] == first.report["flops"]
+    # results of two compiles share no tensor (and none with the original)
+    ids = lambda mod: {id(t) for t in [*mod.parameters(), *mod.buffers()]}  # noqa: E731
+    assert not ids(again.module) & ids(first.module)
+    assert not ids(again.module) & ids(m)
+
+
+def test_the_kept_traced_module_is_never_rewritten():
+    m, x = model_and_inputs("resnet_tiny")
+    analysis.clear()
+    _compile(m, random_filter_masks(m, 0.5, seed=1), x)
+    (kept,) = analysis._kept[m].values()
+    code = kept.traced.gm.code
+    shapes = {k: tuple(p.shape) for k, p in kept.traced.gm.named_parameters()}
+    _compile(m, random_filter_masks(m, 0.6, seed=2), x)
+    assert kept.traced.gm.code == code
+    assert {k: tuple(p.shape) for k, p in kept.traced.gm.named_parameters()} == shapes
+
+
+def _bn_net() -> nn.Module:
+    return randomize_norms(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)))
+
+
+def _mask(m: nn.Module) -> dict:
+    w = torch.ones_like(m[0].weight)
+    w[2:4] = 0
+    return {"0.weight": w}
+
+
+def test_changes_that_matter_start_a_fresh_analysis():
+    x = torch.randn(2, 3, 10, 10)
+    m = _bn_net().eval()
+    analysis.clear()
+    assert _compile(m, _mask(m), x).report["analysis"] == "fresh"
+    assert _compile(m, _mask(m), x).report["analysis"] == "reused"
+
+    m.train()(torch.randn(4, 3, 10, 10))  # running statistics updated in place
+    m.eval()
+    res = _compile(m, _mask(m), x)
+    assert res.report["analysis"] == "fresh"
+    ref = masked_copy(m, res.masks)
+    assert torch.allclose(run_eval(res.module, (x,))[0], run_eval(ref, (x,))[0], atol=1e-5)
+
+    with torch.no_grad():  # an optimizer step
+        m[3].weight.add_(1.0)
+    assert _compile(m, _mask(m), x).report["analysis"] == "fresh"
+    m[2] = nn.ReLU6()  # a module replaced
+    assert _compile(m, _mask(m), x).report["analysis"] == "fresh"
+    m[1].eps = 1e-3  # a plain attribute
+    assert _compile(m, _mask(m), x).report["analysis"] == "fresh"
+    assert _compile(m, _mask(m), torch.randn(1, 3, 12, 12)).report["analysis"] == "fresh"  # another input shape
+    assert _compile(m, _mask(m), x, probe=False).report["analysis"] == "fresh"  # another key
+    assert _compile(m, _mask(m), x, probe=False).report["analysis"] == "reused"
+
+
+def test_cache_off_keeps_nothing():
+    m = _bn_net().eval()
+    analysis.clear()
+    x = torch.randn(2, 3, 10, 10)
+    for _ in range(2):
+        assert _compile(m, _mask(m), x, cache=False).report["analysis"] == "fresh"
+    assert m not in analysis._kept
+
+
+def test_kept_analyses_are_bounded_and_die_with_their_model():
+    import gc
+
+    analysis.clear()
+    x = torch.randn(1, 3, 10, 10)
+    models = [_bn_net().eval() for _ in range(analysis.KEEP_MODELS + 2)]
+    for m in models:
+        _compile(m, _mask(m), x, verify=False)
+    assert len(analysis._kept) == analysis.KEEP_MODELS
+    assert models[0] not in analysis._kept and models[-1] in analysis._kept
+    del models, m
+    gc.collect()
+    assert len(analysis._kept) == 0
