@@ -3,8 +3,10 @@
 For each model: masks from another tool (Torch-Pruning's L1 MagnitudePruner choice, 50 %
 of every group, classifier output kept, when ``torch_pruning`` is installed; else
 ``slimc.prune.group_masks``), then — interleaved, in one process, after one warm-up run of
-each — ``slimc.compile(verify=False)``, ``slimc.compile()`` (the built-in check), and
-Torch-Pruning's ``DependencyGraph.build_dependency`` + pruning the same channels on a
+each — ``slimc.compile(verify=False)``, ``slimc.compile()`` (the built-in check), both
+reusing the model's analysis from the earlier compiles (a sweep: :mod:`slimc.analysis`),
+``slimc.compile(verify=False, cache=False)`` (a first compile: everything analysed afresh)
+and Torch-Pruning's ``DependencyGraph.build_dependency`` + pruning the same channels on a
 deep copy (the copy is not timed). Reported: the median of the timed runs, slimc's stage
 times (``report["times_s"]``, medians) and the ratios.
 
@@ -106,8 +108,9 @@ def time_model(name: str, repeats: int = 3, log=print) -> dict:
     model, x, source = load_model(name)
     with_tp = tp_available()
     masks = tp_masks(model, x[0]) if with_tp else _zoo_masks(model, x)
-    runs: dict[str, list[float]] = {"slimc_no_verify": [], "slimc_verified": [], **({"tp": []} if with_tp else {})}
-    stages: dict[str, list[dict]] = {"slimc_no_verify": [], "slimc_verified": []}
+    runs: dict[str, list[float]] = {"slimc_no_verify": [], "slimc_verified": [], "slimc_first": [],
+                                    **({"tp": []} if with_tp else {})}
+    stages: dict[str, list[dict]] = {"slimc_no_verify": [], "slimc_verified": [], "slimc_first": []}
     load = [os.getloadavg()[0]]
     for i in range(repeats + 1):  # the first round warms up
         for key in runs:
@@ -115,7 +118,7 @@ def time_model(name: str, repeats: int = 3, log=print) -> dict:
             if key == "tp":
                 runs[key].append(tp_build_and_prune(model, x[0], masks)) if i else tp_build_and_prune(model, x[0], masks)
                 continue
-            res = slimc.compile(model, masks, x, verify=key == "slimc_verified", name=name)
+            res = slimc.compile(model, masks, x, verify=key == "slimc_verified", name=name, cache=key != "slimc_first")
             if i:
                 runs[key].append(time.perf_counter() - t0)
                 stages[key].append(dict(res.report["times_s"]))
@@ -127,8 +130,10 @@ def time_model(name: str, repeats: int = 3, log=print) -> dict:
     if with_tp:
         row["ratio_no_verify"] = row["wall_s"]["slimc_no_verify"] / row["wall_s"]["tp"]
         row["ratio_verified"] = row["wall_s"]["slimc_verified"] / row["wall_s"]["tp"]
+        row["ratio_first"] = row["wall_s"]["slimc_first"] / row["wall_s"]["tp"]
     log(f"[{name}] " + ", ".join(f"{k} {v:.3f} s" for k, v in row["wall_s"].items())
-        + (f"; ratio {row['ratio_no_verify']:.2f} / {row['ratio_verified']:.2f}" if with_tp else ""))
+        + (f"; ratio {row['ratio_no_verify']:.2f} / {row['ratio_verified']:.2f} / first {row['ratio_first']:.2f}"
+           if with_tp else ""))
     return row
 
 
@@ -142,24 +147,30 @@ def markdown(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     tp = "tp" in rows[0]["wall_s"]
-    stages = list(dict.fromkeys(s for r in rows for s in r["stages_s"]["slimc_verified"] if s != "total"))
-    head = "| model | slimc no-verify s | slimc verified s | " + ("Torch-Pruning build + prune s | ratio no-verify | "
-                                                               "ratio verified | " if tp else "") + "load (1 min) |"
+    head = ("| model | slimc no-verify s | slimc verified s | slimc first compile s | "
+            + ("Torch-Pruning build + prune s | ratio no-verify | ratio verified | ratio first | " if tp else "")
+            + "load (1 min) |")
     out = [f"Models from {rows[0]['source']} at 1×3×224×224 (zoo models at their own size otherwise), masks from "
            f"{rows[0]['masks_from']}; one thread; median of {rows[0]['repeats']} warm runs, slimc and "
-           "Torch-Pruning interleaved in one process; ratio = slimc ÷ Torch-Pruning.", "", head,
-           "|---|---:|---:|" + ("---:|---:|---:|" if tp else "") + "---|"]
+           "Torch-Pruning interleaved in one process; ratio = slimc ÷ Torch-Pruning. *no-verify* and *verified* "
+           "compile a model compiled before (a sweep point: the analysis is reused, `slimc.analysis`); "
+           "*first compile* analyses afresh (`cache=False`, no check).", "", head,
+           "|---|---:|---:|---:|" + ("---:|---:|---:|---:|" if tp else "") + "---|"]
     for r in rows:
         w = r["wall_s"]
-        out.append(f"| {r['model']} | {w['slimc_no_verify']:.3f} | {w['slimc_verified']:.3f} | "
-                   + (f"{w['tp']:.3f} | {r['ratio_no_verify']:.2f}× | {r['ratio_verified']:.2f}× | " if tp else "")
+        out.append(f"| {r['model']} | {w['slimc_no_verify']:.3f} | {w['slimc_verified']:.3f} | {w['slimc_first']:.3f} | "
+                   + (f"{w['tp']:.3f} | {r['ratio_no_verify']:.2f}× | {r['ratio_verified']:.2f}× | "
+                      f"{r['ratio_first']:.2f}× | " if tp else "")
                    + " → ".join(f"{v:.1f}" for v in r["load_1m"]) + " |")
-    out += ["", "Stage times of the verified compile (`report[\"times_s\"]`, medians, seconds; they add up to "
-            "`total`, its wall time):", "",
-            "| model | " + " | ".join(stages) + " | total |", "|---|" + "---:|" * (len(stages) + 1)]
-    for r in rows:
-        st = r["stages_s"]["slimc_verified"]
-        out.append(f"| {r['model']} | " + " | ".join(f"{st.get(s, 0.0):.3f}" for s in stages) + f" | {st['total']:.3f} |")
+    for key, what in (("slimc_verified", "verified compile (analysis reused)"), ("slimc_first", "first compile")):
+        stages = list(dict.fromkeys(s for r in rows for s in r["stages_s"][key] if s != "total"))
+        out += ["", f"Stage times of the {what} (`report[\"times_s\"]`, medians, seconds; they add up to "
+                "`total`, its wall time):", "",
+                "| model | " + " | ".join(stages) + " | total |", "|---|" + "---:|" * (len(stages) + 1)]
+        for r in rows:
+            st = r["stages_s"][key]
+            out.append(f"| {r['model']} | " + " | ".join(f"{st.get(s, 0.0):.3f}" for s in stages)
+                       + f" | {st['total']:.3f} |")
     return out + [""]
 
 

@@ -94,7 +94,7 @@ def apply_mask(t: torch.Tensor, factors: Factors | torch.Tensor) -> torch.Tensor
     fs = [f.to(device=t.device, dtype=t.dtype) for f in factors if not bool(f.all())]
     if not fs:
         return t
-    if len(fs) > 1 and 4 * math.prod(torch.broadcast_shapes(*[f.shape for f in fs])) <= t.numel():
+    if len(fs) > 1 and 4 * math.prod(max(sizes) for sizes in zip(*[f.shape for f in fs])) <= t.numel():
         return t * reduce(torch.mul, fs)
     out = t * fs[0]
     for f in fs[1:]:

@@ -80,7 +80,9 @@ def copy_module(m: nn.Module, memo: dict | None = None) -> nn.Module:
     memo[id(m)] = new
     state = {}
     for k, v in m.__dict__.items():
-        if k in ("_parameters", "_buffers"):
+        if type(v) in _ATOMS:  # most of a module's entries: shared as they are
+            state[k] = v
+        elif k in ("_parameters", "_buffers"):
             state[k] = type(v)((n, _tensor(t, memo)) for n, t in v.items())
         elif k == "_modules":
             state[k] = type(v)((n, None if c is None else copy_module(c, memo)) for n, c in v.items())

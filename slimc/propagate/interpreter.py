@@ -29,20 +29,6 @@ def _terms_and_factors(contribs: list[tuple[np.ndarray, Any, np.ndarray]]) -> tu
     fibers): an element is true when, in every term that has a non-neutral contribution,
     some contribution is true. Returns (elements, true, has a non-neutral contribution),
     marked in a table of (element, term) cells."""
-    b0 = contribs[0][0]
-    if all(c[0] is b0 and np.isscalar(c[1]) for c in contribs):  # the usual case: all into one slot
-        by_term: dict[Any, list[np.ndarray]] = {}
-        for _, term, v in contribs:
-            by_term.setdefault(term, []).append(v)
-        true, has = np.ones(len(b0), bool), np.zeros(len(b0), bool)
-        for vs in by_term.values():
-            vv = vs[0] if len(vs) == 1 else np.stack(vs)
-            any_true, present = vv == 1, vv != -1
-            if len(vs) > 1:
-                any_true, present = any_true.any(axis=0), present.any(axis=0)
-            true &= any_true | ~present
-            has |= present
-        return b0, true & has, has
     b = np.concatenate([c[0] for c in contribs])
     v = np.concatenate([c[2] for c in contribs])
     if all(np.isscalar(c[1]) for c in contribs):  # the usual case: one term per contribution
@@ -73,6 +59,23 @@ def _terms_and_factors(contribs: list[tuple[np.ndarray, Any, np.ndarray]]) -> tu
         seen = np.nonzero(seen)[0]
         el, true, has = seen + lo, true[seen], has[seen]
     return el, true & has, has
+
+
+def _combine(contribs: list[tuple[Any, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_terms_and_factors` for contributions ``(term, value)`` that all cover one
+    whole slot, element by element: (true, has a non-neutral contribution)."""
+    by_term: dict[Any, list[np.ndarray]] = {}
+    for term, v in contribs:
+        by_term.setdefault(term, []).append(v)
+    true, has = np.ones(len(contribs[0][1]), bool), np.zeros(len(contribs[0][1]), bool)
+    for vs in by_term.values():
+        vv = np.stack(vs) if len(vs) > 1 else vs[0]
+        any_true, present = vv == 1, vv != -1
+        if len(vs) > 1:
+            any_true, present = any_true.any(axis=0), present.any(axis=0)
+        true &= any_true | ~present
+        has |= present
+    return true & has, has
 
 
 class Propagation:
@@ -177,18 +180,30 @@ class Propagation:
 
     def _fact_state(self, items: list, value, state: np.ndarray, neutral: np.ndarray) -> None:
         """Set the state of every element one fact's links reach: true where every term is."""
-        contribs, whole = [], set()
+        contribs: list = []
+        by_slot: dict[SlotKey, list] | None = {}  # the usual case: whole slots, one term per link
         for ln, a, b in items:
             v = value(ln, a, state, neutral)
-            if v is not None and ln.kind == "feed":  # one term for every element of b
+            if v is None:
+                continue
+            if ln.kind == "feed":  # one term for every element of b
                 v = np.full(len(b), 1 if (v == 1).all() else 0 if (v != -1).any() else -1, np.int8)
-            if v is not None:
-                contribs.append((b, ln.term, v))
-                whole.add(ln.b if ln.b_idx is None and ln.b in self.dg.offset else None)
-        if len(whole) == len(contribs) and None not in whole:
-            for b, _, v in contribs:  # each into a slot of its own, whole: nothing to combine
-                state[b] = v == 1
-                neutral[b] = v == -1
+            contribs.append((b, ln.term, v))
+            if by_slot is not None:
+                if ln.b_idx is None and ln.b in self.dg.offset and np.isscalar(ln.term):
+                    by_slot.setdefault(ln.b, []).append((ln.term, v))
+                else:
+                    by_slot = None
+        if by_slot is not None:  # slots hold disjoint elements: each is combined on its own
+            for slot, tv in by_slot.items():
+                b = self.dg.ids(slot)
+                if len(tv) == 1:
+                    state[b] = tv[0][1] == 1
+                    neutral[b] = tv[0][1] == -1
+                else:
+                    true, has = _combine(tv)
+                    state[b] = true
+                    neutral[b] = ~has
         elif contribs:
             el, true, has = _terms_and_factors(contribs)
             state[el] = true

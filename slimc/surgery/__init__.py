@@ -11,7 +11,7 @@ model of the user's class: ``model`` is None and ``reason`` names the line.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from torch import fx, nn
 
@@ -26,14 +26,22 @@ from slimc.surgery.weights import slim_copy
 class UserModel:
     model: nn.Module | None
     reason: str | None
-    layout: dict[str, Any]
+    _layout: dict[str, Any] | Callable[[], dict[str, Any]]  # made when first read (saving needs it)
     patched: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)  # lines whose sizes the user's code computes itself
     hf: dict[str, Any] | None = None
 
+    @property
+    def layout(self) -> dict[str, Any]:
+        """What the slim model changes against the original architecture (:mod:`.layout`)."""
+        if callable(self._layout):
+            self._layout = self._layout()
+        return self._layout
+
     def report(self) -> dict[str, Any]:
-        return {"class": self.layout.get("class"), "built": self.model is not None, "reason": self.reason,
+        cls = layout_mod.qualname(type(self.model)) if self.model is not None else self.layout.get("class")
+        return {"class": cls, "built": self.model is not None, "reason": self.reason,
                 "patched": self.patched, "notes": self.notes, **({"hf": self.hf} if self.hf else {})}
 
 
@@ -77,9 +85,14 @@ def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm
         changes = hf.sync_config(slim, original, splits)
         ok, why = hf.expressible(slim)
         hf_info = {"config_changes": changes, "expressible": ok, "why_not": why}
-    lay = layout_mod.diff(original, slim)
-    if transforms and any(t.is_meta for t in slim.parameters()):
-        lay["weight_transforms"] = transforms  # a plan from shapes: applied when the sliced weights load
+    on_meta = bool(transforms) and any(t.is_meta for t in slim.parameters())
+
+    def lay() -> dict[str, Any]:
+        out = layout_mod.diff(original, slim)
+        if on_meta:
+            out["weight_transforms"] = transforms  # a plan from shapes: applied when the sliced weights load
+        return out
+
     blockers = list(dict.fromkeys([*fixes.blockers, *norm_blockers]))
     return UserModel(None if blockers else slim, _summary(blockers), lay, fixes.patched, norm_notes,
                      list(dict.fromkeys(fixes.unresolved)), hf_info)
