@@ -91,6 +91,14 @@ def apply_mask(t: torch.Tensor, factors: Factors | torch.Tensor) -> torch.Tensor
     bool mask) and multiplied together first where their product is much smaller than
     ``t`` (a 3×3 conv's rows × columns: one pass over ``t``), else one by one in place."""
     factors = (factors,) if isinstance(factors, torch.Tensor) else tuple(factors)
+    small = [f.numpy() for f in factors if f.device.type == "cpu" and f.dtype == torch.bool]
+    if len(small) == len(factors):  # the usual case: compact bool factors, combined in numpy
+        small = [f for f in small if not f.all()]
+        if not small:
+            return t
+        joint = reduce(np.logical_and, small)
+        if len(small) == 1 or 4 * joint.size <= t.numel():
+            return t * torch.from_numpy(np.ascontiguousarray(joint)).to(device=t.device, dtype=t.dtype)
     fs = [f.to(device=t.device, dtype=t.dtype) for f in factors if not bool(f.all())]
     if not fs:
         return t

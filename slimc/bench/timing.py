@@ -27,6 +27,7 @@ import torch
 
 from slimc.bench.machine import physical_cores_available
 from slimc.errors import describe
+from slimc.modes import collector_paused
 
 __all__ = [
     "Timing",
@@ -169,14 +170,9 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    was = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
+    gc.collect()  # what is garbage now is not collected inside a timed call
+    with collector_paused():
         yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def resolve_threads(threads: int | None) -> int:

@@ -69,10 +69,10 @@ def _combine(contribs: list[tuple[Any, np.ndarray]]) -> tuple[np.ndarray, np.nda
         by_term.setdefault(term, []).append(v)
     true, has = np.ones(len(contribs[0][1]), bool), np.zeros(len(contribs[0][1]), bool)
     for vs in by_term.values():
-        vv = np.stack(vs) if len(vs) > 1 else vs[0]
-        any_true, present = vv == 1, vv != -1
-        if len(vs) > 1:
-            any_true, present = any_true.any(axis=0), present.any(axis=0)
+        any_true, present = vs[0] == 1, vs[0] != -1
+        for v in vs[1:]:  # (two or three factors: pairwise, cheaper than stacking)
+            any_true |= v == 1
+            present |= v != -1
         true &= any_true | ~present
         has |= present
     return true & has, has
@@ -153,14 +153,14 @@ class Propagation:
                 self.linked_params.add(ln.a)
 
     # --- forward analyses ---------------------------------------------------------
-    def forward(self, value: Callable[[Link, np.ndarray, np.ndarray, np.ndarray], np.ndarray | None]) -> np.ndarray:
+    def forward(self, value: Callable[[Link, np.ndarray, np.ndarray], np.ndarray | None]) -> np.ndarray:
         """Per element: every term true, a term being true if any of its factors is.
 
-        ``value`` gives each contribution as int8: 1 true, 0 false, -1 neutral (left out,
-        like a follower; an element with only neutral contributions stays neutral).
+        ``value(link, a, val)`` gives each contribution as int8: 1 true, 0 false, -1 neutral
+        (left out, like a follower; an element with only neutral contributions stays
+        neutral); ``val`` is every element's state so far, in the same int8 code.
         """
-        state = np.zeros(self.dg.n, bool)
-        neutral = np.zeros(self.dg.n, bool)
+        val = np.zeros(self.dg.n, np.int8)
         by_fact: dict[int, list] = {}
         for f, ln, a, b in self.links:
             if ln.term is None or ln.kind in ("sink", "tie"):  # ties carry no data
@@ -168,22 +168,22 @@ class Propagation:
             by_fact.setdefault(id(f), []).append((ln, a, b))
         for f in self.dg.facts:
             for slot in f.coupling.zeros:  # torch.zeros: zero (and dead) whatever its sources
-                state[self.dg.ids(slot)] = True
+                val[self.dg.ids(slot)] = _TRUE
             items = by_fact.get(id(f))
             if not items:
                 continue
             # a rule's virtual slots are values inside the op (an LSTM's units): they feed the
             # op's outputs within the same fact, so evaluate it again once they are known
             for _ in range(3 if f.coupling.virtual else 1):
-                self._fact_state(items, value, state, neutral)
-        return state
+                self._fact_state(items, value, val)
+        return val == _TRUE
 
-    def _fact_state(self, items: list, value, state: np.ndarray, neutral: np.ndarray) -> None:
+    def _fact_state(self, items: list, value, val: np.ndarray) -> None:
         """Set the state of every element one fact's links reach: true where every term is."""
         contribs: list = []
         by_slot: dict[SlotKey, list] | None = {}  # the usual case: whole slots, one term per link
         for ln, a, b in items:
-            v = value(ln, a, state, neutral)
+            v = value(ln, a, val)
             if v is None:
                 continue
             if ln.kind == "feed":  # one term for every element of b
@@ -198,16 +198,13 @@ class Propagation:
             for slot, tv in by_slot.items():
                 b = self.dg.ids(slot)
                 if len(tv) == 1:
-                    state[b] = tv[0][1] == 1
-                    neutral[b] = tv[0][1] == -1
+                    val[b] = tv[0][1]
                 else:
                     true, has = _combine(tv)
-                    state[b] = true
-                    neutral[b] = ~has
+                    val[b] = np.where(has, true.view(np.int8), _NEUTRAL)
         elif contribs:
             el, true, has = _terms_and_factors(contribs)
-            state[el] = true
-            neutral[el] = ~has
+            val[el] = np.where(has, true.view(np.int8), _NEUTRAL)
 
     def live(self, sink_gone: np.ndarray | None = None) -> np.ndarray:
         """Per element, backward: does anything that is kept read it? A barrier is live; a
@@ -244,11 +241,11 @@ class Propagation:
         return live
 
     def dead(self) -> np.ndarray:
-        def value(ln: Link, a: np.ndarray, state: np.ndarray, neutral: np.ndarray):
+        def value(ln: Link, a: np.ndarray, val: np.ndarray):
             if ln.kind == "feed":
                 return None  # a broadcast term: what removes a channel is its own sources
             if ln.kind == "flow":
-                return np.where(neutral[a], _NEUTRAL, state[a].view(np.int8))
+                return val[a]
             if ln.kind == "source":
                 return self.user_masked[a].view(np.int8)
             # a masked follower (BN γ in network slimming, a layer scale) kills its factor;
@@ -258,9 +255,9 @@ class Propagation:
         return self.forward(value)
 
     def zero(self, param_zero: np.ndarray) -> np.ndarray:
-        def value(ln: Link, a: np.ndarray, state: np.ndarray, neutral: np.ndarray):
+        def value(ln: Link, a: np.ndarray, val: np.ndarray):
             if ln.kind in ("flow", "feed") and ln.a[0] == "v":
-                return (state[a] & ln.zero_ok).view(np.int8)
+                return ((val[a] == _TRUE) & ln.zero_ok).view(np.int8)
             return param_zero[a].view(np.int8)
 
         return self.forward(value)
