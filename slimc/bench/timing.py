@@ -34,6 +34,8 @@ __all__ = [
     "time_torch",
     "launch_bound",
     "timed_samples",
+    "cpu_timing",
+    "fastest_ms",
     "LAUNCH_BOUND_RATIO",
     "MIN_ADAPTIVE_SAMPLES",
 ]
@@ -170,7 +172,8 @@ def _torch_threads(n: int) -> Iterator[None]:
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     was = gc.isenabled()
-    gc.collect()
+    if was:  # a pause inside a pause collects nothing more
+        gc.collect()
     gc.disable()
     try:
         yield
@@ -221,6 +224,21 @@ def timed_samples(call: Callable[[], Any], policy: Repeats, sync: Callable[[], N
             samples.append(dt)
             total += dt
     return samples
+
+
+@contextmanager
+def cpu_timing(threads: int) -> Iterator[None]:
+    """``threads`` intra-op threads, inference mode, GC paused: where a CPU timing runs."""
+    with _torch_threads(threads), torch.inference_mode(), _gc_paused():
+        yield
+
+
+def fastest_ms(module: torch.nn.Module, inputs: tuple, policy: Repeats, warmup: int = 1) -> float:
+    """``warmup`` calls, then the fastest of the calls ``policy`` says, in ms: a short block of
+    a longer measurement, inside :func:`cpu_timing` (the module as it is: an eval copy)."""
+    for _ in range(warmup):
+        module(*inputs)
+    return min(timed_samples(lambda: module(*inputs), policy)) / 1e6
 
 
 # --------------------------------------------------------------------------- torch
