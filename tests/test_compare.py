@@ -85,7 +85,7 @@ def check_record(rec: dict, point: Point) -> None:
                                                                         point.seed)
     assert set(rec["performance"]) == {"original", "pruned", "finetuned"}
     assert set(rec["params"]) == set(rec["flops"]) == {"original", "slim"}
-    assert set(rec["latency_ms"]) == {"masked", "slim", "batch", "device"}
+    assert set(rec["latency_ms"]) == {"masked", "slim", "ratio", "batch", "device"}
     assert rec["latency_ms"]["slim"] > 0 and rec["latency_ms"]["masked"] > 0
     kind, frac = point.target.split("=")
     assert abs(rec[kind]["slim"] / rec[kind]["original"] / float(frac) - 1) <= 0.05
