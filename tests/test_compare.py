@@ -19,7 +19,7 @@ from slimc.errors import DataError
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-RECORD_KEYS = {"model", "pruner", "target", "seed", "performance", "params", "flops", "latency_ms"}
+RECORD_KEYS = {"model", "pruner", "target", "seed", "budget", "performance", "params", "flops", "latency_ms"}
 
 
 def write_cifar(folder: Path, per_batch: int = 20) -> Path:
