@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             perf = rec["performance"]
             print(f"{p.stem}: acc {perf['original']:.3f} → {perf['pruned']:.3f} → {perf['finetuned']:.3f}, params "
                   f"{rec['params']['slim'] / rec['params']['original']:.3f}, FLOPs "
-                  f"{rec['flops']['slim'] / rec['flops']['original']:.3f}, slim {rec['latency_ms']['slim']:.3f} ms",
+                  f"{rec['flops']['slim'] / rec['flops']['original']:.3f}, slim {rec['latency_ms']['slim']:.3f} ms, latency "
+                  f"{rec['latency_ms']['ratio']:.3f} of dense",
                   file=sys.stderr, flush=True)
 
         start = time.perf_counter()

@@ -19,7 +19,7 @@ from slimc.errors import DataError
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-RECORD_KEYS = {"model", "pruner", "target", "seed", "performance", "params", "flops", "latency_ms"}
+RECORD_KEYS = {"model", "pruner", "target", "seed", "budget", "performance", "params", "flops", "latency_ms"}
 
 
 def write_cifar(folder: Path, per_batch: int = 20) -> Path:
@@ -85,7 +85,7 @@ def check_record(rec: dict, point: Point) -> None:
                                                                         point.seed)
     assert set(rec["performance"]) == {"original", "pruned", "finetuned"}
     assert set(rec["params"]) == set(rec["flops"]) == {"original", "slim"}
-    assert set(rec["latency_ms"]) == {"masked", "slim", "batch", "device"}
+    assert set(rec["latency_ms"]) == {"masked", "slim", "ratio", "batch", "device"}
     assert rec["latency_ms"]["slim"] > 0 and rec["latency_ms"]["masked"] > 0
     kind, frac = point.target.split("=")
     assert abs(rec[kind]["slim"] / rec[kind]["original"] / float(frac) - 1) <= 0.05

@@ -35,6 +35,8 @@ __all__ = [
     "time_torch",
     "launch_bound",
     "timed_samples",
+    "cpu_timing",
+    "fastest_ms",
     "LAUNCH_BOUND_RATIO",
     "MIN_ADAPTIVE_SAMPLES",
 ]
@@ -170,7 +172,9 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    gc.collect()  # what is garbage now is not collected inside a timed call
+    # what is garbage now is not collected inside a timed call (in a pause: nothing more to collect)
+    if gc.isenabled():
+        gc.collect()
     with collector_paused():
         yield
 
@@ -217,6 +221,21 @@ def timed_samples(call: Callable[[], Any], policy: Repeats, sync: Callable[[], N
             samples.append(dt)
             total += dt
     return samples
+
+
+@contextmanager
+def cpu_timing(threads: int) -> Iterator[None]:
+    """``threads`` intra-op threads, inference mode, GC paused: where a CPU timing runs."""
+    with _torch_threads(threads), torch.inference_mode(), _gc_paused():
+        yield
+
+
+def fastest_ms(module: torch.nn.Module, inputs: tuple, policy: Repeats, warmup: int = 1) -> float:
+    """``warmup`` calls, then the fastest of the calls ``policy`` says, in ms: a short block of
+    a longer measurement, inside :func:`cpu_timing` (the module as it is: an eval copy)."""
+    for _ in range(warmup):
+        module(*inputs)
+    return min(timed_samples(lambda: module(*inputs), policy)) / 1e6
 
 
 # --------------------------------------------------------------------------- torch

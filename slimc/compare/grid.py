@@ -2,9 +2,11 @@
 fine-tuned, compiled (verified: slim == masked) and timed → one JSON record::
 
     {"model", "pruner", "target", "seed",
+     "budget": {"achieved", "met"},     # the slim model's cost as the pruner measured it (latency: timed)
      "performance": {"original", "pruned", "finetuned"},     # test accuracy
      "params": {"original", "slim"}, "flops": {"original", "slim"},   # per image, after compile
-     "latency_ms": {"masked", "slim", "batch", "device"}}  # measured: fastest of ≥ 20 calls
+     "latency_ms": {"masked", "slim", "ratio", "batch", "device"}}
+    # measured: fastest of ≥ 20 calls; ratio: slim / masked, timed interleaved (30 rounds)
 
 ``target`` is the budget (``"params=0.25"``: a quarter of the dense parameters, 4×
 compression). Every pruner meets it: the automatic ones search a per-layer distribution
@@ -120,6 +122,7 @@ def run_point(p: Point, s: Settings) -> dict:
     import slimc
     from slimc.compare.nets import build
     from slimc.prune.auto import make_auto
+    from slimc.prune.budget import ROUNDS, latency_ratio
     from slimc.prune.callbacks import Callbacks
 
     torch.set_num_threads(s.threads)
@@ -146,11 +149,13 @@ def run_point(p: Point, s: Settings) -> dict:
     rep = res.report
     record = {
         "model": p.model, "pruner": p.pruner, "target": p.target, "seed": p.seed,
+        "budget": {"achieved": result.achieved, "met": result.met},
         "performance": {"original": original, "pruned": pruned_acc, "finetuned": finetuned},
         "params": {"original": rep["params"]["before"], "slim": rep["params"]["after"]},
         "flops": {"original": rep["flops"]["before"], "slim": rep["flops"]["after"]},
         "latency_ms": {"masked": latency(net, lat_x), "slim": latency(res.module, lat_x),
-                       "batch": s.latency_batch, "device": "cpu"},
+                       "ratio": latency_ratio(res.module, net, (lat_x,), rounds=3 * ROUNDS), "batch": s.latency_batch,
+                       "device": "cpu"},
     }
     write_record(s, p, record, time.perf_counter() - start)
     return record

@@ -17,10 +17,9 @@ import math
 import numpy as np
 
 from slimc.prune.auto import AutoPruner, auto_pruner
-from slimc.prune.fit import Sizer
+from slimc.prune.fit import MIN_WEIGHT, Sizer
 from slimc.prune.pruner import Pruned
 
-MIN_WEIGHT = 0.02  # a family's weight never reaches 0: the scale could not move it
 
 
 def anneal(auto: AutoPruner, sizer: Sizer, target: float, *, iterations: int, start_temperature: float,

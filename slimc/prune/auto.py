@@ -25,7 +25,7 @@ from torch import nn
 
 from slimc.errors import ConfigError
 from slimc.masks import MaskSet
-from slimc.prune.budget import Budget, Meter, Timer, meter_for
+from slimc.prune.budget import TOLERANCE, Budget, Meter, Timer, meter_for, secant
 from slimc.prune.callbacks import Callbacks
 from slimc.prune.criteria import registrar
 from slimc.prune.data import UserData
@@ -33,6 +33,9 @@ from slimc.prune.fit import Sizer
 from slimc.prune.pruner import Pruned, Pruner
 
 AUTO_PRUNERS: dict[str, type["AutoPruner"]] = {}
+#: a measured latency this close to the budget (relative) is not corrected: within the
+#: tolerance, with room for the noise of the next measurement
+CORRECTED = 0.6 * TOLERANCE
 
 
 #: register an automatic pruner under ``name`` (``slimc prune --criterion NAME --budget …``)
@@ -68,7 +71,7 @@ class AutoPruner:
     def __init__(self, model: nn.Module, example_inputs: Any, budget: Budget | str, *, criterion: str = "l1",
                  config_list: Any = None, evaluate: Callable | None = None, finetune: Callable | None = None,
                  higher_is_better: bool | None = None, user_data: UserData | None = None, timer: Timer | None = None,
-                 latency_inputs: Any = None, seed: int = 0, steps: int = 20, retries: int = 2, **pruner_kw: Any):
+                 latency_inputs: Any = None, seed: int = 0, steps: int = 20, retries: int = 6, **pruner_kw: Any):
         self.budget = Budget.parse(budget)
         who = f"criterion '{self.name}'"
         self.callbacks = Callbacks(evaluate, finetune, higher_is_better=higher_is_better, user_data=user_data)
@@ -78,7 +81,7 @@ class AutoPruner:
         self.meter: Meter = meter_for(self.budget, self.pruner.space, model, example_inputs, timer=timer,
                                       latency_inputs=latency_inputs)
         self.steps = steps  # fine-tuning steps between search iterations
-        self.retries = retries  # re-landings when a measured latency misses the budget
+        self.retries = retries  # corrections of a measured latency that misses the budget
         self.last_sizer: Sizer | None = None
         self.rng = np.random.default_rng(seed)
         self.history: list[dict] = []
@@ -91,28 +94,49 @@ class AutoPruner:
         raise NotImplementedError
 
     def run(self) -> AutoResult:
-        """Search, land on the budget, apply the masks to the model; the cost re-measured.
+        """Search, land on the budget, apply the masks to the model; the cost measured.
 
-        A measured latency drifts with the machine's load: the dense model is timed again
-        next to the result, and where the result then misses the budget, the costs the search
-        measured are forgotten and the distribution found is landed again (``retries`` times
-        at most), against the fresh dense time."""
+        A latency budget is searched on the meter's estimate (:class:`~slimc.prune.budget.LatencyMeter`),
+        calibrated first on every configured family alike, at its limit and at the budget;
+        then the result is measured and corrected (:meth:`correct`)."""
+        tried = self.calibrate() if self.meter.measured else []
         pruned = self.search()
-        measured = self.meter.weights is None
-        if measured:
-            self.meter.refresh()
-        achieved = self.meter.relative(pruned)
-        for _ in range(self.retries if measured else 0):
-            if self.budget.met(achieved):
-                break
-            sizer = self.last_sizer
-            sizer.forget()
-            pruned = sizer.land(sizer.counts_of(pruned) / sizer.sizes.clip(1), self.budget).pruned
-            self.meter.refresh()
-            achieved = self.meter.relative(pruned)
-            self.log(relanded=achieved)
+        achieved = self.meter.measure(pruned)
+        if self.meter.measured:
+            pruned, achieved = self.correct(pruned, achieved, tried)
         MaskSet(pruned.masks).apply(self.model)
         return AutoResult(pruned, self.budget, achieved, self.trains, self.history)
+
+    def calibrate(self) -> list[tuple[float, float]]:
+        """Measure every configured family alike at its limit and at the budget, and calibrate
+        the meter's estimate on both; the lowest cost as (estimated, measured)."""
+        sizer = self.sizer()
+        top = sizer.prune(sizer.top(sizer.uniform()))
+        lowest = self.meter.measure(top)
+        self.meter.calibrate(top, lowest)
+        at_budget = sizer.fit(sizer.uniform(), self.budget.fraction).pruned
+        self.meter.calibrate(at_budget, self.meter.measure(at_budget))
+        self.log(calibrated=self.meter.points)
+        return [(lowest, lowest)]
+
+    def correct(self, pruned: Pruned, achieved: float, tried: list[tuple[float, float]]) -> tuple[Pruned, float]:
+        """While the measured cost is more than :data:`CORRECTED` off the budget (``retries``
+        times at most), land the distribution found again on another estimated target — secant
+        steps on (estimated target, measured) towards the budget, ``tried`` the points known
+        before — and measure it; the last result and its measured cost."""
+        goal = self.budget.fraction
+        tried = tried + [(goal, achieved)]
+        sizer = self.last_sizer
+        for _ in range(self.retries):
+            if abs(achieved / goal - 1) <= CORRECTED:
+                break
+            d = sizer.distribution(sizer.counts_of(pruned))
+            target = min(max(secant(tried, goal), sizer.cost(sizer.top(d))), 1 - TOLERANCE)
+            pruned = sizer.land(d, Budget(self.budget.kind, target), scores=self.pruner.scores()).pruned
+            achieved = self.meter.measure(pruned)
+            tried.append((target, achieved))
+            self.log(corrected=achieved, target=target)
+        return pruned, achieved
 
     def masks(self) -> dict[str, torch.Tensor]:
         return self.run().masks

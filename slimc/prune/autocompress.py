@@ -44,5 +44,4 @@ class AutoCompress(AutoPruner):
                 sizer.keep(pruned)
                 self.callbacks.train(self.model, self.steps, pruned.masks)
         # the trained weights may rank other units lowest: land the final distribution exactly
-        d = sizer.counts_of(pruned) / sizer.sizes.clip(1)
-        return sizer.land(d, self.budget, scores=self.pruner.scores()).pruned
+        return sizer.land(sizer.distribution(sizer.counts_of(pruned)), self.budget, scores=self.pruner.scores()).pruned

@@ -8,18 +8,21 @@ A :class:`Meter` tells what a :class:`~slimc.prune.pruner.Pruned` result costs:
   of its weight the plan keeps (exact for them: their FLOPs are proportional to their
   weight's size at a fixed input); a model with FLOPs outside weight layers (attention
   products) is compiled and counted instead;
-* latency — the masks are compiled (``verify=False``) and the physically slim module is
-  timed with warm-up, the fastest of at least 20 calls (:mod:`slimc.bench.timing`), at one
-  thread: on a shared machine the median moves with the neighbours' load by tens of
-  percent, the minimum by a few; ``timer=`` injects another clock (tests use a
-  deterministic one).
+* latency — *measured*: the masks are compiled (``verify=False``) and the physically slim
+  module is timed against the dense one at one thread, interleaved (:func:`latency_ratio`:
+  on a shared machine two timings taken back to back differ with the neighbours' load by
+  tens of percent; alternating blocks cancel that drift). A search prices its candidates
+  with a calibrated estimate instead (:class:`LatencyMeter`), and the automatic pruner
+  measures what it returns and corrects it (:meth:`~slimc.prune.auto.AutoPruner.run`).
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,6 +33,15 @@ from slimc.prune.space import PruneSpace
 BUDGET_KINDS = ("params", "flops", "latency")
 #: a budget is met when the slim model's cost is within this fraction of the target
 TOLERANCE = 0.05
+
+#: rounds of an interleaved latency measurement (:func:`latency_ratio`)
+ROUNDS = 10
+#: seconds of calls in one block of it (at least 3 calls)
+BLOCK_S = 0.02
+#: points of a latency curve or secant line lie at least this far apart …
+MIN_SPAN = 0.01
+#: … and rises at least this steeply
+MIN_SLOPE = 0.1
 
 Timer = Callable[[nn.Module, tuple], float]  # (module, inputs) → milliseconds
 
@@ -76,6 +88,7 @@ class Meter:
     dense: float = 1.0
     fixed: float = 0.0
     weights: dict[str, float] | None = None  # None: only a compiled model tells the cost
+    measured = False  # timed on a clock: the costs a search prices are estimates, :meth:`measure` times
 
     def __call__(self, pruned: Pruned) -> float:
         return self.of_widths(lambda fqn, d: pruned.plan.new_size(("p", fqn, d)))
@@ -89,8 +102,9 @@ class Meter:
     def relative(self, pruned: Pruned) -> float:
         return self(pruned) / self.dense
 
-    def refresh(self) -> None:
-        """Measure the dense model again (a measured meter; counted ones need not)."""
+    def measure(self, pruned: Pruned) -> float:
+        """What ``pruned`` costs, a fraction of the dense cost: counted, or timed where ``measured``."""
+        return self.relative(pruned)
 
 
 class ParamsMeter(Meter):
@@ -150,33 +164,99 @@ def best_latency(threads: int = 1, warmup: int = 5, min_time_s: float = 0.2, min
     return timer
 
 
+def block_latency(module: nn.Module, inputs: tuple) -> float:
+    """One block of an interleaved measurement (inside :func:`~slimc.bench.timing.cpu_timing`):
+    a warm-up call, then the fastest of the calls that cover :data:`BLOCK_S`, at least 3, in ms."""
+    from slimc.bench.timing import Repeats, fastest_ms
+
+    return fastest_ms(module, inputs, Repeats(min_time_s=BLOCK_S, min_repeats=3))
+
+
+def latency_ratio(slim: nn.Module, dense: nn.Module, inputs: tuple, timer: Timer | None = None,
+                  rounds: int = ROUNDS) -> float:
+    """``slim``'s time over ``dense``'s (eval copies, one thread), timed interleaved: each round
+    times one block of dense, slim, slim, dense, and the ratio is of the two modules' fastest
+    blocks. Both minima come from the same stretch of time, so the drift of a shared
+    machine's load cancels, and a neighbour's burst spoils some blocks, not the minimum."""
+    from slimc.bench.timing import cpu_timing
+
+    timer = timer or block_latency
+    dense, slim = (copy.deepcopy(m).eval() for m in (dense, slim))
+    times: dict[nn.Module, list[float]] = {dense: [], slim: []}
+    with cpu_timing(threads=1):
+        for _ in range(rounds):
+            for m in (dense, slim, slim, dense):
+                times[m].append(timer(m, inputs))
+    return min(times[slim]) / min(times[dense])
+
+
 class LatencyMeter(Meter):
-    """Milliseconds of the physically slim module (compiled without verification) at ``inputs``."""
+    """Latency of the physically slim module relative to the dense module's, at ``inputs``.
+
+    A search prices hundreds of candidates, so it prices them with an *estimate*: the FLOPs
+    fraction of the plan (:class:`FlopsMeter`, at ``inputs``) mapped to a latency fraction
+    by a curve through measured results — piecewise linear, rising, through the dense
+    model's (1, 1) and every point :meth:`calibrate` adds (as FLOPs proportional until one
+    is). :meth:`measure` compiles a result (``verify=False``) and times it against the dense
+    module, interleaved (:func:`latency_ratio`); ``timer=`` injects another clock (tests use
+    a deterministic one)."""
 
     kind = "latency"
+    measured = True
 
     def __init__(self, space: PruneSpace, model: nn.Module, inputs: tuple, timer: Timer | None = None):
-        self.model, self.inputs, self.gm = model, inputs, space.gm
-        self.timer = timer or best_latency()
-        self.refresh()
+        self.model, self.inputs, self.gm, self.timer = model, inputs, space.gm, timer
+        self.flops = FlopsMeter(space, model, inputs)
+        self.weights, self.shapes = self.flops.weights, getattr(self.flops, "shapes", None)
+        self.points: list[tuple[float, float]] = [(0.0, 0.0), (1.0, 1.0)]  # (FLOPs, latency) fractions
 
-    def refresh(self) -> None:
-        self.dense = float(self.timer(self.gm, self.inputs))
+    def of_widths(self, width: Callable[[str, int], float]) -> float:
+        return self.of_flops(self.flops.of_widths(width) / self.flops.dense)
+
+    def __call__(self, pruned: Pruned) -> float:
+        return self.of_flops(self.flops.relative(pruned))
+
+    def of_flops(self, flops: float) -> float:
+        """The estimated latency fraction at a FLOPs fraction (below the lowest point measured:
+        on the line of the lowest segment)."""
+        (x0, y0), (x1, y1) = self.points[:2]
+        if flops < x0:
+            return y0 + (flops - x0) * (y1 - y0) / (x1 - x0)
+        xs, ys = zip(*self.points)
+        return float(np.interp(flops, xs, ys))
 
     def slim_module(self, masks: dict) -> nn.Module:
         import slimc
 
         return slimc.compile(self.model, masks, self.inputs, verify=False, user_model=False).module
 
-    def __call__(self, pruned: Pruned) -> float:
-        return float(self.timer(self.slim_module(pruned.masks), self.inputs))
+    def measure(self, pruned: Pruned) -> float:
+        """The slim module's time over the dense module's, measured interleaved."""
+        return latency_ratio(self.slim_module(pruned.masks), self.gm, self.inputs, self.timer)
 
-    def relative(self, pruned: Pruned) -> float:
-        """The slim module's time over the dense module's, timed back to back (the load of a
-        shared machine drifts between a search's first timing and its last)."""
-        slim = self(pruned)
-        self.refresh()
-        return slim / self.dense
+    def calibrate(self, pruned: Pruned, measured: float) -> None:
+        """Lay the estimate's curve through ``pruned``'s measured latency fraction too (the
+        first point measured replaces the FLOPs-proportional guess)."""
+        flops = self.flops.relative(pruned)
+        if flops > 1.0 - MIN_SPAN:
+            return
+        points = sorted([p for p in self.points if p != (0.0, 0.0) and abs(p[0] - flops) >= MIN_SPAN]
+                        + [(flops, measured)])
+        self.points = [(float(x), float(y)) for (x, _), y in zip(points, np.maximum.accumulate([y for _, y in points]))]
+
+
+def secant(points: list[tuple[float, float]], goal: float) -> float:
+    """The next x to try for ``f(x) = goal``, ``f`` rising with f(1) = 1, from the ``points``
+    ``(x, f(x))`` tried: between the closest points below and above the goal where some
+    point lies below it (regula falsi), else on the line through the two closest (or the
+    closest and (1, 1) where those two do not rise together)."""
+    above = sorted([p for p in points if p[1] >= goal] + [(1.0, 1.0)], key=lambda p: (p[1], p[0]))
+    below = sorted([p for p in points if p[1] < goal], key=lambda p: (-p[1], -p[0]))
+    (x1, y1), (x2, y2) = (below[0], above[0]) if below else (above[0], above[1])
+    if abs(x2 - x1) < MIN_SPAN or (y2 - y1) / (x2 - x1) < MIN_SLOPE:
+        (x2, y2) = (1.0, 1.0)
+    slope = max((y2 - y1) / (x2 - x1), MIN_SLOPE) if abs(x2 - x1) >= MIN_SPAN else 1.0
+    return x1 + (goal - y1) / slope
 
 
 def meter_for(budget: Budget, space: PruneSpace, model: nn.Module, inputs: Any, *,

@@ -3,7 +3,7 @@
 An automatic pruner chooses *how* the sparsity is distributed over families (a vector
 ``d``, one weight per family); :class:`Sizer` finds *how much*: the global scale ``s`` at
 which per-family counts ``floor(n_f · min(1, s · d_f))`` (capped so every family keeps a
-unit) cost the budget, by bisection against the exact cost of the plan (or the measured
+unit) cost the budget, by bisection against the exact cost of the plan (or the estimated
 latency), then gives units back one at a time until the cost is within the tolerance of
 the target. The cost of a result depends only on how many units each family loses (the
 units of a family have one shape), so costs are memoised by those counts; which units go
@@ -16,7 +16,8 @@ other families lose, so the widths are linear in the counts: one plan per family
 unit removed) gives the coefficients, and every count is priced from them. The result of
 :meth:`Sizer.fit` is planned for real and its cost checked against the estimate; where
 they differ (a plan that keeps a rectangle) the sizer drops the estimate and fits again
-with a plan per count. Latency has no estimate: every count is compiled and timed.
+with a plan per count. Latency is priced the same way, through the latency meter's
+calibrated estimate (FLOPs of the plan mapped to time); only results are timed.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from slimc.prune.pruner import Pruned, Pruner
 
 BISECTIONS = 24
 REFINE_STEPS = 24
+MIN_WEIGHT = 0.02  # a family's weight never reaches 0: the scale could not move it
 
 
 @dataclass
@@ -63,10 +65,6 @@ class Sizer:
         self.previous = pruned
         self.floor = np.maximum(self.floor, self.counts_of(pruned))
 
-    def forget(self) -> None:
-        """Drop the costs priced so far (a measured meter whose dense cost was measured again)."""
-        self._costs = {}
-
     def release(self) -> None:
         """Units pruned before may come back (an iterative search that overshot a coarse budget)."""
         self.previous = None
@@ -89,6 +87,11 @@ class Sizer:
     def counts_of(self, pruned: Pruned) -> np.ndarray:
         return np.bincount(self.space.family_of_unit[pruned.units], minlength=len(self.sizes)).astype(np.int64)
 
+    def distribution(self, counts: np.ndarray) -> np.ndarray:
+        """The distribution that ``counts`` realise, every family the config prunes given at
+        least :data:`MIN_WEIGHT` (to land it on another budget, every family may move)."""
+        return np.maximum(counts / self.sizes.clip(1), MIN_WEIGHT * self.uniform())
+
     def scaled(self, distribution: np.ndarray, scale: float) -> np.ndarray:
         """Counts at ``scale``: ``floor(n · min(1, scale · d))``, within [previous, cap]."""
         k = np.floor(self.sizes * np.minimum(1.0, scale * distribution) + 1e-9).astype(np.int64)
@@ -102,6 +105,17 @@ class Sizer:
         for name, v in distribution.items():
             d[by_name[name]] = float(v)
         return d
+
+    def weights(self, distribution: Mapping[str, float] | np.ndarray) -> np.ndarray:
+        """The distribution's weights of the families that may lose more units (every family
+        the config prunes alike where it weighs none of them)."""
+        d = np.where(self.caps > self.floor, np.clip(self.vector(distribution), 0.0, None), 0.0)
+        return d if (d > 0).any() else self.uniform()
+
+    def top(self, distribution: Mapping[str, float] | np.ndarray) -> np.ndarray:
+        """The counts at the distribution's largest scale: every family it weighs at its limit."""
+        d = self.weights(distribution)
+        return self.scaled(d, 1.0 / d[d > 0].min())
 
     def uniform(self) -> np.ndarray:
         """Every family the config prunes, at the same sparsity."""
@@ -156,11 +170,9 @@ class Sizer:
             scores: np.ndarray | None = None) -> Fit:
         """The counts whose cost is closest to ``target`` (a fraction of the dense cost) along
         the distribution's scale; ``refine``: then give units back until within tolerance."""
-        d = np.where(self.caps > self.floor, np.clip(self.vector(distribution), 0.0, None), 0.0)
-        if not (d > 0).any():
-            d = self.uniform()
+        d = self.weights(distribution)
         lo, hi = 0.0, 1.0 / d[d > 0].min()
-        top = self.scaled(d, hi)
+        top = self.top(d)
         if self.cost(top) > target:
             raise ConfigError(
                 f"the budget cannot be met: with every prunable layer at its limit the slim model costs "

@@ -5,8 +5,8 @@ dense model's cost); for every family, the fewest more units whose removal alone
 the step are pruned (the lowest by the criterion), the candidate is fine-tuned for a few
 steps (``finetune(model, steps)``) and evaluated (``evaluate(model)``); the best candidate
 is kept, fine-tuned weights included. The resource is the budget's: params or FLOPs of the
-plan, or the *measured* latency of the physically slim model — what NetAdapt's lookup
-tables estimate, slimc measures. One family shrinks per iteration, so high compression
+plan, or latency, estimated as NetAdapt's lookup tables estimate it — from the plan's
+FLOPs, calibrated on the measured slim model — and measured on the result. One family shrinks per iteration, so high compression
 takes many iterations; where they stop short of the budget (the classic finding: NetAdapt
 cannot reach high compression in its iterations) the distribution reached — every family
 given at least a small weight — is landed on the budget by a bisection on its global scale.
@@ -17,7 +17,6 @@ import copy
 
 import numpy as np
 
-from slimc.prune.annealing import MIN_WEIGHT
 from slimc.prune.auto import AutoPruner, auto_pruner
 from slimc.prune.budget import TOLERANCE
 from slimc.prune.fit import Sizer
@@ -79,5 +78,4 @@ class NetAdapt(AutoPruner):
             self.model.load_state_dict(trial.state_dict())
             sizer.keep(pruned)
             self.log(iteration=it, family=self.pruner.families[fi].name, cost=sizer.cost(counts), score=score)
-        d = np.maximum(counts / np.maximum(sizer.sizes, 1), MIN_WEIGHT * sizer.uniform())
-        return sizer.land(d, self.budget, scores=self.pruner.scores()).pruned
+        return sizer.land(sizer.distribution(counts), self.budget, scores=self.pruner.scores()).pruned
