@@ -4,12 +4,12 @@ A sweep compiles one model under many masks — every pruning ratio, every candi
 automatic pruner. The trace, the recorded shapes, the dependency graph, the channel
 groups and the dense FLOPs do not depend on the masks, so they are kept (weakly, per
 model object) and reused while the model's :func:`fingerprint` is unchanged. The
-fingerprint holds every module's name, identity, class, training flag, ``forward`` and
-plain attributes (one level into objects such as an HF config), every parameter's and
-buffer's identity, shape, dtype, device and version (an in-place update — an optimizer
-step, a BatchNorm's running statistics — changes it), the example inputs' shapes and
-dtypes, the front end, and the rule registry's size: anything that can change the trace
-starts a fresh analysis. Each compile rewrites a :func:`fork` of the traced module
+fingerprint holds every module's name, identity, class, training flag, ``forward`` (its
+own and its class's) and plain attributes (one level into containers and objects such as
+an HF config), every parameter's and buffer's identity, shape, dtype, device and version
+(an in-place update — an optimizer step, a BatchNorm's running statistics — changes it),
+the example inputs' shapes and dtypes, the front end, and the rule registry's size:
+anything that can change the trace starts a fresh analysis. Each compile rewrites a :func:`fork` of the traced module
 (graph and modules copied, parameters shared), never the kept one.
 
 ``slimc.compile(..., cache=False)`` analyses afresh and keeps nothing;
@@ -72,22 +72,22 @@ def fork(gm: fx.GraphModule) -> fx.GraphModule:
     return new
 
 
+def _shallow(v: Any) -> Any:
+    """A plain value as it is; a container as its plain items (others by identity)."""
+    if isinstance(v, _ATOMS):
+        return v
+    if isinstance(v, (tuple, list)):
+        return tuple(x if isinstance(x, _ATOMS) else id(x) for x in v)
+    if isinstance(v, dict):
+        return tuple((k, x if isinstance(x, _ATOMS) else id(x)) for k, x in v.items())
+    inner = getattr(v, "__dict__", None)  # an object (a config): identity and plain attributes
+    return (id(v), tuple((a, b) for a, b in inner.items() if isinstance(b, _ATOMS)) if isinstance(inner, dict) else ())
+
+
 def _attrs(obj: Any) -> tuple:
-    """``obj``'s plain attributes, and for other objects (a config) their identity and plain
-    attributes, one level deep."""
-    out = []
-    for k, v in vars(obj).items():
-        if k in _MODULE_STATE:
-            continue
-        if isinstance(v, _ATOMS):
-            out.append((k, v))
-        elif isinstance(v, (tuple, list)) and all(isinstance(x, _ATOMS) for x in v):
-            out.append((k, tuple(v)))
-        elif not isinstance(v, (nn.Module, torch.Tensor)):
-            inner = getattr(v, "__dict__", None)
-            out.append((k, id(v), tuple((a, b) for a, b in inner.items() if isinstance(b, _ATOMS))
-                        if isinstance(inner, dict) else ()))
-    return tuple(out)
+    """``obj``'s attributes other than modules and tensors, one level deep (:func:`_shallow`)."""
+    return tuple((k, _shallow(v)) for k, v in vars(obj).items()
+                 if k not in _MODULE_STATE and not isinstance(v, (nn.Module, torch.Tensor)))
 
 
 def _tensors(store: dict) -> tuple:
@@ -99,8 +99,8 @@ def fingerprint(model: nn.Module, inputs: tuple, *key: Any) -> tuple:
     """What the analysis of ``model`` at ``inputs`` depends on (see the module docstring)."""
     from slimc.shape_rules import RULES
 
-    mods = tuple((name, id(m), type(m), m.training, m.__dict__.get("forward"), _attrs(m),
-                  _tensors(m._parameters), _tensors(m._buffers))
+    mods = tuple((name, id(m), type(m), getattr(type(m), "forward", None), m.__dict__.get("forward"), m.training,
+                  _attrs(m), _tensors(m._parameters), _tensors(m._buffers))
                  for name, m in model.named_modules(remove_duplicate=False))
     ins = tuple((tuple(x.shape), x.dtype, x.device) if isinstance(x, torch.Tensor) else (type(x), x)
                 for x in inputs)
