@@ -16,7 +16,6 @@ from slimc.copying import clean, copy_hooks, dropped_hooks
 from slimc.errors import PlanError, SlimcError, VerifyError, describe
 from slimc.inputs import bind
 from slimc.masks import normalize
-from slimc.modes import collector_paused
 from slimc.passes import RewriteContext, run_pipeline
 from slimc.probe import Prober
 from slimc.propagate import RemovalPlan, plan as make_plan
@@ -124,15 +123,6 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     ``cache``: reuse the analysis of this model object from an earlier compile where nothing
     it depends on changed (:mod:`slimc.analysis`; the report's ``analysis`` says which).
     """
-    with collector_paused():
-        return _compile(model, masks, example_inputs, mode=mode, verify=verify, front_end=front_end, renorm=renorm,
-                        allow_empty=allow_empty, name=name, user_model=user_model, probe=probe,
-                        vs_user_masks=vs_user_masks, cache=cache)
-
-
-def _compile(model: nn.Module, masks: Any, example_inputs: Any, *, mode: str, verify: bool, front_end: str,
-             renorm: bool, allow_empty: bool, name: str | None, user_model: bool, probe: bool, vs_user_masks: bool,
-             cache: bool) -> CompileResult:
     clock = StageClock()
 
     def unprobed() -> CompileResult:

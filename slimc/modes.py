@@ -1,6 +1,6 @@
 """Modes switched for a while and put back: train/eval — every module's own flag, not only
 the root's (a user may keep a frozen BatchNorm in eval inside a model in training) — and
-Python's cyclic garbage collector."""
+Python's cyclic garbage collector (timing)."""
 from __future__ import annotations
 
 import contextlib
@@ -26,12 +26,9 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
 
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
-    """Python's cyclic collector off for a while (as ``timeit`` does), back on if it was.
-
-    A compile makes many short-lived objects in cycles (fx nodes, module copies). With the
-    collector on, collections during the compile find them alive, promote them, and every
-    few compiles a full collection of the whole process (0.1–0.3 s with torch loaded) lands
-    inside one; paused, they are garbage by the next young collection, after the compile."""
+    """Python's cyclic collector off for a while (as ``timeit`` does), back on if it was: a
+    full collection of a process with torch loaded takes 0.1–0.3 s, and must not land inside
+    a timed call."""
     was = gc.isenabled()
     gc.disable()
     try:
