@@ -18,6 +18,7 @@ anything that can change the trace starts a fresh analysis. Each compile rewrite
 from __future__ import annotations
 
 import copy
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,7 +68,9 @@ def fork(gm: fx.GraphModule) -> fx.GraphModule:
     new._modules = {k: None if c is None else copy_module(c, memo) for k, c in gm._modules.items()}
     new.training = gm.training
     # the graph is set without compiling its code: the rewrite compiles the code once, at its end
-    new._graph = copy.deepcopy(gm.graph)
+    with warnings.catch_warnings():  # torch copies the pytree spec of the graph's codegen with a
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated check (LeafSpec): not the user's to see
+        new._graph = copy.deepcopy(gm.graph)
     new._graph.owning_module = new
     return new
 
