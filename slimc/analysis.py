@@ -88,9 +88,10 @@ def _shallow(v: Any) -> Any:
 
 
 def _attrs(obj: Any) -> tuple:
-    """``obj``'s attributes other than modules and tensors, one level deep (:func:`_shallow`)."""
-    return tuple((k, _shallow(v)) for k, v in vars(obj).items()
-                 if k not in _MODULE_STATE and not isinstance(v, (nn.Module, torch.Tensor)))
+    """``obj``'s attributes other than modules, one level deep (:func:`_shallow`); a plain
+    tensor attribute (not a buffer: the traced copy holds a copy of it) like a buffer."""
+    return tuple((k, _tensors({k: v})) if isinstance(v, torch.Tensor) else (k, _shallow(v))
+                 for k, v in vars(obj).items() if k not in _MODULE_STATE and not isinstance(v, nn.Module))
 
 
 def _tensors(store: dict) -> tuple:

@@ -107,3 +107,27 @@ def test_kept_analyses_are_bounded_and_die_with_their_model():
     del models, m
     gc.collect()
     assert len(analysis._kept) == 0
+
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Conv2d(8, 4, 1)
+        self.scale = torch.ones(1, 8, 1, 1)  # a plain tensor attribute, not a buffer
+
+    def forward(self, x):
+        return self.head(self.conv(x) * self.scale)
+
+
+def test_a_plain_tensor_attribute_changed_in_place_starts_a_fresh_analysis():
+    m = _Scaled().eval()
+    analysis.clear()
+    x = torch.randn(2, 3, 10, 10)
+    masks = {"conv.weight": torch.ones(8, 1, 1, 1).index_fill_(0, torch.tensor([1, 5]), 0)}
+    assert _compile(m, masks, x).report["analysis"] == "fresh"
+    m.scale.mul_(3.0)
+    res = _compile(m, masks, x)
+    assert res.report["analysis"] == "fresh"
+    ref = masked_copy(m, res.masks)
+    assert torch.allclose(run_eval(res.module, (x,))[0], run_eval(ref, (x,))[0], atol=1e-5)
