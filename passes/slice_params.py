@@ -63,8 +63,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             if new_in is not None:
                 sizes["__input__"] = new_in  # for modules whose sizes no param carries (affine=False)
             resize(new, sizes)
-            owner, _, leaf = node.target.rpartition(".")
-            modules[owner]._modules[leaf] = new
+            set_by_path(gm, node.target, new)
             modified = True
         elif node.op == "get_attr" and node.target not in done and node.target.rpartition(".")[0] not in leaves:
             # (a leaf module's own param read by get_attr, e.g. `.weight.device`, is sliced with the module)

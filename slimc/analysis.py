@@ -9,8 +9,9 @@ own and its class's) and plain attributes (one level into containers and objects
 an HF config), every parameter's and buffer's identity, shape, dtype, device and version
 (an in-place update — an optimizer step, a BatchNorm's running statistics — changes it),
 the example inputs' shapes and dtypes, the front end, and the rule registry's size:
-anything that can change the trace starts a fresh analysis. Each compile rewrites a :func:`fork` of the traced module
-(graph and modules copied, parameters shared), never the kept one.
+anything that can change the trace starts a fresh analysis. Each compile rewrites a
+:func:`fork` of the traced module (graph and modules copied, parameters shared), never
+the kept one.
 
 ``slimc.compile(..., cache=False)`` analyses afresh and keeps nothing;
 :func:`clear` drops what is kept.
@@ -26,15 +27,13 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from slimc.copying import HOOK_DICTS
 from slimc.module_copy import copy_module
 
 _ATOMS = (int, float, bool, str, bytes, type(None))
 _MODULE_STATE = frozenset({"_parameters", "_buffers", "_modules", "training", "_non_persistent_buffers_set",
                            "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
-                           "_load_state_dict_post_hooks", "_backward_pre_hooks", "_backward_hooks",
-                           "_is_full_backward_hook", "_forward_hooks", "_forward_hooks_with_kwargs",
-                           "_forward_hooks_always_called", "_forward_pre_hooks",
-                           "_forward_pre_hooks_with_kwargs"})
+                           "_load_state_dict_post_hooks", "_is_full_backward_hook", *HOOK_DICTS})
 #: models whose analyses are kept (the least recently compiled goes first)
 KEEP_MODELS = 4
 
@@ -48,16 +47,12 @@ class Analysis:
     flops: int | None  # dense FLOPs at the example inputs
     used_params: int  # params the traced graph reads
     fingerprint: tuple = field(default=(), repr=False)
-    reused: bool = False  # by a later compile
-
-    def fork(self) -> fx.GraphModule:
-        """A module to rewrite: the traced graph copied (node names kept: the plan refers to
-        them), its modules copied with the parameters shared and the buffers cloned; its
-        ``forward`` is compiled by the rewrite (``run_pipeline`` ends with ``recompile``)."""
-        return fork(self.traced.gm)
 
 
 def fork(gm: fx.GraphModule) -> fx.GraphModule:
+    """A module to rewrite: ``gm``'s graph copied (node names kept: the plan refers to them),
+    its modules copied with the parameters shared and the buffers cloned; its ``forward`` is
+    compiled by the rewrite (``run_pipeline`` ends with ``recompile``)."""
     memo: dict[int, Any] = {id(p): p for _, p in gm.named_parameters(remove_duplicate=False)}
     new = fx.GraphModule(nn.Module(), fx.Graph(), type(gm).__name__)
     for k, v in gm.__dict__.items():

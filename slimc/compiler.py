@@ -146,7 +146,8 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     clock.lap("copy")
     user = normalize(masks, model)
     clock.lap("masks")
-    an = _analysis(model, inputs, front_end, on_meta, probe, cache, clock)
+    cache = cache and not on_meta  # a plan from shapes alone is made once
+    an, reused = _analysis(model, inputs, front_end, on_meta, probe, cache, clock)
     traced, dg, flops_before, used_params = an.traced, an.dg, an.flops, an.used_params
 
     p = make_plan(dg, user, mode=mode, allow_empty=allow_empty)
@@ -155,7 +156,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
 
     ctx = RewriteContext(p, renorm=renorm)
     try:  # slice_params zeroes kept-but-masked weights as it cuts
-        slim, notes = run_pipeline(an.fork() if cache and not on_meta else traced.gm, ctx)
+        slim, notes = run_pipeline(analysis.fork(traced.gm) if cache else traced.gm, ctx)
     except SlimcError:
         raise
     except Exception as e:
@@ -180,7 +181,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         "model": name or type(model).__name__,
         "mode": mode,
         "front_end": traced.front_end,
-        "analysis": "reused" if an.reused else "fresh",
+        "analysis": "reused" if reused else "fresh",
         "params": {"before": used_params, "after": got_params, "expected_after": want_params,
                    "unused_dropped": unused},
         "groups_removed": p.n_groups_removed,
@@ -241,19 +242,18 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
 
 
 def _analysis(model: nn.Module, inputs: tuple, front_end: str, on_meta: bool, probe: bool, cache: bool,
-              clock: StageClock) -> analysis.Analysis:
+              clock: StageClock) -> tuple[analysis.Analysis, bool]:
     """Trace, dependency graph and dense FLOPs of ``model`` (the masks-independent stages),
-    or the kept ones of an earlier compile of it (:mod:`slimc.analysis`; not on meta)."""
+    or the kept ones of an earlier compile of it (:mod:`slimc.analysis`); and whether they
+    were kept ones."""
     key = (front_end, probe)
-    cache = cache and not on_meta
     if cache:
         kept, fp = analysis.lookup(model, inputs, *key)
         clock.lap("trace")
         if kept is not None:
-            kept.reused = True
             clock.lap("graph")
             clock.lap("flops")
-            return kept
+            return kept, True
     traced = trace(model, inputs, front_end, meta=on_meta)
     used_params = count_params(traced.gm)
     clock.lap("trace")
@@ -267,7 +267,7 @@ def _analysis(model: nn.Module, inputs: tuple, front_end: str, on_meta: bool, pr
     if cache:
         an.fingerprint = fp
         analysis.keep(model, key, an)
-    return an
+    return an, False
 
 
 def _user_model(model: nn.Module, p: RemovalPlan, slim: fx.GraphModule, ctx: RewriteContext, ref, approximate: bool):

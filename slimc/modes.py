@@ -13,8 +13,7 @@ from torch import nn
 @contextlib.contextmanager
 def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     """Put every submodule of ``module`` in eval mode; restore each one's own flag afterwards."""
-    flags = [(m, m.training) for m in module.modules()]
-    training = [m for m, flag in flags if flag]
+    training = [m for m in module.modules() if m.training]
     if training:  # (a model already in eval, the usual case, is not touched)
         module.eval()
     try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from slimc.compact import FinalMasks
+from slimc.compact import FinalMasks, structured_mask
 from slimc.errors import PlanError
 from slimc.graph import DependencyGraph
 from slimc.masks import MaskSet
@@ -333,10 +333,8 @@ def _final_masks(dg: DependencyGraph, prop: Propagation, removed: np.ndarray, ma
         if fqn not in params:
             continue
         r = removed[dg.ids(slot)]
-        if r.any():  # structured_mask's form, made directly (one per dim that loses slices)
-            view = [1] * params[fqn].dim()
-            view[d] = len(r)
-            keep.setdefault(fqn, []).append(torch.from_numpy(~r.reshape(view)))
+        if r.any():
+            keep.setdefault(fqn, []).append(structured_mask(params[fqn].shape, d, torch.from_numpy(~r)))
     for names in prop.aliases:  # tied weights share one final mask (normalize joined their user masks)
         joint = [f for n in names for f in keep.get(n, ())]
         if joint:

@@ -21,7 +21,6 @@ from slimc.prune.fit import MIN_WEIGHT, Sizer
 from slimc.prune.pruner import Pruned
 
 
-
 def anneal(auto: AutoPruner, sizer: Sizer, target: float, *, iterations: int, start_temperature: float,
            cool_down_rate: float, perturbation: float) -> np.ndarray:
     """The best distribution (per family index) found under ``target``."""

@@ -6,10 +6,11 @@ the step are pruned (the lowest by the criterion), the candidate is fine-tuned f
 steps (``finetune(model, steps)``) and evaluated (``evaluate(model)``); the best candidate
 is kept, fine-tuned weights included. The resource is the budget's: params or FLOPs of the
 plan, or latency, estimated as NetAdapt's lookup tables estimate it — from the plan's
-FLOPs, calibrated on the measured slim model — and measured on the result. One family shrinks per iteration, so high compression
-takes many iterations; where they stop short of the budget (the classic finding: NetAdapt
-cannot reach high compression in its iterations) the distribution reached — every family
-given at least a small weight — is landed on the budget by a bisection on its global scale.
+FLOPs, calibrated on the measured slim model — and measured on the result. One family
+shrinks per iteration, so high compression takes many iterations; where they stop short
+of the budget (the classic finding: NetAdapt cannot reach high compression in its
+iterations) the distribution reached — every family given at least a small weight — is
+landed on the budget by a bisection on its global scale.
 """
 from __future__ import annotations
 
