@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
               f"train or load; {'Ray' if a.ray else 'in-process'}", file=sys.stderr)
 
         def done(p, rec) -> None:
+            if "unreachable" in rec:
+                print(f"{p.stem}: out of reach: {rec['unreachable']}", file=sys.stderr, flush=True)
+                return
             perf = rec["performance"]
             print(f"{p.stem}: acc {perf['original']:.3f} → {perf['pruned']:.3f} → {perf['finetuned']:.3f}, params "
                   f"{rec['params']['slim'] / rec['params']['original']:.3f}, FLOPs "
@@ -163,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     records = load_records(out)  # every record in the folder: several invocations make one report
+    unreachable = [r for r in records if "unreachable" in r]
+    records = [r for r in records if "unreachable" not in r]
     command = ("python benchmarks/compare_pruners.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))).strip()
     log = out / "run.json"
     runs = json.loads(log.read_text())["invocations"] if log.exists() and not a.fresh else []
@@ -173,7 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     md = [f"# Pruner comparison ({data})", "", f"{len(records)} runs, by:", ""]
     md += [f"- `{r['command']}` — {r['ran']} runs in {r['wall_s'] / 60:.1f} min "
            f"({'Ray' if r['ray'] else 'in-process'})" for r in runs]
-    md += ["", report.markdown(records), "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    md += ["", report.markdown(records)]
+    if unreachable:
+        md += ["## Budgets out of reach", "", "No record: the budget lies below what the model costs with every "
+               "prunable layer at its limit.", ""]
+        md += [f"- {r['model']} / {r['pruner']} / `{r['target']}` / seed {r['seed']}: {r['unreachable']}" for r in unreachable]
+        md += [""]
+    md += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     md += ["", "## Machine", "", machine_markdown(runs[-1]["machine"]), ""]
     (out / "compare_pruners.md").write_text("\n".join(md))
     print(f"wrote {len(records)} records, {out / 'compare_pruners.md'}, {len(plots)} plots "

@@ -78,5 +78,9 @@ class ConfigError(SlimcError, ValueError):
     """A pruner option or config list is wrong (unknown criterion or key, a name matching no module)."""
 
 
+class BudgetError(ConfigError):
+    """A budget the model cannot reach: every prunable layer at its limit still costs more."""
+
+
 class DataError(SlimcError):
     """A data-driven pruner or the sensitivity analysis lacks the data, loss or evaluation it needs."""

@@ -271,3 +271,13 @@ def test_measured_latency_is_corrected():
     assert result.met and any("corrected" in h for h in result.history), result.history
     res = slimc.compile(model, result.masks, x)
     assert cost_model(res.module, x) / dense == pytest.approx(result.achieved, rel=1e-6)
+
+
+def test_secant_moves_where_false_position_stalls():
+    """A step of the latency, or a noisy reading, puts a larger x lower: the bracket is from
+    the largest x below the goal, and an x tried before is not tried again (halfway instead)."""
+    points = [(0.08, 0.08), (0.5, 0.72), (0.352, 0.4406), (0.382, 0.4365)]
+    x = secant(points, 0.5)
+    assert 0.382 < x < 0.5 and x == pytest.approx(0.382 + 0.0635 * 0.118 / 0.2835)
+    near = [(0.4, 0.499), (0.5, 0.9)]  # false position would try 0.40025, next to 0.4: halfway
+    assert secant(near, 0.5) == pytest.approx(0.45)

@@ -94,7 +94,7 @@ def check_record(rec: dict, point: Point) -> None:
 def test_compare_script_in_process(digits_out, capsys):
     import compare_pruners
 
-    argv = ["--models", "digits_resnet", "--pruners", "l1,sa", "--targets", "4", "--seeds", "1",
+    argv = ["--models", "digits_resnet", "--pruners", "l1,sa", "--targets", "4,100000", "--seeds", "1",
             "--train-steps", "150", "--finetune-steps", "5", "--search-steps", "2", "--out", str(digits_out)]
     assert compare_pruners.main(argv) == 0
     for pruner in ("l1", "sa"):
@@ -105,9 +105,14 @@ def test_compare_script_in_process(digits_out, capsys):
     md = (digits_out / "compare_pruners.md").read_text()
     assert "| L1 |" in md and "| SA |" in md and "digits_resnet_params.png" in md
     assert (digits_out / "digits_resnet_params.png").stat().st_size > 1000
+    # a budget below every layer at its limit: recorded as out of reach, the grid goes on
+    p = Point("digits_resnet", "sa", "params=1e-05", 0)
+    rec = json.loads((digits_out / "records" / f"{p.stem}.json").read_text())
+    assert "cannot be met" in rec["unreachable"] and "performance" not in rec
+    assert "## Budgets out of reach" in md and "`params=1e-05`" in md
     # a second invocation skips what is done
     assert compare_pruners.main(argv) == 0
-    assert "2 runs (2 done before)" in capsys.readouterr().err
+    assert "4 runs (4 done before)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, says", [(["--models", "lenet"], "unknown model 'lenet'"),

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from slimc.atomic import atomic_path
+from slimc.errors import BudgetError
 
 #: record name → (slimc name, label in tables and plots)
 PRUNERS: dict[str, str] = {
@@ -139,10 +140,15 @@ def run_point(p: Point, s: Settings) -> dict:
         lat_x = lat_x.repeat((s.latency_batch + len(lat_x) - 1) // len(lat_x), 1, 1, 1)[:s.latency_batch]
     torch.manual_seed(p.seed)
     start = time.perf_counter()
-    auto = make_auto(p.pruner, net, (x,), p.target, evaluate=t.evaluate, finetune=t.finetune, seed=p.seed,
-                     steps=s.search_steps, data=t.calibration(), loss_fn=F.cross_entropy,
-                     latency_inputs=(lat_x,), **s.pruner_kw.get(p.pruner, {}))
-    result = auto.run()  # net now holds the masks (and, for NetAdapt / ADMM / AutoCompress, trained weights)
+    try:
+        auto = make_auto(p.pruner, net, (x,), p.target, evaluate=t.evaluate, finetune=t.finetune, seed=p.seed,
+                         steps=s.search_steps, data=t.calibration(), loss_fn=F.cross_entropy,
+                         latency_inputs=(lat_x,), **s.pruner_kw.get(p.pruner, {}))
+        result = auto.run()  # net now holds the masks (and, for NetAdapt / ADMM / AutoCompress, trained weights)
+    except BudgetError as e:  # out of the model's reach (a latency floor): a result of the grid too
+        record = {"model": p.model, "pruner": p.pruner, "target": p.target, "seed": p.seed, "unreachable": str(e)}
+        write_record(s, p, record, time.perf_counter() - start)
+        return record
     pruned_acc = t.test(net)
     Callbacks(finetune=t.finetune).train(net, s.finetune_steps, result.masks)
     finetuned = t.test(net)
@@ -173,4 +179,5 @@ def write_record(s: Settings, p: Point, record: dict, seconds: float) -> None:
 
 
 def load_records(out: str | Path) -> list[dict]:
+    """Every record in ``out`` (those of budgets out of reach too: ``"unreachable"``, no results)."""
     return [json.loads(f.read_text()) for f in sorted((Path(out) / "records").glob("*.json"))]

