@@ -28,17 +28,38 @@ PIPELINE: list[tuple[str, Pass]] = [
 ]
 
 
-def run_pipeline(gm: fx.GraphModule, ctx: RewriteContext) -> tuple[fx.GraphModule, list[str]]:
-    """Every pass of :data:`PIPELINE` in order; one ``graph.lint()`` (if any pass changed
-    the graph) and one ``recompile()`` at the end. Returns the slim module and the passes' notes."""
+def run_pipeline(gm: fx.GraphModule, ctx: RewriteContext,
+                 code_from: fx.GraphModule | None = None) -> tuple[fx.GraphModule, list[str]]:
+    """Every pass of :data:`PIPELINE` in order, then one ``graph.lint()`` and one
+    ``recompile()`` if any pass changed the graph. ``code_from``: the module whose graph
+    ``gm``'s is a copy of (:func:`slimc.analysis.fork`); where the passes changed modules and
+    params only, ``gm`` runs that module's generated ``forward`` (the same code), not one
+    generated again. Returns the slim module and the passes' notes."""
     notes: list[str] = []
-    modified = False
+    graph_changed = False
     for name, fn in PIPELINE:
         res = fn(gm, ctx)
         gm = res.gm
-        modified |= res.modified
+        graph_changed |= res.changed_graph
         notes.extend(f"{name}: {n}" for n in res.notes)
-    if modified:
-        gm.graph.lint()
-    gm.recompile()
+    if graph_changed or code_from is None:
+        if graph_changed:
+            gm.graph.lint()
+        gm.recompile()
+    else:
+        adopt_code(gm, code_from)
     return gm, notes
+
+
+#: what ``GraphModule.recompile`` sets on the instance besides its class's ``forward``
+_CODE_ATTRS = ("_code", "_lineno_map", "_prologue_start", "_in_spec", "_out_spec")
+
+
+def adopt_code(gm: fx.GraphModule, src: fx.GraphModule) -> None:
+    """``gm`` runs ``src``'s generated code (their graphs generate the same): the compiled
+    ``forward`` goes on ``gm``'s own class (each GraphModule has one), so a later
+    ``recompile`` of either leaves the other alone."""
+    for attr in _CODE_ATTRS:
+        if attr in src.__dict__:
+            gm.__dict__[attr] = src.__dict__[attr]
+    type(gm).forward = type(src).forward

@@ -29,6 +29,11 @@ class PassResult:
     gm: fx.GraphModule
     modified: bool
     notes: list[str] = field(default_factory=list)
+    graph_changed: bool | None = None  # None: whenever modified; False: modules or params only
+
+    @property
+    def changed_graph(self) -> bool:
+        return self.modified if self.graph_changed is None else self.graph_changed
 
 
 @dataclass

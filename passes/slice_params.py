@@ -76,4 +76,4 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                     val = param(t, s) if isinstance(t, nn.Parameter) else s
                     set_by_path(gm, node.target, val)
                     modified = True
-    return PassResult(gm, modified, notes)
+    return PassResult(gm, modified, notes, graph_changed=False)  # modules and tensors swapped, nodes kept

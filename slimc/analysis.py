@@ -52,7 +52,8 @@ class Analysis:
 def fork(gm: fx.GraphModule) -> fx.GraphModule:
     """A module to rewrite: ``gm``'s graph copied (node names kept: the plan refers to them),
     its modules copied with the parameters shared and the buffers cloned; its ``forward`` is
-    compiled by the rewrite (``run_pipeline`` ends with ``recompile``)."""
+    run by the rewrite
+    (``run_pipeline``: ``gm``'s generated code where the graph stays as it is, else compiled anew)."""
     memo: dict[int, Any] = {id(p): p for _, p in gm.named_parameters(remove_duplicate=False)}
     new = fx.GraphModule(nn.Module(), fx.Graph(), type(gm).__name__)
     for k, v in gm.__dict__.items():

@@ -89,7 +89,9 @@ def apply_mask(t: torch.Tensor, factors: Factors | torch.Tensor) -> torch.Tensor
     """``t`` times its mask, out of place; ``t`` itself where the mask keeps everything.
     Factors are converted to ``t``'s dtype (a same-dtype product is ~2× faster than by a
     bool mask) and multiplied together first where their product is much smaller than
-    ``t`` (a 3×3 conv's rows × columns: one pass over ``t``), else one by one in place."""
+    ``t`` (a 3×3 conv's rows × columns: one pass over ``t``), else one by one in place.
+    Bool factors on the CPU (the compact masks slimc makes) are always combined first, in
+    numpy: their product is at most ``t``'s size, one byte an element."""
     factors = (factors,) if isinstance(factors, torch.Tensor) else tuple(factors)
     small = [f.numpy() for f in factors if f.device.type == "cpu" and f.dtype == torch.bool]
     if len(small) == len(factors):  # the usual case: compact bool factors, combined in numpy
@@ -97,8 +99,7 @@ def apply_mask(t: torch.Tensor, factors: Factors | torch.Tensor) -> torch.Tensor
         if not small:
             return t
         joint = reduce(np.logical_and, small)
-        if len(small) == 1 or 4 * joint.size <= t.numel():
-            return t * torch.from_numpy(np.ascontiguousarray(joint)).to(device=t.device, dtype=t.dtype)
+        return t * torch.from_numpy(np.ascontiguousarray(joint)).to(device=t.device, dtype=t.dtype)
     fs = [f.to(device=t.device, dtype=t.dtype) for f in factors if not bool(f.all())]
     if not fs:
         return t

@@ -156,7 +156,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
 
     ctx = RewriteContext(p, renorm=renorm)
     try:  # slice_params zeroes kept-but-masked weights as it cuts
-        slim, notes = run_pipeline(analysis.fork(traced.gm) if cache else traced.gm, ctx)
+        slim, notes = run_pipeline(analysis.fork(traced.gm), ctx, code_from=traced.gm) if cache else run_pipeline(traced.gm, ctx)
     except SlimcError:
         raise
     except Exception as e:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -102,6 +103,38 @@ _NUMPY_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, 
                  torch.float32, torch.float64}
 
 
+#: masks read before, by ``id``: (weak ref to the tensor, what it was read as, its compact form)
+_READ: dict[int, tuple[weakref.ref, tuple, torch.Tensor]] = {}
+_READ_MAX = 4096
+_READ_SMALL = 1 << 16  # a full-size (unstructured) compact form is kept only up to this size
+
+
+def _as_binary_seen(name: str, t: object, shape: torch.Size) -> torch.Tensor:
+    """:func:`_as_binary`, without reading a mask tensor again that was read before and is
+    unchanged since (same object, same ``_version``: an in-place write bumps it; same shape,
+    dtype, device and parameter shape). Compiling one set of masks again (with and without
+    the check, in another mode) then costs no pass over full-size masks. A copy of the kept
+    form is returned: callers own what they get."""
+    if not isinstance(t, torch.Tensor) or t.is_meta:
+        return _as_binary(name, t, shape)
+    key = (t._version, tuple(t.shape), t.dtype, t.device, tuple(shape))
+    hit = _READ.get(id(t))
+    if hit is not None and hit[0]() is t and hit[1] == key:
+        return hit[2].clone()
+    out = _as_binary(name, t, shape)
+    if out.numel() < t.numel() or out.numel() <= _READ_SMALL:
+        if len(_READ) >= _READ_MAX:
+            _READ.pop(next(iter(_READ)))
+        i = id(t)
+
+        def forget(ref: weakref.ref, i: int = i) -> None:
+            if _READ.get(i, (None,))[0] is ref:
+                del _READ[i]
+
+        _READ[i] = (weakref.ref(t, forget), key, out.clone())
+    return out
+
+
 def _as_binary(name: str, t: object, shape: torch.Size) -> torch.Tensor:
     """``t`` validated against the parameter's ``shape``, as its smallest bool form."""
     if not isinstance(t, torch.Tensor):
@@ -164,7 +197,7 @@ def normalize(raw: Mapping[str, object] | MaskSet | None, model: nn.Module) -> M
                 + (f" (did you mean '{hint}'?)" if hint else "")
                 + ": key masks by parameter FQN, e.g. 'features.0.weight', or NNI style {'features.0': {'weight': ...}}"
             )
-        out[name] = _as_binary(name, m, params[name].shape)
+        out[name] = _as_binary_seen(name, m, params[name].shape)
     # tied weights (lm_head = embedding): a mask on one name masks the shared tensor, whatever
     # name the traced graph reads it under
     for names in tied_groups(params.items()):

@@ -246,6 +246,10 @@ def assert_contract(model: nn.Module, masks: Any, inputs: Any, *, n_inputs: int 
     assert model.training == training_before, "compile changed the original model's train/eval mode"
     run_eval(model, inputs)
 
+    # the code the slim module runs is its graph's (a compile that reuses the analysis runs the
+    # kept module's generated forward where the passes left the graph as it was)
+    assert res.module.code == res.module.graph.python_code(root_module="self").src, "stale generated code"
+
     # (e) same train/eval mode
     assert res.module.training == model.training, (
         f"slim module training={res.module.training}, original training={model.training}")

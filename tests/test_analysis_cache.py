@@ -131,3 +131,25 @@ def test_a_plain_tensor_attribute_changed_in_place_starts_a_fresh_analysis():
     assert res.report["analysis"] == "fresh"
     ref = masked_copy(m, res.masks)
     assert torch.allclose(run_eval(res.module, (x,))[0], run_eval(ref, (x,))[0], atol=1e-5)
+
+
+def test_a_mask_read_before_is_read_again_once_changed_in_place():
+    import pytest
+
+    from slimc.errors import MaskError
+    from slimc.masks import normalize
+
+    m = _bn_net()
+    w = torch.ones_like(m[0].weight)
+    w[2:4] = 0
+    first = normalize({"0.weight": w}, m).masks["0.weight"]
+    assert first.shape == (8, 1, 1, 1) and first.sum() == 6
+    again = normalize({"0.weight": w}, m).masks["0.weight"]
+    assert torch.equal(again, first) and again is not first  # a copy each time
+    again[0] = False  # the caller's copy: the kept form is not touched
+    assert normalize({"0.weight": w}, m).masks["0.weight"].sum() == 6
+    w[5] = 0  # in place: read again
+    assert normalize({"0.weight": w}, m).masks["0.weight"].sum() == 5
+    w[0, 0, 0, 0] = 2
+    with pytest.raises(MaskError, match="not binary"):
+        normalize({"0.weight": w}, m)
