@@ -90,16 +90,20 @@ def apply_mask(t: torch.Tensor, factors: Factors | torch.Tensor) -> torch.Tensor
     Factors are converted to ``t``'s dtype (a same-dtype product is ~2× faster than by a
     bool mask) and multiplied together first where their product is much smaller than
     ``t`` (a 3×3 conv's rows × columns: one pass over ``t``), else one by one in place.
-    Bool factors on the CPU (the compact masks slimc makes) are always combined first, in
-    numpy: their product is at most ``t``'s size, one byte an element."""
+    Bool factors on the CPU (the compact masks slimc makes) are checked and combined in
+    numpy (cheaper per call than torch: a network has hundreds)."""
     factors = (factors,) if isinstance(factors, torch.Tensor) else tuple(factors)
     small = [f.numpy() for f in factors if f.device.type == "cpu" and f.dtype == torch.bool]
-    if len(small) == len(factors):  # the usual case: compact bool factors, combined in numpy
+    if len(small) == len(factors):  # the usual case: compact bool factors
         small = [f for f in small if not f.all()]
         if not small:
             return t
-        joint = reduce(np.logical_and, small)
-        return t * torch.from_numpy(np.ascontiguousarray(joint)).to(device=t.device, dtype=t.dtype)
+        if len(small) > 1 and 4 * math.prod(np.broadcast_shapes(*[f.shape for f in small])) <= t.numel():
+            small = [reduce(np.logical_and, small)]
+        out = t * _as_factor(small[0], t)
+        for f in small[1:]:
+            out.mul_(_as_factor(f, t))
+        return out
     fs = [f.to(device=t.device, dtype=t.dtype) for f in factors if not bool(f.all())]
     if not fs:
         return t
@@ -109,6 +113,10 @@ def apply_mask(t: torch.Tensor, factors: Factors | torch.Tensor) -> torch.Tensor
     for f in fs[1:]:
         out.mul_(f)
     return out
+
+
+def _as_factor(f: np.ndarray, t: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(f)).to(device=t.device, dtype=t.dtype)
 
 
 def slice_masked(t: torch.Tensor, kept: Mapping[int, torch.Tensor], rest: torch.Tensor | None) -> torch.Tensor:
