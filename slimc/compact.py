@@ -33,7 +33,22 @@ def structured_mask(shape: Sequence[int], dim: int, keep) -> torch.Tensor:
     shape = tuple(int(s) for s in shape)
     dim = dim % len(shape)
     n = shape[dim]
-    k = keep if isinstance(keep, torch.Tensor) else torch.from_numpy(np.asarray(keep))
+    view = [1] * len(shape)
+    view[dim] = n
+    if not isinstance(keep, torch.Tensor) or (keep.device.type == "cpu" and not keep.is_floating_point()):
+        # built in numpy: one torch call (a network has hundreds of these)
+        k = np.asarray(keep.detach().numpy() if isinstance(keep, torch.Tensor) else keep)
+        if k.dtype == np.bool_:
+            if k.size != n:
+                raise ValueError(f"keep has {k.size} flags for a dim of size {n}")
+            return torch.from_numpy(k.reshape(view).copy())
+        idx = k.reshape(-1).astype(np.int64)
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise ValueError(f"kept index out of range for a dim of size {n}")
+        vec = np.zeros(n, dtype=bool)
+        vec[idx] = True
+        return torch.from_numpy(vec.reshape(view))
+    k = keep
     if k.dtype == torch.bool:
         if k.numel() != n:
             raise ValueError(f"keep has {k.numel()} flags for a dim of size {n}")
@@ -42,10 +57,8 @@ def structured_mask(shape: Sequence[int], dim: int, keep) -> torch.Tensor:
         idx = k.reshape(-1).long()
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
             raise ValueError(f"kept index out of range for a dim of size {n}")
-        vec = torch.zeros(n, dtype=torch.bool)
+        vec = torch.zeros(n, dtype=torch.bool, device=k.device)
         vec[idx] = True
-    view = [1] * len(shape)
-    view[dim] = n
     return vec.reshape(view)
 
 

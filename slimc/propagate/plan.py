@@ -326,15 +326,17 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
 def _final_masks(dg: DependencyGraph, prop: Propagation, removed: np.ndarray, masks: MaskSet) -> FinalMasks:
     """The user's masks, times one compact keep vector per dim that loses slices (never a
     full-size tensor: see :class:`slimc.compact.FinalMasks`)."""
-    params = dict(dg.gm.named_parameters(remove_duplicate=False))
+    params, linked = dg._ids.get("final_masks") or dg._ids.setdefault("final_masks", (  # masks-independent
+        {k: tuple(p.shape) for k, p in dg.gm.named_parameters(remove_duplicate=False)},
+        sorted(prop.linked_params, key=lambda s: (s[1], s[2]))))
     keep: dict[str, list[torch.Tensor]] = {}
-    for slot in sorted(prop.linked_params, key=lambda s: (s[1], s[2])):
+    for slot in linked:
         fqn, d = slot[1], slot[2]
         if fqn not in params:
             continue
         r = removed[dg.ids(slot)]
         if r.any():
-            keep.setdefault(fqn, []).append(structured_mask(params[fqn].shape, d, torch.from_numpy(~r)))
+            keep.setdefault(fqn, []).append(structured_mask(params[fqn], d, ~r))
     for names in prop.aliases:  # tied weights share one final mask (normalize joined their user masks)
         joint = [f for n in names for f in keep.get(n, ())]
         if joint:
