@@ -111,13 +111,13 @@ _READ_SMALL = 1 << 16  # a full-size (unstructured) compact form is kept only up
 
 def _as_binary_seen(name: str, t: object, shape: torch.Size) -> torch.Tensor:
     """:func:`_as_binary`, without reading a mask tensor again that was read before and is
-    unchanged since (same object, same ``_version``: an in-place write bumps it; same shape,
-    dtype, device and parameter shape). Compiling one set of masks again (with and without
+    unchanged since (same object, same ``_version``: an in-place write bumps it; same storage,
+    shape, dtype, device and parameter shape). Compiling one set of masks again (with and without
     the check, in another mode) then costs no pass over full-size masks. A copy of the kept
     form is returned: callers own what they get."""
     if not isinstance(t, torch.Tensor) or t.is_meta:
         return _as_binary(name, t, shape)
-    key = (t._version, tuple(t.shape), t.dtype, t.device, tuple(shape))
+    key = (t._version, t.data_ptr(), tuple(t.shape), t.dtype, t.device, tuple(shape))
     hit = _READ.get(id(t))
     if hit is not None and hit[0]() is t and hit[1] == key:
         return hit[2].clone()

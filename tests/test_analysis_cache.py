@@ -136,7 +136,7 @@ def test_a_plain_tensor_attribute_changed_in_place_starts_a_fresh_analysis():
 def test_a_mask_read_before_is_read_again_once_changed_in_place():
     import pytest
 
-    from slimc.errors import MaskError
+    from slimc.errors import MaskError, PlanError
     from slimc.masks import normalize
 
     m = _bn_net()
@@ -153,3 +153,6 @@ def test_a_mask_read_before_is_read_again_once_changed_in_place():
     w[0, 0, 0, 0] = 2
     with pytest.raises(MaskError, match="not binary"):
         normalize({"0.weight": w}, m)
+    w.data = torch.zeros_like(w)  # new storage under the same object (no version bump): read again
+    with pytest.raises(PlanError, match="every channel"):
+        slimc.compile(m, {"0.weight": w}, torch.randn(1, 3, 8, 8))
