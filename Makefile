@@ -42,8 +42,8 @@ $(VENV)/.installed-digits: pyproject.toml $(VENV)/.installed
 
 # The pruner comparison on scikit-learn's digits (two small CNNs × 8 pruners × 5 compression
 # targets × 2 seeds at a params budget, then the VGG-style net at a FLOPs budget), all with
-# measured slim latency → benchmarks/results/compare_pruners/: 18.8 min for the committed run
-# (one core busy; the 2-core machine shared with other test suites).
+# measured slim latency → benchmarks/results/compare_pruners/: 24.7 min for the committed run
+# (one core; the test suite ran beside it for 8 of those minutes).
 COMPARE := $(BIN)/python benchmarks/compare_pruners.py --targets 2,4,8,16,32 --seeds 2
 compare-quick: $(VENV)/.installed-digits
 	$(COMPARE) --models digits_vgg,digits_resnet --budgets params --fresh
