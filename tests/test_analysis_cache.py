@@ -156,3 +156,34 @@ def test_a_mask_read_before_is_read_again_once_changed_in_place():
     w.data = torch.zeros_like(w)  # new storage under the same object (no version bump): read again
     with pytest.raises(PlanError, match="every channel"):
         slimc.compile(m, {"0.weight": w}, torch.randn(1, 3, 8, 8))
+
+
+def test_a_reused_generated_forward_stays_each_modules_own():
+    """A sweep point runs the kept module's generated forward; editing and recompiling one
+    result's graph changes that result only, and copies regenerate their code."""
+    import copy
+    import io
+
+    m, x = model_and_inputs("resnet_tiny")
+    analysis.clear()
+    a = _compile(m, random_filter_masks(m, 0.3, seed=1), x, verify=False)
+    b = _compile(m, random_filter_masks(m, 0.5, seed=2), x, verify=False)
+    (kept,) = analysis._kept[m].values()
+    code, forward = kept.traced.gm.code, type(kept.traced.gm).forward
+    assert type(b.module).forward is forward  # the graph was left as it was: its code is reused
+    graph = b.module.graph
+    out = next(n for n in graph.nodes if n.op == "output")
+    with graph.inserting_before(out):
+        neg = graph.call_function(torch.neg, (out.args[0],))
+    out.args = (neg,)
+    b.module.recompile()
+    assert kept.traced.gm.code == code and type(kept.traced.gm).forward is forward
+    assert type(a.module).forward is forward
+    again = _compile(m, random_filter_masks(m, 0.5, seed=2), x, verify=False)
+    with torch.no_grad():
+        assert torch.allclose(b.module(*x), -again.module(*x))
+        buf = io.BytesIO()
+        torch.save(a.module, buf)
+        buf.seek(0)
+        for c in (copy.deepcopy(a.module), torch.load(buf, weights_only=False)):
+            assert torch.equal(c(*x), a.module(*x))
