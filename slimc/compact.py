@@ -35,31 +35,23 @@ def structured_mask(shape: Sequence[int], dim: int, keep) -> torch.Tensor:
     n = shape[dim]
     view = [1] * len(shape)
     view[dim] = n
-    if not isinstance(keep, torch.Tensor) or (keep.device.type == "cpu" and not keep.is_floating_point()):
-        # built in numpy: one torch call (a network has hundreds of these)
-        k = np.asarray(keep.detach().numpy() if isinstance(keep, torch.Tensor) else keep)
-        if k.dtype == np.bool_:
-            if k.size != n:
-                raise ValueError(f"keep has {k.size} flags for a dim of size {n}")
-            return torch.from_numpy(k.reshape(view).copy())
+    device = keep.device if isinstance(keep, torch.Tensor) else torch.device("cpu")
+    if isinstance(keep, torch.Tensor):  # built in numpy: one torch call (a network has hundreds)
+        keep = keep.detach().cpu()
+        keep = (keep if keep.dtype == torch.bool else keep.long()).numpy()
+    k = np.asarray(keep)
+    if k.dtype == np.bool_:
+        if k.size != n:
+            raise ValueError(f"keep has {k.size} flags for a dim of size {n}")
+        vec = k.reshape(view).copy()
+    else:
         idx = k.reshape(-1).astype(np.int64)
         if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
             raise ValueError(f"kept index out of range for a dim of size {n}")
         vec = np.zeros(n, dtype=bool)
         vec[idx] = True
-        return torch.from_numpy(vec.reshape(view))
-    k = keep
-    if k.dtype == torch.bool:
-        if k.numel() != n:
-            raise ValueError(f"keep has {k.numel()} flags for a dim of size {n}")
-        vec = k.reshape(n).clone()
-    else:
-        idx = k.reshape(-1).long()
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-            raise ValueError(f"kept index out of range for a dim of size {n}")
-        vec = torch.zeros(n, dtype=torch.bool, device=k.device)
-        vec[idx] = True
-    return vec.reshape(view)
+        vec = vec.reshape(view)
+    return torch.from_numpy(vec).to(device)
 
 
 def shrink(mask: torch.Tensor) -> torch.Tensor:

@@ -326,9 +326,11 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
 def _final_masks(dg: DependencyGraph, prop: Propagation, removed: np.ndarray, masks: MaskSet) -> FinalMasks:
     """The user's masks, times one compact keep vector per dim that loses slices (never a
     full-size tensor: see :class:`slimc.compact.FinalMasks`)."""
-    params, linked = dg._ids.get("final_masks") or dg._ids.setdefault("final_masks", (  # masks-independent
-        {k: tuple(p.shape) for k, p in dg.gm.named_parameters(remove_duplicate=False)},
-        sorted(prop.linked_params, key=lambda s: (s[1], s[2]))))
+    kept = dg._ids.get("final_masks")  # the masks-independent part, once per graph
+    if kept is None:
+        kept = dg._ids["final_masks"] = ({k: tuple(p.shape) for k, p in dg.gm.named_parameters(remove_duplicate=False)},
+                                         sorted(prop.linked_params, key=lambda s: (s[1], s[2])))
+    params, linked = kept
     keep: dict[str, list[torch.Tensor]] = {}
     for slot in linked:
         fqn, d = slot[1], slot[2]

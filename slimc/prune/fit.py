@@ -172,7 +172,7 @@ class Sizer:
         the distribution's scale; ``refine``: then give units back until within tolerance."""
         d = self.weights(distribution)
         lo, hi = 0.0, 1.0 / d[d > 0].min()
-        top = self.top(d)
+        top = self.scaled(d, hi)  # (what :meth:`top` gives, its weights and scale at hand)
         if self.cost(top) > target:
             raise BudgetError(
                 f"the budget cannot be met: with every prunable layer at its limit the slim model costs "
