@@ -16,6 +16,7 @@ from slimc.copying import clean, copy_hooks, dropped_hooks
 from slimc.errors import PlanError, SlimcError, VerifyError, describe
 from slimc.inputs import bind
 from slimc.masks import normalize
+from slimc.modes import collector_paused_in
 from slimc.passes import RewriteContext, run_pipeline
 from slimc.probe import Prober
 from slimc.propagate import RemovalPlan, plan as make_plan
@@ -106,6 +107,7 @@ def expected_params(p: RemovalPlan) -> int:
     return total
 
 
+@collector_paused_in
 def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, mode: str = "channel",
             verify: bool = True, front_end: str = "auto", renorm: bool = False, allow_empty: bool = False,
             name: str | None = None, user_model: bool = True, probe: bool = True,
@@ -156,7 +158,8 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
 
     ctx = RewriteContext(p, renorm=renorm)
     try:  # slice_params zeroes kept-but-masked weights as it cuts
-        slim, notes = run_pipeline(analysis.fork(traced.gm), ctx, code_from=traced.gm) if cache else run_pipeline(traced.gm, ctx)
+        slim, notes = run_pipeline(analysis.fork(traced.gm, model if an.bound else None), ctx, code_from=traced.gm) \
+            if cache else run_pipeline(traced.gm, ctx)
     except SlimcError:
         raise
     except Exception as e:
@@ -248,7 +251,7 @@ def _analysis(model: nn.Module, inputs: tuple, front_end: str, on_meta: bool, pr
     were kept ones."""
     key = (front_end, probe)
     if cache:
-        kept, fp = analysis.lookup(model, inputs, *key)
+        kept, st = analysis.lookup(model, inputs, *key)
         clock.lap("trace")
         if kept is not None:
             clock.lap("graph")
@@ -265,8 +268,7 @@ def _analysis(model: nn.Module, inputs: tuple, front_end: str, on_meta: bool, pr
     an = analysis.Analysis(traced, dg, dg_flops(dg), used_params)
     clock.lap("flops")
     if cache:
-        an.fingerprint = fp
-        analysis.keep(model, key, an)
+        analysis.keep(model, key, an, inputs, st)
     return an, False
 
 

@@ -4,8 +4,9 @@ Python's cyclic garbage collector (timing)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
-from typing import Iterator
+from typing import Callable, Iterator
 
 from torch import nn
 
@@ -37,4 +38,17 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-__all__ = ["collector_paused", "eval_mode"]
+def collector_paused_in(fn: Callable) -> Callable:
+    """``fn`` run with the cyclic collector paused (:func:`collector_paused`). For a call that
+    makes many short-lived objects (a compile: graphs, module copies, plans): collections
+    during it would promote them to the old generations, and the full collections that
+    follow (0.1–0.3 s each) come more often. The cycles it leaves are collected after it."""
+    @functools.wraps(fn)
+    def paused(*args, **kwargs):
+        with collector_paused():
+            return fn(*args, **kwargs)
+
+    return paused
+
+
+__all__ = ["collector_paused", "collector_paused_in", "eval_mode"]
