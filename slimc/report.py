@@ -128,7 +128,8 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
             line += f"; vs your masks as given: {v['vs_user_masked']:.3g}"
         console.print(line)
         if v.get("shapes"):
-            console.print(f"checked at input shapes {' and '.join(v['shapes'])} ({v.get('varied', '')})")
+            why = "" if v.get("example", True) else "; random float inputs stand for the example's values"
+            console.print(f"checked at input shapes {' and '.join(v['shapes'])} ({v.get('varied', '')}{why})")
     u = report.get("user_model")
     if u:
         if u["built"]:

@@ -27,6 +27,7 @@ class Check:
     vs_user_masked: float | None = None
     shapes: list[str] = field(default_factory=list)  # the input shapes checked
     varied: str = ""  # which dims the second shape changed, or why it changed none
+    example: bool = True  # the example inputs themselves were checked (see Reference)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -83,8 +84,16 @@ class Masked(nn.Module):
         with torch.no_grad():
             self.params = {k: apply_mask(params[k], factors_of(masks, k)) for k in masks if k in params}
 
+    def applied(self):
+        """A context in which ``original`` itself holds the masked params (what each call of
+        ``functional_call`` sets up and undoes: several forwards pay for it once)."""
+        from torch.nn.utils.stateless import _reparametrize_module
+
+        return _reparametrize_module(self.original, self.params, tie_weights=False, strict=False)
+
     def forward(self, *x):
-        return torch.func.functional_call(self.original, self.params, x, tie_weights=False, strict=False)
+        with self.applied():
+            return self.original(*x)
 
 
 def shape_text(inputs: tuple) -> str:
@@ -92,17 +101,32 @@ def shape_text(inputs: tuple) -> str:
 
 
 class Reference:
-    """The masked original's outputs at the inputs the check uses: the example, and random
-    inputs at a second shape that changes the batch and every other dim that may vary
-    (``free``: input index → dims), each down to about a quarter (cheap to run; see
-    :func:`slimc.inputs.other_size`). Where the original refuses that shape (a minimum size,
-    a size literal in its code, a maximum length), the dims shrink less (to about half),
-    then fewer dims vary, down to the batch alone, and it says so."""
+    """The masked original's outputs at the inputs the check uses: random inputs at a second
+    shape that changes the batch and every other dim that may vary (``free``: input index →
+    dims), each down to about a quarter (cheap to run; see :func:`slimc.inputs.other_size`);
+    and the example inputs themselves where their values say more than random ones would
+    (:func:`values_matter`: token ids, masks). Where the original refuses the second shape
+    (a minimum size, a size literal in its code, a maximum length), the dims shrink less
+    (to about half), then fewer dims vary, down to the batch alone, and it says so.
+
+    Why not always the example too: the slim graph was traced at the example's shape, so a
+    second shape is the harder case for it (sizes that must follow the input), and a wrong
+    channel shows at any shape; for float inputs, random values at the second shape are
+    what random values at the example's shape would be, and the check costs one forward of
+    the masked original and one of the slim model less."""
 
     def __init__(self, original: nn.Module, final_masks: dict, inputs: tuple, free: dict[int, list[int]]):
         self.module = Masked(original, final_masks)
-        self.sets = [inputs]
-        self.outputs = [run_eval(self.module, inputs)]
+        with self.module.applied():
+            self._run(original, inputs, free)
+
+    def _run(self, masked: nn.Module, inputs: tuple, free: dict[int, list[int]]) -> None:
+        self.sets: list[tuple] = []
+        self.outputs: list[list[torch.Tensor]] = []
+        self.example = values_matter(inputs)
+        if self.example:
+            self.sets.append(inputs)
+            self.outputs.append(run_eval(masked, inputs))
         self.varied = ""
         self.varied_dims: dict[int, list[int]] = {}  # the dims the second shape changed
         batch = {i: [d for d in dims if d == 0] for i, dims in free.items()}
@@ -116,7 +140,7 @@ class Reference:
             seen.append(shapes)
             x = random_like(inputs, 1, shapes)
             try:
-                y = run_eval(self.module, x)
+                y = run_eval(masked, x)
             except Exception as e:  # the original itself refuses that shape
                 why = f"{describe(e)}"[:160]
                 self.varied += f"{_dims_text(dims)} refused by the original ({why}); "
@@ -128,7 +152,7 @@ class Reference:
             return
         x = random_like(inputs, 1)
         self.sets.append(x)
-        self.outputs.append(run_eval(self.module, x))
+        self.outputs.append(run_eval(masked, x))
         self.varied += "second input at the example shape"
 
     def check(self, slim: nn.Module, user: nn.Module | None = None, which: Iterable[int] | None = None) -> Check:
@@ -143,7 +167,22 @@ class Reference:
             if user is not None and k == 0:
                 vs_user = max_diff(ys, run_eval(user, x))[0]
         tol = TOLERANCE * max(scale, 1.0)
-        return Check(diff, scale, tol, diff <= tol, vs_user, [shape_text(self.sets[k]) for k in picked], self.varied)
+        return Check(diff, scale, tol, diff <= tol, vs_user, [shape_text(self.sets[k]) for k in picked], self.varied,
+                     self.example)
+
+
+def values_matter(inputs: tuple) -> bool:
+    """Do the example inputs' values decide what the model does beyond what random values
+    of their kind would? Integer and bool tensors do (token ids, positions, masks: random
+    ones at a new shape are all-ones masks), and 0/1-valued float tensors (float masks); a
+    float tensor of other values does not (:func:`slimc.inputs.random_tensor_like` draws
+    the same kind)."""
+    for t in inputs:
+        if not isinstance(t, torch.Tensor) or t.is_meta:
+            continue
+        if not t.is_floating_point() or (t.numel() and bool(((t == 0) | (t == 1)).all())):
+            return True
+    return False
 
 
 def _dims_text(dims: dict[int, list[int]]) -> str:

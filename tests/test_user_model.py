@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import slimc
+from slimc.inputs import as_tuple
+from slimc.verify import shape_text
 from helpers import max_diff, n_params, random_filter_masks, run_eval
 from slimc import zoo
 from slimc.prune import group_masks
@@ -140,9 +142,17 @@ def test_checked_at_a_second_shape_said_in_the_report():
     m = zoo.build("resnet_tiny").eval()
     x = zoo.example_inputs("resnet_tiny")
     res = slimc.compile(m, group_masks(m, x, 0.5), x)
-    v = res.report["verify"]
-    assert len(v["shapes"]) == 2 and v["shapes"][0] != v["shapes"][1]
+    v = res.report["verify"]  # float inputs: random ones at the second shape stand for the example's
+    assert v["shapes"] == ["(1, 3, 32, 32)"] != [shape_text(as_tuple(x))] and not v["example"]
     assert "varied input 0 dims [0, 2, 3]" in v["varied"]
+
+
+def test_inputs_whose_values_matter_are_checked_as_given_too():
+    m = zoo.build("gpt_tiny").eval()
+    x = zoo.example_inputs("gpt_tiny")
+    res = slimc.compile(m, {}, x)
+    v = res.report["verify"]
+    assert v["example"] and len(v["shapes"]) == 2 and v["shapes"][0] == shape_text(as_tuple(x))
 
 
 def test_exact_layernorm_subclass_of_a_user_class_pickles():
