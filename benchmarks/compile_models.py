@@ -5,8 +5,9 @@ of every group, classifier output kept, when ``torch_pruning`` is installed; els
 ``slimc.prune.group_masks``), then — interleaved, in one process, after one warm-up run of
 each — ``slimc.compile(verify=False)``, ``slimc.compile()`` (the built-in check), both
 reusing the model's analysis from the earlier compiles (a sweep: :mod:`slimc.analysis`),
-``slimc.compile(verify=False, cache=False)`` (a first compile: everything analysed afresh)
-and Torch-Pruning's ``DependencyGraph.build_dependency`` + pruning the same channels on a
+``slimc.compile(verify=False, cache=False)`` (a first compile: everything analysed afresh),
+``slimc.compile(copy.deepcopy(model), verify=False)`` (a sweep that prunes a fresh copy at each
+point: the analysis is reused by structure, the copy not timed) and Torch-Pruning's ``DependencyGraph.build_dependency`` + pruning the same channels on a
 deep copy (the copy is not timed). Reported: the median of the timed runs, slimc's stage
 times (``report["times_s"]``, medians) and the ratios (the median of each round's).
 
@@ -110,17 +111,18 @@ def time_model(name: str, repeats: int = 3, log=print) -> dict:
     model, x, source = load_model(name)
     with_tp = tp_available()
     masks = tp_masks(model, x[0]) if with_tp else _zoo_masks(model, x)
-    runs: dict[str, list[float]] = {"slimc_no_verify": [], "slimc_verified": [], "slimc_first": [],
+    runs: dict[str, list[float]] = {"slimc_no_verify": [], "slimc_verified": [], "slimc_first": [], "slimc_copy": [],
                                     **({"tp": []} if with_tp else {})}
-    stages: dict[str, list[dict]] = {"slimc_no_verify": [], "slimc_verified": [], "slimc_first": []}
+    stages: dict[str, list[dict]] = {k: [] for k in runs if k != "tp"}
     load = [os.getloadavg()[0]]
     for i in range(repeats + 1):  # the first round warms up
         for key in runs:
-            t0 = time.perf_counter()
             if key == "tp":
                 runs[key].append(tp_build_and_prune(model, x[0], masks)) if i else tp_build_and_prune(model, x[0], masks)
                 continue
-            res = slimc.compile(model, masks, x, verify=key == "slimc_verified", name=name, cache=key != "slimc_first")
+            m = copy.deepcopy(model) if key == "slimc_copy" else model
+            t0 = time.perf_counter()
+            res = slimc.compile(m, masks, x, verify=key == "slimc_verified", name=name, cache=key != "slimc_first")
             if i:
                 runs[key].append(time.perf_counter() - t0)
                 stages[key].append(dict(res.report["times_s"]))
@@ -131,10 +133,11 @@ def time_model(name: str, repeats: int = 3, log=print) -> dict:
            "stages_s": {k: {s: _median([r.get(s, 0.0) for r in rs]) for s in rs[0]} for k, rs in stages.items()}}
     row["runs_s"] = runs
     if with_tp:  # each round's own ratio (its runs share the machine's state), the median of those
-        for key in ("no_verify", "verified", "first"):
+        for key in ("no_verify", "verified", "first", "copy"):
             row[f"ratio_{key}"] = _median([s / t for s, t in zip(runs[f"slimc_{key}"], runs["tp"])])
     log(f"[{name}] " + ", ".join(f"{k} {v:.3f} s" for k, v in row["wall_s"].items())
         + (f"; ratio {row['ratio_no_verify']:.2f} / {row['ratio_verified']:.2f} / first {row['ratio_first']:.2f}"
+           f" / fresh copy {row['ratio_copy']:.2f}"
            if with_tp else ""))
     return row
 
@@ -149,20 +152,24 @@ def markdown(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     tp = "tp" in rows[0]["wall_s"]
-    head = ("| model | slimc no-verify s | slimc verified s | slimc first compile s | "
-            + ("Torch-Pruning build + prune s | ratio no-verify | ratio verified | ratio first | " if tp else "")
+    head = ("| model | slimc no-verify s | slimc verified s | slimc first compile s | slimc fresh copy s | "
+            + ("Torch-Pruning build + prune s | ratio no-verify | ratio verified | ratio first | ratio fresh copy | "
+               if tp else "")
             + "load (1 min) |")
     out = [f"Models from {rows[0]['source']} at 1×3×224×224 (zoo models at their own size otherwise), masks from "
            f"{rows[0]['masks_from']}; one thread; median of {rows[0]['repeats']} warm runs, slimc and "
            "Torch-Pruning interleaved in one process; ratio = slimc ÷ Torch-Pruning, the median of the rounds' "
            "own ratios. *no-verify* and *verified* compile a model compiled before (a sweep point: the analysis is "
-           "reused, `slimc.analysis`); *first compile* analyses afresh (`cache=False`, no check).", "", head,
-           "|---|---:|---:|---:|" + ("---:|---:|---:|---:|" if tp else "") + "---|"]
+           "reused, `slimc.analysis`); *first compile* analyses afresh (`cache=False`, no check); *fresh copy* "
+           "compiles a deep copy made for the run (not timed, as for Torch-Pruning), no check: the analysis is "
+           "reused by structure.", "", head,
+           "|---|---:|---:|---:|---:|" + ("---:|---:|---:|---:|---:|" if tp else "") + "---|"]
     for r in rows:
         w = r["wall_s"]
         out.append(f"| {r['model']} | {w['slimc_no_verify']:.3f} | {w['slimc_verified']:.3f} | {w['slimc_first']:.3f} | "
+                   f"{w.get('slimc_copy', float('nan')):.3f} | "
                    + (f"{w['tp']:.3f} | {r['ratio_no_verify']:.2f}× | {r['ratio_verified']:.2f}× | "
-                      f"{r['ratio_first']:.2f}× | " if tp else "")
+                      f"{r['ratio_first']:.2f}× | {r.get('ratio_copy', float('nan')):.2f}× | " if tp else "")
                    + " → ".join(f"{v:.1f}" for v in r["load_1m"]) + " |")
     for key, what in (("slimc_verified", "verified compile (analysis reused)"), ("slimc_first", "first compile")):
         stages = list(dict.fromkeys(s for r in rows for s in r["stages_s"][key] if s != "total"))

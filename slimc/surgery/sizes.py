@@ -218,12 +218,27 @@ def _int_attr(m: nn.Module, a: str) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
+def _params_below(original: nn.Module, slim: nn.Module) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """For each module path, the (original, slim) pairs of the parameters below it (by name)."""
+    slim_params = dict(slim.named_parameters(remove_duplicate=False))
+    below: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for name, t0 in original.named_parameters(remove_duplicate=False):
+        t = slim_params.get(name)
+        if t is None:
+            continue
+        parts = name.split(".")
+        for i in range(len(parts)):
+            below.setdefault(".".join(parts[:i]), []).append((t0, t))
+    return below
+
+
 def sync_widths(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
     """``hidden_size``/``intermediate_size``-like attributes: the hidden size where the model
     has a token embedding, else the new size of every tensor dim below the module that had
     the attribute's value, where they all agree and all changed."""
     hidden = input_embedding_width(original, slim)
     orig = dict(original.named_modules())
+    below: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] | None = None  # path → (original, slim) params
     for path, m in slim.named_modules():
         m0 = orig.get(path)
         if m0 is None:
@@ -231,8 +246,10 @@ def sync_widths(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
         attrs = [a for a in (*HIDDEN, *FFN) if _int_attr(m, a) is not None and (id(m), a) not in fixes.done]
         if not attrs:
             continue
+        if below is None:  # every module's params, both models walked once
+            below = _params_below(original, slim)
         dims: dict[int, set[int]] = {}
-        for (name, t0), t in zip(m0.named_parameters(), m.parameters()):
+        for t0, t in below.get(path, ()):
             for o, n in zip(t0.shape, t.shape):
                 dims.setdefault(o, set()).add(n)
         for a in attrs:
