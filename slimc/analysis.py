@@ -30,6 +30,7 @@ never the kept one. ``slimc.compile(..., cache=False)`` analyses afresh and keep
 from __future__ import annotations
 
 import copy
+import functools
 import types
 import warnings
 import weakref
@@ -158,6 +159,8 @@ def _value_key(v: Any, seen: dict[int, Any], depth: int = 2) -> Any:
             if depth > 0 else (t, len(v))
     elif isinstance(v, types.MethodType):  # e.g. a forward set on the instance
         key = (t, v.__func__, type(v.__self__))
+    elif isinstance(v, functools.partial):  # an activation with its arguments: all of them count
+        key = (t, _value_key(v.func, seen, depth), _value_key(v.args, seen, depth), _value_key(v.keywords, seen, depth))
     elif isinstance(getattr(v, "__dict__", None), dict):
         key = (t, tuple((a, _value_key(b, seen, depth - 1)) for a, b in vars(v).items())) if depth > 0 else t
     else:

@@ -133,6 +133,29 @@ def test_copies_and_new_instances_reuse_the_analysis_with_their_own_weights():
     assert len(analysis._by_structure) == 1 and not analysis._kept
 
 
+class _Act(nn.Module):
+    def __init__(self, approximate: str):
+        super().__init__()
+        import functools
+
+        self.conv, self.head = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+        self.act = functools.partial(nn.functional.gelu, approximate=approximate)  # called in forward
+
+    def forward(self, x):
+        return self.head(self.act(self.conv(x)))
+
+
+def test_what_an_attribute_holds_is_structure():
+    x = torch.randn(2, 3, 10, 10)
+    masks = {"conv.weight": torch.ones(8, 1, 1, 1).index_fill_(0, torch.tensor([1, 5]), 0)}
+    analysis.clear()
+    assert _compile(_Act("none").eval(), masks, x).report["analysis"] == "fresh"
+    m = _Act("tanh").eval()
+    res = _compile(m, masks, x, verify=False)
+    assert res.report["analysis"] == "fresh" and _matches_masked(m, res, x)
+    assert _compile(_Act("tanh").eval(), masks, x).report["analysis"] == "reused"
+
+
 class _Tied(nn.Module):
     def __init__(self, tie: bool):
         super().__init__()
