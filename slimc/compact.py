@@ -132,6 +132,12 @@ def slice_masked(t: torch.Tensor, kept: Mapping[int, torch.Tensor], rest: torch.
         t = t.index_select(d, k.to(t.device))
     if rest is None:
         return t
+    if rest.device.type == "cpu" and rest.dtype == torch.bool:  # a compact mask: cut and checked in numpy
+        r = rest.numpy()
+        for d, k in kept.items():
+            if r.shape[d] > 1:
+                r = r.take(k.numpy(), axis=d)
+        return t if r.all() else apply_mask(t, torch.from_numpy(r))
     for d, k in kept.items():
         if rest.shape[d] > 1:
             rest = rest.index_select(d, k)

@@ -127,10 +127,12 @@ class Propagation:
         resolve_reshapes(self)
         self.ng = int(self.group.max()) + 1 if n else 0
         self._roles()
+        self._schedules()
         for a in (self.barrier, self.group, self.is_source, self.is_sink, self.is_follower, self.sink_consumed):
             a.flags.writeable = False
         keep = ("links", "barrier", "barrier_why", "aliases", "element_groups", "products", "splits", "group", "ng",
-                "is_source", "is_sink", "is_follower", "sink_consumed", "linked_params")
+                "is_source", "is_sink", "is_follower", "sink_consumed", "linked_params", "forward_schedule",
+                "live_schedule")
         return {k: self.__dict__[k] for k in keep}
 
     # --- roles --------------------------------------------------------------------
@@ -152,6 +154,23 @@ class Propagation:
             if ln.kind in ("source", "sink", "follower"):
                 self.linked_params.add(ln.a)
 
+    def _schedules(self) -> None:
+        """The order the forward and backward analyses visit facts in, with each fact's links
+        (what :meth:`forward` and :meth:`live` walk, the same for every mask)."""
+        forward: dict[int, list] = {}
+        backward: dict[int, list] = {}
+        for f, ln, a, b in self.links:
+            backward.setdefault(id(f), []).append((ln, a, b))
+            if ln.term is None or ln.kind in ("sink", "tie"):  # ties carry no data
+                continue
+            forward.setdefault(id(f), []).append((ln, a, b))
+        splits: dict[int, list] = {}
+        for f, big, parts in self.splits:
+            splits.setdefault(id(f), []).append((big, parts))
+        self.forward_schedule = [(f, forward.get(id(f), [])) for f in self.dg.facts
+                                 if forward.get(id(f)) or f.coupling.zeros]
+        self.live_schedule = [(f, backward.get(id(f), ()), splits.get(id(f), ())) for f in reversed(self.dg.facts)]
+
     # --- forward analyses ---------------------------------------------------------
     def forward(self, value: Callable[[Link, np.ndarray, np.ndarray], np.ndarray | None]) -> np.ndarray:
         """Per element: every term true, a term being true if any of its factors is.
@@ -161,15 +180,9 @@ class Propagation:
         neutral); ``val`` is every element's state so far, in the same int8 code.
         """
         val = np.zeros(self.dg.n, np.int8)
-        by_fact: dict[int, list] = {}
-        for f, ln, a, b in self.links:
-            if ln.term is None or ln.kind in ("sink", "tie"):  # ties carry no data
-                continue
-            by_fact.setdefault(id(f), []).append((ln, a, b))
-        for f in self.dg.facts:
+        for f, items in self.forward_schedule:
             for slot in f.coupling.zeros:  # torch.zeros: zero (and dead) whatever its sources
                 val[self.dg.ids(slot)] = _TRUE
-            items = by_fact.get(id(f))
             if not items:
                 continue
             # a rule's virtual slots are values inside the op (an LSTM's units): they feed the
@@ -218,19 +231,13 @@ class Propagation:
         for slot, n in dg.size.items():  # a size-1 dim is broadcast or indexed, never a channel to drop
             if n == 1:
                 live[dg.offset[slot]] = True
-        by_fact: dict[int, list] = {}
-        for f, ln, a, b in self.links:
-            by_fact.setdefault(id(f), []).append((ln, a, b))
-        splits: dict[int, list] = {}
-        for f, big, parts in self.splits:
-            splits.setdefault(id(f), []).append((big, parts))
-        for f in reversed(dg.facts):
-            for ln, a, b in by_fact.get(id(f), ()):
+        for f, links, splits in self.live_schedule:
+            for ln, a, b in links:
                 if ln.kind == "flow" and ln.b != ("reshape", "split"):
                     np.logical_or.at(live, a, live[b])
                 elif ln.kind == "sink":
                     np.logical_or.at(live, b, ~gone[a])
-            for big, parts in splits.get(id(f), ()):
+            for big, parts in splits:
                 both = np.ones(len(big), bool)
                 for part in parts:
                     both &= live[part]

@@ -212,10 +212,9 @@ def input_embedding_width(original: nn.Module, slim: nn.Module) -> tuple[int, in
     return None
 
 
-def _int_attr(m: nn.Module, a: str) -> int | None:
-    """``m.a`` if it is a plain int (an instance or class attribute; no module lookup)."""
-    v = m.__dict__.get(a, getattr(type(m), a, None))
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+def _is_size(v: Any) -> bool:
+    """A plain int (a size attribute's value; not a bool)."""
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _params_below(original: nn.Module, slim: nn.Module) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -239,11 +238,16 @@ def sync_widths(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
     hidden = input_embedding_width(original, slim)
     orig = dict(original.named_modules())
     below: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] | None = None  # path → (original, slim) params
+    class_attrs: dict[type, dict[str, Any]] = {}
     for path, m in slim.named_modules():
         m0 = orig.get(path)
         if m0 is None:
             continue
-        attrs = [a for a in (*HIDDEN, *FFN) if _int_attr(m, a) is not None and (id(m), a) not in fixes.done]
+        cls = type(m)
+        if cls not in class_attrs:  # (read once per class in this call)
+            class_attrs[cls] = {a: getattr(cls, a, None) for a in (*HIDDEN, *FFN)}
+        d, ca = m.__dict__, class_attrs[cls]
+        attrs = [a for a in (*HIDDEN, *FFN) if _is_size(d.get(a, ca[a])) and (id(m), a) not in fixes.done]
         if not attrs:
             continue
         if below is None:  # every module's params, both models walked once
