@@ -144,19 +144,33 @@ def slice_masked(t: torch.Tensor, kept: Mapping[int, torch.Tensor], rest: torch.
     return apply_mask(t, rest)
 
 
+KeepSpec = tuple[tuple[int, ...], int, np.ndarray]  # (param shape, dim, keep flags): a keep vector to make
+
+
 class FinalMasks(Mapping[str, torch.Tensor]):
     """``{param_fqn: bool tensor that broadcasts to the param}`` (True = kept), each held as
     factors — the user's mask as given and one compact keep vector per dim that loses
-    slices; ``masks[fqn]`` multiplies them (the smallest broadcast shape, made on access)."""
+    slices; ``masks[fqn]`` multiplies them (the smallest broadcast shape, made on access).
+    ``keep``: per param, its keep vectors as tensors or as :data:`KeepSpec` s, made into
+    tensors the first time a param's factors are asked for (a compile that only slices
+    never needs them)."""
 
-    def __init__(self, user: Mapping[str, torch.Tensor], keep: Mapping[str, Factors]):
+    def __init__(self, user: Mapping[str, torch.Tensor], keep: Mapping[str, Sequence[torch.Tensor | KeepSpec]]):
         self._user = dict(user)
-        self._keep = {k: tuple(v) for k, v in keep.items()}
+        self._keep: dict[str, tuple] = {k: tuple(v) for k, v in keep.items()}
+        self._made: set[str] = set()
         self._names = list(dict.fromkeys([*self._user, *self._keep]))
 
     def factors(self, fqn: str) -> Factors:
         u = self._user.get(fqn)
-        return ((u,) if u is not None else ()) + self._keep.get(fqn, ())
+        return ((u,) if u is not None else ()) + self._keep_factors(fqn)
+
+    def _keep_factors(self, fqn: str) -> Factors:
+        fs = self._keep.get(fqn, ())
+        if fs and fqn not in self._made:
+            fs = self._keep[fqn] = tuple(f if isinstance(f, torch.Tensor) else structured_mask(*f) for f in fs)
+            self._made.add(fqn)
+        return fs
 
     def user_mask(self, fqn: str) -> torch.Tensor | None:
         """The user's mask of ``fqn``: what is left of the final mask once the removed
@@ -189,5 +203,5 @@ def factors_of(masks: Mapping[str, torch.Tensor], fqn: str) -> Factors | None:
     return None if m is None else (m,)
 
 
-__all__ = ["FinalMasks", "Factors", "apply_mask", "broadcasts", "compact", "factors_of", "product", "shrink",
+__all__ = ["FinalMasks", "Factors", "KeepSpec", "apply_mask", "broadcasts", "compact", "factors_of", "product", "shrink",
            "slice_masked", "structured_mask"]

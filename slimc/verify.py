@@ -8,7 +8,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from slimc.compact import apply_mask, factors_of, product
+from slimc.compact import FinalMasks, apply_mask, factors_of, product
 from slimc.copying import safe_copy
 from slimc.errors import VerifyError, describe
 from slimc.inputs import other_shapes, random_like
@@ -202,6 +202,8 @@ def masks_cover(final: Mapping, user: MaskSet) -> list[str]:
     that hold the user's mask as a factor cover it by construction; others are compared."""
     bad = []
     for fqn, m in user.masks.items():
+        if isinstance(final, FinalMasks) and final.user_mask(fqn) is m:
+            continue  # a factor of its final mask (its keep vectors are not made for this)
         fs = factors_of(final, fqn)
         if fs is None:
             bad.append(fqn)

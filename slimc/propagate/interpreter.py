@@ -167,9 +167,27 @@ class Propagation:
         splits: dict[int, list] = {}
         for f, big, parts in self.splits:
             splits.setdefault(id(f), []).append((big, parts))
-        self.forward_schedule = [(f, forward.get(id(f), [])) for f in self.dg.facts
-                                 if forward.get(id(f)) or f.coupling.zeros]
-        self.live_schedule = [(f, backward.get(id(f), ()), splits.get(id(f), ())) for f in reversed(self.dg.facts)]
+        offset = self.dg.offset
+
+        def whole_slots(items: list) -> bool:  # every link reaches a whole slot, one term each
+            return all(ln.b_idx is None and ln.b in offset and np.isscalar(ln.term) for ln, _, _ in items)
+
+        def unique(ids: np.ndarray) -> bool:
+            return len(np.unique(ids)) == len(ids)
+
+        self.forward_schedule = [(f, forward.get(id(f), []), whole_slots(forward.get(id(f), [])))
+                                 for f in self.dg.facts if forward.get(id(f)) or f.coupling.zeros]
+        # backward, each link with the elements it sets and whether they are distinct (then a
+        # plain |= does what np.logical_or.at does, much faster)
+        self.live_schedule = []
+        for f in reversed(self.dg.facts):
+            links = []
+            for ln, a, b in backward.get(id(f), ()):
+                if ln.kind == "flow" and ln.b != ("reshape", "split"):
+                    links.append((True, a, b, unique(a)))
+                elif ln.kind == "sink":
+                    links.append((False, a, b, unique(b)))
+            self.live_schedule.append((f, links, splits.get(id(f), ())))
 
     # --- forward analyses ---------------------------------------------------------
     def forward(self, value: Callable[[Link, np.ndarray, np.ndarray], np.ndarray | None]) -> np.ndarray:
@@ -180,7 +198,7 @@ class Propagation:
         neutral); ``val`` is every element's state so far, in the same int8 code.
         """
         val = np.zeros(self.dg.n, np.int8)
-        for f, items in self.forward_schedule:
+        for f, items, whole in self.forward_schedule:
             for slot in f.coupling.zeros:  # torch.zeros: zero (and dead) whatever its sources
                 val[self.dg.ids(slot)] = _TRUE
             if not items:
@@ -188,34 +206,36 @@ class Propagation:
             # a rule's virtual slots are values inside the op (an LSTM's units): they feed the
             # op's outputs within the same fact, so evaluate it again once they are known
             for _ in range(3 if f.coupling.virtual else 1):
-                self._fact_state(items, value, val)
+                self._fact_state(items, whole, value, val)
         return val == _TRUE
 
-    def _fact_state(self, items: list, value, val: np.ndarray) -> None:
-        """Set the state of every element one fact's links reach: true where every term is."""
+    def _fact_state(self, items: list, whole: bool, value, val: np.ndarray) -> None:
+        """Set the state of every element one fact's links reach: true where every term is.
+        ``whole``: every link reaches a whole slot with one term (the usual case: the slots
+        hold disjoint elements, each combined on its own)."""
         contribs: list = []
-        by_slot: dict[SlotKey, list] | None = {}  # the usual case: whole slots, one term per link
+        by_slot: dict[SlotKey, tuple] = {}
         for ln, a, b in items:
             v = value(ln, a, val)
             if v is None:
                 continue
             if ln.kind == "feed":  # one term for every element of b
                 v = np.full(len(b), 1 if (v == 1).all() else 0 if (v != -1).any() else -1, np.int8)
-            contribs.append((b, ln.term, v))
-            if by_slot is not None:
-                if ln.b_idx is None and ln.b in self.dg.offset and np.isscalar(ln.term):
-                    by_slot.setdefault(ln.b, []).append((ln.term, v))
+            if whole:
+                entry = by_slot.get(ln.b)
+                if entry is None:
+                    by_slot[ln.b] = (b, [(ln.term, v)])
                 else:
-                    by_slot = None
-        if by_slot is not None:  # slots hold disjoint elements: each is combined on its own
-            for slot, tv in by_slot.items():
-                b = self.dg.ids(slot)
-                if len(tv) == 1:
-                    val[b] = tv[0][1]
-                else:
-                    true, has = _combine(tv)
-                    val[b] = np.where(has, true.view(np.int8), _NEUTRAL)
-        elif contribs:
+                    entry[1].append((ln.term, v))
+            else:
+                contribs.append((b, ln.term, v))
+        for b, tv in by_slot.values():
+            if len(tv) == 1:
+                val[b] = tv[0][1]
+            else:
+                true, has = _combine(tv)
+                val[b] = np.where(has, true.view(np.int8), _NEUTRAL)
+        if contribs:
             el, true, has = _terms_and_factors(contribs)
             val[el] = np.where(has, true.view(np.int8), _NEUTRAL)
 
@@ -232,10 +252,15 @@ class Propagation:
             if n == 1:
                 live[dg.offset[slot]] = True
         for f, links, splits in self.live_schedule:
-            for ln, a, b in links:
-                if ln.kind == "flow" and ln.b != ("reshape", "split"):
-                    np.logical_or.at(live, a, live[b])
-                elif ln.kind == "sink":
+            for flow, a, b, distinct in links:
+                if flow:  # the input is live where the output is
+                    if distinct:
+                        live[a] |= live[b]
+                    else:
+                        np.logical_or.at(live, a, live[b])
+                elif distinct:  # a sink: the channels it reads are live where it is kept
+                    live[b] |= ~gone[a]
+                else:
                     np.logical_or.at(live, b, ~gone[a])
             for big, parts in splits:
                 both = np.ones(len(big), bool)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from slimc.compact import FinalMasks, structured_mask
+from slimc.compact import FinalMasks, KeepSpec
 from slimc.errors import PlanError
 from slimc.graph import DependencyGraph
 from slimc.masks import MaskSet
@@ -331,14 +331,14 @@ def _final_masks(dg: DependencyGraph, prop: Propagation, removed: np.ndarray, ma
         kept = dg._ids["final_masks"] = ({k: tuple(p.shape) for k, p in dg.gm.named_parameters(remove_duplicate=False)},
                                          sorted(prop.linked_params, key=lambda s: (s[1], s[2])))
     params, linked = kept
-    keep: dict[str, list[torch.Tensor]] = {}
+    keep: dict[str, list[KeepSpec]] = {}
     for slot in linked:
         fqn, d = slot[1], slot[2]
         if fqn not in params:
             continue
         r = removed[dg.ids(slot)]
-        if r.any():
-            keep.setdefault(fqn, []).append(structured_mask(params[fqn], d, ~r))
+        if r.any():  # made into a tensor when asked for (FinalMasks)
+            keep.setdefault(fqn, []).append((params[fqn], d, ~r))
     for names in prop.aliases:  # tied weights share one final mask (normalize joined their user masks)
         joint = [f for n in names for f in keep.get(n, ())]
         if joint:
