@@ -90,16 +90,17 @@ def product(factors: Factors) -> torch.Tensor:
     return reduce(torch.logical_and, factors[1:], factors[0].bool())
 
 
-def apply_mask(t: torch.Tensor, factors: Factors | torch.Tensor) -> torch.Tensor:
+def apply_mask(t: torch.Tensor, factors: Factors | torch.Tensor | Sequence[np.ndarray]) -> torch.Tensor:
     """``t`` times its mask, out of place; ``t`` itself where the mask keeps everything.
     Factors are converted to ``t``'s dtype (a same-dtype product is ~2× faster than by a
     bool mask) and multiplied together first where their product is much smaller than
     ``t`` (a 3×3 conv's rows × columns: one pass over ``t``), else one by one in place.
     Bool factors on the CPU (the compact masks slimc makes) are checked and combined in
     numpy (cheaper per call than torch: a network has hundreds)."""
-    factors = (factors,) if isinstance(factors, torch.Tensor) else tuple(factors)
-    small = [f.numpy() for f in factors if f.device.type == "cpu" and f.dtype == torch.bool]
-    if len(small) == len(factors):  # the usual case: compact bool factors
+    factors = (factors,) if isinstance(factors, (torch.Tensor, np.ndarray)) else tuple(factors)
+    small = [f if isinstance(f, np.ndarray) else f.numpy() for f in factors
+             if isinstance(f, np.ndarray) or (f.device.type == "cpu" and f.dtype == torch.bool)]
+    if len(small) == len(factors):  # the usual case: compact bool factors (numpy: FinalMasks.arrays)
         small = [f for f in small if not f.all()]
         if not small:
             return t
@@ -164,6 +165,23 @@ class FinalMasks(Mapping[str, torch.Tensor]):
     def factors(self, fqn: str) -> Factors:
         u = self._user.get(fqn)
         return ((u,) if u is not None else ()) + self._keep_factors(fqn)
+
+    def arrays(self, fqn: str) -> tuple[np.ndarray, ...] | None:
+        """The factors as numpy bool arrays (what :func:`apply_mask` multiplies by), without
+        making tensors of the keep vectors; None where the user's mask is not a CPU bool tensor."""
+        u = self._user.get(fqn)
+        if u is not None and (u.device.type != "cpu" or u.dtype != torch.bool):
+            return None
+        out = [] if u is None else [u.numpy()]
+        for f in self._keep.get(fqn, ()):
+            if isinstance(f, torch.Tensor):
+                out.append(f.numpy())
+            else:
+                shape, dim, keep = f
+                view = [1] * len(shape)
+                view[dim % len(shape)] = shape[dim]
+                out.append(keep.reshape(view))
+        return tuple(out)
 
     def _keep_factors(self, fqn: str) -> Factors:
         fs = self._keep.get(fqn, ())

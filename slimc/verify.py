@@ -82,7 +82,7 @@ class Masked(nn.Module):
         self.original = original
         params = dict(original.named_parameters(remove_duplicate=False))
         with torch.no_grad():
-            self.params = {k: apply_mask(params[k], factors_of(masks, k)) for k in masks if k in params}
+            self.params = {k: apply_mask(params[k], _factors(masks, k)) for k in masks if k in params}
 
     def applied(self):
         """A context in which ``original`` itself holds the masked params (what each call of
@@ -94,6 +94,12 @@ class Masked(nn.Module):
     def forward(self, *x):
         with self.applied():
             return self.original(*x)
+
+
+def _factors(masks: Mapping, fqn: str):
+    """``fqn``'s mask factors, as numpy arrays where they are compact CPU masks (final masks)."""
+    arrays = masks.arrays(fqn) if isinstance(masks, FinalMasks) else None
+    return arrays if arrays is not None else factors_of(masks, fqn)
 
 
 def shape_text(inputs: tuple) -> str:
