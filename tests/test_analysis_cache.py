@@ -133,6 +133,16 @@ def test_copies_and_new_instances_reuse_the_analysis_with_their_own_weights():
     assert len(analysis._by_structure) == 1 and not analysis._kept
 
 
+def test_the_export_front_end_reuses_by_structure_with_the_new_models_buffers():
+    x = torch.randn(2, 3, 10, 10)
+    analysis.clear()
+    m = _bn_net().eval()
+    assert _compile(m, _mask(m), x, front_end="export").report["front_end"] == "export"
+    other = _bn_net(seed=5).eval()  # other weights and running statistics
+    res = _compile(other, _mask(other), x, front_end="export", verify=False)
+    assert res.report["analysis"] == "reused" and _matches_masked(other, res, x)
+
+
 class _Act(nn.Module):
     def __init__(self, approximate: str):
         super().__init__()
