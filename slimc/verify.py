@@ -86,14 +86,16 @@ class Masked(nn.Module):
 
     def applied(self):
         """A context in which ``original`` itself holds the masked params (what each call of
-        ``functional_call`` sets up and undoes: several forwards pay for it once)."""
-        from torch.nn.utils.stateless import _reparametrize_module
-
+        ``functional_call`` sets up and undoes: several forwards pay for it once); None
+        where this torch does not have it (then each forward of this module sets them up)."""
+        try:
+            from torch.nn.utils.stateless import _reparametrize_module
+        except ImportError:
+            return None
         return _reparametrize_module(self.original, self.params, tie_weights=False, strict=False)
 
     def forward(self, *x):
-        with self.applied():
-            return self.original(*x)
+        return torch.func.functional_call(self.original, self.params, x, tie_weights=False, strict=False)
 
 
 def _factors(masks: Mapping, fqn: str):
@@ -123,7 +125,11 @@ class Reference:
 
     def __init__(self, original: nn.Module, final_masks: dict, inputs: tuple, free: dict[int, list[int]]):
         self.module = Masked(original, final_masks)
-        with self.module.applied():
+        applied = self.module.applied()
+        if applied is None:
+            self._run(self.module, inputs, free)
+            return
+        with applied:  # every forward of the original below runs with the masked params
             self._run(original, inputs, free)
 
     def _run(self, masked: nn.Module, inputs: tuple, free: dict[int, list[int]]) -> None:

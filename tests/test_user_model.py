@@ -147,6 +147,24 @@ def test_checked_at_a_second_shape_said_in_the_report():
     assert "varied input 0 dims [0, 2, 3]" in v["varied"]
 
 
+def test_the_reference_leaves_the_original_as_it_was_and_needs_no_private_torch_api(monkeypatch):
+    from slimc.verify import Masked, Reference
+
+    m = zoo.build("resnet_tiny").eval()
+    x = zoo.example_inputs("resnet_tiny")
+    res = slimc.compile(m, group_masks(m, x, 0.5), x)
+    before = {k: t.clone() for k, t in m.state_dict().items()}
+    ids = {k: id(p) for k, p in m.named_parameters()}
+    with_context = Reference(m, res.masks, as_tuple(x), {0: [0, 2, 3]})
+    monkeypatch.setattr(Masked, "applied", lambda self: None)  # a torch without _reparametrize_module
+    without = Reference(m, res.masks, as_tuple(x), {0: [0, 2, 3]})
+    for a, b in zip(with_context.outputs, without.outputs):
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert {k: id(p) for k, p in m.named_parameters()} == ids  # the model's own parameters are back
+    assert all(torch.equal(t, before[k]) for k, t in m.state_dict().items())
+    assert with_context.check(res.module).ok
+
+
 def test_inputs_whose_values_matter_are_checked_as_given_too():
     m = zoo.build("gpt_tiny").eval()
     x = zoo.example_inputs("gpt_tiny")
