@@ -203,7 +203,8 @@ def _dims_text(dims: dict[int, list[int]]) -> str:
 
 def check(slim: nn.Module, original: nn.Module, final_masks: dict, example_inputs: tuple,
           user_masks: MaskSet | None = None, free: dict[int, list[int]] | None = None) -> Check:
-    """slim vs the original with the final masks, at the example and at a second shape."""
+    """slim vs the original with the final masks, at a second shape and, where its values
+    matter, at the example (:class:`Reference`)."""
     ref = Reference(original, final_masks, example_inputs, free or {})
     user = Masked(original, user_masks.masks) if user_masks is not None else None
     return ref.check(slim, user)
