@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 Factors = tuple[torch.Tensor, ...]
+#: the largest joint bool mask :func:`apply_mask` makes (16 MB); beyond, factors multiply one by one
+JOINT_BOOL_MAX = 1 << 24
 
 
 def structured_mask(shape: Sequence[int], dim: int, keep) -> torch.Tensor:
@@ -92,19 +94,20 @@ def product(factors: Factors) -> torch.Tensor:
 
 def apply_mask(t: torch.Tensor, factors: Factors | torch.Tensor | Sequence[np.ndarray]) -> torch.Tensor:
     """``t`` times its mask, out of place; ``t`` itself where the mask keeps everything.
-    Factors are converted to ``t``'s dtype (a same-dtype product is ~2× faster than by a
-    bool mask) and multiplied together first where their product is much smaller than
-    ``t`` (a 3×3 conv's rows × columns: one pass over ``t``), else one by one in place.
-    Bool factors on the CPU (the compact masks slimc makes) are checked and combined in
-    numpy (cheaper per call than torch: a network has hundreds)."""
+    Compact bool factors on the CPU (the masks slimc makes; numpy arrays from
+    :meth:`FinalMasks.arrays`) are checked and combined in numpy — their joint mask is a
+    bool array, a quarter of a float32 ``t`` at most — and ``t`` is multiplied once by it;
+    a joint mask over :data:`JOINT_BOOL_MAX` elements (VGG's classifier) is not made, the
+    factors multiply one by one. Other factors are converted to ``t``'s dtype and multiplied
+    together first where their product is much smaller than ``t``, else one by one."""
     factors = (factors,) if isinstance(factors, (torch.Tensor, np.ndarray)) else tuple(factors)
     small = [f if isinstance(f, np.ndarray) else f.numpy() for f in factors
              if isinstance(f, np.ndarray) or (f.device.type == "cpu" and f.dtype == torch.bool)]
-    if len(small) == len(factors):  # the usual case: compact bool factors (numpy: FinalMasks.arrays)
+    if len(small) == len(factors):  # the usual case: compact bool factors
         small = [f for f in small if not f.all()]
         if not small:
             return t
-        if len(small) > 1 and 4 * math.prod(np.broadcast_shapes(*[f.shape for f in small])) <= t.numel():
+        if len(small) > 1 and math.prod(max(sizes) for sizes in zip(*[f.shape for f in small])) <= JOINT_BOOL_MAX:
             small = [reduce(np.logical_and, small)]
         out = t * _as_factor(small[0], t)
         for f in small[1:]:
@@ -122,7 +125,9 @@ def apply_mask(t: torch.Tensor, factors: Factors | torch.Tensor | Sequence[np.nd
 
 
 def _as_factor(f: np.ndarray, t: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(f)).to(device=t.device, dtype=t.dtype)
+    """A bool numpy factor as a tensor to multiply ``t`` by (bool: ``t``'s dtype is kept)."""
+    f = torch.from_numpy(np.ascontiguousarray(f))
+    return f if t.device.type == "cpu" else f.to(t.device)
 
 
 def slice_masked(t: torch.Tensor, kept: Mapping[int, torch.Tensor], rest: torch.Tensor | None) -> torch.Tensor:
