@@ -71,8 +71,9 @@ def fork(gm: fx.GraphModule, model: nn.Module | None = None) -> fx.GraphModule:
     parameters and buffers of the same names where ``model`` is given (an analysis reused by
     structure), else ``gm``'s own. Its ``forward`` is run by the rewrite (``run_pipeline``:
     ``gm``'s generated code where the graph stays as it is, else compiled anew)."""
-    memo: dict[int, Any] = {id(p): p for _, p in gm.named_parameters(remove_duplicate=False)}
-    if model is not None:
+    if model is None:
+        memo: dict[int, Any] = {id(p): p for _, p in gm.named_parameters(remove_duplicate=False)}
+    else:
         params = dict(model.named_parameters(remove_duplicate=False))
         buffers = dict(model.named_buffers(remove_duplicate=False))
         memo = {id(p): params[k] for k, p in gm.named_parameters(remove_duplicate=False)}

@@ -35,8 +35,7 @@ def structured_mask(shape: Sequence[int], dim: int, keep) -> torch.Tensor:
     shape = tuple(int(s) for s in shape)
     dim = dim % len(shape)
     n = shape[dim]
-    view = [1] * len(shape)
-    view[dim] = n
+    view = _keep_view(shape, dim)
     device = keep.device if isinstance(keep, torch.Tensor) else torch.device("cpu")
     if isinstance(keep, torch.Tensor):  # built in numpy: one torch call (a network has hundreds)
         keep = keep.detach().cpu()
@@ -54,6 +53,13 @@ def structured_mask(shape: Sequence[int], dim: int, keep) -> torch.Tensor:
         vec[idx] = True
         vec = vec.reshape(view)
     return torch.from_numpy(vec).to(device)
+
+
+def _keep_view(shape: Sequence[int], dim: int) -> list[int]:
+    """The shape of a keep vector along ``dim`` that broadcasts to ``shape``: 1 elsewhere."""
+    view = [1] * len(shape)
+    view[dim % len(shape)] = shape[dim]
+    return view
 
 
 def shrink(mask: torch.Tensor) -> torch.Tensor:
@@ -143,7 +149,7 @@ def slice_masked(t: torch.Tensor, kept: Mapping[int, torch.Tensor], rest: torch.
         for d, k in kept.items():
             if r.shape[d] > 1:
                 r = r.take(k.numpy(), axis=d)
-        return t if r.all() else apply_mask(t, torch.from_numpy(r))
+        return apply_mask(t, r)
     for d, k in kept.items():
         if rest.shape[d] > 1:
             rest = rest.index_select(d, k)
@@ -164,7 +170,6 @@ class FinalMasks(Mapping[str, torch.Tensor]):
     def __init__(self, user: Mapping[str, torch.Tensor], keep: Mapping[str, Sequence[torch.Tensor | KeepSpec]]):
         self._user = dict(user)
         self._keep: dict[str, tuple] = {k: tuple(v) for k, v in keep.items()}
-        self._made: set[str] = set()
         self._names = list(dict.fromkeys([*self._user, *self._keep]))
 
     def factors(self, fqn: str) -> Factors:
@@ -183,16 +188,13 @@ class FinalMasks(Mapping[str, torch.Tensor]):
                 out.append(f.numpy())
             else:
                 shape, dim, keep = f
-                view = [1] * len(shape)
-                view[dim % len(shape)] = shape[dim]
-                out.append(keep.reshape(view))
+                out.append(keep.reshape(_keep_view(shape, dim)))
         return tuple(out)
 
     def _keep_factors(self, fqn: str) -> Factors:
         fs = self._keep.get(fqn, ())
-        if fs and fqn not in self._made:
+        if any(not isinstance(f, torch.Tensor) for f in fs):  # made once, then kept as tensors
             fs = self._keep[fqn] = tuple(f if isinstance(f, torch.Tensor) else structured_mask(*f) for f in fs)
-            self._made.add(fqn)
         return fs
 
     def user_mask(self, fqn: str) -> torch.Tensor | None:

@@ -175,8 +175,8 @@ class Propagation:
         def unique(ids: np.ndarray) -> bool:
             return len(np.unique(ids)) == len(ids)
 
-        self.forward_schedule = [(f, forward.get(id(f), []), whole_slots(forward.get(id(f), [])))
-                                 for f in self.dg.facts if forward.get(id(f)) or f.coupling.zeros]
+        self.forward_schedule = [(f, items, whole_slots(items)) for f in self.dg.facts
+                                 if (items := forward.get(id(f), [])) or f.coupling.zeros]
         # backward, each link with the elements it sets and whether they are distinct (then a
         # plain |= does what np.logical_or.at does, much faster)
         self.live_schedule = []
