@@ -121,5 +121,4 @@ def plot_latency(rows: list[dict], path: str | os.PathLike, *, title: str | None
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             fig.savefig(f, format="png", dpi=120)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
     return path
