@@ -66,6 +66,25 @@ def describe(exc: BaseException, limit: int = 300, *, innermost: bool = False) -
     return f"{name}: {line}" if line else name
 
 
+def with_cause(exc: BaseException, limit: int = 300) -> str:
+    """:func:`describe` of ``exc``, and of the error that caused it where that says something
+    else (``ModuleNotFoundError: Could not import module 'Qwen2ForCausalLM'`` hides the library
+    that failed to import behind it): the innermost ``__cause__``, else ``__context__``."""
+    root, seen = exc, {id(exc)}
+    while True:
+        nxt = root.__cause__ if root.__cause__ is not None else (
+            None if root.__suppress_context__ else root.__context__)
+        if nxt is None or id(nxt) in seen:
+            break
+        root = nxt
+        seen.add(id(root))
+    outer = describe(exc, limit)
+    if root is exc:
+        return outer
+    inner = describe(root, limit)
+    return outer if inner in outer else f"{outer} (caused by {inner})"
+
+
 def _first_line(text: str, limit: int) -> str:
     for line in _ANSI_RE.sub("", text).splitlines():
         line = re.sub(r"\s+", " ", line).strip()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimc.errors import LoadError, describe
+from slimc.errors import LoadError, with_cause
 from slimc.inputs import bind
 
 
@@ -32,7 +32,7 @@ def _import_file(path: Path) -> ModuleType:
         spec.loader.exec_module(mod)
     except Exception as e:
         sys.modules.pop(name, None)
-        raise LoadError(f"importing '{path}' failed: {describe(e)}") from e
+        raise LoadError(f"importing '{path}' failed: {with_cause(e)}") from e
     finally:
         sys.path.pop(0)
     return mod
@@ -66,7 +66,7 @@ def load_spec(spec: str) -> tuple[nn.Module, tuple, ModuleType | None]:
         try:
             mod = importlib.import_module(modname)
         except Exception as e:
-            raise LoadError(f"cannot import '{modname}' ({describe(e)}): check the spec or PYTHONPATH") from e
+            raise LoadError(f"cannot import '{modname}' ({with_cause(e)}): check the spec or PYTHONPATH") from e
         where = f"module '{modname}'"
         if attr:
             obj = getattr(mod, attr, None)
@@ -84,7 +84,7 @@ def load_spec(spec: str) -> tuple[nn.Module, tuple, ModuleType | None]:
         try:
             model = mod.build_model()
         except Exception as e:
-            raise LoadError(f"build_model() in {where} failed: {describe(e)}") from e
+            raise LoadError(f"build_model() in {where} failed: {with_cause(e)}") from e
     if not isinstance(model, nn.Module):
         raise LoadError(
             f"{where} defines no `model` (nn.Module) or `build_model()`: add e.g. `model = MyNet()`"
