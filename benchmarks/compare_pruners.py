@@ -92,7 +92,7 @@ def run_local(points, dense, settings, done) -> None:
     import torch
 
     from slimc.compare.grid import run_point, train_dense
-    from slimc.prune.data import progress
+    from slimc.progress import progress
 
     torch.set_num_threads(settings.threads)
     for model, seed in progress(dense, "dense networks"):
@@ -107,7 +107,7 @@ def run_ray(points, dense, settings, done, address: str | None, workers: int | N
     except ImportError:
         raise ConfigError("--ray needs Ray: pip install 'slimc[ray]'") from None
     from slimc.compare.grid import run_point, train_dense
-    from slimc.prune.data import progress
+    from slimc.progress import progress
 
     ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
              ignore_reinit_error=True, log_to_driver=False)
@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     from slimc.bench.report import machine_markdown
     from slimc.compare import report
     from slimc.compare.grid import Settings, dataset, load_records
+    from slimc.progress import plain_lines
+
+    plain_lines()  # progress lines when the log is piped
 
     a = parse_args(argv)
     try:

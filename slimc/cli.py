@@ -15,9 +15,14 @@ from slimc.errors import ConfigError, LoadError, SlimcError, describe
 
 
 def _console():
+    """Rich output on stdout; when stdout is not a terminal (a pipe, a CI log), nothing is cut
+    or wrapped to 80 columns: tables show full layer names."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    con = Console(highlight=False)
+    if not con.is_terminal:
+        con = Console(highlight=False, width=1_000)
+    return con
 
 
 def _load(spec: str, masks_path: str | None):
@@ -126,8 +131,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
     except ValueError:
         raise LoadError(f"--batch '{a.batch}' is not a comma-separated list of integers, e.g. 1,8,64") from None
     src = Path(a.model)
+    from slimc.progress import say
+
     kw = dict(batches=batches, device=a.device, runtimes=tuple(a.runtimes.split(",")), threads=a.threads,
-              dtype=a.dtype, channels_last=a.channels_last, min_time_s=a.min_time)
+              dtype=a.dtype, channels_last=a.channels_last, min_time_s=a.min_time, log=say)
     if a.device == "cuda":
         import torch
 
@@ -417,7 +424,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from slimc.progress import plain_lines
+
     args = _parser().parse_args(argv)
+    plain_lines()  # long commands print plain progress lines when stderr is piped
     debug = getattr(args, "debug", False) or os.environ.get("SLIMC_DEBUG") == "1"
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:

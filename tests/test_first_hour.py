@@ -56,3 +56,62 @@ def test_with_cause_reads_the_chain():
             raise ValueError("second") from None  # the context suppressed: not shown
     except ValueError as e:
         assert with_cause(e) == "ValueError: second"
+
+
+MODEL = '''
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a_convolution_with_a_name_longer_than_eighty_columns_would_allow_in_a_table_cell = nn.Conv2d(3, 8, 3)
+        self.b = nn.Conv2d(8, 8, 3)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.a_convolution_with_a_name_longer_than_eighty_columns_would_allow_in_a_table_cell(x).relu()
+        return self.head(self.b(x).relu().mean((2, 3)))
+
+torch.manual_seed(0)
+model = Net().eval()
+example_inputs = torch.randn(2, 3, 16, 16)
+_x = torch.randn(4, 3, 16, 16)
+
+def evaluate(m):
+    with torch.no_grad():
+        return float(m(_x).mean())
+'''
+
+
+def test_piped_output_is_complete(tmp_path, capsys):
+    """stdout is not a terminal under pytest, as in a CI log: tables keep full layer names, and
+    long commands print plain progress lines on stdout instead of silence (stderr: errors)."""
+    p = tmp_path / "model.py"
+    p.write_text(MODEL)
+    long_name = "a_convolution_with_a_name_longer_than_eighty_columns_would_allow_in_a_table_cell"
+    assert main(["flops", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert long_name in out, out
+    assert main(["sensitivity", str(p), "-o", str(tmp_path / "sens")]) == 0
+    err = capsys.readouterr().out.splitlines()
+    lines = [ln for ln in err if ln.startswith("sensitivity: ")]
+    assert lines and lines[0].endswith(" 0/6") and lines[-1].startswith("sensitivity: 2 families") \
+        and " 6/6 done (" in lines[-1], err
+
+
+def test_progress_lines_only_when_asked_and_piped(capsys):
+    from slimc import progress as pg
+
+    pg.plain_lines(False)
+    try:
+        assert list(pg.progress(range(3), "quiet")) == [0, 1, 2]
+        pg.say("nothing")
+        assert capsys.readouterr() == ("", "")
+        pg.plain_lines(True)
+        assert list(pg.progress(range(3), "loud")) == [0, 1, 2]
+        pg.say("a step")
+        out, err = capsys.readouterr()
+        assert out.splitlines() == ["loud: 0/3", "loud: 3/3 done (0 s)", "a step"] and err == ""
+    finally:
+        pg.plain_lines(False)

@@ -152,7 +152,19 @@ class AutoPruner:
         return self.callbacks.score(trial)
 
     def log(self, **row: Any) -> None:
+        from slimc.progress import say
+
         self.history.append({k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in row.items()})
+        say(f"{self.name or 'budget'}: " + ", ".join(f"{k} {_short(v)}" for k, v in row.items()))
+
+
+def _short(v: Any) -> str:
+    """A progress line's value: numbers to 4 digits, lists by their length."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return f"[{len(v)} values]"
+    return str(v)
 
 
 class UniformBudget(AutoPruner):

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from slimc.errors import DataError, describe
+from slimc.progress import progress
 
 MODEL_PY_HINT = ("define `calibration_batches()` in model.py (yielding input tuples or (inputs, target) pairs), "
                  "or pass data= to the API")
@@ -53,22 +54,6 @@ def as_batch(item: Any, n_inputs: int, i: int = 0) -> Batch:
         + (f" of {len(item)} items" if isinstance(item, (tuple, list)) else "")
         + f" but the model takes {n_inputs} input(s): yield tensors, tuples of the inputs, or (inputs, target) pairs"
     )
-
-
-def progress(items: Iterable, description: str, total: int | None = None) -> Iterator:
-    """Iterate ``items`` under a rich progress bar (on stderr when it is a terminal; gone when done)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    console = Console(stderr=True)
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task(description, total=total)
-        for x in items:
-            yield x
-            bar.advance(task)
 
 
 class Calibration:

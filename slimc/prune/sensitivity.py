@@ -19,7 +19,8 @@ from slimc.copying import safe_copy
 from slimc.errors import DataError
 from slimc.inputs import bind
 from slimc.masks import MaskSet
-from slimc.prune.data import UserData, failed, progress
+from slimc.prune.data import UserData, failed
+from slimc.progress import progress
 from slimc.prune.pruner import Pruner
 
 DEFAULT_SPARSITIES = (0.25, 0.5, 0.75)
