@@ -41,20 +41,25 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
-def _guard_outputs(inputs: list[str | None], outputs: list[Path]) -> None:
+def _guard_outputs(inputs: list[str | None], outputs: list[Path], folder: Path | None = None) -> None:
+    """Refuse, before any work, an output that is an input, and an output folder (``-o``) that
+    is an input or an existing file: one line naming the clash (exit 2)."""
     for i in inputs:
         if i is None:
             continue
-        for o in outputs:
+        for o in [*([folder] if folder is not None else []), *outputs]:
             if _same_file(i, o):
                 raise LoadError(f"output '{o}' would overwrite the input '{i}': choose another output path")
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise LoadError(f"output folder '{folder}' is a file: -o names a folder to write into, choose another path")
 
 
 def cmd_compile(a: argparse.Namespace) -> int:
     import slimc
 
     out = Path(a.output)
-    _guard_outputs([a.model, a.masks], [out / n for n in ("slim.pt", "slim.onnx", "report.json", "masks.pth", "inputs.pt")])
+    _guard_outputs([a.model, a.masks], [out / n for n in ("slim.pt", "slim.onnx", "report.json", "masks.pth", "inputs.pt")],
+                   folder=out)
     model, inputs, masks = _load(a.model, a.masks)
     res = slimc.compile(model, masks, inputs, mode=a.mode, verify=not a.no_verify, front_end=a.front_end,
                         renorm=a.renorm, allow_empty=a.allow_empty, name=Path(a.model).stem, probe=not a.no_probe,
@@ -131,6 +136,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     except ValueError:
         raise LoadError(f"--batch '{a.batch}' is not a comma-separated list of integers, e.g. 1,8,64") from None
     src = Path(a.model)
+    _guard_outputs([a.model, a.masks], [Path(a.output) / f"bench.{e}" for e in ("json", "md", "png")],
+                   folder=Path(a.output))
     from slimc.progress import say
 
     kw = dict(batches=batches, device=a.device, runtimes=tuple(a.runtimes.split(",")), threads=a.threads,
@@ -241,7 +248,7 @@ def cmd_sensitivity(a: argparse.Namespace) -> int:
     from slimc.prune.sensitivity import most_sensitive, plot_sensitivity, sensitivity, sensitivity_config, worst_drop
 
     out = Path(a.output)
-    _guard_outputs([a.model], [out / n for n in ("sensitivity.json", "sensitivity.png", "config.yaml")])
+    _guard_outputs([a.model], [out / n for n in ("sensitivity.json", "sensitivity.png", "config.yaml")], folder=out)
     try:
         sparsities = [float(s) for s in a.sparsities.split(",") if s.strip()]
     except ValueError:
