@@ -187,11 +187,14 @@ def cmd_prune(a: argparse.Namespace) -> int:
     from slimc.masks import save_masks
     from slimc.prune import make_pruner, to_layout
     from slimc.prune.auto import auto_class, make_auto
+    from slimc.prune.criteria import names as criterion_names, unknown as unknown_criterion
     from slimc.prune.data import UserData
 
     out = Path(a.output)
     _guard_outputs([a.model, a.config], [out])
     automatic = auto_class(a.criterion) is not None
+    if not automatic and a.criterion not in criterion_names():
+        raise unknown_criterion(a.criterion)  # before the model is loaded
     if automatic and not a.budget:
         raise ConfigError(f"criterion '{a.criterion}' is an automatic pruner: give it a budget, e.g. --budget flops=0.5")
     model, inputs, ns = load_spec(a.model)
@@ -307,6 +310,8 @@ def cmd_rules(a: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from slimc.prune.criteria import choices as criterion_choices
+
     p = argparse.ArgumentParser(prog="slimc", description="Make pruned (masked) PyTorch models physically smaller, verified exact.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -372,10 +377,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("model", help="model.py, pkg.module:attr or zoo:NAME (data-driven criteria: model.py defines "
                                   "calibration_batches(), and loss_fn(output, target) for taylor)")
     pr.add_argument("--criterion", default="l1", metavar="NAME",
-                    help="l1 (default), l2, fpgm (geometric median), random, slim (|BatchNorm γ|), apoz, "
-                         "mean_activation, taylor (data-driven), level (unstructured magnitude); automatic, "
-                         "with --budget: netadapt, sa (simulated annealing), autocompress, admm (model.py "
-                         "defines evaluate(model) -> float and finetune(model, steps))")
+                    help=f"how units are chosen (default l1): {criterion_choices()} (data: model.py defines "
+                         "calibration_batches(); automatic pruners: evaluate(model) -> float and "
+                         "finetune(model, steps))")
     pr.add_argument("--budget", default=None, metavar="KIND=F",
                     help="params=0.3, flops=0.5 or latency=0.5: the slim model's cost as a fraction of the dense "
                          "model's (latency measured on the compiled slim model); with a classic criterion, "

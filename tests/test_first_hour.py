@@ -138,3 +138,23 @@ def test_an_output_folder_that_is_an_input_or_a_file_is_refused(tmp_path, capsys
             takes_masks = "--masks" in cmd
             assert (needle if takes_masks else "is a file") in line and str(out) in line, line
     assert masks.read_bytes() == before and other.read_text() == "mine"
+
+
+def test_every_criterion_name_from_one_source(tmp_path, capsys):
+    """The message, the help and the names --criterion accepts agree (automatic pruners included)."""
+    from slimc.prune.auto import auto_names
+    from slimc.prune.criteria import choices, names
+
+    p = tmp_path / "model.py"
+    p.write_text(MODEL)
+    assert main(["prune", str(p), "--criterion", "fpmg", "-o", str(tmp_path / "m.pth")]) == 2
+    line = _err_line(capsys)
+    assert "did you mean 'fpgm'" in line and choices() in line
+    for n in [*names(), *auto_names()]:
+        assert n in choices()
+    with pytest.raises(SystemExit):
+        main(["prune", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for n in auto_names():
+        assert n in help_text
+    assert not (tmp_path / "m.pth").exists()

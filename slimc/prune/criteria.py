@@ -168,11 +168,34 @@ def get(name_or_criterion: str | Criterion) -> Criterion:
 
     cls = CRITERIA.get(str(name_or_criterion))
     if cls is None:
-        raise ConfigError(f"unknown criterion '{name_or_criterion}': use one of {', '.join(names())}")
+        raise unknown(str(name_or_criterion))
     return cls()
 
 
 def names() -> list[str]:
+    """The one-shot criteria (``level``: unstructured)."""
     from slimc.prune import activations  # noqa: F401
 
     return ["level", *CRITERIA]
+
+
+def choices() -> str:
+    """Every name ``--criterion`` takes, in one phrase: the message, the CLI help and the README
+    read it from here."""
+    from slimc.prune.auto import auto_names
+
+    every = names()
+    data = {n for n, c in CRITERIA.items() if c.needs_data}
+    one = [f"{n} (needs data)" if n in data else n for n in every]
+    return f"{', '.join(one)}; automatic, with a budget: {', '.join(auto_names())}"
+
+
+def unknown(name: str) -> ConfigError:
+    """The one-line error for a criterion name that is none of :func:`choices` (with the closest)."""
+    import difflib
+
+    from slimc.prune.auto import auto_names
+
+    close = difflib.get_close_matches(name, [*names(), *auto_names()], n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown criterion '{name}'{hint}: use one of {choices()}")
