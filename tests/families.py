@@ -9,7 +9,8 @@ model), loads the compile output with ``slimc.load`` and compares, at every give
 
 * the user's class (``slimc.load``) and the graph (``slim.pt``) against the masked original;
 * ``slim.onnx`` in onnxruntime against the masked original (where the compile wrote it);
-* greedy ``generate()`` (KV cache on) of the reloaded model against the masked original.
+* greedy ``generate()`` (KV cache on) of the reloaded model against the masked original (an
+  encoder–decoder model takes the prompt as its encoder's input).
 
 The caller asserts on the returned :class:`FamilyRun` (``run.assert_exact()`` for the usual
 claims) and on the compile's ``report.json``.
@@ -158,6 +159,10 @@ if opts["generate"]:
     kw = dict(max_new_tokens=opts["new_tokens"], do_sample=False)
     if getattr(ref.generation_config, "pad_token_id", None) is None:
         kw["pad_token_id"] = 0
+    gc = ref.generation_config
+    if getattr(ref.config, "is_encoder_decoder", False) and getattr(gc, "decoder_start_token_id", None) is None \
+            and getattr(gc, "bos_token_id", None) is None:  # T5's default config names none: its pad, as T5 has it
+        kw["decoder_start_token_id"] = kw.get("pad_token_id", gc.pad_token_id)
     try:
         with torch.no_grad():
             a, b = slim.generate(prompt, **kw), ref.generate(prompt, **kw)
