@@ -113,12 +113,11 @@ SDPA = (F.scaled_dot_product_attention, *aten("scaled_dot_product_attention.defa
 def sdpa(op: OpView) -> Coupling | Unsupported:
     """softmax(q·kᵀ·s + mask)·v: batch and head dims pass (a key/value head goes with every
     query head that shares it); q's and k's head dim is contracted (they lose the same
-    channels, the scale is patched to stay 1/√E); v's head dim passes; keys are mixed (fixed).
-
-    Terms and factors as the eager form has them: a head's output is v's times the
-    softmax of ``q·kᵀ + mask``, so it is dead where v's head is, or where q's or k's is *and*
-    the mask's is — (v ∨ q ∨ k) ∧ (v ∨ mask). An additive mask is a term of the scores,
-    not a factor of the output: a mask of zeros (T5's cross-attention bias) kills no head."""
+    channels, the scale is patched to stay 1/√E); v's head dim passes; keys are mixed (fixed)."""
+    # Terms and factors as the eager form has them: a head's output is v's times the softmax
+    # of q·kᵀ + mask, so it is dead where v's head is, or where q's or k's is *and* the mask's
+    # is — (v ∨ q ∨ k) ∧ (v ∨ mask). An additive mask is a term of the scores, not a factor of
+    # the output: a mask of zeros (T5's cross-attention position bias) kills no head.
     q, k, v = op.arg(0, "query"), op.arg(1, "key"), op.arg(2, "value")
     sq, sk, sv, out = op.shape(q), op.shape(k), op.shape(v), op.out_shape
     if None in (sq, sk, sv) or not isinstance(out, tuple) or min(len(sq), len(sk), len(sv)) < 2:
