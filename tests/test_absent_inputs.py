@@ -69,3 +69,16 @@ def test_export_onnx_takes_absent_inputs(tmp_path):
     info = export_onnx(m, (x["x"], None, x["y"]), tmp_path / "m.onnx", dynamic_dims={0: [0, 1], 2: [0, 1]})
     assert len(info.input_names) == 2 and info.checked
     assert list(info.dynamic_dims.values()) == [[0, 1], [0, 1]]
+
+
+def test_onnxruntime_timer_feeds_the_given_tensors(tmp_path):
+    """slimc bench times slim.onnx with the bound inputs, None in them: the file takes the tensors."""
+    from slimc.bench.ort_timer import time_ort
+    from slimc.onnx import export_onnx
+
+    torch.manual_seed(0)
+    m = Optional().eval()
+    x = _example()
+    export_onnx(m, (x["x"], None, x["y"]), tmp_path / "m.onnx", check=False)
+    t = time_ort(tmp_path / "m.onnx", (x["x"], None, x["y"]), warmup=1, repeats=3, threads=1)
+    assert t.median_ms > 0

@@ -114,3 +114,25 @@ def test_t5_ffn_config_follows_beside_a_vocabulary_of_the_same_size():
     hf = res.report["user_model"]["hf"]
     assert hf["expressible"] and "d_ff: 128 → 96" in hf["config_changes"], hf
     assert res.model.config.d_ff == 96 and res.model.config.vocab_size == 128
+
+
+@pytest.mark.slow
+def test_bart_bench_times_every_variant_in_both_runtimes(tmp_path):
+    """slimc bench of an encoder–decoder model: the original and masked models run with their
+    cache off (an EncoderDecoderCache is no ONNX output), slim.onnx takes the given tensors."""
+    import runpy
+
+    from slimc.bench import bench
+    from slimc.prune import prune
+
+    (tmp_path / "model.py").write_text(BART.replace("encoder_layers=2, decoder_layers=2",
+                                                    "encoder_layers=1, decoder_layers=1"))
+    ns = runpy.run_path(str(tmp_path / "model.py"))
+    model, x = ns["model"], ns["example_inputs"]
+    masks = prune(model, x, "l1", ratio=0.3)
+    from slimc.inputs import bind
+
+    res = bench(model, masks, bind(model, x), batches=(2,), runtimes=("torch", "ort"), min_time_s=0.01,
+                warmup=1, workdir=tmp_path / "bench")
+    assert not res["errors"], res["errors"]
+    assert {(r["variant"], r["runtime"]) for r in res["rows"]} >= {("slim", "ort-cpu"), ("original", "ort-cpu")}
