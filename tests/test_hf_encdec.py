@@ -70,6 +70,9 @@ def test_t5_end_to_end(tmp_path):
         assert _heads_lost(r, q) == 1, q
     for ffn in ("encoder.block.0.layer.1.DenseReluDense.wi", "decoder.block.1.layer.2.DenseReluDense.wi"):
         assert _rows(r, ffn)[1] < _rows(r, ffn)[0], ffn
+    for stack in ("encoder", "decoder"):  # the relative position bias table loses the pruned heads' columns
+        bias = next(x for x in r["layers"] if x["layer"] == f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias")
+        assert bias["before"][1] == 4 and bias["after"][1] == 3, bias
     hf = r["user_model"]["hf"]
     assert hf["expressible"], hf
     assert "num_heads: 4 → 3" in hf["config_changes"] and any(c.startswith("d_ff: 128 → ") for c in hf["config_changes"])
