@@ -45,6 +45,9 @@ def _pair(b: int, n: int, m: int, seed: int) -> dict:
 # another batch; the decoder longer than the encoder; equal lengths
 SHAPES = [_pair(2, 12, 7, 1), _pair(3, 9, 13, 2), _pair(2, 5, 5, 3)]
 PROMPT = _pair(2, 6, 1, 4)["input_ids"]
+# random weights repeat one token (T5's tied embedding) or end at once (BART's EOS): no token
+# twice and no early end, so every step follows the order of the logits
+GENERATE = {"min_new_tokens": 6, "no_repeat_ngram_size": 1}
 
 
 def _rows(report: dict, layer: str) -> tuple[int, int]:
@@ -62,7 +65,7 @@ def _heads_lost(report: dict, q: str, head_dim: int = 16) -> int:
 def test_t5_end_to_end(tmp_path):
     """Heads of the encoder, the decoder's self-attention and its cross-attention, FFN of both;
     the config follows (num_heads with d_kv explicit, d_ff): from_pretrained rebuilds it."""
-    run = run_family(tmp_path, T5, SHAPES, prompt=PROMPT)
+    run = run_family(tmp_path, T5, SHAPES, prompt=PROMPT, generate_kw=GENERATE)
     run.assert_exact()
     r = run.report
     for q in ("encoder.block.0.layer.0.SelfAttention.q", "decoder.block.1.layer.0.SelfAttention.q",
@@ -84,7 +87,7 @@ def test_bart_end_to_end(tmp_path):
     """FFN of encoder and decoder, heads of the encoder, the decoder's self- and cross-attention.
     BART's head size is d_model // heads: pruned heads are not expressible in its config, the
     report says why, and slimc.load rebuilds the class from layout.json."""
-    run = run_family(tmp_path, BART, SHAPES, prompt=PROMPT)
+    run = run_family(tmp_path, BART, SHAPES, prompt=PROMPT, generate_kw=GENERATE)
     run.assert_exact()
     r = run.report
     for ffn in ("model.encoder.layers.0.fc1", "model.decoder.layers.1.fc1"):
