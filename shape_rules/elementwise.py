@@ -270,6 +270,19 @@ def where(op: OpView) -> Coupling | Unsupported:
     return c
 
 
+@shape_rule(torch.maximum, torch.minimum, torch.fmax, torch.fmin, "maximum", "minimum", "fmax", "fmin",
+            *aten("maximum.default", "minimum.default", "max.other", "min.other", "fmax.default", "fmin.default"))
+def extremum(op: OpView) -> Coupling | Unsupported:
+    """Elementwise max(a, b) / min(a, b): each result is one operand or the other, so each is a
+    term (as in a + b: a channel is dead, or zero, where both operands' are)."""
+    if not isinstance(op.out_shape, tuple) or not all(_is_tensor(op, x) for x in _operands(op)):
+        return Unsupported("max/min of non-tensors")
+    c = Coupling()
+    for t, x in enumerate(_operands(op)):
+        _broadcast(op, c, x, kind="source", term=t)
+    return c
+
+
 @shape_rule(torch.tril, torch.triu, "tril", "triu", *aten("tril.default", "triu.default"))
 def triangle(op: OpView) -> Coupling | Unsupported:
     """tril / triu: the last two dims are positions (fixed); leading dims pass."""

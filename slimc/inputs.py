@@ -119,15 +119,32 @@ def other_size(n: int, batch: bool = False, keep: int = 2) -> int:
     return down if down < n else n + step
 
 
-def other_shapes(inputs: tuple, free: Mapping[int, list[int]], keep: int = 2) -> dict[int, tuple]:
+def other_shapes(inputs: tuple, free: Mapping[int, list[int]], keep: int = 2,
+                 names: Mapping[int, Mapping[int, str]] | None = None) -> dict[int, tuple]:
     """New shapes for the inputs: every free dim changed (see :func:`other_size`); ``free``:
-    input index → dims that may vary (dim 0 is the batch)."""
+    input index → dims that may vary (dim 0 is the batch). ``names``: input index → {dim: the
+    name of its size} (the export front end's symbols): dims of one name take one new size,
+    and dims of different names that the example gives the same size take different new
+    sizes where they can — an encoder's and a decoder's lengths are checked apart."""
     out = {}
+    by_name: dict[str, int] = {}  # a size's name → its new size
+    taken: dict[tuple[int, int], str] = {}  # (old size, new size) → the name that took it
     for i, dims in free.items():
         t = inputs[i]
         shape = list(t.shape)
         for d in dims:
-            shape[d] = other_size(shape[d], batch=d == 0, keep=keep)
+            n, name = shape[d], (names or {}).get(i, {}).get(d)
+            if name in by_name:
+                shape[d] = by_name[name]
+                continue
+            new = other_size(n, batch=d == 0, keep=keep)
+            if name is not None:
+                if d != 0:
+                    new = next((m for m in (new, other_size(n, keep=2), other_size(n, keep=8), n - 1, n + 1)
+                                if m >= 2 and m != n and taken.get((n, m), name) == name), new)
+                    taken[(n, new)] = name
+                by_name[name] = new
+            shape[d] = new
         if shape != list(t.shape):
             out[i] = tuple(shape)
     return out

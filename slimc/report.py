@@ -77,6 +77,20 @@ def rows_table(title: str, rows: list[dict], keys: list[str]):
     return t
 
 
+def by_layer_pattern(lines: list[str]) -> list[str]:
+    """"path: old → new" lines of repeated layers as one line each, the layer numbers as '#':
+    'encoder.block.0.attn.n_heads: 4 → 3' and 'encoder.block.1…' → 'encoder.block.#.attn.n_heads:
+    4 → 3 (×2)' (a change that differs between the layers stays apart)."""
+    import re
+
+    counts: dict[str, int] = {}
+    for line in lines:
+        path, sep, change = line.partition(": ")
+        key = re.sub(r"\.\d+(?=\.)", ".#", path) + sep + change
+        counts[key] = counts.get(key, 0) + 1
+    return [k + (f" (×{n})" if n > 1 else "") for k, n in counts.items()]
+
+
 def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -139,6 +153,10 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
                 how = (" — hf/ reloads with from_pretrained" if hf["expressible"]
                        else f" — reload with slimc.load (the config cannot express it: {hf['why_not']})")
             console.print(f"your class {u['class'].rsplit('.', 1)[-1]}: slim model built (res.model, slimc.load){how}")
+            if hf and hf.get("config_changes"):
+                console.print("config: " + ", ".join(hf["config_changes"]))
+            if u.get("patched"):
+                console.print("sizes set: " + "; ".join(by_layer_pattern(u["patched"])[:12]))
         else:
             console.print(f"your class {str(u['class']).rsplit('.', 1)[-1]}: [yellow]no slim model of it[/yellow] "
                           f"({u['reason']}); the graph slim.pt is exact")

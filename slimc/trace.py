@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from slimc.absent import absent_inputs
 from slimc.blocks import Blocks, NotRepeated, find_blocks, traced_by_blocks
 from slimc.copying import clean
 from slimc.errors import TraceError, describe
@@ -33,6 +34,10 @@ class Traced:
     real_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # set aside by a meta trace
     # input index → dims the front end kept dynamic (export); None: not known (fx traces every size)
     dynamic_dims: dict[int, list[int]] | None = None
+    # input index → {dim: the name of its size} (export's symbols): dims of one name keep one
+    # size (a batch, the lengths of input_ids and its attention mask); dims of different names
+    # vary independently (an encoder's and a decoder's lengths). None: not known
+    dim_names: dict[int, dict[int, str]] | None = None
 
 
 def caches_off(model: nn.Module) -> list[str]:
@@ -198,24 +203,26 @@ def trace_fx(model: nn.Module, leaf_all: bool = False, example_inputs: tuple = (
     return fx.GraphModule(tracer.root, graph, model.__class__.__name__)
 
 
-def _symbolic_dims(gm: fx.GraphModule, example_inputs: tuple) -> dict[int, list[int]]:
-    """Input index → dims that export kept symbolic (the model lets them vary)."""
+def _symbolic_dims(gm: fx.GraphModule, example_inputs: tuple) -> dict[int, dict[int, str]]:
+    """Input index → {dim: its symbol}: the dims export kept symbolic (the model lets them
+    vary); dims that share a symbol are ones the model needs equal."""
     vals = [n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"]
     vals = [v for v in vals if isinstance(v, torch.Tensor)]
     positions = [i for i, x in enumerate(example_inputs) if isinstance(x, torch.Tensor)]
-    return {i: [d for d, s in enumerate(v.shape) if not isinstance(s, int)] for i, v in zip(positions, vals)}
+    return {i: {d: str(s) for d, s in enumerate(v.shape) if not isinstance(s, int)} for i, v in zip(positions, vals)}
 
 
-def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModule, dict[int, list[int]]]:
+def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModule, dict[int, dict[int, str]]]:
     """Every dim of every tensor input is marked ``Dim.AUTO``: export keeps dynamic what the
-    model lets vary (batch, sequence length, image size) and specializes the rest."""
+    model lets vary (batch, sequence length, image size) and specializes the rest. Returns the
+    graph and the symbol of every dynamic input dim (:func:`_symbolic_dims`)."""
     was = model.training
     dyn = tuple({d: torch.export.Dim.AUTO for d in range(t.dim())} if isinstance(t, torch.Tensor) and t.dim() else None
                 for t in example_inputs)
     with eval_mode(model):
         ep = torch.export.export(model, example_inputs, dynamic_shapes=dyn, strict=False)
     unlifted = ep.module()
-    dynamic = _symbolic_dims(unlifted, example_inputs)
+    names = _symbolic_dims(unlifted, example_inputs)
     # the unlifted module refuses .train()/.eval(); a plain GraphModule over the same graph does not.
     # Its graph remembers export's tracer class, which cannot re-trace when torch.load unpickles it.
     unlifted.graph._tracer_cls = None
@@ -226,13 +233,15 @@ def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModul
         if n.op == "call_module" and type(gm.get_submodule(n.target)).__name__ == "GuardsFn" and not n.users:
             gm.graph.erase_node(n)
             gm.delete_submodule(n.target)
+    absent_inputs(gm, example_inputs)
     gm.recompile()
     gm.train(was)
-    return gm, dynamic
+    return gm, names
 
 
 def _traced_whole(model: nn.Module, fe: str, example_inputs: tuple) -> tuple[fx.GraphModule, dict | None]:
-    """One front end on the whole of ``model``: (graph module with shapes, dynamic dims)."""
+    """One front end on the whole of ``model``: (graph module with shapes, the names of the
+    dynamic input dims; None where the front end does not say)."""
     dynamic = None
     if fe == "export":
         gm, dynamic = trace_export(model, example_inputs)
@@ -261,14 +270,15 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta
     blocks = find_blocks(model)
     for fe in order:
         try:
-            gm, dynamic = _traced(model, fe, example_inputs, blocks, notes)
+            gm, names = _traced(model, fe, example_inputs, blocks, notes)
             real = to_meta(gm) if meta else {}
         except Exception as e:  # tracing user code can raise anything
             errors.append(f"{fe}: {describe(e, 200)}")
             continue
         if errors:
             notes.append(f"front end '{fe}' used; " + "; ".join(errors))
-        return Traced(gm, fe.split()[0], notes, real, dynamic_dims=dynamic)
+        dynamic_dims = None if names is None else {i: list(ds) for i, ds in names.items()}
+        return Traced(gm, fe.split()[0], notes, real, dynamic_dims=dynamic_dims, dim_names=names)
     raise TraceError(
         "cannot trace the model (" + "; ".join(errors) + "): remove data-dependent Python control flow "
         "from forward() or try --front-end export"

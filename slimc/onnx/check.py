@@ -18,7 +18,7 @@ import torch
 
 from slimc.errors import ExportError, describe
 from slimc.onnx.quiet import Quiet
-from slimc.onnx.shapes import CheckRun, check_runs, example_batch, normalize_inputs, random_like
+from slimc.onnx.shapes import CheckRun, check_runs, example_batch, normalize_inputs, random_like, without_absent
 from slimc.onnx.stats import dynamic_axes, exporter_of, graph_inputs, load_graph, onnx_stats
 from slimc.modes import eval_mode
 
@@ -314,6 +314,7 @@ def check_onnx(
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ExportError(f"ONNX file not found: {path}; export it first")
+    module, example_inputs, _ = without_absent(module, example_inputs)
     example_inputs = normalize_inputs(example_inputs)
     notes: list[str] = []
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ import torch
 from slimc.errors import ExportError, describe
 from slimc.onnx.check import OnnxCheck, compare_with_torch, eval_mode, tensor_leaves
 from slimc.onnx.quiet import Quiet
-from slimc.onnx.shapes import DynamicDims, example_batch, normalize_inputs, resolve_dynamic_dims
+from slimc.onnx.shapes import DynamicDims, example_batch, normalize_inputs, resolve_dynamic_dims, without_absent
 from slimc.onnx.stats import EXPORTER_METADATA_KEY, dynamic_axes, graph_inputs, iter_graphs, load_graph
 
 __all__ = ["export_onnx"]
@@ -85,6 +85,33 @@ def _probe_outputs(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, 
     if not outputs:
         raise ExportError(f"{name} returns no tensors; forward() must return a tensor or a tuple of tensors")
     return outputs
+
+
+def _contiguous_as_clone(module: torch.nn.Module) -> torch.nn.Module:
+    """An ATen graph's ``contiguous`` calls as ``clone(memory_format=contiguous_format)``, in a
+    copy of the graph sharing ``module``'s tensors. The dynamo exporter's decompositions take
+    an sdpa output for contiguous where it is not (T5's and BART's attention: sdpa, reshape,
+    transpose, contiguous, reshape), drop the copy and then fail to view it; a clone is the
+    same values and always copies."""
+    if not isinstance(module, torch.fx.GraphModule):
+        return module
+    found = [n for n in module.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.contiguous.default]
+    if not found:
+        return module
+    import copy
+
+    graph = copy.deepcopy(module.graph)
+    for n in list(graph.nodes):
+        if n.op == "call_function" and n.target is torch.ops.aten.contiguous.default:
+            with graph.inserting_before(n):
+                c = graph.call_function(torch.ops.aten.clone.default, (n.args[0],),
+                                        {"memory_format": torch.contiguous_format})
+            c.meta = dict(n.meta)
+            n.replace_all_uses_with(c)
+            graph.erase_node(n)
+    out = torch.fx.GraphModule(module, graph, type(module).__name__)
+    out.train(module.training)
+    return out
 
 
 # --------------------------------------------------------------------------- staging and publishing
@@ -317,7 +344,8 @@ def export_onnx(
     ``dynamic_dims`` maps an input index to the dims of that input that stay dynamic, e.g.
     ``{0: [0, 1]}`` for token ids of any batch and sequence length; default: dim 0 of
     every input that has one (a dynamic batch, one ``batch`` Dim shared by all inputs).
-    ``dynamic_batch=False`` makes every dim static. The check (``check=True``) runs
+    ``dynamic_batch=False`` makes every dim static. Inputs given as None (optional arguments
+    traced as absent) are not inputs of the file: it takes the tensors alone, in order. The check (``check=True``) runs
     onnxruntime at ``batch_sizes`` (the example batch when the batch is static), other
     dynamic dims at the example size and then grown (see :mod:`slimc.onnx.shapes`).
 
@@ -327,11 +355,12 @@ def export_onnx(
     """
     if not isinstance(module, torch.nn.Module):
         raise ExportError(f"export_onnx expects a torch.nn.Module, got {type(module).__name__}")
+    name = type(module).__name__
+    module, example_inputs, dynamic_dims = without_absent(_contiguous_as_clone(module), example_inputs, dynamic_dims)
     example_inputs = normalize_inputs(example_inputs)
     final = os.path.abspath(os.fspath(path))
     if os.path.isdir(final):
         raise ExportError(f"output path {final} is a directory; pass a file path like model.onnx")
-    name = type(module).__name__
     dims = resolve_dynamic_dims(example_inputs, dynamic_dims, dynamic_batch)
     outputs = _probe_outputs(module, example_inputs, name)
     req = _Request(_names("input", input_names, len(example_inputs)), _names("output", output_names, len(outputs)),

@@ -42,9 +42,11 @@ def _dim_news(original: nn.Module, slim: nn.Module) -> dict[int, set[int]]:
     return out
 
 
-def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list]) -> list[str]:
+def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list], guess: bool = True) -> list[str]:
     """Set the slim model's config fields (heads, kv heads, head dim, hidden, FFN width, norm
-    eps) where every layer agrees. Returns "field: old → new" lines."""
+    eps) where every layer agrees. Returns "field: old → new" lines. ``guess``: an FFN width
+    whose old size other, unchanged tensors share (a vocabulary of 128 beside ``d_ff`` 128)
+    follows the one new size the changed ones agree on (:func:`follow_config` checks it)."""
     cfg, cfg0 = slim.config, original.config
     all_splits = [s for sp in splits.values() for s in sp]
     dims = _dim_news(original, slim)
@@ -70,7 +72,7 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list]) -
         elif key in FFN_FIELDS:
             width = old if isinstance(old, int) else 4 * hidden[0] if old is None and hidden else None
             news = dims.get(width, set()) if width else set()
-            new = _one(news) if news and width not in news else None
+            new = _one(news) if news and width not in news else _one(news - {width}) if guess else None
         elif key in EPS_FIELDS and isinstance(old, float):
             news = eps_new.get(old, set()) - {old}
             new = _one(news) if len(eps_new.get(old, ())) == 1 else None
@@ -78,6 +80,25 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list]) -
             setattr(cfg, key, new)
             changes.append(f"{key}: {old} → {new}")
     return changes
+
+
+def follow_config(slim: nn.Module, original: nn.Module, splits: dict[str, list]) -> dict[str, Any]:
+    """The slim model's config made to follow its widths (:func:`sync_config`), and whether it
+    expresses them (:func:`expressible`); where a guessed FFN width leaves it inexpressible,
+    the config is made again without guesses."""
+    cfg = slim.config
+    before = dict(vars(cfg))
+    changes = sync_config(slim, original, splits)
+    ok, why = expressible(slim)
+    if not ok and changes:
+        for k, v in before.items():
+            if getattr(cfg, k, v) != v:
+                setattr(cfg, k, v)
+        sure = sync_config(slim, original, splits, guess=False)
+        if sure != changes:  # (the same changes: the same config, no need to check it again)
+            changes = sure
+            ok, why = expressible(slim)
+    return {"config_changes": changes, "expressible": ok, "why_not": why}
 
 
 def expressible(slim: nn.Module) -> tuple[bool, str]:
@@ -107,4 +128,4 @@ def expressible(slim: nn.Module) -> tuple[bool, str]:
     return True, ""
 
 
-__all__ = ["is_hf", "sync_config", "expressible"]
+__all__ = ["is_hf", "sync_config", "follow_config", "expressible"]
