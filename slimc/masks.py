@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimc.compact import FinalMasks, broadcasts, compact, factors_of, shrink, structured_mask
+from slimc.compact import Dim, FinalMasks, broadcasts, compact, factors_of, is_part, part_of, shrink, structured_mask
 from slimc.errors import LoadError, MaskError, describe
 from slimc.tensors import tied_groups
 
@@ -52,12 +52,14 @@ class MaskSet:
         """The parameter's shape (the mask's own where the parameter's is not known)."""
         return self.shapes.get(fqn) or tuple(self.masks[fqn].shape)
 
-    def zero_slices(self, fqn: str, dim: int) -> torch.Tensor:
-        """Bool tensor over ``dim``: True where the whole slice of the mask is zero."""
+    def zero_slices(self, fqn: str, dim: Dim) -> torch.Tensor:
+        """Bool tensor over ``dim``: True where the whole slice of the mask is zero (of its
+        part, for a part dim ``(dim, at, index)``: see :mod:`slimc.compact`)."""
         key = (fqn, dim)
         if key not in self._zero:
-            m = self.masks[fqn].numpy()  # bool, on the CPU (normalize): numpy costs less per call
-            n = self.shape(fqn)[dim]
+            # bool, on the CPU (normalize): numpy costs less per call
+            m, dim = part_of(self.masks[fqn].numpy(), dim)
+            n = self.shape(fqn)[key[1][0] if is_part(key[1]) else dim]
             other = tuple(d for d in range(m.ndim) if d != dim)
             if m.shape[dim] == 1:  # broadcast along dim: every slice is the whole mask
                 z = np.full(n, not m.any())
