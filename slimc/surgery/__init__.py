@@ -82,8 +82,7 @@ def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm
     sync_widths(slim, original, fixes)
     hf_info = None
     if hf.is_hf(original):
-        changes = hf.sync_config(slim, original, splits)
-        ok, why = hf.expressible(slim)
+        changes, ok, why = hf.settle_config(slim, original, splits)
         hf_info = {"config_changes": changes, "expressible": ok, "why_not": why}
     on_meta = bool(transforms) and any(t.is_meta for t in slim.parameters())
 

@@ -21,7 +21,9 @@ from slimc.errors import describe
 EPS_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps", "rms_norm_epsilon")
 EPS_ATTRS = ("variance_epsilon", "eps", "epsilon")
 HEAD_FIELDS = (*HEADS, "encoder_attention_heads", "decoder_attention_heads")
-FFN_FIELDS = (*FFN, "hidden_dim", "encoder_ffn_dim", "decoder_ffn_dim")
+FFN_FIELDS = (*FFN, "hidden_dim", "encoder_ffn_dim", "decoder_ffn_dim", "moe_intermediate_size",
+              "shared_expert_intermediate_size")
+FFN_ATTRS = (*FFN, "intermediate_dim")  # module attributes that hold an FFN width (an experts module's)
 
 
 def is_hf(model: nn.Module) -> bool:
@@ -42,12 +44,36 @@ def _dim_news(original: nn.Module, slim: nn.Module) -> dict[int, set[int]]:
     return out
 
 
+def _attr_news(original: nn.Module, slim: nn.Module, names: tuple[str, ...]) -> dict[int, set[int]]:
+    """Old value → new values of the modules' size attributes ``names`` (an FFN width read
+    off the modules that hold it, not off every tensor dim of that size)."""
+    out: dict[int, set[int]] = {}
+    for m0, m1 in zip(original.modules(), slim.modules()):
+        for a in names:
+            o, n = vars(m0).get(a), vars(m1).get(a)
+            if isinstance(o, int) and isinstance(n, int) and not isinstance(o, bool):
+                out.setdefault(o, set()).add(n)
+    return out
+
+
+def _derived_head_dim(cfg, cfg0, splits: list) -> int | None:
+    """A config without a head size (``head_dim=None``: hidden // heads) whose hidden size
+    changed while the heads kept their size: the head size to write down."""
+    hidden, heads = getattr(cfg0, "hidden_size", None), getattr(cfg0, "num_attention_heads", None)
+    if not (isinstance(hidden, int) and isinstance(heads, int) and heads and hidden % heads == 0):
+        return None
+    new = _one(s[3] for s in splits if s[1] == hidden // heads)
+    derived = cfg.hidden_size // cfg.num_attention_heads if cfg.num_attention_heads else None
+    return new if new is not None and new != derived else None
+
+
 def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list]) -> list[str]:
     """Set the slim model's config fields (heads, kv heads, head dim, hidden, FFN width, norm
     eps) where every layer agrees. Returns "field: old → new" lines."""
     cfg, cfg0 = slim.config, original.config
     all_splits = [s for sp in splits.values() for s in sp]
     dims = _dim_news(original, slim)
+    ffn = _attr_news(original, slim, FFN_ATTRS)
     hidden = input_embedding_width(original, slim)
     eps_new: dict[float, set[float]] = {}
     for (p0, m0), m1 in zip(original.named_modules(), slim.modules()):
@@ -69,7 +95,7 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list]) -
                 new = hidden[1] if hidden and hidden[0] == old else _one(dims.get(old, ()))
         elif key in FFN_FIELDS:
             width = old if isinstance(old, int) else 4 * hidden[0] if old is None and hidden else None
-            news = dims.get(width, set()) if width else set()
+            news = (ffn.get(width) or dims.get(width, set())) if width else set()
             new = _one(news) if news and width not in news else None
         elif key in EPS_FIELDS and isinstance(old, float):
             news = eps_new.get(old, set()) - {old}
@@ -78,6 +104,30 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list]) -
             setattr(cfg, key, new)
             changes.append(f"{key}: {old} → {new}")
     return changes
+
+
+def settle_config(slim: nn.Module, original: nn.Module, splits: dict[str, list]) -> tuple[list[str], bool, str]:
+    """:func:`sync_config`, then whether the config expresses the slim model. A config without
+    a head size (``head_dim`` None or absent: HF's ``getattr(config, "head_dim", None) or
+    hidden // heads``) whose hidden size changed while the heads kept theirs gets ``head_dim``
+    written down — kept only where that makes the config express the model (a class that
+    derives its head size otherwise, BERT's, is left as it was)."""
+    changes = sync_config(slim, original, splits)
+    ok, why = expressible(slim)
+    cfg, cfg0 = slim.config, original.config
+    new = None if ok or getattr(cfg0, "head_dim", None) is not None else \
+        _derived_head_dim(cfg, cfg0, [s for sp in splits.values() for s in sp])
+    if new is not None:
+        had = "head_dim" in vars(cfg)
+        cfg.head_dim = new
+        ok2, why2 = expressible(slim)
+        if ok2:
+            return [*changes, f"head_dim: None → {new}"], ok2, why2
+        if had:
+            cfg.head_dim = None
+        else:
+            del cfg.head_dim
+    return changes, ok, why
 
 
 def expressible(slim: nn.Module) -> tuple[bool, str]:
@@ -107,4 +157,4 @@ def expressible(slim: nn.Module) -> tuple[bool, str]:
     return True, ""
 
 
-__all__ = ["is_hf", "sync_config", "expressible"]
+__all__ = ["is_hf", "settle_config", "sync_config", "expressible"]
