@@ -68,8 +68,10 @@ class MaskSet:
             self._zero[key] = torch.from_numpy(np.ascontiguousarray(z))
         return self._zero[key]
 
-    def unstructured_zeros(self) -> dict[str, int]:
-        """Per parameter: zeros that lie outside fully-zero slices along dim 0 and dim 1.
+    def unstructured_zeros(self, parts: Mapping[str, list[tuple[int, int]]] | None = None) -> dict[str, int]:
+        """Per parameter: zeros that lie outside fully-zero slices along dim 0 and dim 1 (a
+        parameter cut in ``parts`` — ``(dim, at)`` pairs of stacked experts — outside zero
+        slices along any dim and zero rows of its parts).
 
         Counted, not marked: a zero slice is all zeros, so the zeros it covers are its size."""
         out: dict[str, int] = {}
@@ -78,6 +80,10 @@ class MaskSet:
             numel = math.prod(shape)
             zeros = numel - int(np.count_nonzero(m.numpy())) * (numel // max(m.numel(), 1))
             if not zeros or not shape:
+                continue
+            if parts and parts.get(fqn):
+                if (left := _outside_slices(m.numpy(), parts[fqn]) * (numel // max(m.numel(), 1))):
+                    out[fqn] = left
                 continue
             rows = int(self.zero_slices(fqn, 0).sum())
             cols = int(self.zero_slices(fqn, 1).sum()) if len(shape) > 1 else 0
@@ -99,6 +105,16 @@ class MaskSet:
 
     def to_state(self) -> dict[str, torch.Tensor]:
         return {k: v.to(torch.uint8) for k, v in self.masks.items()}
+
+
+def _outside_slices(m: np.ndarray, pairs: list[tuple[int, int]]) -> int:
+    """Zeros of the (compact, bool) mask ``m`` outside its zero slices along every dim and
+    outside the zero rows (along ``d``) of each part (along ``at``) for ``(d, at)`` in ``pairs``."""
+    covered = np.zeros(m.shape, bool)
+    for keep in [(k,) for k in range(m.ndim)] + [tuple(p) for p in pairs]:
+        other = tuple(i for i in range(m.ndim) if i not in keep)
+        covered |= ~m.any(axis=other, keepdims=True) if other else ~m
+    return int((~m & ~covered).sum())
 
 
 _NUMPY_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,

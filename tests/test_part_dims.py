@@ -67,3 +67,15 @@ def test_zero_slices_of_a_part():
 def test_part_dims_out_of_range_are_refused(shape, dim):
     with pytest.raises((IndexError, ValueError)):
         structured_mask(shape, dim, [0])
+
+
+def test_zeros_of_part_rows_are_not_unstructured():
+    """A part's zero row and a zero column are whole slices (the compile removes them); one
+    stray zero is unstructured sparsity, kept."""
+    mask = torch.ones(3, 4, 5, dtype=torch.bool)
+    mask[1, 2] = False
+    mask[:, :, 3] = False
+    mask[0, 0, 0] = False
+    ms = MaskSet({"w": mask}, {"w": (3, 4, 5)})
+    assert ms.unstructured_zeros({"w": [(1, 0)]}) == {"w": 1}
+    assert ms.unstructured_zeros()["w"] == 17  # read by dims 0 and 1 alone, every zero looks scattered
