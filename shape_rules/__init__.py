@@ -281,6 +281,7 @@ class WholeModule:
 
     out_like: int = 0
     for_graph: Callable[[nn.Module], None] | None = None
+    indices: tuple[int, ...] = ()  # inputs that hold indices into its first parameter's leading dim (experts)
 
 
 WHOLE_MODULES: dict[Any, WholeModule] = {}  # keyed like rules: class_keys

@@ -138,4 +138,4 @@ def _graph_implementation(m: nn.Module) -> None:
         cfg._experts_implementation = GRAPH_IMPLEMENTATION
 
 
-WHOLE_MODULES[EXPERTS] = WholeModule(out_like=0, for_graph=_graph_implementation)
+WHOLE_MODULES[EXPERTS] = WholeModule(out_like=0, for_graph=_graph_implementation, indices=(1,))
