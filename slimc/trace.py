@@ -23,7 +23,7 @@ from slimc.module_copy import copy_module
 from slimc.shapes import node_shape, propagate_shapes
 from slimc.tensors import owner_of, set_by_path
 from slimc.modes import eval_mode
-from slimc.whole import as_modules, kept_whole
+from slimc.whole import as_modules, kept_whole, ready_for_graph
 
 
 @dataclass
@@ -240,6 +240,7 @@ def _traced_whole(model: nn.Module, fe: str, example_inputs: tuple) -> tuple[fx.
         gm, dynamic = trace_export(model, example_inputs)
     else:
         gm = trace_fx(model, leaf_all=fe != "fx", example_inputs=example_inputs)
+    ready_for_graph(gm)  # modules traced whole (MoE experts) run an implementation export and ONNX trace
     propagate_shapes(gm, example_inputs)
     if lower(gm, model.training):  # library calls, in-place slice writes → plain torch ops
         propagate_shapes(gm, example_inputs)

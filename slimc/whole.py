@@ -4,9 +4,10 @@ mixture-of-experts experts module), as the fx front end keeps its leaves.
 torch.export inlines every module. While it traces, each such module of slimc's copy is
 called through an opaque op (``slimc::whole_module``: its output shaped like the input the
 table names, nothing of its code traced); the op's nodes then become ``call_module`` nodes
-of the modules themselves, which their rules describe whole and the slim graph runs
-(readied by the table's ``for_graph``: an implementation that torch.export and the ONNX
-exporters trace).
+of the modules themselves, which their rules describe whole. Either front end's modules
+kept whole are then readied for the graph (the table's ``for_graph``: an implementation
+that torch.export and the ONNX exporters trace, inlined at the slim sizes by the pass
+``inline_whole``).
 """
 from __future__ import annotations
 
@@ -84,9 +85,6 @@ def as_modules(gm: fx.GraphModule, model: nn.Module, paths: dict[int, str]) -> N
         path = paths[key]
         module = model.get_submodule(path)
         set_by_path(gm, path, module)
-        spec = whole_module(type(module))
-        if spec.for_graph is not None:
-            spec.for_graph(module)
         with gm.graph.inserting_before(node):
             call = gm.graph.call_module(path, tuple(inputs))
         call.meta = dict(node.meta)
@@ -96,4 +94,15 @@ def as_modules(gm: fx.GraphModule, model: nn.Module, paths: dict[int, str]) -> N
         gm.recompile()
 
 
-__all__ = ["WHOLE_OP", "as_modules", "kept_whole"]
+def ready_for_graph(gm: fx.GraphModule) -> None:
+    """The modules ``gm`` calls whole (either front end) run what their table entry readies
+    for the graph (MoE experts: batched products, which torch.export and ONNX trace)."""
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            spec = whole_module(type(module))
+            if spec is not None and spec.for_graph is not None:
+                spec.for_graph(module)
+
+
+__all__ = ["WHOLE_OP", "as_modules", "kept_whole", "ready_for_graph"]

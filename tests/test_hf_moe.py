@@ -84,7 +84,8 @@ def _expert_masks(block, per_expert: dict[int, list[int]]) -> dict:
     return {"experts.gate_up_proj": m}
 
 
-def test_each_expert_loses_its_own_channels_as_many_each():
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_each_expert_loses_its_own_channels_as_many_each(front_end):
     """Expert 0 masks channels {0..7}, expert 1 {4..11}, expert 2 {8..15} and {0..3}, expert 3
     {0..7}: each loses its own 8, gate rows only masked — the up rows and down columns go too
     (act(0)·up = 0), and the slim model equals the model with the final masks (applied here)
@@ -95,11 +96,13 @@ def test_each_expert_loses_its_own_channels_as_many_each():
     masks = _expert_masks(block, {0: list(range(8)), 1: list(range(4, 12)), 2: [*range(8, 16), *range(4)],
                                   3: list(range(8))})
     x = torch.randn(2, 5, 32)
-    res = slimc.compile(block, masks, (x,))
+    res = slimc.compile(block, masks, (x,), front_end=front_end)
     gu, down = res.module.experts.gate_up_proj, res.module.experts.down_proj
     assert tuple(gu.shape) == (4, 16, 32) and tuple(down.shape) == (4, 32, 8)
     # the slim graph runs the experts as plain ops (inlined at their slim sizes): torch alone
     assert {type(m).__module__.split(".")[0] for m in res.module.modules()} == {"torch"}
+    ops = {getattr(n.target, "_opname", "") for n in res.module.graph.nodes}
+    assert "bmm" in ops and not ops & {"histc", "sort", "grouped_mm_fallback"}, ops  # batched, not grouped
     w0 = block.experts.gate_up_proj.detach()
     assert torch.equal(gu[1, :8], w0[1, [0, 1, 2, 3, 12, 13, 14, 15]])  # expert 1 kept its own gate rows
     assert torch.equal(gu[1, 8:], w0[1, [16, 17, 18, 19, 28, 29, 30, 31]])  # and the up rows that go with them
