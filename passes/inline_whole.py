@@ -60,9 +60,9 @@ def _splice(gm: fx.GraphModule, node: fx.Node, sub: fx.GraphModule) -> None:
                 result = env[out[0] if isinstance(out, (tuple, list)) else out]
             elif (n.op == "call_module" and not n.users) or n.target in DROPPED:
                 continue
-            else:
+            else:  # made by the module's call: its source line and module stack
                 env[n] = gm.graph.node_copy(n, lambda a: env[a])
-                env[n].meta.setdefault("stack_trace", node.meta.get("stack_trace"))
+                env[n].meta.update({k: node.meta[k] for k in ("stack_trace", "nn_module_stack") if k in node.meta})
     node.replace_all_uses_with(result)
     gm.graph.erase_node(node)
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from torch import fx, nn
 
-from slimc.shape_rules import (ByName, Coupling, EqualCount, Multiple, OpView, SlotKey, Unsupported, WHOLE_MODULES, WholeModule,
-                               arange, code_name, resizer, shape_rule, tie)
+from slimc.shape_rules import (WHOLE_MODULES, ByName, Coupling, EqualCount, Multiple, OpView, SlotKey, Unsupported,
+                               WholeModule, arange, code_name, resizer, shape_rule, tie)
 
 EXPERTS = ByName("transformers.integrations.moe.use_experts_implementation.<locals>.wrapper.<locals>.forward")
 DEFAULT_GATE = "transformers.integrations.moe._default_apply_gate"  # act(gate) * up, gate rows first
@@ -112,8 +112,9 @@ def experts(op: OpView) -> Coupling | Unsupported:
     c.constraints.append(EqualCount(units, f"'{op.node.target}' holds its experts' FFN channels in one tensor: "
                                            "every expert keeps as many"))
     n = ALIGN_BYTES // down.element_size()
-    c.constraints.append(Multiple([*units, op.slot(x, 1), op.out(1)], n, f"'{op.node.target}': transformers' grouped "
-                                  f"matrix products need {ALIGN_BYTES}-byte strides (widths that are multiples of {n})"))
+    c.constraints.append(Multiple([*units, op.slot(x, 1), op.out(1)], n,
+                                  f"'{op.node.target}': transformers' grouped matrix products need {ALIGN_BYTES}-byte "
+                                  f"strides (widths that are multiples of {n})"))
     return c
 
 

@@ -292,5 +292,5 @@ def factors_of(masks: Mapping[str, torch.Tensor], fqn: str) -> Factors | None:
     return None if m is None else (m,)
 
 
-__all__ = ["Dim", "FinalMasks", "Factors", "KeepSpec", "apply_mask", "is_part", "part_of", "broadcasts", "compact", "factors_of", "product", "shrink",
-           "slice_masked", "structured_mask"]
+__all__ = ["Dim", "FinalMasks", "Factors", "KeepSpec", "apply_mask", "broadcasts", "compact", "factors_of", "is_part",
+           "part_of", "product", "shrink", "slice_masked", "structured_mask"]

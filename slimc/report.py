@@ -51,7 +51,8 @@ def layer_widths(before: nn.Module, after: nn.Module) -> list[dict[str, Any]]:
     after_mods = dict(after.named_modules())
     rows = []
     for name, m in before.named_modules():
-        attr = "weight" if whole_module(type(m)) is None else next((n for n, _ in m.named_parameters(recurse=False)), "")
+        whole = whole_module(type(m)) is not None
+        attr = next((n for n, _ in m.named_parameters(recurse=False)), "") if whole else "weight"
         w = getattr(m, attr, None)
         if not name or not isinstance(w, torch.Tensor) or name not in after_mods:
             continue

@@ -78,7 +78,7 @@ def kept_whole(model: nn.Module) -> Iterator[dict[int, str]]:
 
 def as_modules(gm: fx.GraphModule, model: nn.Module, paths: dict[int, str]) -> None:
     """The opaque op's nodes of ``gm`` (traced from ``model``) → ``call_module`` nodes of the
-    modules themselves, readied for the graph."""
+    modules themselves."""
     nodes = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is WHOLE_OP]
     for node in nodes:
         inputs, key = node.args

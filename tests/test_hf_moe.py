@@ -188,3 +188,35 @@ def test_a_wrong_pairing_of_gate_and_up_rows_is_caught(monkeypatch):
     monkeypatch.setattr(rule, "gate_up_rows", lambda n, gated: [rule.arange(n), (rule.arange(n) + 1) % n + n])
     with pytest.raises(SlimcError):
         slimc.compile(block, masks, (torch.randn(2, 5, 32),), cache=False)
+
+
+def test_heads_hidden_and_expert_channels_prune_together():
+    """At ratio 0.5 a Mixtral loses a GQA group (a key/value head with its two query heads),
+    half the hidden size and half of every expert's FFN; the config says so (from_pretrained
+    rebuilds it: head_dim is written down, as hidden // heads no longer gives it) and the
+    user's class equals the masked model (masked here) at another batch and length, greedy
+    tokens too."""
+    import runpy
+    import tempfile
+    from pathlib import Path
+
+    import slimc
+    from slimc.prune import prune
+
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "m.py").write_text(MIXTRAL)
+        ns = runpy.run_path(str(Path(d) / "m.py"))
+    model, x = ns["model"], ns["example_inputs"]
+    masks = prune(model, x, "l1", ratio=0.5)
+    res = slimc.compile(model, masks, x)
+    cfg = res.model.config
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size, cfg.intermediate_size) == (2, 1, 32, 64)
+    assert cfg.num_local_experts == 4 and res.report["user_model"]["hf"]["expressible"], res.report["user_model"]
+    ref = _masked(model, masks)
+    ids = _ids(3, 17, 5)["input_ids"]
+    with torch.no_grad():
+        want = ref(ids).logits
+        assert (res.model(ids).logits - want).abs().max() <= 1e-5 * max(1.0, float(want.abs().max()))
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    prompt = _ids(1, 5, 6)["input_ids"]
+    assert torch.equal(res.model.generate(prompt, **kw), ref.generate(prompt, **kw))
