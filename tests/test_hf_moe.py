@@ -220,3 +220,33 @@ def test_heads_hidden_and_expert_channels_prune_together():
     kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
     prompt = _ids(1, 5, 6)["input_ids"]
     assert torch.equal(res.model.generate(prompt, **kw), ref.generate(prompt, **kw))
+
+
+class _Routed(torch.nn.Module):
+    """A router's weights cast like the hidden states (GraniteMoE's ``softmax(…).type_as(h)``)
+    scale a projection of them: type_as reads the hidden states for their dtype alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.router, self.down = torch.nn.Linear(8, 16), torch.nn.Linear(16, 2), torch.nn.Linear(16, 8)
+
+    def forward(self, x):
+        h = self.up(x)
+        w = torch.softmax(self.router(h), -1).type_as(h)
+        return self.down(h * w[..., :1])
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_type_as_leaves_the_tensor_it_reads_the_dtype_of_free(front_end):
+    import slimc
+
+    torch.manual_seed(0)
+    m = _Routed().eval()
+    rows = torch.ones(16, 1)
+    rows[:6] = 0
+    res = slimc.compile(m, {"up.weight": rows, "up.bias": rows[:, 0]}, (torch.randn(3, 8),), front_end=front_end)
+    assert res.module.up.weight.shape[0] == 10 and res.module.router.weight.shape[1] == 10
+    ref = _masked(m, res.masks)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        assert (res.module(x) - ref(x)).abs().max() <= 1e-5
