@@ -33,6 +33,22 @@ example_inputs = {"input_ids": torch.randint(0, 128, (2, 12), generator=torch.Ge
 """
 
 
+_SMALL = ("vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, "
+          "max_position_embeddings=64")
+OTHERS = {  # more families the installed transformers ships, tiny widths (slow: the default suite runs two)
+    "qwen3_moe": "Qwen3MoeForCausalLM(T.Qwen3MoeConfig({}, moe_intermediate_size=64, num_experts=4, num_experts_per_tok=2))",
+    "olmoe": "OlmoeForCausalLM(T.OlmoeConfig({}, intermediate_size=64, num_experts=4, num_experts_per_tok=2))",
+    "phimoe": "PhimoeForCausalLM(T.PhimoeConfig({}, intermediate_size=64, num_local_experts=4))",
+    "granitemoe": "GraniteMoeForCausalLM(T.GraniteMoeConfig({}, intermediate_size=64, num_local_experts=4))",
+}
+
+
+def _source(build: str) -> str:
+    return ("import torch, transformers as T\ntorch.manual_seed(0)\n"
+            f"model = T.{build.format(_SMALL)}.eval()\n"
+            'example_inputs = {"input_ids": torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))}\n')
+
+
 def _ids(b: int, n: int, seed: int) -> dict:
     return {"input_ids": torch.randint(0, 128, (b, n), generator=torch.Generator().manual_seed(seed))}
 
@@ -40,7 +56,9 @@ def _ids(b: int, n: int, seed: int) -> dict:
 SHAPES = [_ids(2, 12, 1), _ids(3, 20, 2), _ids(1, 5, 3)]
 
 
-@pytest.mark.parametrize("source", [MIXTRAL, QWEN2_MOE], ids=["mixtral", "qwen2_moe"])
+@pytest.mark.parametrize("source", [MIXTRAL, QWEN2_MOE, *[pytest.param(_source(b), marks=pytest.mark.slow, id=n)
+                                                          for n, b in OTHERS.items()]],
+                         ids=["mixtral", "qwen2_moe", *OTHERS])
 def test_moe_end_to_end(tmp_path, source):
     run = run_family(tmp_path, source, SHAPES, prompt=_ids(1, 5, 4)["input_ids"])
     run.assert_exact()

@@ -110,8 +110,9 @@ def settle_config(slim: nn.Module, original: nn.Module, splits: dict[str, list])
     """:func:`sync_config`, then whether the config expresses the slim model. A config without
     a head size (``head_dim`` None or absent: HF's ``getattr(config, "head_dim", None) or
     hidden // heads``) whose hidden size changed while the heads kept theirs gets ``head_dim``
-    written down — kept only where that makes the config express the model (a class that
-    derives its head size otherwise, BERT's, is left as it was)."""
+    written down — kept where that settles the head size the config builds (the slim model
+    may read it at run time: PhiMoE's rotary embedding), left out where the class derives its
+    head size otherwise (BERT's)."""
     changes = sync_config(slim, original, splits)
     ok, why = expressible(slim)
     cfg, cfg0 = slim.config, original.config
@@ -121,7 +122,7 @@ def settle_config(slim: nn.Module, original: nn.Module, splits: dict[str, list])
         had = "head_dim" in vars(cfg)
         cfg.head_dim = new
         ok2, why2 = expressible(slim)
-        if ok2:
+        if ok2 or ("head_dim" in why and "head_dim" not in why2):
             return [*changes, f"head_dim: None → {new}"], ok2, why2
         if had:
             cfg.head_dim = None
