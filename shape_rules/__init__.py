@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-SlotKey = tuple  # ("v", node_name, dim) or ("p", param_fqn, dim)
+SlotKey = tuple  # ("v", node_name, dim) or ("p", param_fqn, dim); a part dim: ("p", param_fqn, (dim, at, index))
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,16 @@ class EqualCount:
     every layer and direction of an ``nn.LSTM`` (a layer that would lose more keeps some)."""
 
     slots: list
+    why: str
+
+
+@dataclass
+class Multiple:
+    """Each slot keeps a multiple of ``n`` elements (keeping its last extra ones): a kernel
+    that needs aligned strides (transformers' grouped matrix products: 16 bytes)."""
+
+    slots: list
+    n: int
     why: str
 
 
@@ -162,10 +172,26 @@ def qualified_name(obj: Any) -> str | None:
     return f"{mod}.{qn}" if isinstance(mod, str) and isinstance(qn, str) else None
 
 
+def code_name(fn: Any) -> str | None:
+    """The qualified name of the code ``fn`` runs, whatever ``functools.wraps`` copied onto
+    it: a class decorator's wrapped ``forward`` is named by the decorator's own function
+    (``transformers.integrations.moe.use_experts_implementation.<locals>.wrapper.<locals>.forward``),
+    shared by every class it decorates."""
+    code, glob = getattr(fn, "__code__", None), getattr(fn, "__globals__", None)
+    qn = getattr(code, "co_qualname", None)
+    return f"{glob.get('__name__')}.{qn}" if isinstance(glob, dict) and isinstance(qn, str) else None
+
+
+def class_keys(cls: type) -> list:
+    """What a module class is keyed by in the tables, in order: the class, its qualified name
+    (a library slimc does not import), the code its ``forward`` runs (a decorator's)."""
+    return [cls, ByName(qualified_name(cls) or ""), ByName(code_name(getattr(cls, "forward", None)) or "")]
+
+
 Rule = Callable[["OpView"], Union[Coupling, Unsupported]]
 RULES: dict[Any, Rule] = {}
 RULE_DOCS: dict[Any, str] = {}
-RESIZERS: dict[type, Callable[[nn.Module, dict[str, list[int]]], None]] = {}
+RESIZERS: dict[Any, Callable[[nn.Module, dict[str, list[int]]], None]] = {}  # keyed like rules: class_keys
 
 
 def shape_rule(*ops: Any) -> Callable[[Rule], Rule]:
@@ -180,8 +206,9 @@ def shape_rule(*ops: Any) -> Callable[[Rule], Rule]:
     return deco
 
 
-def resizer(*classes: type) -> Callable:
-    """Register how to patch a module's attributes after its params were sliced.
+def resizer(*classes: Any) -> Callable:
+    """Register how to patch a module's attributes after its params were sliced (keyed by
+    module classes, or by name: :func:`class_keys`).
 
     ``fn(module, new_sizes)`` gets ``new_sizes[param_name] = new shape``.
     """
@@ -232,16 +259,44 @@ def op_name(key: Any) -> str:
 
 
 def module_rule(cls: type) -> Rule | None:
-    """The rule for a module class (a torch.nn subclass inherits its base's rule)."""
-    if cls in RULES:
-        return RULES[cls]
-    by_name = RULES.get(ByName(qualified_name(cls) or ""))
-    if by_name is not None:
-        return by_name
+    """The rule for a module class (see :func:`class_keys`; a torch.nn subclass inherits its
+    base's rule)."""
+    for key in class_keys(cls):
+        if key in RULES:
+            return RULES[key]
     if cls.__module__.startswith("torch.nn"):
         for base in cls.__mro__[1:]:
             if base in RULES:
                 return RULES[base]
+    return None
+
+
+@dataclass(frozen=True)
+class WholeModule:
+    """A module class that tracing keeps whole: one ``call_module`` node that its own rule
+    describes (a mixture-of-experts experts module, whose token dispatch per-op rules could
+    only wall off). Its output is shaped like its input ``out_like``; ``for_graph(module)``
+    readies the graph's copy of the module to run in the slim graph (an implementation that
+    torch.export and the ONNX exporters trace)."""
+
+    out_like: int = 0
+    for_graph: Callable[[nn.Module], None] | None = None
+    indices: tuple[int, ...] = ()  # inputs that hold indices into its first parameter's leading dim (experts)
+
+
+WHOLE_MODULES: dict[Any, WholeModule] = {}  # keyed like rules: class_keys
+
+
+def whole_module(cls: type) -> WholeModule | None:
+    return next((WHOLE_MODULES[k] for k in class_keys(cls) if k in WHOLE_MODULES), None)
+
+
+def find_resizer(cls: type) -> Callable | None:
+    """The resizer of a module class or of its nearest base that has one (:func:`class_keys`)."""
+    for base in cls.__mro__:
+        for key in class_keys(base):
+            if key in RESIZERS:
+                return RESIZERS[key]
     return None
 
 
@@ -387,6 +442,7 @@ def _load_rule_modules() -> None:
         conv,
         einsum,
         elementwise,
+        experts,
         library,
         linear,
         norm,

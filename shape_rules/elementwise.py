@@ -39,7 +39,7 @@ UNARY_ATEN = tuple(aten(
 UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "tanh", "exp", "abs", "neg", "sqrt", "rsqrt", "square", "sin",
     "cos", "erf", "clamp", "clamp_", "clip", "pow", "contiguous", "clone", "detach", "float",
-    "half", "bfloat16", "to", "type_as", "sigmoid_", "tanh_", "mul_scalar", "clamp_min", "clamp_max",
+    "half", "bfloat16", "to", "sigmoid_", "tanh_", "mul_scalar", "clamp_min", "clamp_max",
 )
 
 
@@ -72,6 +72,21 @@ def unary(op: OpView) -> Coupling | Unsupported:
         return Unsupported("elementwise op whose output shape differs from its input", probe=True)
     fn = _unary_fn(op)
     return identity_all(Coupling(), op, x, zero_ok=fn is not None and zero_preserving(fn))
+
+
+@shape_rule("type_as", *aten("type_as.default"))
+def type_as(op: OpView) -> Coupling | Unsupported:
+    """x cast to the dtype of another tensor: x's dims pass (zeros stay zeros); the other
+    tensor is read for its dtype alone, so none of its dims is coupled (a MoE router's
+    ``softmax(…).type_as(hidden_states)`` leaves the hidden size free)."""
+    x, other = op.arg(0, "input"), op.arg(1, "other")
+    if not isinstance(x, fx.Node) or op.shape(x) != op.out_shape:
+        return Unsupported("type_as whose output shape differs from its input")
+    c = identity_all(Coupling(), op, x)
+    if isinstance(other, fx.Node) and other is not x and op.shape(other) is not None:
+        for d in range(len(op.shape(other))):
+            c.cover(op.slot(other, d))
+    return c
 
 
 @shape_rule(nn.GLU, F.glu, *aten("glu.default"))

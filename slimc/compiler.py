@@ -191,7 +191,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         "kept": p.kept_reasons,
         "barriers": graph_mod.unsupported_table(dg),
         "probed": graph_mod.probed_table(dg),
-        "unstructured_zeros": user.unstructured_zeros(),
+        "unstructured_zeros": user.unstructured_zeros({f: list(dg.parts(f)) for f in user.masks if dg.parts(f)}),
         "notes": [*traced.notes, *p.notes, *notes,
                   *([f"{hooks} hook(s) of the model are not part of the slim graph (res.module); "
                      f"the user's class (res.model) keeps them"] if hooks else []),

@@ -73,6 +73,21 @@ class DependencyGraph:
                                   np.array([self.size[s] for s in slots], np.int64))
         return self._ids["table"]
 
+    def parts(self, fqn: str) -> dict[tuple[int, int], list[SlotKey]]:
+        """Param ``fqn``'s part dims (``("p", fqn, (dim, at, index))``: each expert's rows of
+        stacked experts), by ``(dim, at)``, in index order."""
+        table = self._ids.get("parts")
+        if table is None:
+            table = {}
+            for s in self.size:
+                if s[0] == "p" and isinstance(s[2], tuple):
+                    table.setdefault(s[1], {}).setdefault(s[2][:2], []).append(s)
+            for by_dim in table.values():
+                for slots in by_dim.values():
+                    slots.sort(key=lambda s: s[2][2])
+            self._ids["parts"] = table
+        return table.get(fqn, {})
+
     def per_slot_count(self, flags: np.ndarray) -> np.ndarray:
         """How many elements of each slot (in :meth:`slot_table` order) ``flags`` marks."""
         _, starts, sizes = self.slot_table()

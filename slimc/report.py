@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from slimc.modes import eval_mode
+from slimc.shape_rules import whole_module
 
 
 class StageClock:
@@ -45,14 +46,17 @@ def count_flops(m: nn.Module, inputs: tuple) -> int | None:
 
 
 def layer_widths(before: nn.Module, after: nn.Module) -> list[dict[str, Any]]:
-    """Leaf modules with a weight: shape before → after (only those that changed first)."""
+    """Leaf modules with a weight: shape before → after (only those that changed first); a
+    module traced whole (MoE experts) by its first parameter (the stacked up projection)."""
     after_mods = dict(after.named_modules())
     rows = []
     for name, m in before.named_modules():
-        w = getattr(m, "weight", None)
+        whole = whole_module(type(m)) is not None
+        attr = next((n for n, _ in m.named_parameters(recurse=False)), "") if whole else "weight"
+        w = getattr(m, attr, None)
         if not name or not isinstance(w, torch.Tensor) or name not in after_mods:
             continue
-        w2 = getattr(after_mods[name], "weight", None)
+        w2 = getattr(after_mods[name], attr, None)
         if not isinstance(w2, torch.Tensor):
             continue
         rows.append({

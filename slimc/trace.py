@@ -24,6 +24,7 @@ from slimc.module_copy import copy_module
 from slimc.shapes import node_shape, propagate_shapes
 from slimc.tensors import owner_of, set_by_path
 from slimc.modes import eval_mode
+from slimc.whole import as_modules, kept_whole, ready_for_graph
 
 
 @dataclass
@@ -149,11 +150,11 @@ class _Tracer(fx.Tracer):
         self.leaf_all = leaf_all
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from slimc.lowering import kept_whole
-        from slimc.shape_rules import module_rule
+        from slimc.lowering import kept_whole as lowered_later
+        from slimc.shape_rules import module_rule, whole_module
 
-        if kept_whole(m):  # a library's drop-path: lowered to plain torch ops after the trace
-            return True
+        if lowered_later(m) or whole_module(type(m)) is not None:  # a library's drop-path (lowered
+            return True  # to plain torch ops after the trace); a module its rule describes whole
         if not super().is_leaf_module(m, qualname):
             return False
         return self.leaf_all or module_rule(type(m)) is not None
@@ -219,7 +220,7 @@ def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModul
     was = model.training
     dyn = tuple({d: torch.export.Dim.AUTO for d in range(t.dim())} if isinstance(t, torch.Tensor) and t.dim() else None
                 for t in example_inputs)
-    with eval_mode(model):
+    with eval_mode(model), kept_whole(model) as whole:
         ep = torch.export.export(model, example_inputs, dynamic_shapes=dyn, strict=False)
     unlifted = ep.module()
     names = _symbolic_dims(unlifted, example_inputs)
@@ -233,6 +234,7 @@ def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModul
         if n.op == "call_module" and type(gm.get_submodule(n.target)).__name__ == "GuardsFn" and not n.users:
             gm.graph.erase_node(n)
             gm.delete_submodule(n.target)
+    as_modules(gm, model, whole)  # the modules kept whole: call_module nodes of their own
     absent_inputs(gm, example_inputs)
     gm.recompile()
     gm.train(was)
@@ -247,6 +249,7 @@ def _traced_whole(model: nn.Module, fe: str, example_inputs: tuple) -> tuple[fx.
         gm, dynamic = trace_export(model, example_inputs)
     else:
         gm = trace_fx(model, leaf_all=fe != "fx", example_inputs=example_inputs)
+    ready_for_graph(gm)  # modules traced whole (MoE experts) run an implementation export and ONNX trace
     propagate_shapes(gm, example_inputs)
     if lower(gm, model.training):  # library calls, in-place slice writes → plain torch ops
         propagate_shapes(gm, example_inputs)

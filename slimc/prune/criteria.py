@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimc.compact import part_of
 from slimc.errors import ConfigError
 from slimc.prune.space import PruneSpace
 
@@ -78,8 +79,9 @@ class SliceCriterion(Criterion):
         cache: dict[tuple[str, int], np.ndarray] = {}
         for s in space.sources:
             key = (s.fqn, s.dim)
-            if key not in cache:
-                cache[key] = self.slice_scores(params[s.fqn].float(), s.dim, ctx.rng).double().numpy()
+            if key not in cache:  # (a part dim: the slices of one expert of stacked experts)
+                w, dim = part_of(params[s.fqn].float(), s.dim)
+                cache[key] = self.slice_scores(w, dim, ctx.rng).double().numpy()
             np.add.at(score, s.groups, cache[key][s.index])
         return self.finish(score)
 

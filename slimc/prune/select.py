@@ -6,12 +6,14 @@
    ``max_sparsity_per_layer`` and by ``min_keep`` units;
 2. ``uniform``: families of repeated layers (same kind, size and layer names up to the
    block number) lose the same number of units — their mean;
-3. ``round_to``: a channel family keeps a multiple of N channels (rounded up);
+3. ``round_to``: a channel family keeps a multiple of N channels (rounded up), and of what
+   the compiler keeps multiples of (``Family.multiple``: transformers' expert kernels);
 4. *which* — the lowest-scored units of each family; units pruned before (a schedule's
    earlier steps) stay pruned.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,12 +65,12 @@ def counts(space: PruneSpace, scores: np.ndarray, targets: dict[int, Target], se
         k[fi] = max(k[fi], int(before[fams[fi].units].sum()))
     if sel.uniform:
         _equalize(space, k)
-    if sel.round_to > 1:
-        for fi, ki in k.items():
-            f = fams[fi]
-            if f.kind == "channels":
-                n = len(f)
-                k[fi] = n - min(n, -(-(n - ki) // sel.round_to) * sel.round_to)
+    for fi, ki in k.items():
+        f = fams[fi]
+        r = math.lcm(sel.round_to, f.multiple)  # (a family the compiler keeps multiples of: aligned kernels)
+        if f.kind == "channels" and r > 1:
+            n = len(f)
+            k[fi] = n - min(n, -(-(n - ki) // r) * r)
     return {fi: ki for fi, ki in k.items() if ki > 0}
 
 

@@ -21,7 +21,9 @@ from slimc.errors import describe
 EPS_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps", "rms_norm_epsilon")
 EPS_ATTRS = ("variance_epsilon", "eps", "epsilon")
 HEAD_FIELDS = (*HEADS, "encoder_attention_heads", "decoder_attention_heads")
-FFN_FIELDS = (*FFN, "hidden_dim", "encoder_ffn_dim", "decoder_ffn_dim")
+FFN_FIELDS = (*FFN, "hidden_dim", "encoder_ffn_dim", "decoder_ffn_dim", "moe_intermediate_size",
+              "shared_expert_intermediate_size")
+FFN_ATTRS = (*FFN, "intermediate_dim")  # module attributes that hold an FFN width (an experts module's)
 
 
 def is_hf(model: nn.Module) -> bool:
@@ -42,6 +44,29 @@ def _dim_news(original: nn.Module, slim: nn.Module) -> dict[int, set[int]]:
     return out
 
 
+def _attr_news(original: nn.Module, slim: nn.Module, names: tuple[str, ...]) -> dict[int, set[int]]:
+    """Old value → new values of the modules' size attributes ``names`` (an FFN width read
+    off the modules that hold it, not off every tensor dim of that size)."""
+    out: dict[int, set[int]] = {}
+    for m0, m1 in zip(original.modules(), slim.modules()):
+        for a in names:
+            o, n = vars(m0).get(a), vars(m1).get(a)
+            if isinstance(o, int) and isinstance(n, int) and not isinstance(o, bool):
+                out.setdefault(o, set()).add(n)
+    return out
+
+
+def _derived_head_dim(cfg, cfg0, splits: list) -> int | None:
+    """A config without a head size (``head_dim=None``: hidden // heads) whose hidden size
+    changed while the heads kept their size: the head size to write down."""
+    hidden, heads = getattr(cfg0, "hidden_size", None), getattr(cfg0, "num_attention_heads", None)
+    if not (isinstance(hidden, int) and isinstance(heads, int) and heads and hidden % heads == 0):
+        return None
+    new = _one(s[3] for s in splits if s[1] == hidden // heads)
+    derived = cfg.hidden_size // cfg.num_attention_heads if cfg.num_attention_heads else None
+    return new if new is not None and new != derived else None
+
+
 def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list], guess: bool = True) -> list[str]:
     """Set the slim model's config fields (heads, kv heads, head dim, hidden, FFN width, norm
     eps) where every layer agrees. Returns "field: old → new" lines. ``guess``: an FFN width
@@ -50,6 +75,7 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list], g
     cfg, cfg0 = slim.config, original.config
     all_splits = [s for sp in splits.values() for s in sp]
     dims = _dim_news(original, slim)
+    ffn = _attr_news(original, slim, FFN_ATTRS)
     hidden = input_embedding_width(original, slim)
     eps_new: dict[float, set[float]] = {}
     for (p0, m0), m1 in zip(original.named_modules(), slim.modules()):
@@ -71,7 +97,7 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list], g
                 new = hidden[1] if hidden and hidden[0] == old else _one(dims.get(old, ()))
         elif key in FFN_FIELDS:
             width = old if isinstance(old, int) else 4 * hidden[0] if old is None and hidden else None
-            news = dims.get(width, set()) if width else set()
+            news = (ffn.get(width) or dims.get(width, set())) if width else set()
             new = _one(news) if news and width not in news else _one(news - {width}) if guess else None
         elif key in EPS_FIELDS and isinstance(old, float):
             news = eps_new.get(old, set()) - {old}
@@ -85,7 +111,7 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list], g
 def follow_config(slim: nn.Module, original: nn.Module, splits: dict[str, list]) -> dict[str, Any]:
     """The slim model's config made to follow its widths (:func:`sync_config`), and whether it
     expresses them (:func:`expressible`); where a guessed FFN width leaves it inexpressible,
-    the config is made again without guesses."""
+    the config is made again without guesses; then :func:`_settle_head_dim`."""
     cfg = slim.config
     before = dict(vars(cfg))
     changes = sync_config(slim, original, splits)
@@ -98,7 +124,33 @@ def follow_config(slim: nn.Module, original: nn.Module, splits: dict[str, list])
         if sure != changes:  # (the same changes: the same config, no need to check it again)
             changes = sure
             ok, why = expressible(slim)
+    if not ok:
+        changes, ok, why = _settle_head_dim(slim, original, splits, changes, why)
     return {"config_changes": changes, "expressible": ok, "why_not": why}
+
+
+def _settle_head_dim(slim: nn.Module, original: nn.Module, splits: dict[str, list], changes: list[str],
+                     why: str) -> tuple[list[str], bool, str]:
+    """A config without a head size (``head_dim`` None or absent: HF's ``getattr(config,
+    "head_dim", None) or hidden // heads``) whose hidden size changed while the heads kept theirs
+    gets ``head_dim`` written down — kept where that settles the head size the config builds
+    (the slim model may read it at run time: PhiMoE's rotary embedding), left out where the
+    class derives its head size otherwise (BERT's)."""
+    cfg, cfg0 = slim.config, original.config
+    new = None if getattr(cfg0, "head_dim", None) is not None else \
+        _derived_head_dim(cfg, cfg0, [s for sp in splits.values() for s in sp])
+    if new is None:
+        return changes, False, why
+    had = "head_dim" in vars(cfg)
+    cfg.head_dim = new
+    ok2, why2 = expressible(slim)
+    if ok2 or ("head_dim" in why and "head_dim" not in why2):
+        return [*changes, f"head_dim: None → {new}"], ok2, why2
+    if had:
+        cfg.head_dim = None
+    else:
+        del cfg.head_dim
+    return changes, False, why
 
 
 def expressible(slim: nn.Module) -> tuple[bool, str]:

@@ -1,7 +1,7 @@
 """Leaf modules of the slim copy, resized: the same class, its size attributes set from its
 new parameter shapes (``in_features``, ``num_features``, ``hidden_size`` of an LSTM …).
 
-The resizers are the ones the graph rewrite uses (``RESIZERS``, keyed by torch.nn class);
+The resizers are the ones the graph rewrite uses (``RESIZERS``, keyed by class or name);
 classes of other libraries are keyed by their qualified name (no import needed), and any
 other class gets its size-named attributes that equal an old size set to the new one,
 where that is unambiguous (the built-in check is the proof).
@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from slimc.shape_rules import RESIZERS
+from slimc.shape_rules import find_resizer
 
 
 def _hf_conv1d(m: nn.Module, new: dict) -> None:
@@ -42,12 +42,10 @@ def qualname(cls: type) -> str:
 
 
 def resizer_for(cls: type) -> Callable[[nn.Module, dict], None] | None:
-    for base in cls.__mro__:
-        if base in RESIZERS:
-            return RESIZERS[base]
-        if qualname(base) in NAMED_RESIZERS:
-            return NAMED_RESIZERS[qualname(base)]
-    return None
+    found = find_resizer(cls)
+    if found is not None:
+        return found
+    return next((NAMED_RESIZERS[qualname(base)] for base in cls.__mro__ if qualname(base) in NAMED_RESIZERS), None)
 
 
 def _generic_resize(m: nn.Module, old: dict[str, tuple], new: dict[str, tuple]) -> None:

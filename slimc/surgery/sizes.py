@@ -30,6 +30,7 @@ HEAD_DIM = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head"
 INNER = ("all_head_size", "attn_dim", "inner_dim", "split_size", "inner_attn_dim")
 GROUPS = ("num_key_value_groups", "n_rep", "num_queries_per_kv")
 HIDDEN = ("embed_dim", "hidden_size", "d_model", "n_embd", "dim", "num_features", "width")
+HIDDEN_ATTRS = (*HIDDEN, "hidden_dim")  # module attributes (a MoE block's); a config's hidden_dim may be its FFN
 FFN = ("intermediate_size", "ffn_dim", "d_ff", "mlp_dim", "hidden_features", "n_inner")
 
 
@@ -245,9 +246,9 @@ def sync_widths(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
             continue
         cls = type(m)
         if cls not in class_attrs:  # (read once per class in this call)
-            class_attrs[cls] = {a: getattr(cls, a, None) for a in (*HIDDEN, *FFN)}
+            class_attrs[cls] = {a: getattr(cls, a, None) for a in (*HIDDEN_ATTRS, *FFN)}
         d, ca = m.__dict__, class_attrs[cls]
-        attrs = [a for a in (*HIDDEN, *FFN) if _is_size(d.get(a, ca[a])) and (id(m), a) not in fixes.done]
+        attrs = [a for a in (*HIDDEN_ATTRS, *FFN) if _is_size(d.get(a, ca[a])) and (id(m), a) not in fixes.done]
         if not attrs:
             continue
         if below is None:  # every module's params, both models walked once
@@ -258,7 +259,7 @@ def sync_widths(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
                 dims.setdefault(o, set()).add(n)
         for a in attrs:
             v = getattr(m, a)
-            if hidden is not None and a in HIDDEN and v == hidden[0]:
+            if hidden is not None and a in HIDDEN_ATTRS and v == hidden[0]:
                 fixes.set(m, path, a, hidden[1])
                 continue
             news = dims.get(v, set())
