@@ -7,12 +7,15 @@
 2. ``uniform``: families of repeated layers (same kind, size and layer names up to the
    block number) lose the same number of units — their mean;
 3. ``round_to``: a channel family keeps a multiple of N channels (rounded up);
+   ``fit`` (a Hugging Face model's :class:`~slimc.prune.expressible.ConfigFit`): only the
+   widths its config can express;
 4. *which* — the lowest-scored units of each family; units pruned before (a schedule's
    earlier steps) stay pruned.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +28,7 @@ class Selection:
     min_keep: int = 1
     round_to: int = 1
     uniform: bool = False
+    fit: Any = field(default=None, compare=False)  # ConfigFit: widths an HF config can express
 
 
 def _filled(space: PruneSpace, scores: np.ndarray) -> np.ndarray:
@@ -69,6 +73,8 @@ def counts(space: PruneSpace, scores: np.ndarray, targets: dict[int, Target], se
             if f.kind == "channels":
                 n = len(f)
                 k[fi] = n - min(n, -(-(n - ki) // sel.round_to) * sel.round_to)
+    if sel.fit is not None:
+        sel.fit.adjust(space, k, sel.round_to)
     return {fi: ki for fi, ki in k.items() if ki > 0}
 
 

@@ -70,8 +70,10 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list]) -
                 new = hidden[1] if hidden and hidden[0] == old else _one(dims.get(old, ()))
         elif key in FFN_FIELDS:
             width = old if isinstance(old, int) else 4 * hidden[0] if old is None and hidden else None
-            news = dims.get(width, set()) if width else set()
-            new = _one(news) if news and width not in news else None
+            # the one new width of the dims that had it and changed: a dim of the same size that
+            # stays (vocabulary 128 beside FFN 128) is another kind; a layer left wider is caught by
+            # the expressible check, which compares every shape
+            new = _one(dims.get(width, set()) - {width}) if width else None
         elif key in EPS_FIELDS and isinstance(old, float):
             news = eps_new.get(old, set()) - {old}
             new = _one(news) if len(eps_new.get(old, ())) == 1 else None
