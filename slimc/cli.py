@@ -215,7 +215,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     for n in pruned.notes:
         print(f"note: {n}")
     expressible, why = pruner.expressible(pruned) if hasattr(pruner, "expressible") else (True, "")
-    if not expressible:
+    if expressible is False:
         print(f"note: {type(model.config).__name__} cannot express these widths ({why}): from_pretrained(out/hf) "
               "will not rebuild the slim model; slimc.load(out) will, from layout.json")
     print(f"next: fine-tune with the masks applied, then slimc compile {a.model} --masks {out} -o out/")

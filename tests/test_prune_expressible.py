@@ -234,3 +234,19 @@ def test_hf_models_skip_the_fx_attempt(monkeypatch):
     traced = tr.trace(copy.deepcopy(m), x, "auto")
     assert traced.front_end == "export" and not calls
     assert not any("front end" in n for n in traced.notes), traced.notes
+
+
+def test_a_check_that_cannot_tell_does_not_stop_pruning(monkeypatch):
+    """Where slimc cannot make the user's class slim to check it (surgery fails), the default
+    does not silently prune nothing: every family is pruned and the note says it is not known."""
+    import slimc.surgery as surgery
+
+    def broken(*a, **k):
+        raise RuntimeError("surgery broke")
+
+    monkeypatch.setattr(surgery, "build", broken)
+    m = _llama()
+    pr = Pruner(m, (_ids(2, 12, 0)["input_ids"],), "l1", ratio=0.5)
+    got = pr.prune()
+    assert not pr.fit.frozen and len(got.sparsity) == 5, got.sparsity  # FFN ×2, hidden, heads ×2
+    assert any("is not known" in n and "surgery broke" in n for n in got.notes), got.notes

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
+from slimc.errors import describe
 from slimc.prune.emit import complete_masks
 from slimc.prune.space import Family, PruneSpace
 
@@ -42,7 +43,9 @@ class ConfigCheck:
         self.space = space
         self._meta: nn.Module | None = None
 
-    def __call__(self, units: np.ndarray) -> tuple[bool, str]:
+    def __call__(self, units: np.ndarray) -> tuple[bool | None, str]:
+        """(True, ""), (False, why the config cannot express it), or (None, why slimc cannot
+        tell: the user's class itself cannot be made slim)."""
         from slimc.analysis import fork
         from slimc.passes import RewriteContext, run_pipeline
         from slimc.surgery import build
@@ -51,16 +54,19 @@ class ConfigCheck:
         space = self.space
         if self._meta is None:
             self._meta = skeleton(space.model)
-        em = complete_masks(space, space.groups_of(units))
-        ctx = RewriteContext(em.plan)
         try:
-            gm, original = fork(space.gm, self._meta), self._meta
-        except KeyError:  # a traced tensor the model does not hold by that name: the real weights
-            gm, original = fork(space.gm), space.model
-        slim, _ = run_pipeline(gm, ctx, code_from=space.gm)
-        um = build(original, em.plan, slim, ctx.events)
+            em = complete_masks(space, space.groups_of(units))
+            ctx = RewriteContext(em.plan)
+            try:
+                gm, original = fork(space.gm, self._meta), self._meta
+            except KeyError:  # a traced tensor the model does not hold by that name: the real weights
+                gm, original = fork(space.gm), space.model
+            slim, _ = run_pipeline(gm, ctx, code_from=space.gm)
+            um = build(original, em.plan, slim, ctx.events)
+        except Exception as e:  # the rewrite or the surgery of a model slimc does not know
+            return None, f"making the slim model failed: {describe(e)}"
         if um.model is None:
-            return False, um.reason or "the user's class cannot be made slim"
+            return None, um.reason or "the user's class cannot be made slim"
         info = um.hf or {}
         return bool(info.get("expressible")), info.get("why_not", "")
 
@@ -139,8 +145,11 @@ def measure(space: PruneSpace, families: list[int], check: ConfigCheck) -> Confi
         f = fams[cls[0]]
         multiple = f.index == fit.stream and fit.heads0 is not None and 1 < fit.heads0 < len(f)
         ok, why = check(f.units[: fit.heads0] if multiple else np.array([fams[fi].units[0] for fi in cls]))
-        fit.stream_multiple |= ok and multiple
-        if not ok:
+        fit.stream_multiple |= bool(ok) and multiple
+        if ok is None:
+            fit.notes.append(f"whether {type(space.model.config).__name__} can express pruning {label(f, fit.stream)} "
+                             f"is not known ({why}): pruned")
+        elif not ok:
             fit.frozen.update(dict.fromkeys(cls, why))
             fit.notes.append(f"{label(f, fit.stream)} not pruned: {type(space.model.config).__name__} cannot "
                              f"express it ({why}); --free-widths (expressible=False) prunes it, and slimc.load "

@@ -126,9 +126,10 @@ class Pruner:
         notes = [*(self.fit.notes if self.fit else []), *em.notes]
         return Pruned(em.masks, units, self._fractions(units), em.plan, notes)
 
-    def expressible(self, pruned: Pruned) -> tuple[bool, str]:
+    def expressible(self, pruned: Pruned) -> tuple[bool | None, str]:
         """Can the model's config (Hugging Face) express the widths of ``pruned``? (True, "")
-        for other models; else the check's answer and why not (:class:`slimc.prune.expressible.ConfigCheck`)."""
+        for other models; else the check's answer and why not, None where it cannot tell
+        (:class:`slimc.prune.expressible.ConfigCheck`)."""
         if self._config_check is None:
             return True, ""
         return self._config_check(pruned.units)
