@@ -199,15 +199,18 @@ def cmd_prune(a: argparse.Namespace) -> int:
         raise ConfigError(f"criterion '{a.criterion}' is an automatic pruner: give it a budget, e.g. --budget flops=0.5")
     model, inputs, ns = load_spec(a.model)
     common = dict(round_to=a.round_to, uniform=a.uniform, attention=a.attention, seed=a.seed,
-                  front_end=a.front_end, max_batches=a.batches, user_data=UserData.from_namespace(ns, a.model))
+                  front_end=a.front_end, max_batches=a.batches, user_data=UserData.from_namespace(ns, a.model),
+                  expressible=not a.free_widths)
     result = None
     if a.budget:
-        result = make_auto(a.criterion, model, inputs, a.budget, config_list=a.config, steps=a.steps,
-                           max_sparsity_per_layer=a.max_sparsity_per_layer, **common).run()
+        auto = make_auto(a.criterion, model, inputs, a.budget, config_list=a.config, steps=a.steps,
+                         max_sparsity_per_layer=a.max_sparsity_per_layer, **common)
+        result, pruner = auto.run(), auto.pruner
         pruned = result.pruned
     else:
-        pruned = make_pruner(model, inputs, a.criterion, a.config, ratio=a.ratio, ranking=a.ranking,
-                             max_sparsity_per_layer=a.max_sparsity_per_layer, **common).prune()
+        pruner = make_pruner(model, inputs, a.criterion, a.config, ratio=a.ratio, ranking=a.ranking,
+                             max_sparsity_per_layer=a.max_sparsity_per_layer, **common)
+        pruned = pruner.prune()
     save_masks(to_layout(pruned.masks, a.format), out)
     before = sum(p.numel() for p in model.parameters())
     after = pruned.params_after()
@@ -228,6 +231,10 @@ def cmd_prune(a: argparse.Namespace) -> int:
                   "load them into the model before compiling")
     for n in pruned.notes:
         print(f"note: {n}")
+    expressible, why = pruner.expressible(pruned) if hasattr(pruner, "expressible") else (True, "")
+    if expressible is False:
+        print(f"note: {type(model.config).__name__} cannot express these widths ({why}): from_pretrained(out/hf) "
+              "will not rebuild the slim model; slimc.load(out) will, from layout.json")
     print(f"next: fine-tune with the masks applied, then slimc compile {a.model} --masks {out} -o out/")
     return 0
 
@@ -398,6 +405,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="keep a multiple of N channels in every layer (e.g. 8 for hardware-friendly widths)")
     pr.add_argument("--uniform", action="store_true",
                     help="repeated layers (transformer blocks) keep the same number of heads / channels")
+    pr.add_argument("--free-widths", action="store_true",
+                    help="Hugging Face models: prune every layer freely, also to widths the model's config cannot "
+                         "express (by default: only those it can, so from_pretrained reloads the slim model; "
+                         "slimc.load rebuilds either)")
     pr.add_argument("--attention", default="heads", choices=["heads", "dims"],
                     help="attention unit: whole heads (default) or the same channels of every head")
     pr.add_argument("--format", default="flat", choices=["flat", "nni"],

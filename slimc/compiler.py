@@ -71,9 +71,9 @@ class CompileResult:
 
             spec = (self.report.get("source") or {}).get("model")
             base_cfg = self.original.config.to_dict() if self.user_model.hf is not None else None
-            for f in save_user_model(self.model, self.user_model.layout, out, hf_info=self.user_model.hf,
-                                     base_config=base_cfg, spec=spec):
-                paths[Path(f).name] = f
+            files, self.report["user_model"]["reload"] = save_user_model(
+                self.model, self.user_model.layout, out, hf_info=self.user_model.hf, base_config=base_cfg, spec=spec)
+            paths.update({Path(f).name: f for f in files})
         if onnx and on_meta:
             self.report["notes"].append("no ONNX: the slim model's weights are on the meta device")
         elif onnx:

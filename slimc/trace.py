@@ -3,7 +3,8 @@
 * ``fx``: ``torch.fx`` symbolic trace, standard ``torch.nn`` modules as leaves.
 * ``export``: ``torch.export.export(strict=False)`` then the unlifted GraphModule,
   for models with data-dependent Python control flow; ATen-level ops.
-* ``auto``: try ``fx``, fall back to ``export``, and say which one was used.
+* ``auto``: try ``fx``, fall back to ``export``, and say which one was used (Hugging Face
+  models go to ``export`` first: fx cannot trace them).
 """
 from __future__ import annotations
 
@@ -270,6 +271,8 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta
     order = {"auto": ["fx", "export", "fx (leaves)"], "fx": ["fx", "fx (leaves)"], "export": ["export"]}.get(front_end)
     if order is None:
         raise TraceError(f"unknown front end '{front_end}': use auto, fx or export")
+    if front_end == "auto" and _export_first(model):
+        order = ["export", "fx", "fx (leaves)"]
     blocks = find_blocks(model)
     for fe in order:
         try:
@@ -286,6 +289,14 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta
         "cannot trace the model (" + "; ".join(errors) + "): remove data-dependent Python control flow "
         "from forward() or try --front-end export"
     )
+
+
+def _export_first(model: nn.Module) -> bool:
+    """Hugging Face models: their forward() is not fx-traceable (data-dependent control flow,
+    ``co_varnames`` checks), so ``auto`` goes to export without the failed fx attempt."""
+    from slimc.surgery.hf import is_hf
+
+    return is_hf(model)
 
 
 def _traced(model: nn.Module, fe: str, example_inputs: tuple, blocks: Blocks | None, notes: list[str]):

@@ -8,13 +8,16 @@
    block number) lose the same number of units — their mean;
 3. ``round_to``: a channel family keeps a multiple of N channels (rounded up), and of what
    the compiler keeps multiples of (``Family.multiple``: transformers' expert kernels);
+   ``fit`` (a Hugging Face model's :class:`~slimc.prune.expressible.ConfigFit`): only the
+   widths its config can express;
 4. *which* — the lowest-scored units of each family; units pruned before (a schedule's
    earlier steps) stay pruned.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +30,7 @@ class Selection:
     min_keep: int = 1
     round_to: int = 1
     uniform: bool = False
+    fit: Any = field(default=None, compare=False)  # ConfigFit: widths an HF config can express
 
 
 def _filled(space: PruneSpace, scores: np.ndarray) -> np.ndarray:
@@ -71,6 +75,8 @@ def counts(space: PruneSpace, scores: np.ndarray, targets: dict[int, Target], se
         if f.kind == "channels" and r > 1:
             n = len(f)
             k[fi] = n - min(n, -(-(n - ki) // r) * r)
+    if sel.fit is not None:
+        sel.fit.adjust(space, k, sel.round_to)
     return {fi: ki for fi, ki in k.items() if ki > 0}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 
 from slimc.surgery.layout import simple_value as _simple
 from slimc.surgery.sizes import FFN, HEAD_DIM, HEADS, HIDDEN, KV_HEADS, input_embedding_width
-from slimc.errors import describe
+from slimc.errors import describe, one_line
 
 EPS_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps", "rms_norm_epsilon")
 EPS_ATTRS = ("variance_epsilon", "eps", "epsilon")
@@ -153,9 +154,37 @@ def _settle_head_dim(slim: nn.Module, original: nn.Module, splits: dict[str, lis
     return changes, False, why
 
 
+def config_invalid(cfg) -> str:
+    """Why ``cfg`` fails its own validation (transformers' strict configs: ``hidden_size`` a
+    multiple of the head count, …), or "": such a config cannot be saved or loaded."""
+    validate = getattr(cfg, "validate", None)
+    if not callable(validate):
+        return ""
+    try:
+        validate()
+    except Exception as e:  # StrictDataclassClassValidationError: its last line is the config's own error
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        return f"the config does not validate: {one_line(lines[-1] if lines else describe(e), 180)}"
+    return ""
+
+
+def save_config(cfg, folder) -> str:
+    """``cfg.save_pretrained(folder)``; where the config fails its own validation, its JSON is
+    written as it is (what the slim widths are, for people) and the reason returned."""
+    why = config_invalid(cfg)
+    if not why:
+        cfg.save_pretrained(folder)
+        return ""
+    cfg.to_json_file(str(Path(folder) / "config.json"))
+    return why
+
+
 def expressible(slim: nn.Module) -> tuple[bool, str]:
     """Does ``type(slim)(slim.config)`` build exactly the slim model's structure?"""
     cfg = copy.deepcopy(slim.config)
+    why = config_invalid(cfg)
+    if why:
+        return False, why
     try:
         with torch.device("meta"):
             fresh = type(slim)(cfg)
@@ -180,4 +209,4 @@ def expressible(slim: nn.Module) -> tuple[bool, str]:
     return True, ""
 
 
-__all__ = ["is_hf", "sync_config", "follow_config", "expressible"]
+__all__ = ["is_hf", "sync_config", "follow_config", "expressible", "config_invalid", "save_config"]
