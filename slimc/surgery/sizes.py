@@ -136,19 +136,20 @@ def follow_events(slim: nn.Module, events: list, fixes: SizeFixes) -> None:
             fixes.unresolved.append(where)
 
 
-def head_splits(gm: fx.GraphModule, plan) -> dict[str, list[tuple[int, int, int, int]]]:
+def head_splits(gm: fx.GraphModule, shapes) -> dict[str, list[tuple[int, int, int, int]]]:
     """Module path → (H, D, H', D') of every view in its forward that splits the last dim
     of its input into (…, H, D) (queries, keys, values of an attention)."""
     from slimc.passes.patch_constants import RESHAPES
 
-    shapes = plan.dg.shapes
     out: dict[str, list] = {}
     for node in gm.graph.nodes:
         if node.target not in RESHAPES or node.op not in ("call_method", "call_function"):
             continue
-        old, x = shapes.get(node.name), node.args[0] if node.args else None
-        xin = shapes.get(getattr(x, "name", None))
-        if not (isinstance(old, tuple) and isinstance(xin, tuple)) or len(old) < len(xin) + 1 or len(xin) < 1:
+        x = node.args[0] if node.args else None
+        if shapes.traced_name(node) is None or not isinstance(x, fx.Node) or shapes.traced_name(x) is None:
+            continue  # (a node a rewrite pass made: no head split of the user's code)
+        old, xin = shapes.tensor(node), shapes.tensor(x)
+        if old is None or xin is None or len(old) < len(xin) + 1 or len(xin) < 1:
             continue
         k = len(xin) - 1
         trail = old[k:]
@@ -157,8 +158,8 @@ def head_splits(gm: fx.GraphModule, plan) -> dict[str, list[tuple[int, int, int,
         stack = node.meta.get("nn_module_stack") or {}
         path = list(stack.values())[-1][0] if stack else ""
         nd = len(old)
-        out.setdefault(path, []).append((old[-2], old[-1], plan.new_size(("v", node.name, nd - 2)),
-                                         plan.new_size(("v", node.name, nd - 1))))
+        out.setdefault(path, []).append((old[-2], old[-1], shapes.new_size(node, nd - 2),
+                                         shapes.new_size(node, nd - 1)))
     return out
 
 
