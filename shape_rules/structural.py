@@ -1,5 +1,4 @@
-"""Structure: cat / split / chunk along any dim, transpose / permute, expand, factories,
-and shape queries (size, dim) that read a tensor without touching its channels."""
+"""Structure: cat / split / chunk along any dim, expand, factories, and shape queries (size, dim) that read a tensor without touching its channels."""
 from __future__ import annotations
 
 import operator
@@ -10,6 +9,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from slimc.shape_rules import Coupling, Link, OpView, Unsupported, aten, arange, op_name, shape_rule
+from slimc.shape_rules.permute import permutation, permute
 
 
 @shape_rule(torch.cat, torch.concat, torch.concatenate, *aten("cat.default"))
@@ -61,43 +61,6 @@ def split(op: OpView) -> Coupling | Unsupported:
             else:
                 c.flow(op.slot(x, d), op.out(d, item=k))
         off += n
-    return c
-
-
-_TRANSPOSES = ("transpose", torch.transpose, "swapaxes", torch.swapaxes, *aten("transpose.int", "swapaxes.default"))
-
-
-def _perm(op: OpView, nd: int) -> list[int] | None:
-    t = op.node.target
-    if t in _TRANSPOSES:
-        d0, d1 = op.arg(1, "dim0"), op.arg(2, "dim1")
-        if not (isinstance(d0, int) and isinstance(d1, int)):
-            return None
-        p = list(range(nd))
-        p[d0 % nd], p[d1 % nd] = p[d1 % nd], p[d0 % nd]
-        return p
-    if t == "t":
-        return list(range(nd))[::-1]
-    dims = op.node.args[1:] if t == "permute" else op.arg(1, "dims")
-    if t == "permute" and len(dims) == 1 and isinstance(dims[0], (list, tuple)):
-        dims = dims[0]
-    if not isinstance(dims, (list, tuple)) or not all(isinstance(d, int) for d in dims):
-        return None
-    return [d % nd for d in dims]
-
-
-@shape_rule("transpose", torch.transpose, "permute", torch.permute, "t", "swapaxes", torch.swapaxes,
-            *aten("transpose.int", "permute.default", "swapaxes.default"))
-def permute(op: OpView) -> Coupling | Unsupported:
-    """transpose / permute: output dim i is input dim perm[i], one-to-one."""
-    x = op.arg(0, "input")
-    nd = len(op.shape(x))
-    p = _perm(op, nd)
-    if p is None:
-        return Unsupported("permutation with computed dims")
-    c = Coupling()
-    for i, d in enumerate(p):
-        c.flow(op.slot(x, d), op.out(i))
     return c
 
 
@@ -155,6 +118,8 @@ def shape_query(op: OpView) -> Coupling | Unsupported:
     """Shape queries read sizes at run time: a size used for a view reads the slim size
     (patched where needed); a size used as a value (a scale) fixes that dim."""
     if op.out_shape is not None:
+        if permutation(op) is not None:  # x.T, x.mT (fx's getattr): a transpose
+            return permute(op)
         return Unsupported("attribute access that returns a tensor")
     c = Coupling()
     x = op.arg(0)

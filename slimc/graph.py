@@ -140,7 +140,7 @@ def _apply_rule(node: fx.Node, gm: fx.GraphModule, shapes: dict[str, Any], probe
         _barrier_everything(c, node, shapes, result.reason)
         return NodeFacts(node, name, c, result.reason)
     # safety net: every dim of every tensor input and output must be described
-    touched = _touched(result)
+    touched = _touched(result) | view.viewed  # (a transposed parameter read as the parameter: described)
     for x in node.all_input_nodes:
         for vname, shp in _value_shapes(x, shapes):
             for d, n in enumerate(shp):
