@@ -107,6 +107,18 @@ class HeadAxis:
 
 
 @dataclass
+class Copies:
+    """A hint for propagation: this dim holds copies of one value (an expand's broadcast dim
+    whose count is written in the call). Its positions may go where it alone indexes a merged
+    dim (multi-query attention: ``repeat_kv`` of one key/value head, so any query head can
+    go); merged with another free dim (grouped-query: key/value heads × copies) it is fixed,
+    so a key/value head goes with all of its query heads."""
+
+    slot: SlotKey
+    why: str
+
+
+@dataclass
 class Coupling:
     links: list[Link] = field(default_factory=list)
     barriers: list[tuple[SlotKey, str]] = field(default_factory=list)

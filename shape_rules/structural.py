@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from slimc.shape_rules import Coupling, Link, OpView, Unsupported, aten, arange, op_name, shape_rule
+from slimc.shape_rules import Copies, Coupling, Link, OpView, Unsupported, aten, arange, op_name, shape_rule
 from slimc.shape_rules.permute import permutation, permute
 
 
@@ -156,21 +156,46 @@ def unbind(op: OpView) -> Coupling | Unsupported:
 EXPANDS = ("expand", *aten("expand.default"))
 
 
+def _expand_sizes(op: OpView) -> list | None:
+    """The sizes written in an expand call (None for ``expand_as``)."""
+    if op.node.target == "expand_as":
+        return None
+    sizes = list(op.node.args[1:]) if op.node.op == "call_method" else op.arg(1, "size")
+    if op.node.op == "call_method" and len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = list(sizes[0])
+    return list(sizes) if isinstance(sizes, (list, tuple)) else None
+
+
+def _broadcast_dim(op: OpView, c: Coupling, x, d: int | None, od: int, size) -> None:
+    """Output dim ``od`` broadcast from size 1 (``d``; None: a new leading dim). Its positions
+    are copies: where the count is written in the call (``repeat_kv``'s ``n_rep``) any of them
+    may go, the literal patched, so a query head reading a shared key/value head can go on its
+    own; a count read at run time (a batch, a length) is fixed."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 1:
+        c.cover(op.out(od))
+        c.constraints.append(Copies(op.out(od), "copies of an expand merged with another free dim"))
+        if op.shape(x):
+            c.feed(op.slot(x, d if d is not None else 0), op.out(od), term=0)
+    elif op.out_shape[od] > 1:
+        c.barrier(op.out(od), "new dim made by expand" if d is None else "broadcast from size 1 by expand")
+    else:
+        c.cover(op.out(od))
+
+
 @shape_rule(*EXPANDS, "expand_as")
 def expand(op: OpView) -> Coupling | Unsupported:
     """expand: dims kept pass (a parameter expanded into the stream, a cls token, is a
-    source); size-1 dims broadcast to n and new leading dims are fixed."""
+    source); a dim broadcast from size 1 holds copies (see :func:`_broadcast_dim`)."""
     x = op.arg(0, "input")
     xs, out = op.shape(x), op.out_shape
     if xs is None or not isinstance(out, tuple):
         return Unsupported("expand of a non-tensor")
+    sizes = _expand_sizes(op)
+    sizes = sizes if sizes is not None and len(sizes) == len(out) else [None] * len(out)
     c = Coupling()
     lead = len(out) - len(xs)
     for od in range(lead):
-        if out[od] > 1:
-            c.barrier(op.out(od), "new dim made by expand")
-        else:
-            c.cover(op.out(od))
+        _broadcast_dim(op, c, x, None, od, sizes[od])
     for d, n in enumerate(xs):
         od = lead + d
         if n == out[od]:
@@ -180,7 +205,7 @@ def expand(op: OpView) -> Coupling | Unsupported:
                 c.flow(op.slot(x, d), op.out(od))
         else:
             c.cover(op.slot(x, d))
-            c.barrier(op.out(od), "broadcast from size 1 by expand")
+            _broadcast_dim(op, c, x, d, od, sizes[od])
     for extra in op.inputs[1:]:  # expand_as(other): other's sizes are only read
         for d in range(len(op.shape(extra) or ())):
             c.cover(op.slot(extra, d))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from slimc.propagate.groups import any_by_group, row_ids
-from slimc.shape_rules import Link
+from slimc.shape_rules import Copies, Link
 
 
 @dataclass
@@ -26,6 +26,7 @@ def resolve_reshapes(prop) -> None:
     has several free parts is then matched by coordinates."""
     dg = prop.dg
     todo = [(f, r) for f in dg.facts for r in f.coupling.reshapes]
+    copies = {c.slot: c.why for f in dg.facts for c in f.coupling.constraints if isinstance(c, Copies)}
     multi: list[tuple] = []
     while todo:
         grp = prop.element_groups.labels()
@@ -33,6 +34,11 @@ def resolve_reshapes(prop) -> None:
         multi, progress = [], False
         for f, r in todo:
             free = [k for k, s in enumerate(r.parts) if r.sizes[k] > 1 and not group_has_barrier[grp[dg.ids(s)]].any()]
+            if len(free) > 1 and any(r.parts[k] in copies for k in free):
+                for k in [k for k in free if r.parts[k] in copies]:  # (see shape_rules.Copies)
+                    prop.barrier[dg.ids(r.parts[k])] = True
+                    prop.barrier_why.setdefault(r.parts[k], copies[r.parts[k]])
+                free = [k for k in free if r.parts[k] not in copies]
             if len(free) > 1:
                 multi.append((f, r))
                 continue
