@@ -113,7 +113,7 @@ class Pruner:
         before = previous.units if previous is not None else None
         units = select_units(self.space, s, targets, self.selection, self.criterion.comparable, before)
         em = complete_masks(self.space, self.space.groups_of(units))
-        return Pruned(em.masks, units, self._fractions(units), em.plan, em.notes)
+        return Pruned(em.masks, units, self._fractions(units), em.plan, [*self.space.notes, *em.notes])
 
     def masks(self, **kw) -> dict[str, torch.Tensor]:
         return self.prune(**kw).masks
