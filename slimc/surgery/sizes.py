@@ -14,6 +14,7 @@ Two sources:
 """
 from __future__ import annotations
 
+import ast
 import itertools
 
 from dataclasses import dataclass, field
@@ -115,25 +116,43 @@ def follow_events(slim: nn.Module, events: list, fixes: SizeFixes) -> None:
             else:
                 fixes.unresolved.append(where)
             continue
-        if isinstance(found, Literal):
-            fixes.blockers.append(f"{where}: the size {found.text} is written in the code ({ev.old} → {ev.new}); "
-                                  "read it from an attribute or the input's shape for the class to follow")
-            continue
-        if not isinstance(found, Attribute):
-            fixes.unresolved.append(where)
-            continue
-        owner = _owner(slim, ev.module, found.path)
-        if owner is None:
-            fixes.unresolved.append(where)
-            continue
-        obj, path, attr = owner
         if ev.kind != "split":
             new = ev.new
-        cur = getattr(obj, attr)
-        if (id(obj), attr) in fixes.done or (isinstance(cur, (int, list, tuple)) and cur == ev.old):
-            fixes.set(obj, path, attr, new)
-        else:
-            fixes.unresolved.append(where)
+        pieces = _spelled_pieces(ev, expr, new)
+        if pieces is not None:  # split([self.num_heads, 1, 1]): each size that changed, on its own
+            for e, old_i, new_i in pieces:
+                _follow(slim, ev, where, classify(e), old_i, new_i, fixes)
+            continue
+        _follow(slim, ev, where, found, ev.old, new, fixes)
+
+
+def _spelled_pieces(ev, expr, new) -> list | None:
+    """(expression, old, new) of each piece size that changed, where a split's sizes are a
+    list written out in the call (``split([self.num_heads, 1, 1], dim=-2)``); else None."""
+    if ev.kind != "split" or not isinstance(expr, (ast.List, ast.Tuple)) or not isinstance(ev.old, (list, tuple)):
+        return None
+    if ev.detail.get("indices") or not (len(expr.elts) == len(ev.old) == len(new)):
+        return None
+    return [(e, o, n) for e, o, n in zip(expr.elts, ev.old, new) if o != n]
+
+
+def _follow(slim: nn.Module, ev, where: str, found, old: Any, new: Any, fixes: SizeFixes) -> None:
+    """The size the user's code spells as ``found`` goes from ``old`` to ``new``: an attribute
+    is set, a literal blocks the class, anything else is left to the code."""
+    if isinstance(found, Literal):
+        fixes.blockers.append(f"{where}: the size {found.text} is written in the code ({old} → {new}); "
+                              "read it from an attribute or the input's shape for the class to follow")
+        return
+    owner = _owner(slim, ev.module, found.path) if isinstance(found, Attribute) else None
+    if owner is None:
+        fixes.unresolved.append(where)
+        return
+    obj, path, attr = owner
+    cur = getattr(obj, attr)
+    if (id(obj), attr) in fixes.done or (isinstance(cur, (int, list, tuple)) and cur == old):
+        fixes.set(obj, path, attr, new)
+    else:
+        fixes.unresolved.append(where)
 
 
 def head_splits(gm: fx.GraphModule, shapes) -> dict[str, list[tuple[int, int, int, int]]]:
@@ -199,6 +218,26 @@ def sync_attention(slim: nn.Module, splits: dict[str, list], fixes: SizeFixes) -
                     new = _one(table.get(v, set()))
                     if new is not None:
                         fixes.set(m, path, attr, new)
+
+
+def _first_size(m: Any, names: tuple[str, ...]) -> str | None:
+    return next((a for a in names if _is_size(getattr(m, a, None))), None)
+
+
+def sync_groups(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
+    """Query heads per key/value head (``num_key_value_groups``, ``repeat_kv``'s ``n_rep``),
+    where the module computed it as heads // kv heads: computed again from the new counts
+    (Falcon's multi-query attention loses query heads around its one key/value head)."""
+    orig = dict(original.named_modules())
+    for path, m in slim.named_modules():
+        m0 = orig.get(path)
+        g, h, kv = _first_size(m, GROUPS), _first_size(m, HEADS), _first_size(m, KV_HEADS)
+        if m0 is None or None in (g, h, kv) or (id(m), g) in fixes.done:
+            continue
+        g0, h0, kv0 = getattr(m0, g), getattr(m0, h), getattr(m0, kv)
+        h1, kv1 = getattr(m, h), getattr(m, kv)
+        if kv0 and kv1 and g0 == h0 // kv0 and (h1, kv1) != (h0, kv0) and h1 % kv1 == 0:
+            fixes.set(m, path, g, h1 // kv1)
 
 
 def input_embedding_width(original: nn.Module, slim: nn.Module) -> tuple[int, int] | None:
@@ -267,4 +306,4 @@ def sync_widths(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
                 fixes.set(m, path, a, next(iter(news)))
 
 
-__all__ = ["SizeFixes", "follow_events", "head_splits", "sync_attention", "sync_widths"]
+__all__ = ["SizeFixes", "follow_events", "head_splits", "sync_attention", "sync_groups", "sync_widths"]
