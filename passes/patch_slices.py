@@ -1,6 +1,9 @@
 """Patch slice bounds where the sliced dim lost channels: ``x[:, a:b]``, ATen ``slice``,
 ``narrow`` and ``slice_scatter``. A bound becomes the count of kept positions before it,
-so the slice picks exactly the kept channels of [a, b) (see shape_rules/slicing.py)."""
+so the slice picks exactly the kept channels of [a, b) (see shape_rules/slicing.py); an int
+index (``x[..., i, :]``, ATen ``select``) becomes its position among the kept ones. Both stay
+counted from the end where they were (``x[..., :-2, :]``, ``x[..., -2, :]``), so a line that
+still reads the same positions needs no change in the user's class."""
 from __future__ import annotations
 
 import operator
@@ -9,14 +12,23 @@ import numpy as np
 from torch import fx
 
 from slimc.passes.context import PassResult, RewriteContext, SizeEvent, TracedShapes
-from slimc.shape_rules.slicing import NARROWS, SLICE_SCATTERS, SLICES, index_entries, slice_bounds
+from slimc.shape_rules.slicing import NARROWS, SELECTS, SLICE_SCATTERS, SLICES, index_entries, slice_bounds
 
 
-def _moved(kept: np.ndarray | None, bound: int | None, n: int) -> int | None:
-    """``bound`` in the slim dim: the count of kept positions before it (None stays None)."""
+def _moved(kept: np.ndarray | None, bound: int | None, n: int, written: int | None = None) -> int | None:
+    """``bound`` (in [0, n]) in the slim dim: the count of kept positions before it (None
+    stays None); counted from the end where it was ``written`` so."""
     if kept is None or bound is None:
         return bound
-    return None if bound >= n else int(np.searchsorted(kept, bound))
+    if bound >= n:
+        return None
+    new = int(np.searchsorted(kept, bound))
+    return new - len(kept) if isinstance(written, int) and written < 0 else new
+
+
+def _index(kept: np.ndarray | None, i: int, n: int) -> int:
+    """An int index ``i`` into ``n`` positions, in the slim dim (the position is kept: held)."""
+    return i if kept is None else _moved(kept, i % n, n, written=i)
 
 
 def _getitem(shapes: TracedShapes, node: fx.Node) -> bool:
@@ -30,8 +42,13 @@ def _getitem(shapes: TracedShapes, node: fx.Node) -> bool:
         kept = shapes.kept(x, d_in) if d_in is not None else None
         b = slice_bounds(it, shp[d_in]) if isinstance(it, slice) and kept is not None else None
         if b is not None and b != (0, shp[d_in]):
-            it = slice(_moved(kept, b[0], shp[d_in]), _moved(kept, b[1], shp[d_in]))
-            changed = True
+            new = slice(_moved(kept, b[0], shp[d_in], it.start), _moved(kept, b[1], shp[d_in], it.stop))
+            changed |= (new.start, new.stop) != (it.start, it.stop)
+            it = new
+        elif isinstance(it, int) and not isinstance(it, bool) and kept is not None:
+            new = _index(kept, it, shp[d_in])
+            changed |= new != it
+            it = new
         items.append(it)
     if changed:
         node.args = (x, tuple(items))
@@ -62,9 +79,25 @@ def _bounded(shapes: TracedShapes, node: fx.Node, names: list[str], kept_at) -> 
     b = slice_bounds(slice(start, end, step), shp[dim]) if kept is not None else None
     if b is None:
         return False
-    args[i_dim + 1], args[i_dim + 2] = _moved(kept, b[0], shp[dim]), _moved(kept, b[1], shp[dim])
+    new = _moved(kept, b[0], shp[dim], start), _moved(kept, b[1], shp[dim], end)
+    if new == (start, end):
+        return False
+    args[i_dim + 1], args[i_dim + 2] = new
     args[i_dim + 3] = 1  # step (only 1 has bounds)
     node.args, node.kwargs = tuple(args), {}
+    return True
+
+
+def _select(shapes: TracedShapes, node: fx.Node) -> bool:
+    x, dim, i = _positional(node, ["input", "dim", "index"])
+    shp = shapes.tensor(x)
+    if shp is None or not isinstance(dim, int) or not isinstance(i, int):
+        return False
+    kept = shapes.kept(x, dim % len(shp))
+    new = _index(kept, i, shp[dim % len(shp)])
+    if new == i:
+        return False
+    node.args, node.kwargs = (x, dim, new), {}
     return True
 
 
@@ -97,6 +130,8 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                                lambda n, x, d: shapes.kept(n, d))
         elif node.target in NARROWS:
             changed = _narrow(shapes, node)
+        elif node.target in SELECTS:
+            changed = _select(shapes, node)
         if changed:
             modified = True
             ctx.events.append(SizeEvent.at(node, "slice"))  # the user's class must move them too

@@ -41,7 +41,8 @@ SPLITS = (torch.split, "split", torch.chunk, "chunk", torch.tensor_split, "tenso
 
 @shape_rule(*SPLITS)
 def split(op: OpView) -> Coupling | Unsupported:
-    """split / chunk / tensor_split: each piece is an offset range of the input along ``dim``."""
+    """split / chunk / tensor_split: each piece is an offset range of the input along ``dim``;
+    a one-element piece (multi-query attention's one key/value head) cannot be emptied."""
     x = op.arg(0, "input")
     out = op.out_shape
     if not isinstance(out, list):
@@ -58,6 +59,8 @@ def split(op: OpView) -> Coupling | Unsupported:
         for d in range(len(xs)):
             if d == dim:
                 c.flow(op.slot(x, d), op.out(d, item=k), arange(n) + off, None)
+                if n == 1 and xs[d] > 1:
+                    c.hold(op.out(d, item=k), "a split's one-element piece (it cannot be emptied)")
             else:
                 c.flow(op.slot(x, d), op.out(d, item=k))
         off += n
