@@ -19,7 +19,7 @@ from slimc.passes.context import TracedShapes
 from slimc.surgery import hf, layout as layout_mod
 from slimc.surgery.leaves import resize_leaves
 from slimc.surgery.norms import fix_norms
-from slimc.surgery.sizes import SizeFixes, follow_events, head_splits, sync_attention, sync_groups, sync_widths
+from slimc.surgery.sizes import SizeFixes, follow_events, head_splits, sync_attention, sync_heads, sync_widths
 from slimc.surgery.weights import slim_copy
 
 
@@ -84,7 +84,7 @@ def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm
     norm_notes, norm_blockers, transforms = fix_norms(slim, original, plan.final_masks, events, renorm)
     splits = head_splits(gm, shapes)
     sync_attention(slim, splits, fixes)
-    sync_groups(slim, original, fixes)
+    sync_heads(slim, plan, fixes)
     sync_widths(slim, original, fixes)
     hf_info = None
     if hf.is_hf(original):

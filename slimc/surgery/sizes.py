@@ -220,24 +220,43 @@ def sync_attention(slim: nn.Module, splits: dict[str, list], fixes: SizeFixes) -
                         fixes.set(m, path, attr, new)
 
 
-def _first_size(m: Any, names: tuple[str, ...]) -> str | None:
-    return next((a for a in names if _is_size(getattr(m, a, None))), None)
+def attention_counts(plan) -> dict[str, dict[tuple, set[int]]]:
+    """Module path → {names: {old: new}} of what the graph shows in that module's forward:
+    query heads (the head axis of its attention, HEADS) and key/value copies per query group
+    (the count ``repeat_kv``'s expand writes, GROUPS, see shape_rules.Copies)."""
+    from slimc.shape_rules import Copies, HeadAxis
+
+    out: dict[str, dict[tuple, dict[int, set[int]]]] = {}
+    dg = plan.dg
+    for f in dg.facts:
+        for c in f.coupling.constraints:
+            names = HEADS if isinstance(c, HeadAxis) and c.slot[2] >= 1 else GROUPS if isinstance(c, Copies) else None
+            if names is None or c.slot not in dg.offset:
+                continue
+            stack = f.node.meta.get("nn_module_stack") or {}
+            path = list(stack.values())[-1][0] if stack else ""
+            table = out.setdefault(path, {}).setdefault(names, {})
+            table.setdefault(dg.size[c.slot], set()).add(plan.new_size(c.slot))
+    return out
 
 
-def sync_groups(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
-    """Query heads per key/value head (``num_key_value_groups``, ``repeat_kv``'s ``n_rep``),
-    where the module computed it as heads // kv heads: computed again from the new counts
-    (Falcon's multi-query attention loses query heads around its one key/value head)."""
-    orig = dict(original.named_modules())
-    for path, m in slim.named_modules():
-        m0 = orig.get(path)
-        g, h, kv = _first_size(m, GROUPS), _first_size(m, HEADS), _first_size(m, KV_HEADS)
-        if m0 is None or None in (g, h, kv) or (id(m), g) in fixes.done:
+def sync_heads(slim: nn.Module, plan, fixes: SizeFixes) -> None:
+    """Head counts the module's forward does not write (``self.num_heads`` kept for users, or
+    ``self.num_key_value_groups`` read by a library's ``repeat_kv``): set from the head axis of
+    its attention and the copies of its key/value heads, where the attribute held the old count
+    (Falcon's multi-query attention: 4 → 3 query heads, n_rep 4 → 3)."""
+    for path, tables in attention_counts(plan).items():
+        try:
+            m = slim.get_submodule(path) if path else slim
+        except AttributeError:
             continue
-        g0, h0, kv0 = getattr(m0, g), getattr(m0, h), getattr(m0, kv)
-        h1, kv1 = getattr(m, h), getattr(m, kv)
-        if kv0 and kv1 and g0 == h0 // kv0 and (h1, kv1) != (h0, kv0) and h1 % kv1 == 0:
-            fixes.set(m, path, g, h1 // kv1)
+        for names, table in tables.items():
+            for attr in names:
+                v = getattr(m, attr, None)
+                if _is_size(v) and (id(m), attr) not in fixes.done:
+                    new = _one(table.get(v, set()))
+                    if new is not None:
+                        fixes.set(m, path, attr, new)
 
 
 def input_embedding_width(original: nn.Module, slim: nn.Module) -> tuple[int, int] | None:
@@ -306,4 +325,4 @@ def sync_widths(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
                 fixes.set(m, path, a, next(iter(news)))
 
 
-__all__ = ["SizeFixes", "follow_events", "head_splits", "sync_attention", "sync_groups", "sync_widths"]
+__all__ = ["SizeFixes", "follow_events", "head_splits", "sync_attention", "sync_heads", "sync_widths"]
