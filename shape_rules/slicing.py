@@ -24,9 +24,10 @@ PICKED = "the position an int index picks (x[..., i, :], select)"
 
 
 def pick(c: Coupling, op: OpView, x: fx.Node, d: int, i: Any) -> None:
-    """``x``'s dim ``d`` indexed by the int ``i``: that position is held (a barrier of its own);
-    the others are not read here and may go (the index is patched to the kept position:
-    Falcon's grouped ``[q…, k, v]`` reads k and v at -2 and -1, its query heads may go)."""
+    """``x``'s dim ``d`` indexed by the int ``i``: that position stays (a barrier of its own),
+    the others are not read here and may go (the index is patched to the kept position). A
+    reshape of that dim keeps it whole (Falcon's grouped ``[q…, k, v]``, read at -2 and -1:
+    a key/value group goes with its query heads)."""
     n = op.shape(x)[d]
     if not isinstance(i, int) or not -n <= i < n:
         c.barrier(op.slot(x, d), "indexed by a computed int")
@@ -34,7 +35,7 @@ def pick(c: Coupling, op: OpView, x: fx.Node, d: int, i: Any) -> None:
     held = ("v", f"{op.node.name}#picked{d}", 0)
     c.virtual[held] = 1
     c.links.append(Link("tie", op.slot(x, d), held, np.array([i % n]), np.array([0]), term=None))
-    c.hold(held, PICKED)
+    c.barrier(held, PICKED)
     c.cover(op.slot(x, d))
 
 
