@@ -130,7 +130,7 @@ class Coupling:
     probed: str = ""  # set by slimc.probe: the op has no rule, this coupling is what probing found
     mixed: str = ""  # set by slimc.probe: the dims it found mixed (barriers), reported like a missing rule
     zeros: list = field(default_factory=list)  # output slots that are zero whatever the inputs (torch.zeros)
-    holds: set = field(default_factory=set)  # barriers that hold positions without fixing their dim (hold())
+    holds: set = field(default_factory=set)  # barriers that hold positions without fixing their dim (hold)
 
     def use(self, contracted: SlotKey, by: SlotKey) -> "Coupling":
         """``contracted`` (a dim that the op sums over) is in use iff any element of ``by`` is."""
@@ -158,9 +158,9 @@ class Coupling:
         return self
 
     def hold(self, slot: SlotKey, reason: str) -> "Coupling":
-        """A barrier on positions that must stay (an int index's position, a one-element
-        split piece) without fixing the other positions of the dims they are joined to: a
-        reshape of such a dim still matches its positions one by one."""
+        """A barrier on positions that must stay (a one-element split piece: multi-query
+        attention's key or value head) without fixing the other positions of the dims they
+        are joined to: a reshape of such a dim still matches its positions one by one."""
         self.holds.add(slot)
         return self.barrier(slot, reason)
 
