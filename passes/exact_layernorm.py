@@ -33,7 +33,7 @@ def _layer_norm(modules: dict[str, nn.Module], node: fx.Node):
 
 
 def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
-    plan = ctx.plan
+    shapes = ctx.shapes
     notes: list[str] = []
     modified = False
     modules = dict(gm.named_modules(remove_duplicate=False))
@@ -42,9 +42,9 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
         if found is None:
             continue
         x, weight, bias, eps = found
-        old = plan.dg.shapes[x.name]
+        old = shapes.old(x)
         c_old = old[-1]
-        c_new = plan.new_size(("v", x.name, len(old) - 1))
+        c_new = shapes.new_size(x, len(old) - 1)
         if c_new == c_old:
             continue
         if ctx.renorm:
@@ -74,8 +74,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                 y = g.call_function(torch.mul, (y, g.get_attr(weight)))
             if bias is not None:
                 y = g.call_function(torch.add, (y, g.get_attr(bias)))
-        node.replace_all_uses_with(y)
-        g.erase_node(node)
+        ctx.replace(node, y)
         modified = True
         notes.append(f"{node.name}: exact LayerNorm over {c_new} of {c_old} channels")
     return PassResult(gm, modified, notes)

@@ -44,8 +44,8 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                 if s is not None:
                     new_tensors[name] = s
             x = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-            old_in = plan.dg.shapes.get(x.name) if x is not None else None
-            new_in = tuple(plan.new_size(("v", x.name, d)) for d in range(len(old_in))) if isinstance(old_in, tuple) else None
+            old_in = ctx.shapes.tensor(x)
+            new_in = ctx.shapes.new(x) if old_in is not None else None
             own = any(k in RESIZERS for k in class_keys(type(mod)))  # resized for its input alone
             if not new_tensors and (new_in is None or new_in == old_in or not own):
                 continue

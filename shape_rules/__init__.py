@@ -117,6 +117,18 @@ class HeadAxis:
 
 
 @dataclass
+class Copies:
+    """A hint for propagation: this dim holds copies of one value (an expand's broadcast dim
+    whose count is written in the call). Its positions may go where it alone indexes a merged
+    dim (multi-query attention: ``repeat_kv`` of one key/value head, so any query head can
+    go); merged with another free dim (grouped-query: key/value heads × copies) it is fixed,
+    so a key/value head goes with all of its query heads."""
+
+    slot: SlotKey
+    why: str
+
+
+@dataclass
 class Coupling:
     links: list[Link] = field(default_factory=list)
     barriers: list[tuple[SlotKey, str]] = field(default_factory=list)
@@ -128,6 +140,7 @@ class Coupling:
     probed: str = ""  # set by slimc.probe: the op has no rule, this coupling is what probing found
     mixed: str = ""  # set by slimc.probe: the dims it found mixed (barriers), reported like a missing rule
     zeros: list = field(default_factory=list)  # output slots that are zero whatever the inputs (torch.zeros)
+    holds: set = field(default_factory=set)  # barriers that hold positions without fixing their dim (hold)
 
     def use(self, contracted: SlotKey, by: SlotKey) -> "Coupling":
         """``contracted`` (a dim that the op sums over) is in use iff any element of ``by`` is."""
@@ -153,6 +166,13 @@ class Coupling:
     def barrier(self, slot: SlotKey, reason: str) -> "Coupling":
         self.barriers.append((slot, reason))
         return self
+
+    def hold(self, slot: SlotKey, reason: str) -> "Coupling":
+        """A barrier on positions that must stay (a one-element split piece: multi-query
+        attention's key or value head) without fixing the other positions of the dims they
+        are joined to: a reshape of such a dim still matches its positions one by one."""
+        self.holds.add(slot)
+        return self.barrier(slot, reason)
 
     def cover(self, slot: SlotKey) -> "Coupling":
         self.covered.add(slot)
@@ -191,6 +211,8 @@ def class_keys(cls: type) -> list:
 Rule = Callable[["OpView"], Union[Coupling, Unsupported]]
 RULES: dict[Any, Rule] = {}
 RULE_DOCS: dict[Any, str] = {}
+PERMUTATIONS: dict[Any, Callable[["OpView", int], "list[int] | None"]] = {}
+"""op → its dim order: output dim i is input dim ``perm[i]`` (transposes, filled by shape_rules/permute.py)."""
 RESIZERS: dict[Any, Callable[[nn.Module, dict[str, list[int]]], None]] = {}  # keyed like rules: class_keys
 
 
@@ -326,6 +348,7 @@ class OpView:
         self.gm = gm
         self.shapes = shapes
         self.module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        self.viewed: set[SlotKey] = set()  # value slots read as the parameter they permute (slot())
 
     # --- arguments -------------------------------------------------------------
     def arg(self, i: int, name: str | None = None, default: Any = None) -> Any:
@@ -365,13 +388,35 @@ class OpView:
 
     # --- slots -----------------------------------------------------------------
     def slot(self, x: Any, dim: int) -> SlotKey:
-        """Slot of dim ``dim`` of value ``x`` (an fx node, or a get_attr param)."""
+        """Slot of dim ``dim`` of value ``x`` (an fx node, or a get_attr param): a parameter's
+        own slot where ``x`` is a parameter read through transposes (:meth:`param_view`)."""
         shp = self.shape(x)
         assert shp is not None, f"{x} has no tensor shape"
         d = dim % len(shp)
         if x.op == "get_attr":
             return ("p", str(x.target), d)
+        view = self.param_view(x)
+        if view is not None:
+            self.viewed.add(("v", x.name, d))
+            return ("p", view[0], view[1][d])
         return ("v", x.name, d)
+
+    def param_view(self, x: Any) -> tuple[str, list[int]] | None:
+        """``x`` as a parameter (a get_attr tensor), read as it is or through transposes
+        (``x @ self.weight.T``, ``W.t()``, ``W.mT``): (its name, ``dims``: dim d of ``x`` is
+        the parameter's dim ``dims[d]``); None for a computed tensor."""
+        if not isinstance(x, fx.Node):
+            return None
+        if x.op == "get_attr":
+            t = self.attr(x)
+            return (str(x.target), list(range(t.dim()))) if isinstance(t, torch.Tensor) else None
+        order = PERMUTATIONS.get(x.target) if x.op in ("call_function", "call_method") and _hashable(x.target) else None
+        inner = x.args[0] if order is not None and x.args else None
+        base = self.param_view(inner) if isinstance(inner, fx.Node) else None
+        if base is None:
+            return None
+        perm = order(OpView(x, self.gm, self.shapes), len(base[1]))
+        return (base[0], [base[1][p] for p in perm]) if perm is not None else None
 
     def out(self, dim: int, item: int | tuple | None = None) -> SlotKey:
         """Slot of output dim ``dim`` (of tuple item ``item``; a tuple of ints for nested items)."""
@@ -388,7 +433,8 @@ class OpView:
         return self.module is not None and getattr(self.module, name, None) is not None
 
     def is_param(self, x: Any) -> bool:
-        return isinstance(x, fx.Node) and x.op == "get_attr"
+        """A parameter or buffer, read as it is or through transposes (:meth:`param_view`)."""
+        return isinstance(x, fx.Node) and (x.op == "get_attr" or self.param_view(x) is not None)
 
     def weight_bias(self, w_pos: int = 1, b_pos: int | None = 2):
         """``(weight slot of dim d, bias slot of dim d or None)`` of a layer in either form:
@@ -440,6 +486,7 @@ def _load_rule_modules() -> None:
     from slimc.shape_rules import (  # noqa: F401
         attention,
         conv,
+        permute,
         einsum,
         elementwise,
         experts,

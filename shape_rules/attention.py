@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from slimc.shape_rules import Coupling, HeadAxis, OpView, Unsupported, aten, arange, shape_rule, tie
+from slimc.shape_rules.elementwise import broadcast_term
 
 
 def _batch_dims(op: OpView, c: Coupling, x: fx.Node, n_batch: int, *, zero_ok: bool = True,
@@ -77,9 +78,44 @@ def matmul(op: OpView) -> Coupling | Unsupported:
         c.flow(op.slot(b, -1), op.out(-1))
         c.links.append(tie(op.slot(a, -1), op.slot(b, -2)))
         c.use(op.slot(a, -1), op.out(-1)).use(op.slot(b, -2), op.out(-1))
-        if nb >= 2:  # (batch, heads, n, m): scores or context of multi-head attention
+        if nb >= 1:  # (batch, heads, n, m), or (batch·heads, n, m) as Bloom's bmm: multi-head attention
             c.constraints.append(HeadAxis(op.out(nb - 1)))
     return c
+
+
+@shape_rule(torch.baddbmm, "baddbmm", *aten("baddbmm.default"))
+def baddbmm(op: OpView) -> Coupling | Unsupported:
+    """β·input + α·(b1 @ b2) (Bloom's attention scores on its ALiBi bias): the product as
+    ``matmul``'s, one term; the input broadcast onto the result, another (none where β = 0)."""
+    x, b1, b2 = op.arg(0, "input"), op.arg(1, "batch1"), op.arg(2, "batch2")
+    beta = op.node.kwargs.get("beta", 1)
+    if not all(isinstance(t, fx.Node) and op.shape(t) is not None for t in (x, b1, b2)) or \
+            not isinstance(beta, (int, float)):
+        return Unsupported("baddbmm of non-tensors or with a computed beta")
+    c = matmul(_ProductView(op, b1, b2))
+    if isinstance(c, Unsupported):
+        return c
+    for link in c.links:  # the product is the second term
+        if link.term == 0:
+            link.term = 1
+    if beta == 0:
+        for d in range(len(op.shape(x))):
+            c.cover(op.slot(x, d))
+    else:
+        broadcast_term(op, c, x, term=0)
+    return c
+
+
+class _ProductView(OpView):
+    """``op`` seen as ``a @ b`` (its other operands left out): for rules built on a product."""
+
+    def __init__(self, op: OpView, a: fx.Node, b: fx.Node):
+        super().__init__(op.node, op.gm, op.shapes)
+        self._ab = (a, b)
+        self.viewed = op.viewed
+
+    def arg(self, i: int, name: str | None = None, default=None):
+        return self._ab[i] if i < 2 else default
 
 
 SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)

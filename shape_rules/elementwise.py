@@ -22,7 +22,7 @@ UNARY_FUNCTIONS = (
     F.hardsigmoid, F.sigmoid, F.tanh, F.softplus, F.hardtanh, F.softsign, F.logsigmoid,
     F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
     torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.rsqrt,
-    torch.square, torch.sin, torch.cos, torch.erf, torch.clamp, torch.clip, torch.pow,
+    torch.square, torch.sin, torch.cos, torch.erf, torch.clamp, torch.clip,
     torch.nn.functional.relu_, torch.relu_, torch.erf, operator.neg, torch.nn.functional.threshold,
     torch.clamp_min, torch.clamp_max,
 )
@@ -31,14 +31,14 @@ UNARY_ATEN = tuple(aten(
     "elu.default", "gelu.default", "silu.default", "silu_.default", "mish.default", "hardswish.default",
     "hardswish_.default", "hardsigmoid.default", "sigmoid.default", "tanh.default", "softplus.default",
     "dropout.default", "clone.default", "contiguous.default", "alias.default", "exp.default", "abs.default",
-    "neg.default", "sqrt.default", "rsqrt.default", "clamp.default", "pow.Tensor_Scalar", "_to_copy.default",
+    "neg.default", "sqrt.default", "rsqrt.default", "clamp.default", "_to_copy.default",
     "to.dtype", "to.dtype_layout", "to.device", "erf.default", "lift_fresh_copy.default", "detach.default",
     "sin.default", "cos.default", "square.default", "log.default", "reciprocal.default", "sign.default",
     "clamp_min.default", "clamp_max.default",
 ))
 UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "tanh", "exp", "abs", "neg", "sqrt", "rsqrt", "square", "sin",
-    "cos", "erf", "clamp", "clamp_", "clip", "pow", "contiguous", "clone", "detach", "float",
+    "cos", "erf", "clamp", "clamp_", "clip", "contiguous", "clone", "detach", "float",
     "half", "bfloat16", "to", "sigmoid_", "tanh_", "mul_scalar", "clamp_min", "clamp_max",
 )
 
@@ -64,7 +64,7 @@ def _unary_fn(op: OpView):
     return lambda t: op.node.target(t, *rest, **op.node.kwargs)
 
 
-@shape_rule(*UNARY_MODULES, *UNARY_FUNCTIONS, *UNARY_METHODS, *UNARY_ATEN, operator.pow)
+@shape_rule(*UNARY_MODULES, *UNARY_FUNCTIONS, *UNARY_METHODS, *UNARY_ATEN)
 def unary(op: OpView) -> Coupling | Unsupported:
     """Elementwise unary: every dim passes one-to-one (zero kept iff f(0) == 0, checked)."""
     x = op.arg(0, "input")
@@ -159,6 +159,11 @@ def _broadcast(op: OpView, c: Coupling, x, *, kind: str, term, zero_ok: bool = T
             raise ValueError(f"operand dim {d} ({n}) does not broadcast to {out[od]}")
 
 
+def broadcast_term(op: OpView, c: Coupling, x, *, term: int) -> None:
+    """``x`` added into the result as one term, broadcast (a learned one is a source)."""
+    _broadcast(op, c, x, kind="source", term=term)
+
+
 def _operands(op: OpView) -> tuple:
     a = op.arg(0, "input")
     b = op.arg(1, "other")
@@ -213,6 +218,23 @@ def addcmul(op: OpView) -> Coupling | Unsupported:
     _broadcast(op, c, x, kind="source", term=0)
     for t in (t1, t2):
         _broadcast(op, c, t, kind="follower", term=1)
+    return c
+
+
+@shape_rule(torch.pow, "pow", operator.pow, *aten("pow.Tensor_Scalar", "pow.Tensor_Tensor", "pow.Scalar"))
+def power(op: OpView) -> Coupling | Unsupported:
+    """x ** y: a number exponent is elementwise unary (zero kept iff 0 ** y == 0); tensor
+    operands broadcast like a product's factors, neither keeping zeros (0 ** 0 == 1) — ALiBi's
+    per-head slopes ``base ** arange(1, 1 + heads)`` pass their head dim."""
+    a, b = op.arg(0, "input", op.arg(0, "self")), op.arg(1, "exponent")
+    if _is_tensor(op, a) and not _is_tensor(op, b):
+        return unary(op)
+    if not isinstance(op.out_shape, tuple):
+        return Unsupported("pow of non-tensors")
+    c = Coupling()
+    for x in (a, b):
+        if _is_tensor(op, x):
+            _broadcast(op, c, x, kind="follower", term=0, zero_ok=False)
     return c
 
 

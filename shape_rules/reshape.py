@@ -139,3 +139,37 @@ def _regroup(op: OpView, c: Coupling, x: fx.Node, bi: list[int], bj: list[int]) 
             c.flow(virt[k], op.out(d))
         else:
             c.reshapes.append(Reshape(op.out(d), virt[k:j], ref[k:j], False, op.node.name))
+
+
+@shape_rule("repeat", *aten("repeat.default"))
+def repeat(op: OpView) -> Coupling | Unsupported:
+    """repeat(r₀, r₁, …): output dim d tiles input dim d r_d times, a merge (r_d, n_d) like a
+    reshape's (Bloom's ALiBi ``slopes.repeat(batch, 1, 1)`` beside q's (batch·heads)); the
+    repeat counts are written in the call, so the tiles stay (fixed) while the tiled dim
+    may lose channels; a dim of size 1 repeated holds copies of one value."""
+    x = op.arg(0, "input")
+    sizes = op.node.args[1:] if op.node.op == "call_method" else op.arg(1, "repeats")
+    if op.node.op == "call_method" and len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = sizes[0]
+    xs, out = op.shape(x), op.out_shape
+    if xs is None or not isinstance(out, tuple) or not isinstance(sizes, (list, tuple)) or len(sizes) < len(xs):
+        return Unsupported("repeat with computed or too few counts")
+    c = Coupling()
+    lead = len(out) - len(xs)
+    why = "tiles of a repeat (the count is written in the call)"
+    for od in range(lead):
+        c.barrier(op.out(od), why) if out[od] > 1 else c.cover(op.out(od))
+    for d, n in enumerate(xs):
+        od = lead + d
+        r = out[od] // n if n else 0
+        if r == 1:
+            c.flow(op.slot(x, d), op.out(od))
+        elif n == 1:
+            c.cover(op.slot(x, d))
+            c.barrier(op.out(od), why)
+        else:
+            tiles = ("v", f"{op.node.name}#tiles{od}", 0)
+            c.virtual[tiles] = r
+            c.barrier(tiles, why)
+            c.reshapes.append(Reshape(op.out(od), [tiles, op.slot(x, d)], [r, n], False, op.node.name))
+    return c

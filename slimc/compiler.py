@@ -279,7 +279,7 @@ def _user_model(model: nn.Module, p: RemovalPlan, slim: fx.GraphModule, ctx: Rew
     from slimc.surgery import build
 
     try:
-        um = build(model, p, slim, ctx.events, renorm=ctx.renorm)
+        um = build(model, p, slim, ctx.events, renorm=ctx.renorm, shapes=ctx.shapes)
     except Exception as e:  # surgery on a class slimc does not know: the graph output stands
         from slimc.surgery import UserModel
 

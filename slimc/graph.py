@@ -52,6 +52,7 @@ class DependencyGraph:
     n: int
     barrier_reasons: dict[SlotKey, str]
     nx: nx.MultiDiGraph = field(repr=False, default_factory=nx.MultiDiGraph)
+    holds: set = field(repr=False, default_factory=set)  # barrier slots that hold positions only (Coupling.hold)
     _ids: dict = field(repr=False, default_factory=dict)
 
     def ids(self, slot: SlotKey, idx: np.ndarray | None = None) -> np.ndarray:
@@ -155,7 +156,7 @@ def _apply_rule(node: fx.Node, gm: fx.GraphModule, shapes: dict[str, Any], probe
         _barrier_everything(c, node, shapes, result.reason)
         return NodeFacts(node, name, c, result.reason)
     # safety net: every dim of every tensor input and output must be described
-    touched = _touched(result)
+    touched = _touched(result) | view.viewed  # (a transposed parameter read as the parameter: described)
     for x in node.all_input_nodes:
         for vname, shp in _value_shapes(x, shapes):
             for d, n in enumerate(shp):
@@ -236,7 +237,8 @@ def build(gm: fx.GraphModule, shapes: dict[str, Any], probe=None) -> DependencyG
     for s, why in barrier_reasons.items():
         if s in g:
             g.nodes[s]["barrier"] = why
-    return DependencyGraph(gm, shapes, facts, offset, size, n, barrier_reasons, g)
+    holds = {s for f in facts for s in f.coupling.holds}
+    return DependencyGraph(gm, shapes, facts, offset, size, n, barrier_reasons, g, holds=holds)
 
 
 def unsupported_table(dg: DependencyGraph) -> list[dict[str, str]]:

@@ -73,11 +73,13 @@ def rows_table(title: str, rows: list[dict], keys: list[str]):
     """A rich table of ``rows`` (dicts), one column per key."""
     from rich.table import Table
 
+    from rich.markup import escape
+
     t = Table(title=title)
     for k in keys:
         t.add_column(k)
-    for r in rows:
-        t.add_row(*(str(r.get(k, "")) for k in keys))
+    for r in rows:  # (user code in the cells: `split([self.num_heads, 1, 1])` is not markup)
+        t.add_row(*(escape(str(r.get(k, ""))) for k in keys))
     return t
 
 
@@ -97,6 +99,7 @@ def by_layer_pattern(lines: list[str]) -> list[str]:
 
 def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
@@ -126,7 +129,7 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
         kt.add_column("groups", justify="right")
         kt.add_column("reason")
         for r in report["kept"][:15]:
-            kt.add_row(str(r["groups"]), r["reason"])
+            kt.add_row(str(r["groups"]), escape(r["reason"]))
         console.print(kt)
     if report.get("barriers"):
         console.print(rows_table("unsupported ops (barriers)", report["barriers"][:15], ["node", "reason", "source"]))
@@ -155,7 +158,7 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
             how = ""
             if hf:
                 how = (" — hf/ reloads with from_pretrained" if hf["expressible"]
-                       else f" — reload with slimc.load (the config cannot express it: {hf['why_not']})")
+                       else f" — reload with slimc.load (the config cannot express it: {escape(hf['why_not'])})")
             console.print(f"your class {u['class'].rsplit('.', 1)[-1]}: slim model built (res.model, slimc.load){how}")
             if hf and hf.get("config_changes"):
                 console.print("config: " + ", ".join(hf["config_changes"]))
@@ -163,7 +166,7 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
                 console.print("sizes set: " + "; ".join(by_layer_pattern(u["patched"])[:12]))
         else:
             console.print(f"your class {str(u['class']).rsplit('.', 1)[-1]}: [yellow]no slim model of it[/yellow] "
-                          f"({u['reason']}); the graph slim.pt is exact")
+                          f"({escape(u['reason'])}); the graph slim.pt is exact")
     o = report.get("onnx")
     if o:
         where = (" at input shapes " + " and ".join(", ".join(str(tuple(x)) for x in xs) for xs in o["input_shapes"])
@@ -175,4 +178,4 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
     if times:
         console.print("time: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()))
     for n in report.get("notes", [])[:10]:
-        console.print(f"note: {n}")
+        console.print(f"note: {escape(n)}")

@@ -105,6 +105,10 @@ class Propagation:
         for slot in dg.barrier_reasons:
             if slot in dg.offset:
                 self.barrier[dg.ids(slot)] = True
+        self.held = np.zeros(n, bool)  # barriers that only hold positions (resolve_reshapes: not fixing)
+        for slot in dg.holds:
+            if slot in dg.offset:
+                self.held[dg.ids(slot)] = True
         one_to_one, mapped = [], []
         for _, ln, a, b in self.links:
             if ln.kind == "feed":  # a broadcast term joins no channels

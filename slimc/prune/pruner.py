@@ -123,7 +123,7 @@ class Pruner:
         before = previous.units if previous is not None else None
         units = select_units(self.space, s, targets, self.selection, self.criterion.comparable, before)
         em = complete_masks(self.space, self.space.groups_of(units))
-        notes = [*(self.fit.notes if self.fit else []), *em.notes]
+        notes = [*(self.fit.notes if self.fit else []), *self.space.notes, *em.notes]
         return Pruned(em.masks, units, self._fractions(units), em.plan, notes)
 
     def expressible(self, pruned: Pruned) -> tuple[bool | None, str]:

@@ -156,8 +156,33 @@ class PruneSpace:
             unit_groups.extend(units)
             self._family_units.append((key[0], ids))
         self.n_units = len(unit_groups)
+        self.notes = self._held_heads() if self.attention == "heads" else []
         self.unit_of_entry = np.repeat(np.arange(self.n_units), [len(u) for u in unit_groups]).astype(np.int64)
         self.group_of_entry = np.array([g for u in unit_groups for g in u], dtype=np.int64)
+
+    def _held_heads(self) -> list[str]:
+        """Why attention heads (the groups of a head axis) cannot be pruned, where an op of
+        the model holds them (ALiBi slopes computed from the head count): one line per reason,
+        with the user's line that made the barrier."""
+        dg, grp = self.dg, self.P.group
+        heads = np.zeros(self.ng, bool)
+        for f in dg.facts:
+            for c in f.coupling.constraints:
+                if isinstance(c, HeadAxis) and c.slot in dg.offset:
+                    heads[grp[dg.ids(c.slot)]] = True
+        held = heads & self.barrier
+        nodes = {n.name: n for n in dg.gm.graph.nodes}
+        whys: dict[str, None] = {}
+        for slot, why in self.P.barrier_why.items():  # (propagation adds reshapes of fixed dims)
+            node = nodes.get(str(slot[1]).split("#")[0]) if slot[0] == "v" else None
+            if not held.any() or slot not in dg.offset or node is None or node.op in ("placeholder", "output"):
+                continue
+            hit = grp[dg.ids(slot)]
+            if held[hit].any():
+                line = graph_mod.source_line(node)
+                whys[f"{why} at {node.name}" + (f" ({line})" if line else "")] = None
+                held[hit] = False
+        return [f"attention heads stay whole (not prunable): {why}" for why in whys]
 
     def unit_scores(self, group_scores: np.ndarray, mean: bool = False) -> np.ndarray:
         """Per unit: the sum (or the mean) of its groups' scores (NaN where no group has one).

@@ -15,10 +15,11 @@ from typing import Any, Callable
 
 from torch import fx, nn
 
+from slimc.passes.context import TracedShapes
 from slimc.surgery import hf, layout as layout_mod
 from slimc.surgery.leaves import resize_leaves
 from slimc.surgery.norms import fix_norms
-from slimc.surgery.sizes import SizeFixes, follow_events, head_splits, sync_attention, sync_widths
+from slimc.surgery.sizes import SizeFixes, follow_events, head_splits, sync_attention, sync_heads, sync_widths
 from slimc.surgery.weights import slim_copy
 
 
@@ -45,9 +46,9 @@ class UserModel:
                 "patched": self.patched, "notes": self.notes, **({"hf": self.hf} if self.hf else {})}
 
 
-def module_inputs(gm: fx.GraphModule, plan) -> dict[str, tuple]:
+def module_inputs(gm: fx.GraphModule, shapes: TracedShapes) -> dict[str, tuple]:
     """Module path → the new shape of its input, for modules whose input changed."""
-    shapes, out, seen = plan.dg.shapes, {}, set()
+    out, seen = {}, set()
     for node in gm.graph.nodes:
         if node.op == "call_module":
             path = node.target
@@ -59,26 +60,31 @@ def module_inputs(gm: fx.GraphModule, plan) -> dict[str, tuple]:
         if path in seen:
             continue
         seen.add(path)
-        x = next((a for a in node.all_input_nodes if isinstance(shapes.get(a.name), tuple) and a.op != "get_attr"), None)
+        x = next((a for a in node.all_input_nodes if a.op != "get_attr" and shapes.traced_name(a) is not None
+                  and shapes.tensor(a) is not None), None)
         if x is None:
             continue
-        old = shapes[x.name]
-        new = tuple(plan.new_size(("v", x.name, d)) for d in range(len(old)))
+        old, new = shapes.tensor(x), shapes.new(x)
         if new != old:
             out[path] = new
     return out
 
 
-def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm: bool = False) -> UserModel:
-    """The slim model of the user's class (not yet verified: the compiler checks it like the graph)."""
+def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm: bool = False,
+          shapes: TracedShapes | None = None) -> UserModel:
+    """The slim model of the user's class (not yet verified: the compiler checks it like the graph).
+    ``shapes``: the rewrite's view of ``gm``'s nodes (:attr:`RewriteContext.shapes`: the nodes
+    the passes made read the traced ones they stand for)."""
+    shapes = TracedShapes(plan) if shapes is None else shapes
     graph_tensors = dict([*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)])
     slim = slim_copy(original, plan, graph_tensors)  # the graph's slim tensors, cloned
-    resize_leaves(slim, original, module_inputs(gm, plan))
+    resize_leaves(slim, original, module_inputs(gm, shapes))
     fixes = SizeFixes()
     follow_events(slim, events, fixes)
     norm_notes, norm_blockers, transforms = fix_norms(slim, original, plan.final_masks, events, renorm)
-    splits = head_splits(gm, plan)
+    splits = head_splits(gm, shapes)
     sync_attention(slim, splits, fixes)
+    sync_heads(slim, plan, fixes)
     sync_widths(slim, original, fixes)
     hf_info = None
     if hf.is_hf(original):

@@ -106,7 +106,24 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list], g
         if new is not None and new != getattr(cfg, key, old):
             setattr(cfg, key, new)
             changes.append(f"{key}: {old} → {new}")
-    return changes
+    return changes + _kept_valid(cfg, cfg0, changes)
+
+
+def _kept_valid(cfg, cfg0, changes: list[str]) -> list[str]:
+    """Where the slim widths make a config its class refuses (a head dim computed as
+    ``hidden // heads`` that RoPE needs even), the fields that make it so keep their old
+    values, one at a time from the last set (the config then cannot express the model, and
+    ``slimc.load`` rebuilds it from the layout). Returns what was kept and why."""
+    why = config_invalid(cfg)
+    kept = []
+    for line in reversed(changes):
+        if not why:
+            break
+        key = line.split(":", 1)[0]
+        setattr(cfg, key, getattr(cfg0, key))
+        kept.append(f"{key} kept at {getattr(cfg0, key)}: the config's validation refuses the slim value ({why})")
+        why = config_invalid(cfg)
+    return kept
 
 
 def follow_config(slim: nn.Module, original: nn.Module, splits: dict[str, list]) -> dict[str, Any]:
