@@ -45,27 +45,33 @@ class UserModel:
                 "patched": self.patched, "notes": self.notes, **({"hf": self.hf} if self.hf else {})}
 
 
-def module_inputs(gm: fx.GraphModule, plan) -> dict[str, tuple]:
-    """Module path → the new shape of its input, for modules whose input changed."""
-    shapes, out, seen = plan.dg.shapes, {}, set()
+def _module_of(node: fx.Node) -> str | None:
+    """Path of the innermost module whose forward made ``node`` (None: the root's own code, an input)."""
+    if node.op == "call_module":
+        return node.target
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else None
+
+
+def _inside(node: fx.Node, path: str) -> bool:
+    p = _module_of(node)
+    return p is not None and (p == path or p.startswith(path + "."))
+
+
+def module_inputs(gm: fx.GraphModule, plan) -> dict[str, tuple[tuple, tuple]]:
+    """Module path → (old, new) shape of its input: the first tensor its forward reads from
+    outside the module (not a parameter or buffer)."""
+    shapes, out = plan.dg.shapes, {}
     for node in gm.graph.nodes:
-        if node.op == "call_module":
-            path = node.target
-        else:
-            stack = node.meta.get("nn_module_stack") or {}
-            if not stack:
-                continue
-            path = list(stack.values())[-1][0]
-        if path in seen:
+        path = _module_of(node)
+        if path is None or path in out:
             continue
-        seen.add(path)
-        x = next((a for a in node.all_input_nodes if isinstance(shapes.get(a.name), tuple) and a.op != "get_attr"), None)
+        x = next((a for a in node.all_input_nodes if isinstance(shapes.get(a.name), tuple) and a.op != "get_attr"
+                  and (node.op == "call_module" or not _inside(a, path))), None)
         if x is None:
             continue
         old = shapes[x.name]
-        new = tuple(plan.new_size(("v", x.name, d)) for d in range(len(old)))
-        if new != old:
-            out[path] = new
+        out[path] = (old, tuple(plan.new_size(("v", x.name, d)) for d in range(len(old))))
     return out
 
 
@@ -73,10 +79,12 @@ def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm
     """The slim model of the user's class (not yet verified: the compiler checks it like the graph)."""
     graph_tensors = dict([*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)])
     slim = slim_copy(original, plan, graph_tensors)  # the graph's slim tensors, cloned
-    resize_leaves(slim, original, module_inputs(gm, plan))
+    inputs = module_inputs(gm, plan)
+    resize_leaves(slim, original, {path: new for path, (old, new) in inputs.items() if new != old})
     fixes = SizeFixes()
     follow_events(slim, events, fixes)
-    norm_notes, norm_blockers, transforms = fix_norms(slim, original, plan.final_masks, events, renorm)
+    norm_notes, norm_blockers, transforms = fix_norms(slim, original, plan.final_masks, events, renorm,
+                                                      {path: old for path, (old, _) in inputs.items()})
     splits = head_splits(gm, plan)
     sync_attention(slim, splits, fixes)
     sync_widths(slim, original, fixes)

@@ -3,8 +3,11 @@
 ``ExactLayerNorm`` is an ``nn.LayerNorm`` over the kept channels of a pruned dim whose
 mean and variance are taken as if the removed channels were there as zeros — what the
 masked model computes:  μ = Σx / C,  σ² = (Σ(x−μ)² + k·μ²) / C,  with C the original
-width and k = C − kept.  A subclass of a user's own LayerNorm class (whose forward is
-``nn.LayerNorm``'s) is made on demand and stays picklable: its name encodes its base.
+width and k = C − kept.  A subclass of a user's own layer-norm class (``nn.LayerNorm``'s
+forward, or any forward measured as a layer norm: channels-first, without weight, computed
+in float32) is made on demand and stays picklable: its name encodes its base. What the
+measured form is — the dim it normalizes, the tensors it scales and shifts by — the
+instance holds (``slimc_dim``, ``slimc_affine``), so the class keeps its own attributes.
 """
 from __future__ import annotations
 
@@ -15,12 +18,21 @@ from torch import nn
 
 
 class _ExactLayerNormForward:
-    """A layer norm over the last dim with the module's ``weight``/``bias`` (either may be
-    None) and ``eps`` (``slimc_eps`` where the class keeps its eps elsewhere)."""
+    """A layer norm over dim ``slimc_dim`` (default the last) with the module's tensors named
+    in ``slimc_affine`` (scale, shift; "" for none; default ``weight`` and ``bias``) and ``eps``
+    (``slimc_eps`` where the class keeps its eps elsewhere). Half-precision inputs are
+    normalized in float32 and cast back, as the libraries' norms compute them."""
 
     full_features: int
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = getattr(self, "slimc_dim", -1)
+        moved = dim not in (-1, x.dim() - 1)
+        if moved:
+            x = x.movedim(dim, -1)
+        dtype = x.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
         c_full, c = self.full_features, x.shape[-1]
         eps = getattr(self, "slimc_eps", None)
         eps = self.eps if eps is None else eps
@@ -28,15 +40,18 @@ class _ExactLayerNormForward:
         d = x - mean
         var = ((d * d).sum(-1, keepdim=True) + (c_full - c) * mean * mean) / c_full
         y = d * torch.rsqrt(var + eps)
-        weight, bias = getattr(self, "weight", None), getattr(self, "bias", None)
+        w_name, b_name = getattr(self, "slimc_affine", ("weight", "bias"))
+        weight, bias = getattr(self, w_name, None) if w_name else None, getattr(self, b_name, None) if b_name else None
         if weight is not None:
-            y = y * weight
+            y = y * weight.to(y.dtype)
         if bias is not None:
-            y = y + bias
-        return y
+            y = y + bias.to(y.dtype)
+        y = y.to(dtype)
+        return y.movedim(-1, dim) if moved else y
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", full_features={self.full_features}"  # type: ignore[misc]
+        base = super().extra_repr()  # type: ignore[misc]
+        return f"{base}, full_features={self.full_features}" if base else f"full_features={self.full_features}"
 
 
 class ExactLayerNorm(_ExactLayerNormForward, nn.LayerNorm):
@@ -60,7 +75,7 @@ def _decode(name: str) -> type:
 
 
 def exact_layernorm_class(base: type) -> type:
-    """The exact subclass of a class whose forward is a layer norm over the last dim."""
+    """The exact subclass of a class whose forward is a layer norm (of the measured form)."""
     if base is nn.LayerNorm:
         return ExactLayerNorm
     name = _encode(base)
