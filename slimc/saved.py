@@ -90,6 +90,7 @@ def _state(out: Path, hf_dir: bool) -> dict[str, torch.Tensor]:
 
 def _rebuild(base: nn.Module, lay: dict, state: dict) -> nn.Module:
     from slimc.surgery import layout
+    from slimc.surgery.derived import refresh_derived
 
     layout.apply(base, lay)
     layout.load_weights(base, state)
@@ -97,7 +98,7 @@ def _rebuild(base: nn.Module, lay: dict, state: dict) -> nn.Module:
         for t in lay.get("weight_transforms", []):  # norms made exact on a plan from shapes
             w = base.get_parameter(t["param"])
             w.copy_((w + t["offset"]) * t["scale"] - t["offset"])
-    return base.train(bool(lay.get("training", False)))
+    return refresh_derived(base.train(bool(lay.get("training", False))))
 
 
 def _load_hf(out: Path, lay: dict) -> nn.Module:

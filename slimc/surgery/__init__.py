@@ -1,10 +1,11 @@
 """The user's own model, physically slim (``res.model``).
 
 From the removal plan, the same as the graph output's: a copy of the user's object whose
-tensors are the slim ones (:mod:`.weights`), its leaf modules resized as the same classes
-(:mod:`.leaves`), its size attributes set where its code reads them (:mod:`.sizes`),
-normalizations over pruned channels kept exact (:mod:`.norms`), an HF config that
-follows (:mod:`.hf`), and the layout that rebuilds it in a fresh process (:mod:`.layout`).
+tensors are the slim ones (:mod:`.weights`) and whose derived tensors are made again from
+them (:mod:`.derived`), its leaf modules resized as the same classes (:mod:`.leaves`), its
+size attributes set where its code reads them (:mod:`.sizes`), normalizations over pruned
+channels kept exact (:mod:`.norms`), an HF config that follows (:mod:`.hf`), and the layout
+that rebuilds it in a fresh process (:mod:`.layout`).
 Where the user's code holds a size that slimming changes as a literal, there is no slim
 model of the user's class: ``model`` is None and ``reason`` names the line.
 """
@@ -16,6 +17,7 @@ from typing import Any, Callable
 from torch import fx, nn
 
 from slimc.surgery import hf, layout as layout_mod
+from slimc.surgery.derived import follow_derived, refresh_derived
 from slimc.surgery.leaves import resize_leaves
 from slimc.surgery.norms import fix_norms
 from slimc.surgery.sizes import SizeFixes, follow_events, head_splits, sync_attention, sync_widths
@@ -79,6 +81,7 @@ def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm
     """The slim model of the user's class (not yet verified: the compiler checks it like the graph)."""
     graph_tensors = dict([*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)])
     slim = slim_copy(original, plan, graph_tensors)  # the graph's slim tensors, cloned
+    derived_notes = follow_derived(slim, original, plan, graph_tensors)
     inputs = module_inputs(gm, plan)
     resize_leaves(slim, original, {path: new for path, (old, new) in inputs.items() if new != old})
     fixes = SizeFixes()
@@ -93,6 +96,7 @@ def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm
         changes = hf.sync_config(slim, original, splits)
         ok, why = hf.expressible(slim)
         hf_info = {"config_changes": changes, "expressible": ok, "why_not": why}
+    refresh_derived(slim)
     on_meta = bool(transforms) and any(t.is_meta for t in slim.parameters())
 
     def lay() -> dict[str, Any]:
@@ -102,7 +106,7 @@ def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm
         return out
 
     blockers = list(dict.fromkeys([*fixes.blockers, *norm_blockers]))
-    return UserModel(None if blockers else slim, _summary(blockers), lay, fixes.patched, norm_notes,
+    return UserModel(None if blockers else slim, _summary(blockers), lay, fixes.patched, derived_notes + norm_notes,
                      list(dict.fromkeys(fixes.unresolved)), hf_info)
 
 

@@ -132,7 +132,7 @@ def follow_events(slim: nn.Module, events: list, fixes: SizeFixes) -> None:
         cur = getattr(obj, attr)
         if (id(obj), attr) in fixes.done or (isinstance(cur, (int, list, tuple)) and cur == ev.old):
             fixes.set(obj, path, attr, new)
-        else:
+        elif not (isinstance(cur, (int, list, tuple)) and cur == new):  # (else set with its module's tensors)
             fixes.unresolved.append(where)
 
 
