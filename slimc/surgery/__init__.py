@@ -4,8 +4,9 @@ From the removal plan, the same as the graph output's: a copy of the user's obje
 tensors are the slim ones (:mod:`.weights`) and whose derived tensors are made again from
 them (:mod:`.derived`), its leaf modules resized as the same classes (:mod:`.leaves`), its
 size attributes set where its code reads them (:mod:`.sizes`), normalizations over pruned
-channels kept exact (:mod:`.norms`), an HF config that follows (:mod:`.hf`), and the layout
-that rebuilds it in a fresh process (:mod:`.layout`).
+channels kept exact (:mod:`.norms`), ``nn.MultiheadAttention`` sized by its kept heads
+(:mod:`.mha`), an HF config that follows (:mod:`.hf`), and the layout that rebuilds it in a
+fresh process (:mod:`.layout`).
 Where the user's code holds a size that slimming changes as a literal, there is no slim
 model of the user's class: ``model`` is None and ``reason`` names the line.
 """
@@ -19,6 +20,7 @@ from torch import fx, nn
 from slimc.surgery import hf, layout as layout_mod
 from slimc.surgery.derived import follow_derived, refresh_derived
 from slimc.surgery.leaves import resize_leaves
+from slimc.surgery.mha import fix_multihead_attention
 from slimc.surgery.norms import fix_norms
 from slimc.surgery.sizes import SizeFixes, follow_events, head_splits, sync_attention, sync_widths
 from slimc.surgery.weights import slim_copy
@@ -91,6 +93,7 @@ def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm
     splits = head_splits(gm, plan)
     sync_attention(slim, splits, fixes)
     sync_widths(slim, original, fixes)
+    mha_patched, mha_notes, mha_blockers = fix_multihead_attention(slim, original, plan)
     hf_info = None
     if hf.is_hf(original):
         changes = hf.sync_config(slim, original, splits)
@@ -105,8 +108,9 @@ def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm
             out["weight_transforms"] = transforms  # a plan from shapes: applied when the sliced weights load
         return out
 
-    blockers = list(dict.fromkeys([*fixes.blockers, *norm_blockers]))
-    return UserModel(None if blockers else slim, _summary(blockers), lay, fixes.patched, derived_notes + norm_notes,
+    blockers = list(dict.fromkeys([*fixes.blockers, *norm_blockers, *mha_blockers]))
+    return UserModel(None if blockers else slim, _summary(blockers), lay, fixes.patched + mha_patched,
+                     derived_notes + norm_notes + mha_notes,
                      list(dict.fromkeys(fixes.unresolved)), hf_info)
 
 
