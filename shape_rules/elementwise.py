@@ -39,11 +39,11 @@ UNARY_ATEN = tuple(aten(
 UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "tanh", "exp", "abs", "neg", "sqrt", "rsqrt", "square", "sin",
     "cos", "erf", "clamp", "clamp_", "clip", "pow", "contiguous", "clone", "detach", "float",
-    "half", "bfloat16", "double", "to", "type_as", "sigmoid_", "tanh_", "mul_scalar", "clamp_min", "clamp_max",
+    "half", "bfloat16", "to", "type_as", "sigmoid_", "tanh_", "mul_scalar", "clamp_min", "clamp_max",
 )
 
 
-VALUE_KEEPING_METHODS = ("to", "type_as", "float", "half", "bfloat16", "double", "contiguous", "clone", "detach")
+VALUE_KEEPING_METHODS = ("to", "type_as", "float", "half", "bfloat16", "contiguous", "clone", "detach")
 _ZERO_KEEPING_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
 _ZERO_KEEPING_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d)
 

@@ -86,12 +86,17 @@ def measure_layernorm(m0: nn.Module, shape: tuple, c_old: int, eps: float) -> La
     return None
 
 
+def _plain_layernorm(m: nn.Module) -> bool:
+    """An nn.LayerNorm with nn.LayerNorm's forward: its form is known."""
+    return isinstance(m, nn.LayerNorm) and type(m).forward is nn.LayerNorm.forward
+
+
 def _layernorm(m0: nn.Module | None, m: nn.Module, ev, shape: tuple | None) -> str | None:
     """nn.LayerNorm (with its own forward) or any module that measures as a layer norm —
     over the last dim or the channels of NCHW (ConvNeXt's LayerNorm2d), with or without
     weight and bias (OLMo's), computed in float32 and cast back — → its exact subclass."""
     eps, kind = ev.detail.get("eps", 1e-5), type(m).__name__
-    if isinstance(m, nn.LayerNorm) and type(m).forward is nn.LayerNorm.forward:
+    if _plain_layernorm(m):
         form = None
     elif m0 is None:
         return f"{kind} normalizes over pruned channels; on the meta device slimc cannot measure its form"
@@ -202,7 +207,9 @@ def fix_norms(slim: nn.Module, original: nn.Module, final_masks: dict, events: l
         done.add(ev.module)
         try:
             m1 = slim.get_submodule(ev.module) if ev.module else slim
-            m0 = None if any(t.is_meta for t in m1.parameters()) else _masked_module(original, ev.module, final_masks)
+            plain = ev.kind == "layernorm" and _plain_layernorm(m1)  # nothing to measure
+            m0 = None if plain or any(t.is_meta for t in m1.parameters()) else \
+                _masked_module(original, ev.module, final_masks)
         except AttributeError:
             blockers.append(f"{ev.source or ev.node}: a normalization over pruned channels outside any module")
             continue
