@@ -357,3 +357,28 @@ def test_vision_transformer_with_multihead_attention_in_the_users_class():
     assert res.model.image_size == 32
     ref = masked_reference(model, masks)
     _assert_exact(res.model, ref, [x, (_x(3, 3, 32, 32, seed=1),), (_x(1, 3, 32, 32, seed=2),)])
+
+
+def test_transformer_encoder_layer_runs_its_slim_modules():
+    """nn.TransformerEncoderLayer's fused path (eval, no grad) reads its attention's and norms'
+    tensors, not their forward: with an exact LayerNorm or a SlimMultiheadAttention inside, the
+    path is switched off and the layer runs its modules, exact at every shape."""
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Linear(16, 32)
+            layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+            self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(32, 5)
+
+        def forward(self, x):
+            return self.head(self.enc(self.emb(x)))
+
+    torch.manual_seed(0)
+    model = randomize_norms(Encoder()).eval()
+    x = (_x(2, 9, 16),)
+    res, masks = _compile(model, x, ratio=0.5)
+    layer = res.model.enc.layers[0]
+    assert type(layer.norm1) is not nn.LayerNorm and layer.activation_relu_or_gelu == 0  # the exact subclass
+    _assert_exact(res.model, masked_reference(model, masks), [x, (_x(3, 13, 16, seed=1),), (_x(1, 4, 16, seed=2),)])
+

@@ -13,6 +13,11 @@ every head — makes it a :class:`~slimc.surgery.modules.SlimMultiheadAttention`
 Which heads and channels of a head stay is read from the plan's kept rows of the packed
 ``in_proj_weight`` (or ``q/k/v_proj_weight``): whole heads, or the same channels of every
 head (the rectangle the plan keeps); anything else is reported, not guessed.
+
+``nn.TransformerEncoderLayer`` has a fused path of its own (eval, no grad) that reads its
+attention's and norms' tensors and sizes, not their forward: where one of them became a
+slimc class (an exact LayerNorm, a ``SlimMultiheadAttention``), the layer's
+``activation_relu_or_gelu`` flag — which only that path reads — is cleared, so its modules run.
 """
 from __future__ import annotations
 
@@ -83,7 +88,17 @@ def fix_multihead_attention(slim: nn.Module, original: nn.Module, plan) -> tuple
             m.slimc_v_head_dim, m.slimc_scale = dv, original_scale(d)
             notes.append(f"{path}: SlimMultiheadAttention, {heads} heads of {dq} (values {dv}) in {eq} channels: "
                          f"nn.MultiheadAttention's heads are embed_dim // num_heads wide")
+    _unfuse_encoder_layers(slim, original, patched)
     return patched, notes, blockers
+
+
+def _unfuse_encoder_layers(slim: nn.Module, original: nn.Module, patched: list[str]) -> None:
+    for path, m0, m in module_pairs(original, slim):
+        if not isinstance(m, nn.TransformerEncoderLayer) or not m.activation_relu_or_gelu:
+            continue
+        if any(type(getattr(m, a)) is not type(getattr(m0, a)) for a in ("self_attn", "norm1", "norm2")):
+            patched.append(f"{path}.activation_relu_or_gelu: {m.activation_relu_or_gelu} → 0 (its fused path off)")
+            m.activation_relu_or_gelu = 0
 
 
 __all__ = ["fix_multihead_attention"]
