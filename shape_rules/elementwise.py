@@ -43,6 +43,7 @@ UNARY_METHODS = (
 )
 
 
+VALUE_KEEPING_METHODS = ("to", "type_as", "float", "half", "bfloat16", "contiguous", "clone", "detach")
 _ZERO_KEEPING_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
 _ZERO_KEEPING_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d)
 
@@ -53,13 +54,13 @@ def _unary_fn(op: OpView):
         return lambda t: t  # dropout scales kept entries: zeros stay zeros, whatever the mode
     if op.module is not None:
         return op.module
+    if op.node.op == "call_method" and op.node.target in VALUE_KEEPING_METHODS:
+        return lambda t: t  # casts keep zeros, whatever dtype they read (`.to(x.dtype)`)
     rest = op.node.args[1:]
     if any(isinstance(a, fx.Node) and a.op != "get_attr" for a in rest) or any(isinstance(v, fx.Node) for v in op.node.kwargs.values()):
         return None
     if op.node.op == "call_method":
         name = op.node.target
-        if name in ("to", "type_as", "float", "half", "bfloat16", "contiguous", "clone", "detach"):
-            return lambda t: t  # casts keep zeros
         return lambda t: getattr(t, name)(*rest, **op.node.kwargs)
     return lambda t: op.node.target(t, *rest, **op.node.kwargs)
 

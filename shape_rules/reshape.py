@@ -47,11 +47,13 @@ SIZED_RESHAPES = ("view", "reshape", torch.reshape, *aten("view.default", "resha
 """Reshapes whose target sizes are written in the call (``x.view(B, H, D)``)."""
 UNFLATTENS = ("unflatten", torch.unflatten, *aten("unflatten.int"))
 """Reshapes that split one dim into sizes written in the call (``x.unflatten(-1, (H, D))``)."""
+RESHAPES_AS = ("reshape_as", "view_as", *aten("reshape_as.default", "view_as.default"))
+"""Reshapes to another tensor's shape, read at run time (LeViT's ``bn(x.flatten(0, 1)).reshape_as(x)``)."""
 
 
 @shape_rule(
     *SIZED_RESHAPES, *UNFLATTENS, "flatten", torch.flatten, nn.Flatten, nn.Unflatten,
-    "squeeze", torch.squeeze, "unsqueeze", torch.unsqueeze, "reshape_as", "view_as",
+    "squeeze", torch.squeeze, "unsqueeze", torch.unsqueeze, *RESHAPES_AS,
     *aten("flatten.using_ints", "squeeze.dim", "squeeze.dims", "squeeze.default", "unsqueeze.default"),
 )
 def reshape(op: OpView) -> Coupling | Unsupported:
@@ -83,7 +85,7 @@ def reshape(op: OpView) -> Coupling | Unsupported:
             c.reshapes.append(Reshape(op.slot(x, bi[0]), [op.out(d) for d in bj], [outs[d] for d in bj], True, op.node.name))
         else:
             _regroup(op, c, x, bi, bj)
-    like = op.arg(1, "other") if op.node.target in ("reshape_as", "view_as") else None
+    like = op.arg(1, "other") if op.node.target in RESHAPES_AS else None
     if isinstance(like, fx.Node) and op.shape(like) == outs:  # the shape is read from ``like`` at run time
         for d in range(len(outs)):
             c.links.append(Link("tie", op.slot(like, d), op.out(d), None, None, term=None))

@@ -121,6 +121,7 @@ def _state(out: Path, hf_dir: bool) -> dict[str, torch.Tensor]:
 
 def _rebuild(base: nn.Module, lay: dict, state: dict) -> nn.Module:
     from slimc.surgery import layout
+    from slimc.surgery.derived import refresh_derived
 
     return _fill(layout.apply(base, lay), lay, state)
 
@@ -134,7 +135,7 @@ def _fill(base: nn.Module, lay: dict, state: dict) -> nn.Module:
         for t in lay.get("weight_transforms", []):  # norms made exact on a plan from shapes
             w = base.get_parameter(t["param"])
             w.copy_((w + t["offset"]) * t["scale"] - t["offset"])
-    return base.train(bool(lay.get("training", False)))
+    return refresh_derived(base.train(bool(lay.get("training", False))))
 
 
 def _load_hf(out: Path, lay: dict) -> nn.Module:

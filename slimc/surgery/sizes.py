@@ -152,7 +152,7 @@ def _follow(slim: nn.Module, ev, where: str, found, old: Any, new: Any, fixes: S
     cur = getattr(obj, attr)
     if (id(obj), attr) in fixes.done or (isinstance(cur, (int, list, tuple)) and cur == old):
         fixes.set(obj, path, attr, new)
-    else:
+    elif not (isinstance(cur, (int, list, tuple)) and cur == new):  # (else set with its module's tensors)
         fixes.unresolved.append(where)
 
 
