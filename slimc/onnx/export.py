@@ -22,9 +22,11 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from slimc.errors import ExportError, describe
+from slimc.inputs import batch_of_two
 from slimc.onnx.check import OnnxCheck, compare_with_torch, eval_mode, tensor_leaves
 from slimc.onnx.quiet import Quiet
 from slimc.onnx.shapes import DynamicDims, example_batch, normalize_inputs, resolve_dynamic_dims
+from slimc.onnx.strides import stride_free
 from slimc.onnx.stats import EXPORTER_METADATA_KEY, dynamic_axes, graph_inputs, iter_graphs, load_graph
 
 __all__ = ["export_onnx"]
@@ -148,8 +150,20 @@ def _staging_dir(final: str) -> Iterator[_Stage]:
 # --------------------------------------------------------------------------- the exporters
 
 
-def _export_dynamo(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], dest: str,
-                   req: _Request, outputs: list[torch.Tensor]) -> None:
+def _batch_as_symbol(example_inputs: tuple[torch.Tensor, ...], req: _Request) -> tuple[torch.Tensor, ...]:
+    """A dynamic batch of 1 is exported at 2 (:func:`slimc.inputs.batch_of_two`): torch.export
+    specializes sizes 0 and 1, and a batch it specialized is no symbol in the file."""
+    wide = batch_of_two(example_inputs) if req.batch_is_dynamic else None
+    if wide is None:
+        return example_inputs
+    return tuple(w if 0 in req.dims.get(i, ()) else x for i, (w, x) in enumerate(zip(wide, example_inputs)))
+
+
+def _program(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
+             req: _Request) -> tuple[torch.nn.Module | torch.export.ExportedProgram, tuple | None]:
+    """What the dynamo exporter is given: the exported program, freed of stride decisions
+    (:mod:`slimc.onnx.strides`); where torch.export fails, the module and its dynamic shapes
+    (torch.onnx.export then tries its own ways of capturing it)."""
     dynamic_shapes = None
     if req.dims:
         batch = torch.export.Dim("batch")  # one batch dim shared by every input
@@ -157,8 +171,20 @@ def _export_dynamo(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, 
             {a: batch if a == 0 else torch.export.Dim.DYNAMIC for a in req.dims[i]} if i in req.dims else None
             for i in range(len(example_inputs))
         )
+    try:
+        program = torch.export.export(module, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
+    except Exception:
+        return module, dynamic_shapes
+    stride_free(program.graph_module)
+    return program, None
+
+
+def _export_dynamo(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], dest: str,
+                   req: _Request, outputs: list[torch.Tensor]) -> None:
+    example_inputs = _batch_as_symbol(example_inputs, req)
+    model, dynamic_shapes = _program(module, example_inputs, req)
     program = torch.onnx.export(
-        module,
+        model,
         example_inputs,
         None,
         dynamo=True,
@@ -176,6 +202,9 @@ def _export_dynamo(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, 
         raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
     try:
         program.model.metadata_props[EXPORTER_METADATA_KEY] = "dynamo"
+        if req.batch_is_dynamic:  # the file names the batch "batch", as for a module given Dim("batch")
+            program._rename_dynamic_axes(tuple({0: "batch"} if 0 in req.dims.get(i, ()) else None
+                                               for i in range(len(example_inputs))))
     except Exception:  # pragma: no cover - IR API drift
         pass
     program.save(dest, external_data=False)
@@ -357,10 +386,16 @@ def export_onnx(
             if check:
                 t1 = time.perf_counter()
                 eb = example_batch(example_inputs) or 1
-                cmp = compare_with_torch(stage.path, module, example_inputs,
-                                         batch_sizes=tuple(batch_sizes) if req.batch_is_dynamic else (eb,),
-                                         rtol_scale=rtol_scale, providers=None, display_path=final,
-                                         notes=result.warnings)
+                try:
+                    cmp = compare_with_torch(stage.path, module, example_inputs,
+                                             batch_sizes=tuple(batch_sizes) if req.batch_is_dynamic else (eb,),
+                                             rtol_scale=rtol_scale, providers=None, display_path=final,
+                                             notes=result.warnings)
+                except ExportError as e:
+                    if made.fallback_reason is None:
+                        raise
+                    raise ExportError(f"{e} (written by the TorchScript fallback, which records sizes as the "
+                                      f"example's; the dynamo exporter failed: {made.fallback_reason})") from e
                 result.record(cmp, time.perf_counter() - t1)
             stage.publish()
             return result
