@@ -4,20 +4,19 @@ The maintained ``torch.export``-based exporter (``dynamo=True``) is used; the To
 exporter is a fallback only when the dynamo export itself raises. Everything the
 exporters print (stdout/stderr, torch loggers, Python warnings) is captured so that a CLI
 stays clean; relevant warnings are returned in ``OnnxCheck.warnings``. The steps:
-probe the outputs, stage in a temp folder beside the target, run the exporters, require
-the dynamic axes asked for, check with onnxruntime (:mod:`slimc.onnx.check`), publish.
+probe the outputs, stage in a temp folder beside the target (:mod:`slimc.onnx.staging`),
+run the exporters (dynamo: ``torch.export`` with a batch of 1 traced as 2, the program
+freed of stride decisions, :mod:`slimc.onnx.strides`), require the dynamic axes asked for,
+check with onnxruntime (:mod:`slimc.onnx.check`), publish.
 
     export_onnx(module, example_inputs, path, dynamic_dims={0: [0, 1]}) -> OnnxCheck
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -25,6 +24,7 @@ from slimc.errors import ExportError, describe
 from slimc.inputs import batch_of_two
 from slimc.onnx.check import OnnxCheck, compare_with_torch, eval_mode, tensor_leaves
 from slimc.onnx.quiet import Quiet
+from slimc.onnx.staging import Stage, staging_dir
 from slimc.onnx.shapes import DynamicDims, example_batch, normalize_inputs, resolve_dynamic_dims
 from slimc.onnx.strides import stride_free
 from slimc.onnx.stats import EXPORTER_METADATA_KEY, dynamic_axes, graph_inputs, iter_graphs, load_graph
@@ -87,64 +87,6 @@ def _probe_outputs(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, 
     if not outputs:
         raise ExportError(f"{name} returns no tensors; forward() must return a tensor or a tuple of tensors")
     return outputs
-
-
-# --------------------------------------------------------------------------- staging and publishing
-
-
-class _Stage:
-    """A temp folder beside the target: the exporters write ``path`` there; ``publish()``
-    moves it (external data first) onto the target."""
-
-    def __init__(self, final: str, tmpdir: str) -> None:
-        self.final, self.dir = final, tmpdir
-        self.path = os.path.join(tmpdir, os.path.basename(final))
-        self.published = False
-
-    def clear(self) -> None:
-        """Drop what a failed exporter left behind."""
-        for f in os.listdir(self.dir):
-            p = os.path.join(self.dir, f)
-            if os.path.isdir(p):
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.remove(p)
-
-    def publish(self) -> None:
-        parent = os.path.dirname(self.final)
-        for f in os.listdir(self.dir):
-            if f != os.path.basename(self.final):
-                os.replace(os.path.join(self.dir, f), os.path.join(parent, f))
-        os.replace(self.path, self.final)
-        self.published = True
-
-
-@contextlib.contextmanager
-def _staging_dir(final: str) -> Iterator[_Stage]:
-    """A :class:`_Stage` beside ``final``; removed afterwards, together with the folders
-    made for it when nothing was published."""
-    parent = os.path.dirname(final)
-    created: list[str] = []
-    d = parent
-    while d and not os.path.isdir(d):
-        created.append(d)
-        d = os.path.dirname(d)
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"cannot create output directory {parent}: {e.strerror or e}") from e
-    stage = _Stage(final, tempfile.mkdtemp(prefix=".slimc-export-", dir=parent))
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage.dir, ignore_errors=True)
-        if not stage.published:
-            for d in created:  # deepest first
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    break
 
 
 # --------------------------------------------------------------------------- the exporters
@@ -240,7 +182,7 @@ def _export_torchscript(module: torch.nn.Module, example_inputs: tuple[torch.Ten
 _EXPORTERS: tuple[tuple[str, Callable[..., None]], ...] = (("dynamo", _export_dynamo), ("torchscript", _export_torchscript))
 
 
-def _run_exporters(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], stage: _Stage,
+def _run_exporters(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], stage: Stage,
                    req: _Request, outputs: list[torch.Tensor], name: str) -> _Exported:
     """Dynamo first, TorchScript only where it raises; the failed attempt's log spam is
     dropped, its cause kept."""
@@ -366,7 +308,7 @@ def export_onnx(
     req = _Request(_names("input", input_names, len(example_inputs)), _names("output", output_names, len(outputs)),
                    opset, dims)
 
-    with _staging_dir(final) as stage:
+    with staging_dir(final) as stage:
         try:
             t0 = time.perf_counter()
             made = _run_exporters(module, example_inputs, stage, req, outputs, name)
