@@ -1,6 +1,9 @@
 """The ``slimc`` command line: compile, export, bench, inspect, prune, flops, sensitivity, rules.
 
-Errors print one line (``error: …``) and exit 2; ``--debug`` shows the traceback.
+Errors print one line (``error: …``) and exit 2; ``--debug`` shows the traceback. Exit
+statuses: 0 done; 2 a user-facing error, nothing written; 1 an internal error; 3
+(``slimc compile``) everything written but slim.onnx, whose export failed (the reason is in
+report.json under ``onnx.error``); 130 interrupted.
 """
 from __future__ import annotations
 
@@ -8,10 +11,11 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from slimc.errors import ConfigError, LoadError, SlimcError, describe
+from slimc.errors import EXIT_NO_ONNX, ConfigError, LoadError, OnnxWarning, SlimcError, describe
 
 
 def _console():
@@ -67,7 +71,9 @@ def cmd_compile(a: argparse.Namespace) -> int:
     spec = str(Path(a.model).resolve()) if Path(a.model).is_file() else a.model
     res.report["source"] = {"model": spec, "masks": str(Path(a.masks).resolve()) if a.masks else None,
                             "weights": str(Path(a.weights).resolve()) if a.weights else None}
-    paths = res.save(out, onnx=not a.no_onnx, opset=a.opset, dynamic_batch=not a.static_batch, weights=a.weights)
+    with warnings.catch_warnings():  # said below, in one line
+        warnings.simplefilter("ignore", OnnxWarning)
+        paths = res.save(out, onnx=not a.no_onnx, opset=a.opset, dynamic_batch=not a.static_batch, weights=a.weights)
     if a.json:
         print(json.dumps(res.report, indent=2, default=str))
     else:
@@ -77,6 +83,10 @@ def cmd_compile(a: argparse.Namespace) -> int:
         shards = [p for n, p in paths.items() if n.endswith(".safetensors")]
         named = [p for n, p in paths.items() if not n.endswith(".safetensors")]
         print("wrote " + ", ".join(named) + (f" and {len(shards)} sliced safetensors shard(s)" if shards else ""))
+    if res.onnx_error:
+        print(f"error: no slim.onnx (everything else is written; the reason is in report.json under onnx.error, "
+              f"exit status {EXIT_NO_ONNX}): {res.onnx_error}", file=sys.stderr)
+        return EXIT_NO_ONNX
     return 0
 
 
@@ -329,7 +339,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--front-end", default="auto", choices=["auto", "fx", "export"], help="how to capture the graph")
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
 
-    c = sub.add_parser("compile", help="model + masks → out/slim.pt, slim.onnx, masks.pth, report.json")
+    c = sub.add_parser("compile", help="model + masks → out/slim.pt, slim.onnx, masks.pth, report.json",
+                       epilog=f"exit status: 0 done; 2 an error, nothing written; {EXIT_NO_ONNX} everything "
+                              "written but slim.onnx, whose export failed (report.json: onnx.error)")
     model_args(c)
     c.add_argument("-o", "--output", default="out", help="output folder (default: out)")
     c.add_argument("--mode", default="channel", choices=["channel", "exact"], help="channel: remove whole masked groups (default); exact: only provably zero/unused slices")

@@ -119,6 +119,18 @@ def other_size(n: int, batch: bool = False, keep: int = 2) -> int:
     return down if down < n else n + step
 
 
+def batch_of_two(inputs: tuple) -> tuple | None:
+    """The inputs with a batch of 1 made 2 (each batched tensor's row repeated), or None
+    where the batch is not 1: what a tracer that specializes sizes 0 and 1 (``torch.export``)
+    is given, so the batch stays a symbol whatever the example's batch. Every tensor with a
+    dim 0 is taken as batched; where they do not all have a dim 0 of 1, the batch is not 1."""
+    batched = [t for t in inputs if isinstance(t, torch.Tensor) and t.dim() > 0]
+    if not batched or any(t.shape[0] != 1 for t in batched):
+        return None
+    return tuple(t.expand(2, *t.shape[1:]).clone() if isinstance(t, torch.Tensor) and t.dim() > 0 else t
+                 for t in inputs)
+
+
 def other_shapes(inputs: tuple, free: Mapping[int, list[int]], keep: int = 2,
                  names: Mapping[int, Mapping[int, str]] | None = None) -> dict[int, tuple]:
     """New shapes for the inputs: every free dim changed (see :func:`other_size`); ``free``:
@@ -150,4 +162,5 @@ def other_shapes(inputs: tuple, free: Mapping[int, list[int]], keep: int = 2,
     return out
 
 
-__all__ = ["as_tuple", "bind", "forward_params", "untaken_defaults", "random_like", "random_tensor_like", "other_shapes", "other_size"]
+__all__ = ["as_tuple", "bind", "forward_params", "untaken_defaults", "random_like", "random_tensor_like", "other_shapes", "other_size",
+           "batch_of_two"]

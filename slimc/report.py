@@ -168,7 +168,7 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
             console.print(f"your class {str(u['class']).rsplit('.', 1)[-1]}: [yellow]no slim model of it[/yellow] "
                           f"({escape(u['reason'])}); the graph slim.pt is exact")
     o = report.get("onnx")
-    if o:
+    if o and "error" not in o:  # a failed export is the command's own line
         where = (" at input shapes " + " and ".join(", ".join(str(tuple(x)) for x in xs) for xs in o["input_shapes"])
                  if o.get("input_shapes") else f" at batch {o['batch_sizes']}")
         dyn = f", dynamic dims {o['dynamic_dims']}" if o.get("dynamic_dims") else ""

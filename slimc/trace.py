@@ -214,15 +214,32 @@ def _symbolic_dims(gm: fx.GraphModule, example_inputs: tuple) -> dict[int, dict[
     return {i: {d: str(s) for d, s in enumerate(v.shape) if not isinstance(s, int)} for i, v in zip(positions, vals)}
 
 
+def _auto_dims(inputs: tuple) -> tuple:
+    """``Dim.AUTO`` for every dim of every tensor but those of size 0 or 1 (export would
+    specialize them, and say so)."""
+    return tuple({d: torch.export.Dim.AUTO for d, n in enumerate(t.shape) if n > 1}
+                 if isinstance(t, torch.Tensor) and t.dim() else None for t in inputs)
+
+
 def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModule, dict[int, dict[int, str]]]:
     """Every dim of every tensor input is marked ``Dim.AUTO``: export keeps dynamic what the
-    model lets vary (batch, sequence length, image size) and specializes the rest. Returns the
+    model lets vary (batch, sequence length, image size) and specializes the rest. Export
+    specializes every size 0 or 1, so a batch of 1 is traced as 2 (:func:`batch_of_two`;
+    as given where the model refuses that), and other dims of size 1 stay static. Returns the
     graph and the symbol of every dynamic input dim (:func:`_symbolic_dims`)."""
+    from slimc.inputs import batch_of_two
+
     was = model.training
-    dyn = tuple({d: torch.export.Dim.AUTO for d in range(t.dim())} if isinstance(t, torch.Tensor) and t.dim() else None
-                for t in example_inputs)
+    wide = batch_of_two(example_inputs)
     with eval_mode(model), kept_whole(model) as whole:
-        ep = torch.export.export(model, example_inputs, dynamic_shapes=dyn, strict=False)
+        ep = None
+        if wide is not None:
+            try:
+                ep = torch.export.export(model, wide, dynamic_shapes=_auto_dims(wide), strict=False)
+            except Exception:  # the model takes no other batch: traced at the example's
+                ep = None
+        if ep is None:
+            ep = torch.export.export(model, example_inputs, dynamic_shapes=_auto_dims(example_inputs), strict=False)
     unlifted = ep.module()
     names = _symbolic_dims(unlifted, example_inputs)
     # the unlifted module refuses .train()/.eval(); a plain GraphModule over the same graph does not.

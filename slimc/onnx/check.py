@@ -189,7 +189,7 @@ def _session(path: str, providers: Sequence[str] | None, display_path: str, note
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # failures raise; nothing is logged to the console
     try:
         with Quiet() as q:
             sess = ort.InferenceSession(path, sess_options=so, providers=list(providers or _default_providers()))
@@ -206,7 +206,11 @@ def _compare_outputs(sess: Any, module: torch.nn.Module, example_inputs: tuple[t
                      runs: list[CheckRun], input_names: list[str], output_names: list[str],
                      display_path: str) -> tuple[list[tuple[str, str, float]], float]:
     """(run label, output name, max |diff|) per run and output, and the largest |output|."""
+    import onnxruntime as ort
+
     sess_inputs = {i.name for i in sess.get_inputs()}
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a run that fails raises; its error is not logged to the console too
     results: list[tuple[str, str, float]] = []
     scale = 0.0
     with eval_mode(module), torch.no_grad():
@@ -232,7 +236,7 @@ def _compare_outputs(sess: Any, module: torch.nn.Module, example_inputs: tuple[t
                         )
                     feed[name] = _to_numpy(t)
             try:
-                got = sess.run(None, feed)
+                got = sess.run(None, feed, quiet)
             except Exception as e:
                 what = "batch size" if not run.grown else "shape"
                 raise ExportError(
