@@ -342,7 +342,9 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
     grp, ng = prop.group, prop.ng
     group_has_barrier = any_by_group(prop.barrier, grp, ng)
     slots, _, sizes = dg.slot_table()
-    is_value = np.repeat(np.array([s[0] == "v" for s in slots], bool), sizes)
+    # values: node outputs, and the parameters, buffers and constants an op reads as data (a
+    # table fed to an MLP): what liveness and the exact mode look at, never left out of a group
+    is_value = np.repeat(np.array([s[0] == "v" for s in slots], bool), sizes) | prop.read_as_value
     param_el = prop.is_source | prop.is_sink | prop.is_follower
     has_param = any_by_group(param_el, grp, ng)
 
