@@ -205,8 +205,9 @@ def test_pruner_keeps_llama_widths_expressible_and_its_check_catches_free_ones()
 
 
 def test_inexpressible_config_saves_and_reloads_in_process(tmp_path):
-    """Masks that make the hidden size 45: the config fails its own validation; res.save writes
-    it as it is (no crash), and slimc.load rebuilds LLaMA with hidden 45, exact."""
+    """Masks that make the hidden size 45: the config would fail its own validation, so it keeps
+    hidden 64 (reported, with the validation's reason); res.save writes it (no crash), and
+    slimc.load rebuilds LLaMA with hidden 45 from the layout, exact."""
     m = _llama()
     x = (_ids(2, 12, 0)["input_ids"],)
     masks = Pruner(m, x, "l1", ratio=0.3, expressible=False).masks()
@@ -214,9 +215,9 @@ def test_inexpressible_config_saves_and_reloads_in_process(tmp_path):
     info = res.report["user_model"]["hf"]
     assert not info["expressible"] and "multiple" in info["why_not"], info
     res.save(tmp_path / "out", onnx=False)
-    assert json.loads((tmp_path / "out" / "hf" / "config.json").read_text())["hidden_size"] == 45
+    assert json.loads((tmp_path / "out" / "hf" / "config.json").read_text())["hidden_size"] == 64
     back = slimc.load(tmp_path / "out")
-    assert type(back) is T.LlamaForCausalLM and back.config.hidden_size == 45
+    assert type(back) is T.LlamaForCausalLM and back.model.embed_tokens.embedding_dim == 45
     y = _ids(3, 9, 7)["input_ids"]
     with torch.no_grad():
         assert torch.allclose(back(y).logits, res.model(y).logits, atol=1e-6)

@@ -108,12 +108,16 @@ class ConfigFit:
     stream_multiple: bool = False  # it keeps a multiple of the head count
     heads: dict[int, int] = field(default_factory=dict)  # heads family index → query heads per unit
     heads0: int | None = None  # the config's head count
+    ties: list[list[int]] = field(default_factory=list)  # classes one config field sizes together (T5's d_ff)
     notes: list[str] = field(default_factory=list)
 
     def adjust(self, space: PruneSpace, k: dict[int, int], round_to: int = 1) -> None:
         """Counts per family (already alike across repeated layers) → counts the config expresses."""
         for fi in [fi for fi in k if fi in self.frozen]:
             del k[fi]
+        for tie in self.ties:  # one field for encoder and decoder: one count for all of them
+            mean = int(round(sum(k.get(fi, 0) for fi in tie) / len(tie)))
+            k.update(dict.fromkeys(tie, mean))
         if self.stream in k and self.stream_multiple:
             n = len(space.families[self.stream])
             left = [q * (len(space.families[fi]) - k.get(fi, 0)) for fi, q in self.heads.items()]
@@ -141,6 +145,7 @@ def measure(space: PruneSpace, families: list[int], check: ConfigCheck) -> Confi
     fit = ConfigFit(stream=_stream_family(space), heads0=_config_int(space.model, HEADS))
     if fit.heads0:
         fit.heads = {f.index: fit.heads0 // len(f) for f in fams if f.kind == "heads" and fit.heads0 % len(f) == 0}
+    failed: dict[tuple, list[list[int]]] = {}
     for cls in _classes(space, families):
         f = fams[cls[0]]
         multiple = f.index == fit.stream and fit.heads0 is not None and 1 < fit.heads0 < len(f)
@@ -151,13 +156,32 @@ def measure(space: PruneSpace, families: list[int], check: ConfigCheck) -> Confi
                              f"is not known ({why}): pruned")
         elif not ok:
             fit.frozen.update(dict.fromkeys(cls, why))
-            fit.notes.append(f"{label(f, fit.stream)} not pruned: {type(space.model.config).__name__} cannot "
-                             f"express it ({why}); --free-widths (expressible=False) prunes it, and slimc.load "
-                             "rebuilds the class")
+            if not multiple:
+                failed.setdefault((f.kind, len(f)), []).append(cls)
+    _tie(space, check, fit, failed)
+    for cls in _classes(space, [fi for fi in families if fi in fit.frozen]):
+        f, why = fams[cls[0]], fit.frozen[cls[0]]
+        fit.notes.append(f"{label(f, fit.stream)} not pruned: {type(space.model.config).__name__} cannot "
+                         f"express it ({why}); --free-widths (expressible=False) prunes it, and slimc.load "
+                         "rebuilds the class")
     if fit.stream_multiple:
         fit.notes.append("the hidden size is kept a multiple of the number of heads (transformers' configs "
                          "validate it)")
     return fit
+
+
+def _tie(space: PruneSpace, check: ConfigCheck, fit: ConfigFit, failed: dict[tuple, list[list[int]]]) -> None:
+    """Classes the config could not express alone, of one kind and width, pruned together: one
+    config field may size them all (T5's ``d_ff`` and ``num_heads`` for encoder and decoder)."""
+    for classes in failed.values():
+        if len(classes) < 2:
+            continue
+        tie = [fi for cls in classes for fi in cls]
+        ok, _ = check(np.array([space.families[fi].units[0] for fi in tie]))
+        if ok:
+            fit.ties.append(tie)
+            for fi in tie:
+                del fit.frozen[fi]
 
 
 __all__ = ["ConfigCheck", "ConfigFit", "measure", "label"]

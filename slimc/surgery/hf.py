@@ -37,9 +37,21 @@ def _one(values) -> Any:
     return next(iter(values)) if len(values) == 1 else None
 
 
-def _dim_news(original: nn.Module, slim: nn.Module) -> dict[int, set[int]]:
+def _scope(key: str) -> str | None:
+    """"encoder" / "decoder" for a config field of one stack (``encoder_ffn_dim``)."""
+    head = key.split("_", 1)[0]
+    return head if head in ("encoder", "decoder") and "_" in key else None
+
+
+def _in(scope: str | None, path: str) -> bool:
+    return scope is None or scope in path.split(".")
+
+
+def _dim_news(original: nn.Module, slim: nn.Module, scope: str | None = None) -> dict[int, set[int]]:
     out: dict[int, set[int]] = {}
-    for t0, t in zip(original.parameters(), slim.parameters()):
+    for (name, t0), t in zip(original.named_parameters(), slim.parameters()):
+        if not _in(scope, name):
+            continue
         for o, n in zip(t0.shape, t.shape):
             out.setdefault(o, set()).add(n)
     return out
@@ -89,8 +101,10 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list], g
         if isinstance(old, bool):
             continue
         new = None
+        scope = _scope(key)  # BART's encoder_ffn_dim follows the encoder's layers only
         if key in HEAD_FIELDS or key in KV_HEADS:
-            new = _one(s[2] for s in all_splits if s[0] == old) if isinstance(old, int) else None
+            scoped = [s for path, sp in splits.items() if _in(scope, path) for s in sp]
+            new = _one(s[2] for s in scoped if s[0] == old) if isinstance(old, int) else None
         elif key in HEAD_DIM:
             new = _one(s[3] for s in all_splits if s[1] == old) if isinstance(old, int) else None
         elif key in HIDDEN:
@@ -98,7 +112,8 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list], g
                 new = hidden[1] if hidden and hidden[0] == old else _one(dims.get(old, ()))
         elif key in FFN_FIELDS:
             width = old if isinstance(old, int) else 4 * hidden[0] if old is None and hidden else None
-            news = (ffn.get(width) or dims.get(width, set())) if width else set()
+            in_scope = _dim_news(original, slim, scope) if scope else dims
+            news = (ffn.get(width) or in_scope.get(width, set())) if width else set()
             new = _one(news) if news and width not in news else _one(news - {width}) if guess else None
         elif key in EPS_FIELDS and isinstance(old, float):
             news = eps_new.get(old, set()) - {old}
@@ -144,6 +159,9 @@ def follow_config(slim: nn.Module, original: nn.Module, splits: dict[str, list])
             ok, why = expressible(slim)
     if not ok:
         changes, ok, why = _settle_head_dim(slim, original, splits, changes, why)
+    kept = [c for c in changes if " kept at " in c]
+    if not ok and kept:  # the first cause: a width the config's validation refuses
+        why = f"{kept[0]}; so {why}"
     return {"config_changes": changes, "expressible": ok, "why_not": why}
 
 
