@@ -121,7 +121,6 @@ def _state(out: Path, hf_dir: bool) -> dict[str, torch.Tensor]:
 
 def _rebuild(base: nn.Module, lay: dict, state: dict) -> nn.Module:
     from slimc.surgery import layout
-    from slimc.surgery.derived import refresh_derived
 
     return _fill(layout.apply(base, lay), lay, state)
 
@@ -129,6 +128,7 @@ def _rebuild(base: nn.Module, lay: dict, state: dict) -> nn.Module:
 def _fill(base: nn.Module, lay: dict, state: dict) -> nn.Module:
     """The slim structure ``base`` (parameters on meta) with the saved weights."""
     from slimc.surgery import layout
+    from slimc.surgery.derived import refresh_derived
 
     layout.load_weights(base, state)
     with torch.no_grad():
