@@ -2,6 +2,7 @@
 the slim model holds exactly the parameters its kept indices imply."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -124,15 +125,17 @@ class Reference:
     the masked original and one of the slim model less."""
 
     def __init__(self, original: nn.Module, final_masks: dict, inputs: tuple, free: dict[int, list[int]],
-                 names: dict[int, dict[int, str]] | None = None):
+                 names: dict[int, dict[int, str]] | None = None, around=None):
         self.module = Masked(original, final_masks)
         self.names = names  # input → {dim: the name of its size}: see slimc.inputs.other_shapes
         applied = self.module.applied()
-        if applied is None:
-            self._run(self.module, inputs, free)
-            return
-        with applied:  # every forward of the original below runs with the masked params
-            self._run(original, inputs, free)
+        # ``around(masked)``: a context the reference runs in (slimc.rerouted: dropped experts routed away)
+        with around(self.module) if around is not None else contextlib.nullcontext():
+            if applied is None:
+                self._run(self.module, inputs, free)
+                return
+            with applied:  # every forward of the original below runs with the masked params
+                self._run(original, inputs, free)
 
     def _run(self, masked: nn.Module, inputs: tuple, free: dict[int, list[int]]) -> None:
         self.sets: list[tuple] = []
