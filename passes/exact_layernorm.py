@@ -55,7 +55,7 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             continue
         ctx.events.append(SizeEvent.at(node, "layernorm", position=-1, old=c_old, new=c_new,
                                        detail={"eps": eps, "shape": old,
-                                               "kept": ctx.plan.kept_idx(("v", x.name, len(old) - 1))}))
+                                               "kept": shapes.kept(x, len(old) - 1)}))
         k = c_old - c_new
         g = gm.graph
         with g.inserting_before(node):
