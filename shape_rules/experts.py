@@ -19,14 +19,14 @@ rule states the contract, so the dispatch never meets a per-op rule.
   loses its own channels. One ``intermediate_size`` serves every expert (a rectangle): the
   experts lose as many channels each (:class:`EqualCount`), an expert that would lose more
   keeps its last extra ones, masked.
-* The expert dim is not pruned: the router's softmax and top-k over it are barriers, and a
-  masked router row still takes its share of the routing (see the README: an expert whose
-  FFN is all masked is still chosen, its output being zero, so removing it with its router
-  row is not the masked model). The rule follows the top-k indices back to the router
-  (:func:`router_route`) and joins each expert's slices — index e of every stacked
-  parameter, sinks of the router's logit e — to the router's row e: one group per expert,
-  held by those barriers, which only the approximate mode ``experts="drop"`` lifts
-  (:class:`~slimc.shape_rules.ExpertRoute`).
+* Whole experts: the router's softmax and top-k over the expert dim are barriers (a masked
+  router row gives logit 0, not −∞: the masked model still routes tokens to that expert).
+  The rule follows the top-k indices back to the router (:func:`router_route`) and joins
+  each expert's slices — index e of every stacked parameter, sinks of the router's logit e
+  — to the router's row e: one group per expert, held by those barriers
+  (:class:`~slimc.shape_rules.ExpertRoute`). Where the masks zero every weight of an expert
+  *and* its router row, the expert does not exist (logit −∞), and the plan lifts those
+  barriers at its index (:mod:`slimc.propagate.experts`).
 """
 from __future__ import annotations
 

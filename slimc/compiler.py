@@ -21,7 +21,7 @@ from slimc.passes import RewriteContext, run_pipeline
 from slimc.probe import Prober
 from slimc.propagate import RemovalPlan, plan as make_plan
 from slimc.propagate.experts import expert_notes
-from slimc.rerouted import dropped_report, routed_away
+from slimc.rerouted import experts_report, routed_away
 from slimc.flops import dg_flops
 from slimc.report import StageClock, count_params, layer_widths
 from slimc.trace import own_tensors, shapes_of, trace
@@ -146,7 +146,7 @@ def expected_params(p: RemovalPlan) -> int:
 def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, mode: str = "channel",
             verify: bool = True, front_end: str = "auto", renorm: bool = False, allow_empty: bool = False,
             name: str | None = None, user_model: bool = True, probe: bool = True,
-            vs_user_masks: bool = False, cache: bool = True, experts: str = "keep") -> CompileResult:
+            vs_user_masks: bool = False, cache: bool = True, experts: str = "remove") -> CompileResult:
     """Compile ``model`` under ``masks`` into a physically smaller module.
 
     ``model`` is never modified: the slim module is a new object. ``masks`` may be NNI
@@ -159,11 +159,10 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     (``report["verify"]["vs_user_masked"]``: one more forward pass of the full model).
     ``cache``: reuse the analysis of this model object from an earlier compile where nothing
     it depends on changed (:mod:`slimc.analysis`; the report's ``analysis`` says which).
-    ``experts="drop"`` (approximate, like ``renorm``): whole experts of mixture-of-experts
-    layers that the masks remove (router row, or every slice) go with their router rows; the
-    router then picks among the others. Checked exact against the masked model whose routers
-    skip them (:mod:`slimc.rerouted`); the diff from the masked model itself is measured and
-    reported (``report["verify"]["experts"]``).
+    ``experts``: ``remove`` (default) — an expert of a mixture-of-experts layer whose every
+    weight *and* router row the masks zero does not exist (its router logit is −∞): it goes,
+    with its router row, and the check's reference routes around it (:mod:`slimc.rerouted`);
+    ``report["experts"]`` lists them. ``keep``: such experts stay, zero (logit 0).
     """
     clock = StageClock()
 
@@ -232,6 +231,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         "barriers": graph_mod.unsupported_table(dg),
         "probed": graph_mod.probed_table(dg),
         "unstructured_zeros": user.unstructured_zeros({f: list(dg.parts(f)) for f in user.masks if dg.parts(f)}),
+        **({"experts": experts_report(dg, p)} if p.dropped_experts else {}),
         "notes": [*traced.notes, *p.notes, *notes, *expert_notes(dg, p, experts),
                   *([f"{hooks} hook(s) of the model are not part of the slim graph (res.module); "
                      f"the user's class (res.model) keeps them"] if hooks else []),
@@ -248,8 +248,6 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         try:
             ref = Reference(model, p.final_masks, inputs, free, traced.dim_names, around=routed_away(p))
             chk = ref.check(slim, _Masked(model, user.masks) if vs_user_masks else None)
-            vs_masked = Reference(model, p.final_masks, inputs, free, traced.dim_names).check(slim) \
-                if p.dropped_experts else None  # what dropping experts changes: measured
         except SlimcError:
             raise
         except Exception as e:
@@ -258,19 +256,15 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
             raise VerifyError(f"the slim model failed to run: {describe(e)}") from e
         if report["probed"] and not chk.ok:
             return unprobed()
-        report["verify"] = {**chk.to_dict(), "approximate": approximate or vs_masked is not None}
+        report["verify"] = {**chk.to_dict(), "approximate": approximate}
         if got_params != want_params:
             raise VerifyError(f"the slim model has {got_params:,} params, the kept indices imply {want_params:,}")
-        if vs_masked is not None:
-            report["verify"]["experts"], note = dropped_report(dg, p, chk, vs_masked)
-            report["notes"].append(note)
         if approximate:
             report["notes"].append(f"--renorm: approximate LayerNorm, measured max abs diff {chk.max_abs_diff:.3g}")
         elif not chk.ok:
             raise VerifyError(
-                f"the slim model differs from the masked model{' whose routers skip the dropped experts' if vs_masked else ''}"
-                f" by {chk.max_abs_diff:.3g} (tolerance {chk.tolerance:.3g}): please report this model; use --debug "
-                "for details"
+                f"the slim model differs from the masked model by {chk.max_abs_diff:.3g} "
+                f"(tolerance {chk.tolerance:.3g}): please report this model; use --debug for details"
             )
         clock.lap("verify")
     um = None

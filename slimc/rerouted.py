@@ -1,15 +1,16 @@
-"""The exact reference of ``experts="drop"``: the masked original whose routers give the
-dropped experts a logit of −∞.
+"""The reference where the masks remove whole experts: the masked original whose routers
+give those experts a logit of −∞.
 
-A masked router row gives its expert a logit of 0: the masked model still routes tokens to
-it (adding zero while taking a share of the renormalized top-k weights), so a model without
-that expert is not the masked model, and the built-in check measures by how much (the
-approximation, reported). What must hold exactly is the model without the dropped experts:
-softmax and top-k over the experts left are softmax and top-k over all of them with the
-dropped logits at −∞. So the check also runs the masked original with every router's
-logits of the dropped experts set to −∞ — at the router's ``F.linear`` call, seen through a
-``TorchFunctionMode`` while the reference runs — and the slim model must equal it within
-the usual tolerance (the graph and the user's class alike).
+Masks that zero all of an expert's weights and its router row say that the expert does not
+exist (:mod:`slimc.propagate.experts`); a zero router row alone would still give it a logit
+of 0 and a share of the routing. What the slim model must equal, exactly, is the masked
+original with those logits at −∞: softmax gives them 0 and top-k never picks them, which is
+softmax and top-k over the experts left. So the check runs the masked original with every
+router's logits of the removed experts set to −∞ — at the router's ``F.linear`` call, found
+by the identity of its masked weight through a ``TorchFunctionMode`` while the reference
+runs — and the slim model (the graph and the user's class alike) must equal it within the
+usual tolerance. A router whose weight no ``F.linear`` reads is an error, never a silent
+plain-zero reference.
 """
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ def router_rows(plan) -> dict[str, np.ndarray]:
 
 
 def routed_away(plan):
-    """A context factory for :class:`slimc.verify.Reference` (``around``): the masked
-    original's routers skip the experts ``plan`` drops; None where it drops none."""
+    """A context factory for :class:`slimc.verify.Reference` (``around``): a masked
+    original (:class:`slimc.verify.Masked`) whose routers skip the experts ``plan``
+    removes; None where it removes none."""
     rows = router_rows(plan)
     if not rows:
         return None
@@ -69,35 +71,25 @@ def routed_away(plan):
     def around(masked) -> Iterator[None]:
         missing = [k for k in rows if k not in masked.params]
         if missing:
-            raise VerifyError(f"internal: the router weight '{missing[0]}' has no final mask")
+            raise VerifyError(f"internal: the router weight '{missing[0]}' has no mask")
         mode = RoutedAway({id(masked.params[k]): (k, torch.from_numpy(v)) for k, v in rows.items()})
         with mode:
             yield
         unseen = sorted(set(rows) - mode.seen)
         if unseen:
-            raise VerifyError(f"the check cannot route around the dropped experts: the router weight '{unseen[0]}' "
-                              "is not read by F.linear in the model's forward (compile without --approximate-experts)")
+            raise VerifyError(f"the check cannot route around the removed experts: the router weight '{unseen[0]}' "
+                              "is not read by F.linear in the model's forward (compile with --keep-experts: they "
+                              "stay, zero)")
 
     return around
 
 
-def dropped_report(dg, plan, exact, vs_masked) -> tuple[dict, str]:
-    """``report["verify"]["experts"]`` and its note: the experts dropped per layer, the slim
-    model against the masked model (approximate: measured) and against the masked model whose
-    routers skip them (``exact``, the built-in check)."""
+def experts_report(dg, plan) -> dict:
+    """``report["experts"]``: per MoE layer whose experts went, the experts removed and how
+    many it had."""
     total = {r.experts: dg.size[("p", r.stacked[0], 0)] for r in expert_routes(dg) if r.stacked}
-    dropped = {k: v.tolist() for k, v in plan.dropped_experts.items()}
-    rel = vs_masked.max_abs_diff / max(vs_masked.output_scale, 1e-12)
-    info = {"dropped": dropped, "experts_before": total,
-            "vs_masked": {"max_abs_diff": vs_masked.max_abs_diff, "output_scale": vs_masked.output_scale,
-                          "relative": rel, "shapes": vs_masked.shapes},
-            "vs_routed_away": {"max_abs_diff": exact.max_abs_diff, "tolerance": exact.tolerance, "ok": exact.ok}}
-    n, of = sum(len(v) for v in dropped.values()), sum(total[k] for k in dropped)
-    note = (f"--approximate-experts: {n} of {of} experts dropped in {len(dropped)} layer(s) with their router rows; "
-            f"approximate: max abs diff {vs_masked.max_abs_diff:.3g} from the masked model ({rel:.2g} of its output "
-            f"scale); the model without them (the masked model, its routers skipping them) is matched to "
-            f"{exact.max_abs_diff:.3g}")
-    return info, note
+    return {k: {"removed": v.tolist(), "before": total[k], "after": total[k] - len(v)}
+            for k, v in plan.dropped_experts.items()}
 
 
-__all__ = ["RoutedAway", "dropped_report", "routed_away", "router_rows"]
+__all__ = ["RoutedAway", "experts_report", "routed_away", "router_rows"]

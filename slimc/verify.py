@@ -128,9 +128,11 @@ class Reference:
                  names: dict[int, dict[int, str]] | None = None, around=None):
         self.module = Masked(original, final_masks)
         self.names = names  # input → {dim: the name of its size}: see slimc.inputs.other_shapes
+        # ``around(masked)``: a context every masked original runs in, this one and the user's
+        # masked model of check() (slimc.rerouted: the experts the masks remove routed around)
+        self.around = around or (lambda masked: contextlib.nullcontext())
         applied = self.module.applied()
-        # ``around(masked)``: a context the reference runs in (slimc.rerouted: dropped experts routed away)
-        with around(self.module) if around is not None else contextlib.nullcontext():
+        with self.around(self.module):
             if applied is None:
                 self._run(self.module, inputs, free)
                 return
@@ -182,7 +184,8 @@ class Reference:
             d, s = max_diff(ys, want)
             diff, scale = max(diff, d), max(scale, s)
             if user is not None and k == 0:
-                vs_user = max_diff(ys, run_eval(user, x))[0]
+                with self.around(user):
+                    vs_user = max_diff(ys, run_eval(user, x))[0]
         tol = TOLERANCE * max(scale, 1.0)
         return Check(diff, scale, tol, diff <= tol, vs_user, [shape_text(self.sets[k]) for k in picked], self.varied,
                      self.example)

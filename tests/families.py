@@ -192,7 +192,8 @@ def _ok(proc: subprocess.CompletedProcess, what: str) -> None:
 def run_family(tmp_path: Path, source: str, shapes: list[Any], *, prompt: torch.Tensor | None = None,
                prune: tuple[str, ...] = ("--criterion", "l1", "--ratio", "0.3"),
                compile_args: tuple[str, ...] = (), onnx: bool = True, new_tokens: int = 6,
-               generate_kw: dict | None = None, timeout: int = 900, reference: str | None = None) -> FamilyRun:
+               generate_kw: dict | None = None, timeout: int = 900, reference: str | None = None,
+               masks: dict | None = None) -> FamilyRun:
     """``source``: a model.py text defining ``model`` (or ``build_model()``) and ``example_inputs``,
     deterministic (seeded), so the fresh process rebuilds the same weights. ``shapes``: inputs
     to compare at (tuples or dicts of forward() keyword arguments; give three, one with
@@ -200,15 +201,19 @@ def run_family(tmp_path: Path, source: str, shapes: list[Any], *, prompt: torch.
     ``generate_kw``: more arguments of both ``generate()`` calls (e.g. ``no_repeat_ngram_size=1``
     where random weights would repeat one token: each step then follows the logits' order).
     ``reference``: Python source defining ``reference(masked)`` → the model the slim model must
-    equal, made from the masked original by the caller's own code (an approximate mode's claim:
-    ``--approximate-experts``, the model without the dropped experts); default the masked
-    original itself."""
+    equal, made from the masked original by the caller's own code (whole experts removed: the
+    masked original whose routers never pick them); default the masked original itself.
+    ``masks``: the user's masks (flat ``{param: 0/1 tensor}``) instead of ``slimc prune``'s."""
     d = Path(tmp_path)
     d.mkdir(parents=True, exist_ok=True)
     (d / "model.py").write_text(textwrap.dedent(source))
     torch.save((list(shapes), prompt), d / "shapes.pt")
-    p = _cli(["prune", "model.py", *prune, "-o", "masks.pth"], d, timeout)
-    _ok(p, "slimc prune")
+    if masks is None:
+        p = _cli(["prune", "model.py", *prune, "-o", "masks.pth"], d, timeout)
+        _ok(p, "slimc prune")
+    else:
+        torch.save(masks, d / "masks.pth")
+        p = subprocess.CompletedProcess([], 0, "", "")
     raw = torch.load(d / "masks.pth", weights_only=True)
     masked = sum(int((torch.as_tensor(t) == 0).sum()) for v in raw.values()
                  for t in (v.values() if isinstance(v, dict) else [v]))

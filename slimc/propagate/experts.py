@@ -1,14 +1,26 @@
-"""Whole experts of mixture-of-experts layers: the approximate mode ``experts="drop"``.
+"""Whole experts of mixture-of-experts layers: the masks say an expert does not exist.
 
 The experts rule (:mod:`slimc.shape_rules.experts`) joins expert e — the router's row e and
-index e of every stacked expert parameter — into one group per expert, held by the
-barriers the router's softmax and top-k put on the expert dim: a masked router row gives a
-logit of 0, not −∞, so the masked model still routes tokens to that expert, and removing it
-is not exact. ``experts="drop"`` lifts those barriers (and only those: another op that
-holds the expert dim, a router output, still holds it), so an expert whose router row is
-masked, or whose every stacked slice is, goes with its router row; the router then picks
-its top-k among the experts left. The result equals the masked model whose router gives
-the dropped experts a logit of −∞ (:mod:`slimc.rerouted`), not the masked model itself.
+index e of every stacked expert parameter — into one group per expert, held by the barriers
+the router's softmax and top-k put on the expert dim.
+
+**What such a mask means.** Masks that zero *all* of an expert's weights (index e of every
+stacked parameter: ``gate_up_proj[e]``, ``down_proj[e]``, their biases) *and* its router row
+(row e of the router's weight, and its bias entry where the router has one) say that the
+expert does not exist: the masked model is the original whose router gives that expert a
+logit of −∞ — softmax gives it 0, top-k never picks it (while at least ``top_k`` experts are
+left) — which is, by definition, the model without it. A zero router row alone (logit 0)
+would still take a share of the routing; that is why the whole expert, router row included,
+is what the masks must name. Masks that zero only part of it (the FFN but not the router
+row, or the router row but not the FFN) mean what they say, zeros: the expert stays.
+
+So (``experts="remove"``, the default) the plan lifts the softmax and top-k barriers at the
+index of each expert masked whole, where no other op holds the expert dim (a router output
+returned by the model still holds it), and that expert's group goes: router rows, stacked
+slices, ``num_experts`` (the surgery, :mod:`slimc.surgery.experts`). The check runs the
+masked original with those logits at −∞ (:mod:`slimc.rerouted`), so the slim model equals
+the model the masks describe, exactly. ``experts="keep"``: no expert goes (the masks read as
+plain zeros, logit 0).
 """
 from __future__ import annotations
 
@@ -18,7 +30,7 @@ from slimc.errors import PlanError
 from slimc.graph import DependencyGraph
 from slimc.shape_rules import EqualCount, ExpertRoute, Multiple, SlotKey
 
-EXPERT_MODES = ("keep", "drop")
+EXPERT_MODES = ("remove", "keep")
 
 
 def expert_routes(dg: DependencyGraph) -> list[ExpertRoute]:
@@ -37,41 +49,75 @@ def _holders(dg: DependencyGraph) -> dict[SlotKey, set[str]]:
     return held
 
 
-def lifted_barriers(dg: DependencyGraph, barrier: np.ndarray, routes: list[ExpertRoute]) -> np.ndarray:
-    """``barrier`` without the routes' softmax and top-k barriers on the expert dim, where no
-    other node holds that slot."""
-    held = _holders(dg)
-    out = barrier.copy()
+def whole_experts(dg: DependencyGraph, user_masked: np.ndarray, routes: list[ExpertRoute]) -> dict[str, np.ndarray]:
+    """Experts module → the experts the masks remove whole: every stacked slice *and* the
+    router's row (weight row, bias entry) masked."""
+    out = {}
     for r in routes:
+        if r.logits is None:
+            continue
+        whole = np.logical_and.reduce([user_masked[dg.ids(("p", s, 0))] for s in (*r.stacked, *r.router)])
+        if whole.any():
+            out[r.experts] = np.nonzero(whole)[0]
+    return out
+
+
+def lifted_barriers(dg: DependencyGraph, barrier: np.ndarray, routes: list[ExpertRoute],
+                    whole: dict[str, np.ndarray]) -> np.ndarray:
+    """``barrier`` without the routes' softmax and top-k barriers at the experts masked whole,
+    where no other node holds that slot."""
+    held = _holders(dg)
+    out = barrier
+    for r in routes:
+        gone = whole.get(r.experts)
+        if gone is None:
+            continue
         by_slot: dict[SlotKey, set[str]] = {}
         for node, slot in r.lift:
             by_slot.setdefault(slot, set()).add(node)
         for slot, nodes in by_slot.items():
             if slot in dg.offset and held.get(slot, set()) <= nodes:
-                out[dg.ids(slot)] = False
+                out = out.copy() if out is barrier else out
+                out[dg.ids(slot)[gone]] = False
     return out
 
 
 def dropped_experts(dg: DependencyGraph, group: np.ndarray, removed_g: np.ndarray,
-                    routes: list[ExpertRoute]) -> dict[str, np.ndarray]:
-    """Experts module → the experts whose groups go (their index in the stacked parameters)."""
+                    routes: list[ExpertRoute], whole: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Experts module → the experts masked whole whose groups go (their index in the stacked
+    parameters); an expert whose group something else holds stays."""
     out = {}
     for r in routes:
-        if r.logits is not None:
-            gone = np.nonzero(removed_g[group[dg.ids(("p", r.stacked[0], 0))]])[0]
-            if len(gone):
-                out[r.experts] = gone
+        cand = whole.get(r.experts)
+        if cand is None:
+            continue
+        gone = cand[removed_g[group[dg.ids(("p", r.stacked[0], 0))[cand]]]]
+        if len(gone):
+            out[r.experts] = gone
     return out
 
 
-def check_top_k(dg: DependencyGraph, routes: list[ExpertRoute], dropped: dict[str, np.ndarray]) -> None:
-    """Each router still finds its top-k among the experts left."""
+def check_dropped(dg: DependencyGraph, routes: list[ExpertRoute], dropped: dict[str, np.ndarray],
+                  removed: np.ndarray) -> None:
+    """The experts the plan set out to drop are those its final decision removes (no
+    constraint kept one back): the check's reference routes around exactly these."""
     for r in routes:
-        gone = dropped.get(r.experts)
+        if r.logits is None:
+            continue
+        gone = np.nonzero(removed[dg.ids(("p", r.stacked[0], 0))])[0]
+        if not np.array_equal(gone, dropped.get(r.experts, gone[:0])):
+            raise PlanError(f"internal: the plan removes experts {gone.tolist()} of '{r.experts}', it set out to "
+                            f"remove {dropped.get(r.experts, gone[:0]).tolist()}")
+
+
+def check_top_k(dg: DependencyGraph, routes: list[ExpertRoute], whole: dict[str, np.ndarray]) -> None:
+    """Each router still finds its top-k among the experts the masks leave."""
+    for r in routes:
+        gone = whole.get(r.experts)
         n = dg.size[("p", r.stacked[0], 0)] if r.stacked else 0
         if gone is not None and n - len(gone) < r.top_k:
-            raise PlanError(f"the masks drop {len(gone)} of the {n} experts of '{r.experts}', whose router picks "
-                            f"{r.top_k} per token (num_experts_per_tok): keep at least {r.top_k}, mask fewer experts")
+            raise PlanError(f"the masks remove {len(gone)} of the {n} experts of '{r.experts}' whole, but its router "
+                            f"picks {r.top_k} per token (num_experts_per_tok): leave at least {r.top_k}")
 
 
 def own_slots(routes: list[ExpertRoute], dropped: dict[str, np.ndarray]) -> set[SlotKey]:
@@ -94,37 +140,27 @@ def without(constraint, skip: set[SlotKey]):
     return constraint
 
 
-def whole_experts(dg: DependencyGraph, user_masked: np.ndarray, routes: list[ExpertRoute]) -> dict[str, list[int]]:
-    """Experts module → the experts the masks remove whole (the router's weight row masked, or
-    every stacked slice): what ``experts="drop"`` removes, and the default mode keeps."""
-    out = {}
-    for r in routes:
-        if r.logits is None:
-            continue
-        slices = np.logical_and.reduce([user_masked[dg.ids(("p", s, 0))] for s in r.stacked])
-        whole = slices | user_masked[dg.ids(("p", r.router[0], 0))]
-        if whole.any():
-            out[r.experts] = np.nonzero(whole)[0].tolist()
-    return out
-
-
 def expert_notes(dg: DependencyGraph, plan, experts: str) -> list[str]:
-    """What the report says of whole experts: in the default mode, those the masks remove whole
-    (kept: ``--approximate-experts`` would drop them); with ``experts="drop"``, the layers whose
-    experts cannot go, and why."""
+    """What the report says of whole experts: those removed (per layer), and those masked
+    whole that stay (``experts="keep"``, or something else holds them)."""
     routes = expert_routes(dg)
-    if experts == "keep" and plan.whole_experts:
-        whole = plan.whole_experts
-        n = sum(len(v) for v in whole.values())
-        listed = ", ".join(f"{k}: {v}" for k, v in list(whole.items())[:3]) + (" …" if len(whole) > 3 else "")
-        return [f"{n} expert(s) masked whole stay, zero ({listed}): the router still routes tokens to them; "
-                "--approximate-experts (experts='drop') removes them with their router rows (approximate: the "
-                "router then picks among the others)"]
-    if experts == "drop":
-        why = {r.why_not: r.experts for r in routes if r.why_not}
-        return [f"experts of '{path}' cannot be dropped: {reason}" for reason, path in why.items()]
-    return []
+    whole, dropped = plan.whole_experts, plan.dropped_experts
+    notes = []
+    if dropped:
+        total = {r.experts: dg.size[("p", r.stacked[0], 0)] for r in routes if r.stacked}
+        per = ", ".join(f"{k}: {len(v)} of {total[k]}" for k, v in list(dropped.items())[:4])
+        notes.append(f"{sum(len(v) for v in dropped.values())} expert(s) masked whole (all their weights and their "
+                     f"router rows) removed ({per}{' …' if len(dropped) > 4 else ''}): the masks say they do not "
+                     "exist, and the check routes around them (router logit −inf)")
+    stay = {k: sorted(set(v.tolist()) - set(dropped.get(k, np.zeros(0, int)).tolist())) for k, v in whole.items()}
+    stay = {k: v for k, v in stay.items() if v}
+    if stay:
+        listed = ", ".join(f"{k}: {v}" for k, v in list(stay.items())[:3]) + (" …" if len(stay) > 3 else "")
+        why = "experts='keep' (--keep-experts)" if experts == "keep" else "another op holds the expert dim"
+        notes.append(f"{sum(len(v) for v in stay.values())} expert(s) masked whole stay, zero, routed to with logit 0 "
+                     f"({listed}): {why}")
+    return notes
 
 
-__all__ = ["EXPERT_MODES", "check_top_k", "dropped_experts", "expert_notes", "expert_routes", "lifted_barriers",
+__all__ = ["EXPERT_MODES", "check_dropped", "check_top_k", "dropped_experts", "expert_notes", "expert_routes", "lifted_barriers",
            "own_slots", "whole_experts", "without"]

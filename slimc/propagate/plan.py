@@ -30,8 +30,8 @@ class RemovalPlan:
     notes: list[str] = field(default_factory=list)
     n_groups_removed: int = 0
     param_group: np.ndarray | None = None  # per group: does a param slice (source, sink, follower) belong to it
-    dropped_experts: dict[str, np.ndarray] = field(default_factory=dict)  # experts="drop": module → experts gone
-    whole_experts: dict[str, list[int]] = field(default_factory=dict)  # experts the masks remove whole
+    dropped_experts: dict[str, np.ndarray] = field(default_factory=dict)  # experts module → experts removed
+    whole_experts: dict[str, np.ndarray] = field(default_factory=dict)  # experts the masks remove whole
     _kept_t: dict = field(default_factory=dict, repr=False)
 
     def free_input_dims(self, inputs: tuple, dynamic: dict[int, list[int]] | None = None) -> dict[int, list[int]]:
@@ -350,19 +350,23 @@ def _kept_indices(dg: DependencyGraph, removed: np.ndarray) -> dict[SlotKey, np.
 
 
 def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty: bool = False,
-         experts: str = "keep") -> RemovalPlan:
+         experts: str = "remove") -> RemovalPlan:
     """The removal plan of ``masks`` on ``dg``: which channel groups go (``mode`` channel or
     exact), the kept indices of every slot, the final masks and why masked groups stay.
-    ``experts="drop"``: whole experts of MoE layers go too (approximate: :mod:`.experts`)."""
+    ``experts``: ``remove`` (default) — experts of MoE layers that the masks remove whole
+    (every weight and the router row) go, the router never picking them; ``keep`` — they
+    stay, zero (:mod:`.experts`)."""
     if mode not in ("channel", "exact"):
         raise PlanError(f"unknown mode '{mode}': use channel or exact")
     if experts not in moe.EXPERT_MODES:
-        raise PlanError(f"unknown experts mode '{experts}': use keep or drop")
+        raise PlanError(f"unknown experts mode '{experts}': use {' or '.join(moe.EXPERT_MODES)}")
     prop = Propagation(dg, masks)
     grp, ng = prop.group, prop.ng
     routes = moe.expert_routes(dg)
-    if experts == "drop" and routes:
-        prop.barrier = moe.lifted_barriers(dg, prop.barrier, routes)  # this plan's (the graph's stays)
+    whole = moe.whole_experts(dg, prop.user_masked, routes)
+    if experts == "remove" and whole:
+        moe.check_top_k(dg, routes, whole)
+        prop.barrier = moe.lifted_barriers(dg, prop.barrier, routes, whole)  # this plan's (the graph's stays)
     group_has_barrier = any_by_group(prop.barrier, grp, ng)
     slots, _, sizes = dg.slot_table()
     # values: node outputs, and the parameters, buffers and constants an op reads as data (a
@@ -373,18 +377,18 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
 
     removed_g = _removal_candidates(prop, mode, is_value, group_has_barrier)
     removed_g = _grow_by_liveness(prop, removed_g, is_value, group_has_barrier, has_param)
-    dropped = moe.dropped_experts(dg, grp, removed_g, routes) if experts == "drop" else {}
-    moe.check_top_k(dg, routes, dropped)
+    dropped = moe.dropped_experts(dg, grp, removed_g, routes, whole) if experts == "remove" else {}
     skip = moe.own_slots(routes, dropped)
     decision = _Decision(prop, removed_g)
     rectangles = _Rectangles(prop, decision, group_has_barrier)
     _close_under_constraints(dg, prop, decision, rectangles, mode, param_el, skip)
     rectangles.settle_derived()
     removed = _keep_one_in_empty_layers(dg, decision, allow_empty, skip)
+    moe.check_dropped(dg, routes, dropped, removed)
 
     result = RemovalPlan(dg, mode, removed, grp, _kept_indices(dg, removed), _final_masks(dg, prop, removed, masks),
                          n_groups_removed=int(decision.removed_g.sum()), param_group=has_param,
-                         dropped_experts=dropped, whole_experts=moe.whole_experts(dg, prop.user_masked, routes))
+                         dropped_experts=dropped, whole_experts=whole)
     result.kept_reasons = _kept_reasons(dg, prop, grp, decision.removed_g, decision.wanted_g, group_has_barrier,
                                         decision.forced, mode)
     return result

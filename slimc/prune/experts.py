@@ -1,6 +1,6 @@
-"""Whole experts of mixture-of-experts layers, chosen for ``slimc compile --approximate-experts``.
+"""Whole experts of mixture-of-experts layers as pruning units (opt-in; default none).
 
-``Pruner(..., experts=0.25)`` (``slimc prune --prune-experts 0.25``) masks a quarter of the
+``Pruner(..., experts=0.25)`` (``slimc prune --experts 0.25``) masks a quarter of the
 experts of every MoE layer — the same number in each, so the model's config (one
 ``num_local_experts``) still describes the slim model — with their router rows: index e of
 every stacked expert parameter and row e of the router's weight (and bias). Which experts go:
@@ -9,10 +9,8 @@ every stacked expert parameter and row e of the router's weight (and bias). Whic
 * ``frequency``: the experts the router picks least often on the calibration batches
   (``calibration_batches()`` in model.py, or ``data=``), ties broken by L1.
 
-Such masks are not exact to compile: a masked router row gives its expert a logit of 0, so
-the masked model still routes tokens to it. The default compile keeps those experts (zero,
-and says so); ``--approximate-experts`` removes them, the router then picking among the
-others, and reports the measured difference (:mod:`slimc.propagate.experts`).
+Such masks say that those experts do not exist (router logit −∞: :mod:`slimc.propagate.experts`),
+and ``slimc compile`` removes them exactly.
 """
 from __future__ import annotations
 
@@ -125,9 +123,8 @@ def expert_note(chosen: dict[str, np.ndarray], space) -> str:
     sizes = {space.dg.size[("p", r.stacked[0], 0)] for r in expert_routes(space.dg) if r.experts in chosen}
     per = sorted({len(v) for v in chosen.values()})
     return (f"{'/'.join(map(str, per))} of {'/'.join(map(str, sorted(sizes)))} experts masked whole in each of "
-            f"{len(chosen)} MoE layer(s), with their router rows: slimc compile --approximate-experts removes them "
-            "(approximate: the router then picks among the others; the difference is measured); without it they "
-            "stay, zero")
+            f"{len(chosen)} MoE layer(s), with their router rows: they do not exist (router logit −inf), and "
+            "slimc compile removes them")
 
 
 __all__ = ["EXPERT_CRITERIA", "check_args", "choose", "droppable", "expert_note", "l1_scores", "routing_counts",

@@ -61,8 +61,7 @@ class Pruner:
     reloads the slim model; False prunes every family freely (``slimc.load`` rebuilds it).
     ``experts``: also mask this fraction of every mixture-of-experts layer's experts whole,
     with their router rows, chosen by ``expert_criterion`` (``l1`` or ``frequency``: routed
-    least often on the calibration data); compiled with ``experts="drop"`` (approximate:
-    :mod:`slimc.prune.experts`).
+    least often on the calibration data; :mod:`slimc.prune.experts`); 0 (default): none.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, criterion: str | Criterion = "l1",
@@ -144,7 +143,7 @@ class Pruner:
         if self.expert_routes:
             chosen = self.choose_experts()
             masks = moe.with_expert_masks(masks, self.space, self.expert_routes, chosen)
-            p = plan(self.space.dg, MaskSet({k: v != 0 for k, v in masks.items()}), experts="drop")
+            p = plan(self.space.dg, MaskSet({k: v != 0 for k, v in masks.items()}))
             notes.append(moe.expert_note(chosen, self.space))
         return Pruned(masks, units, self._fractions(units), p, notes)
 

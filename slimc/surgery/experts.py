@@ -1,4 +1,4 @@
-"""Expert counts of the slim copy, where ``experts="drop"`` removed whole experts: every
+"""Expert counts of the slim copy, where the plan removed whole experts: every
 ``num_experts``-like attribute that holds a layer's old count, in the MoE block that lost
 them (its router, its experts module, the block), and elsewhere (the model's own
 ``num_experts``, read by its auxiliary loss) where every MoE layer agrees on the new count.
