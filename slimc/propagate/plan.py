@@ -84,7 +84,7 @@ class RemovalPlan:
                 continue
             rows = [self.kept_idx(s) if s in self.kept else np.arange(self.dg.size[s]) for s in slots]
             kept_parts = self._kept_parts(fqn, at, slots)
-            n = len(self.kept_idx(kept_parts[0]) if kept_parts[0] in self.kept else rows[0])
+            n = len(rows[slots.index(kept_parts[0])])
             gone = set(slots) - set(kept_parts)  # parts cut away along ``at`` (dropped experts): any n rows
             rows = [np.arange(n) if s in gone else r for s, r in zip(slots, rows)]
             if len({len(r) for r in rows}) > 1 or len(rows) != self.dg.size.get(("p", fqn, at), len(rows)):
