@@ -247,6 +247,17 @@ model = T.OlmoeForCausalLM(T.OlmoeConfig(vocab_size=128, hidden_size=64, interme
 example_inputs = {{"input_ids": torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))}}
 """
 
+QWEN2_MOE = """
+import torch, transformers as T
+torch.manual_seed(0)
+model = T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                                               moe_intermediate_size=64, shared_expert_intermediate_size=96,
+                                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                               num_experts={n}, num_experts_per_tok=2,
+                                               max_position_embeddings=64)).eval()
+example_inputs = {{"input_ids": torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))}}
+"""
+
 
 def _ids(b: int, n: int, seed: int) -> dict:
     return {"input_ids": torch.randint(0, 128, (b, n), generator=torch.Generator().manual_seed(seed))}
@@ -269,14 +280,15 @@ def _experts_of(run) -> dict:
 @pytest.mark.parametrize("family,n,gone", [
     ("mixtral", 4, {0: [1]}),
     ("mixtral", 6, {0: [0, 4], 1: [3]}),
-    pytest.param("olmoe", 4, {1: [2]}, marks=pytest.mark.slow),
-], ids=["mixtral-one-layer", "mixtral-two-layers-differ", "olmoe"])
+    ("olmoe", 4, {1: [2]}),
+    pytest.param("qwen2_moe", 6, {0: [5], 1: [1, 2]}, marks=pytest.mark.slow),
+], ids=["mixtral-one-layer", "mixtral-two-layers-differ", "olmoe", "qwen2_moe"])
 def test_decoder_end_to_end(tmp_path, family, n, gone):
     """The user's masks remove experts whole (one layer; or different counts in two layers):
     ``slimc compile`` → ``slimc.load`` in a fresh process is the user's class with fewer
     experts, exact against the test's reference (masks zeroed, routers hooked to −∞) at three
     shapes, the graph and slim.onnx too, greedy ``generate()`` equal."""
-    source = (MIXTRAL if family == "mixtral" else OLMOE).format(n=n)
+    source = {"mixtral": MIXTRAL, "olmoe": OLMOE, "qwen2_moe": QWEN2_MOE}[family].format(n=n)
     run = run_family(tmp_path, source, SHAPES, prompt=_ids(1, 5, 4)["input_ids"], masks=_layer_masks(gone, n),
                      reference=ROUTE_AROUND)
     run.assert_exact()
