@@ -84,7 +84,9 @@ def gate_up_rows(inter: int, gated: bool) -> list:
 def experts(op: OpView) -> Coupling | Unsupported:
     """Stacked MoE experts (transformers): each expert's FFN channel i — its gate row i, up row
     I + i, down column i — is a unit; every expert keeps as many; the hidden dim is read by
-    the up projection and made by the down projection; the top-k dim is fixed."""
+    the up projection and made by the down projection; the top-k dim is fixed. Expert e (its
+    stacked slices, the router's row e) is one group, held by the router's softmax and top-k:
+    it goes where the masks zero all of it and its router row (the expert does not exist)."""
     m = op.module
     lay = _layout(m)
     if isinstance(lay, str):
