@@ -141,7 +141,7 @@ def _join_experts(op: OpView, c: Coupling, idx: fx.Node, stacked: list[str], own
     sinks of it, joined to the router's row e and held by the softmax and top-k barriers."""
     route = router_route(op, idx)
     if isinstance(route, str):
-        return ExpertRoute(str(op.node.target), why_not=route)
+        return ExpertRoute(str(op.node.target), stacked=tuple(f"{op.node.target}.{n}" for n in stacked), why_not=route)
     logits, chain, lift, router, k = route
     for s in chain:
         c.links.append(tie(s, logits))

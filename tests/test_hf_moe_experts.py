@@ -228,6 +228,24 @@ def test_removing_the_wrong_expert_is_caught(monkeypatch):
         slimc.compile(block, _whole(4, [2]), (torch.randn(2, 5, 32),), cache=False)
 
 
+def test_a_router_it_cannot_follow_keeps_its_experts_and_says_why():
+    """PhiMoE routes by sparsemixer, not top-k of a softmax: an expert masked whole stays (4
+    experts), exact against the plain masked model, and the report says why."""
+    import transformers as T
+
+    import slimc
+
+    torch.manual_seed(0)
+    model = T.PhimoeForCausalLM(T.PhimoeConfig(vocab_size=128, hidden_size=64, num_hidden_layers=1,
+                                               num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                               num_local_experts=4, max_position_embeddings=64)).eval()
+    masks = {k.replace("gate.", "router."): v for k, v in _whole(4, [1], "model.layers.0.mlp.").items()}
+    ids = {"input_ids": torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))}
+    res = slimc.compile(model, masks, ids)
+    assert res.model.model.layers[0].mlp.experts.gate_up_proj.shape[0] == 4 and "experts" not in res.report
+    assert any("experts [1]" in n and "stay" in n and "topk" in n for n in res.report["notes"]), res.report["notes"]
+
+
 # -------------------------------------------------------------------- whole decoders, end to end
 MIXTRAL = """
 import torch, transformers as T

@@ -62,6 +62,19 @@ def whole_experts(dg: DependencyGraph, user_masked: np.ndarray, routes: list[Exp
     return out
 
 
+def unrouted_notes(masks, routes: list[ExpertRoute]) -> list[str]:
+    """Experts whose every stacked slice the masks (a MaskSet) zero, in a layer whose router
+    the rule could not follow: they stay, zero (and why)."""
+    notes = []
+    for r in routes:
+        if r.logits is None and r.stacked and all(s in masks for s in r.stacked):
+            whole = np.logical_and.reduce([masks.zero_slices(s, 0).numpy() for s in r.stacked])
+            if whole.any():
+                notes.append(f"experts {np.nonzero(whole)[0].tolist()} of '{r.experts}' are masked whole but stay, "
+                             f"zero: {r.why_not}")
+    return notes
+
+
 def lifted_barriers(dg: DependencyGraph, barrier: np.ndarray, routes: list[ExpertRoute],
                     whole: dict[str, np.ndarray]) -> np.ndarray:
     """``barrier`` without the routes' softmax and top-k barriers at the experts masked whole,
@@ -163,4 +176,4 @@ def expert_notes(dg: DependencyGraph, plan, experts: str) -> list[str]:
 
 
 __all__ = ["EXPERT_MODES", "check_dropped", "check_top_k", "dropped_experts", "expert_notes", "expert_routes", "lifted_barriers",
-           "own_slots", "whole_experts", "without"]
+           "own_slots", "unrouted_notes", "whole_experts", "without"]

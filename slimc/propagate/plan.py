@@ -388,7 +388,8 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
 
     result = RemovalPlan(dg, mode, removed, grp, _kept_indices(dg, removed), _final_masks(dg, prop, removed, masks),
                          n_groups_removed=int(decision.removed_g.sum()), param_group=has_param,
-                         dropped_experts=dropped, whole_experts=whole)
+                         dropped_experts=dropped, whole_experts=whole,
+                         notes=moe.unrouted_notes(masks, routes))
     result.kept_reasons = _kept_reasons(dg, prop, grp, decision.removed_g, decision.wanted_g, group_has_barrier,
                                         decision.forced, mode)
     return result
