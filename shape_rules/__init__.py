@@ -129,6 +129,26 @@ class Copies:
 
 
 @dataclass
+class ExpertRoute:
+    """A hint, not a constraint: the expert dim of one mixture-of-experts layer, for removing
+    whole experts (:mod:`slimc.propagate.experts`). Expert e is the router's logit e (slot ``logits``,
+    made by the rows e of ``router``: its weight and bias) and index e of the experts'
+    stacked parameters (``stacked``), joined through the top-k indices. ``lift``: the
+    barriers ``(node, slot)`` that the router's softmax and top-k put on the route (lifted at
+    the experts the masks remove whole, nowhere else); ``own``: per expert, the slots of its own FFN channels;
+    ``top_k``: experts per token. ``why_not``: why no route was found (the others are empty)."""
+
+    experts: str  # the experts module's path
+    logits: SlotKey | None = None
+    router: tuple[str, ...] = ()
+    stacked: tuple[str, ...] = ()
+    lift: tuple[tuple[str, SlotKey], ...] = ()
+    own: tuple[tuple[SlotKey, ...], ...] = ()
+    top_k: int = 0
+    why_not: str = ""
+
+
+@dataclass
 class Coupling:
     links: list[Link] = field(default_factory=list)
     barriers: list[tuple[SlotKey, str]] = field(default_factory=list)

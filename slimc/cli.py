@@ -67,7 +67,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
     model, inputs, masks = _load(a.model, a.masks)
     res = slimc.compile(model, masks, inputs, mode=a.mode, verify=not a.no_verify, front_end=a.front_end,
                         renorm=a.renorm, allow_empty=a.allow_empty, name=Path(a.model).stem, probe=not a.no_probe,
-                        vs_user_masks=not a.no_verify)
+                        vs_user_masks=not a.no_verify, experts="keep" if a.keep_experts else "remove")
     spec = str(Path(a.model).resolve()) if Path(a.model).is_file() else a.model
     res.report["source"] = {"model": spec, "masks": str(Path(a.masks).resolve()) if a.masks else None,
                             "weights": str(Path(a.weights).resolve()) if a.weights else None}
@@ -207,6 +207,9 @@ def cmd_prune(a: argparse.Namespace) -> int:
         raise unknown_criterion(a.criterion)  # before the model is loaded
     if automatic and not a.budget:
         raise ConfigError(f"criterion '{a.criterion}' is an automatic pruner: give it a budget, e.g. --budget flops=0.5")
+    if a.experts and (a.budget or a.criterion == "level"):
+        raise ConfigError("--experts works with a structured criterion and a ratio or config list, "
+                          f"not with {'--budget' if a.budget else 'the level (unstructured) criterion'}")
     model, inputs, ns = load_spec(a.model)
     common = dict(round_to=a.round_to, uniform=a.uniform, attention=a.attention, seed=a.seed,
                   front_end=a.front_end, max_batches=a.batches, user_data=UserData.from_namespace(ns, a.model),
@@ -218,8 +221,9 @@ def cmd_prune(a: argparse.Namespace) -> int:
         result, pruner = auto.run(), auto.pruner
         pruned = result.pruned
     else:
+        experts = dict(experts=a.experts, expert_criterion=a.expert_criterion) if a.experts else {}
         pruner = make_pruner(model, inputs, a.criterion, a.config, ratio=a.ratio, ranking=a.ranking,
-                             max_sparsity_per_layer=a.max_sparsity_per_layer, **common)
+                             max_sparsity_per_layer=a.max_sparsity_per_layer, **common, **experts)
         pruned = pruner.prune()
     save_masks(to_layout(pruned.masks, a.format), out)
     before = sum(p.numel() for p in model.parameters())
@@ -347,6 +351,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", default="channel", choices=["channel", "exact"], help="channel: remove whole masked groups (default); exact: only provably zero/unused slices")
     c.add_argument("--renorm", action="store_true", help="plain LayerNorm over the kept channels (approximate) instead of the exact form")
     c.add_argument("--allow-empty", action="store_true", help="keep one zero channel where the masks remove a whole layer")
+    c.add_argument("--keep-experts", action="store_true",
+                   help="mixture-of-experts: keep the experts the masks remove whole (every weight and the router "
+                        "row), zero, routed to with logit 0 (default: they do not exist, and go)")
     c.add_argument("--no-verify", action="store_true", help="skip the built-in equivalence check")
     c.add_argument("--no-probe", action="store_true", help="ops without a shape rule stay barriers (default: probed)")
     c.add_argument("--no-onnx", action="store_true", help="do not export slim.onnx")
@@ -421,6 +428,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="Hugging Face models: prune every layer freely, also to widths the model's config cannot "
                          "express (by default: only those it can, so from_pretrained reloads the slim model; "
                          "slimc.load rebuilds either)")
+    pr.add_argument("--experts", type=float, default=0.0, metavar="F",
+                    help="mixture-of-experts: also remove this fraction of every MoE layer's experts whole (all "
+                         "their weights and their router rows masked: slimc compile removes them exactly; the same "
+                         "number per layer; default 0: none)")
+    pr.add_argument("--expert-criterion", default="l1", choices=["l1", "frequency"],
+                    help="which experts go: lowest L1 norm (default) or least often routed to on "
+                         "calibration_batches()")
     pr.add_argument("--attention", default="heads", choices=["heads", "dims"],
                     help="attention unit: whole heads (default) or the same channels of every head")
     pr.add_argument("--format", default="flat", choices=["flat", "nni"],

@@ -20,6 +20,8 @@ from slimc.modes import collector_paused_in
 from slimc.passes import RewriteContext, run_pipeline
 from slimc.probe import Prober
 from slimc.propagate import RemovalPlan, plan as make_plan
+from slimc.propagate.experts import expert_notes
+from slimc.rerouted import experts_report, routed_away
 from slimc.flops import dg_flops
 from slimc.report import StageClock, count_params, layer_widths
 from slimc.trace import own_tensors, shapes_of, trace
@@ -144,7 +146,7 @@ def expected_params(p: RemovalPlan) -> int:
 def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, mode: str = "channel",
             verify: bool = True, front_end: str = "auto", renorm: bool = False, allow_empty: bool = False,
             name: str | None = None, user_model: bool = True, probe: bool = True,
-            vs_user_masks: bool = False, cache: bool = True) -> CompileResult:
+            vs_user_masks: bool = False, cache: bool = True, experts: str = "remove") -> CompileResult:
     """Compile ``model`` under ``masks`` into a physically smaller module.
 
     ``model`` is never modified: the slim module is a new object. ``masks`` may be NNI
@@ -157,13 +159,17 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     (``report["verify"]["vs_user_masked"]``: one more forward pass of the full model).
     ``cache``: reuse the analysis of this model object from an earlier compile where nothing
     it depends on changed (:mod:`slimc.analysis`; the report's ``analysis`` says which).
+    ``experts``: ``remove`` (default) — an expert of a mixture-of-experts layer whose every
+    weight *and* router row the masks zero does not exist (its router logit is −∞): it goes,
+    with its router row, and the check's reference routes around it (:mod:`slimc.rerouted`);
+    ``report["experts"]`` lists them. ``keep``: such experts stay, zero (logit 0).
     """
     clock = StageClock()
 
     def unprobed() -> CompileResult:
         res = compile(model, masks, example_inputs, mode=mode, verify=verify, front_end=front_end, renorm=renorm,
                       allow_empty=allow_empty, name=name, user_model=user_model, probe=False,
-                      vs_user_masks=vs_user_masks, cache=cache)
+                      vs_user_masks=vs_user_masks, cache=cache, experts=experts)
         res.report["notes"].append("the check failed with the probed ops treated as channel-wise: "
                                    "compiled again with them as barriers")
         return res
@@ -185,7 +191,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     an, reused = _analysis(model, inputs, front_end, on_meta, probe, cache, clock)
     traced, dg, flops_before, used_params = an.traced, an.dg, an.flops, an.used_params
 
-    p = make_plan(dg, user, mode=mode, allow_empty=allow_empty)
+    p = make_plan(dg, user, mode=mode, allow_empty=allow_empty, experts=experts)
     want_params = expected_params(p)
     clock.lap("propagate")
 
@@ -225,7 +231,8 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         "barriers": graph_mod.unsupported_table(dg),
         "probed": graph_mod.probed_table(dg),
         "unstructured_zeros": user.unstructured_zeros({f: list(dg.parts(f)) for f in user.masks if dg.parts(f)}),
-        "notes": [*traced.notes, *p.notes, *notes,
+        **({"experts": experts_report(dg, p)} if p.dropped_experts else {}),
+        "notes": [*traced.notes, *p.notes, *notes, *expert_notes(dg, p, experts),
                   *([f"{hooks} hook(s) of the model are not part of the slim graph (res.module); "
                      f"the user's class (res.model) keeps them"] if hooks else []),
                   *([f"{unused:,} params of modules forward() never uses are not in the slim model"] if unused else [])],
@@ -239,7 +246,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     free = p.free_input_dims(inputs, traced.dynamic_dims)
     if verify:
         try:
-            ref = Reference(model, p.final_masks, inputs, free, traced.dim_names)
+            ref = Reference(model, p.final_masks, inputs, free, traced.dim_names, around=routed_away(p))
             chk = ref.check(slim, _Masked(model, user.masks) if vs_user_masks else None)
         except SlimcError:
             raise

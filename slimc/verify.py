@@ -2,6 +2,7 @@
 the slim model holds exactly the parameters its kept indices imply."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -124,15 +125,19 @@ class Reference:
     the masked original and one of the slim model less."""
 
     def __init__(self, original: nn.Module, final_masks: dict, inputs: tuple, free: dict[int, list[int]],
-                 names: dict[int, dict[int, str]] | None = None):
+                 names: dict[int, dict[int, str]] | None = None, around=None):
         self.module = Masked(original, final_masks)
         self.names = names  # input → {dim: the name of its size}: see slimc.inputs.other_shapes
+        # ``around(masked)``: a context every masked original runs in, this one and the user's
+        # masked model of check() (slimc.rerouted: the experts the masks remove routed around)
+        self.around = around or (lambda masked: contextlib.nullcontext())
         applied = self.module.applied()
-        if applied is None:
-            self._run(self.module, inputs, free)
-            return
-        with applied:  # every forward of the original below runs with the masked params
-            self._run(original, inputs, free)
+        with self.around(self.module):
+            if applied is None:
+                self._run(self.module, inputs, free)
+                return
+            with applied:  # every forward of the original below runs with the masked params
+                self._run(original, inputs, free)
 
     def _run(self, masked: nn.Module, inputs: tuple, free: dict[int, list[int]]) -> None:
         self.sets: list[tuple] = []
@@ -179,7 +184,8 @@ class Reference:
             d, s = max_diff(ys, want)
             diff, scale = max(diff, d), max(scale, s)
             if user is not None and k == 0:
-                vs_user = max_diff(ys, run_eval(user, x))[0]
+                with self.around(user):
+                    vs_user = max_diff(ys, run_eval(user, x))[0]
         tol = TOLERANCE * max(scale, 1.0)
         return Check(diff, scale, tol, diff <= tol, vs_user, [shape_text(self.sets[k]) for k in picked], self.varied,
                      self.example)

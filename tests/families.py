@@ -7,7 +7,8 @@ user's masks *with its own code* (never ``slimc.verify``: the reference must not
 with what it checks; ``slimc prune`` writes complete masks, so the masked model is the slim
 model), loads the compile output with ``slimc.load`` and compares, at every given input shape:
 
-* the user's class (``slimc.load``) and the graph (``slim.pt``) against the masked original;
+* the user's class (``slimc.load``) and the graph (``slim.pt``) against the masked original
+  (or a reference the caller makes from it: ``reference=``);
 * ``slim.onnx`` in onnxruntime against the masked original (where the compile wrote it);
 * greedy ``generate()`` (KV cache on) of the reloaded model against the masked original (an
   encoder–decoder model takes the prompt as its encoder's input).
@@ -83,6 +84,10 @@ params = dict(ref.named_parameters(remove_duplicate=False))
 with torch.no_grad():
     for k, m in flat.items():
         params[k].mul_((torch.as_tensor(m) != 0).to(params[k].dtype))
+if opts.get("reference"):  # the model the slim model must equal, made by the caller's code from the masked one
+    rns = {}
+    exec(opts["reference"], rns)
+    ref = rns["reference"](ref).eval()
 
 def flat_out(y):
     if isinstance(y, torch.Tensor):
@@ -187,19 +192,28 @@ def _ok(proc: subprocess.CompletedProcess, what: str) -> None:
 def run_family(tmp_path: Path, source: str, shapes: list[Any], *, prompt: torch.Tensor | None = None,
                prune: tuple[str, ...] = ("--criterion", "l1", "--ratio", "0.3"),
                compile_args: tuple[str, ...] = (), onnx: bool = True, new_tokens: int = 6,
-               generate_kw: dict | None = None, timeout: int = 900) -> FamilyRun:
+               generate_kw: dict | None = None, timeout: int = 900, reference: str | None = None,
+               masks: dict | None = None) -> FamilyRun:
     """``source``: a model.py text defining ``model`` (or ``build_model()``) and ``example_inputs``,
     deterministic (seeded), so the fresh process rebuilds the same weights. ``shapes``: inputs
     to compare at (tuples or dicts of forward() keyword arguments; give three, one with
     another batch). ``prompt``: token ids for greedy ``generate()`` (None: not compared);
     ``generate_kw``: more arguments of both ``generate()`` calls (e.g. ``no_repeat_ngram_size=1``
-    where random weights would repeat one token: each step then follows the logits' order)."""
+    where random weights would repeat one token: each step then follows the logits' order).
+    ``reference``: Python source defining ``reference(masked)`` → the model the slim model must
+    equal, made from the masked original by the caller's own code (whole experts removed: the
+    masked original whose routers never pick them); default the masked original itself.
+    ``masks``: the user's masks (flat ``{param: 0/1 tensor}``) instead of ``slimc prune``'s."""
     d = Path(tmp_path)
     d.mkdir(parents=True, exist_ok=True)
     (d / "model.py").write_text(textwrap.dedent(source))
     torch.save((list(shapes), prompt), d / "shapes.pt")
-    p = _cli(["prune", "model.py", *prune, "-o", "masks.pth"], d, timeout)
-    _ok(p, "slimc prune")
+    if masks is None:
+        p = _cli(["prune", "model.py", *prune, "-o", "masks.pth"], d, timeout)
+        _ok(p, "slimc prune")
+    else:
+        torch.save(masks, d / "masks.pth")
+        p = subprocess.CompletedProcess([], 0, "", "")
     raw = torch.load(d / "masks.pth", weights_only=True)
     masked = sum(int((torch.as_tensor(t) == 0).sum()) for v in raw.values()
                  for t in (v.values() if isinstance(v, dict) else [v]))
@@ -207,7 +221,8 @@ def run_family(tmp_path: Path, source: str, shapes: list[Any], *, prompt: torch.
               *([] if onnx else ["--no-onnx"])], d, timeout)
     _ok(c, "slimc compile")
     report = json.loads((d / "out" / "report.json").read_text())
-    opts = {"onnx": onnx, "generate": prompt is not None, "new_tokens": new_tokens, "generate_kw": generate_kw or {}}
+    opts = {"onnx": onnx, "generate": prompt is not None, "new_tokens": new_tokens, "generate_kw": generate_kw or {},
+            "reference": reference}
     f = subprocess.run([sys.executable, "-c", FRESH, str(d), json.dumps(opts)], capture_output=True, text=True,
                        timeout=timeout)
     line = next((ln for ln in f.stdout.splitlines() if ln.startswith("FAMILY-RESULT ")), None)

@@ -12,6 +12,7 @@ from slimc.compact import FinalMasks, KeepSpec, is_part
 from slimc.errors import PlanError
 from slimc.graph import DependencyGraph
 from slimc.masks import MaskSet
+from slimc.propagate import experts as moe
 from slimc.propagate.groups import any_by_group, count_by_group
 from slimc.propagate.interpreter import Propagation
 from slimc.shape_rules import Blocks, EqualCount, KeepMore, Multiple, NeedsZero, SlotKey
@@ -29,6 +30,8 @@ class RemovalPlan:
     notes: list[str] = field(default_factory=list)
     n_groups_removed: int = 0
     param_group: np.ndarray | None = None  # per group: does a param slice (source, sink, follower) belong to it
+    dropped_experts: dict[str, np.ndarray] = field(default_factory=dict)  # experts module → experts removed
+    whole_experts: dict[str, np.ndarray] = field(default_factory=dict)  # experts the masks remove whole
     _kept_t: dict = field(default_factory=dict, repr=False)
 
     def free_input_dims(self, inputs: tuple, dynamic: dict[int, list[int]] | None = None) -> dict[int, list[int]]:
@@ -66,7 +69,8 @@ class RemovalPlan:
         rows) has the size each part keeps."""
         k = self.kept.get(slot)
         if k is None and slot[0] == "p" and not is_part(slot[2]):
-            part = next((slots[0] for (d, _), slots in self.dg.parts(slot[1]).items() if d == slot[2]), None)
+            part = next((self._kept_parts(slot[1], at, slots)[0] for (d, at), slots in self.dg.parts(slot[1]).items()
+                         if d == slot[2]), None)
             if part is not None:
                 return self.new_size(part)
         return self.dg.size[slot] if k is None else len(k)
@@ -79,11 +83,21 @@ class RemovalPlan:
             if not any(s in self.kept for s in slots):
                 continue
             rows = [self.kept_idx(s) if s in self.kept else np.arange(self.dg.size[s]) for s in slots]
+            kept_parts = self._kept_parts(fqn, at, slots)
+            n = len(rows[slots.index(kept_parts[0])])
+            gone = set(slots) - set(kept_parts)  # parts cut away along ``at`` (dropped experts): any n rows
+            rows = [np.arange(n) if s in gone else r for s, r in zip(slots, rows)]
             if len({len(r) for r in rows}) > 1 or len(rows) != self.dg.size.get(("p", fqn, at), len(rows)):
                 raise PlanError(f"internal: the parts of '{fqn}' along dim {at} keep {[len(r) for r in rows]} "
                                 f"of dim {d}: one tensor holds as many for each")
             out[(d, at)] = torch.from_numpy(np.stack(rows).astype(np.int64))
         return out
+
+    def _kept_parts(self, fqn: str, at: int, slots: list) -> list:
+        """The parts of ``fqn`` along ``at`` that the slim parameter keeps (all, unless that dim
+        loses indices: dropped experts)."""
+        k = self.kept_idx(("p", fqn, at))
+        return slots if k is None else [slots[i] for i in k.tolist()]
 
 
 def _constraints(dg: DependencyGraph):
@@ -266,11 +280,12 @@ def _keep_more(dg: DependencyGraph, decision: _Decision, c: KeepMore) -> bool:
 
 
 def _close_under_constraints(dg: DependencyGraph, prop: Propagation, decision: _Decision, rectangles: _Rectangles,
-                             mode: str, param_el: np.ndarray) -> None:
+                             mode: str, param_el: np.ndarray, skip: set) -> None:
     """Keep groups until every constraint holds: GroupNorm blocks whole, equal counts,
-    keep-more, multiples, rectangles of reshapes, a channel removed at a LayerNorm's input is zero there."""
+    keep-more, multiples, rectangles of reshapes, a channel removed at a LayerNorm's input is
+    zero there. ``skip``: slots no constraint counts (the channels of dropped experts)."""
     grp, keep = decision.grp, decision.keep
-    cons = list(_constraints(dg))
+    cons = [moe.without(c, skip) for c in _constraints(dg)]
     needs = [c for c in cons if isinstance(c, NeedsZero) and c.slot in dg.offset]
     for _ in range(100):
         changed = False
@@ -303,9 +318,10 @@ def _close_under_constraints(dg: DependencyGraph, prop: Propagation, decision: _
             break
 
 
-def _keep_one_in_empty_layers(dg: DependencyGraph, decision: _Decision, allow_empty: bool) -> np.ndarray:
-    """A value dim that would lose every channel: refused, or (``allow_empty``) one zero
-    channel kept. Returns the removed flag per element."""
+def _keep_one_in_empty_layers(dg: DependencyGraph, decision: _Decision, allow_empty: bool,
+                              skip: set) -> np.ndarray:
+    """A value dim that would lose every channel (but those of ``skip``, dropped experts'):
+    refused, or (``allow_empty``) one zero channel kept. Returns the removed flag per element."""
     grp = decision.grp
     slots, _, sizes = dg.slot_table()
     removed = decision.removed_g[grp]
@@ -313,7 +329,7 @@ def _keep_one_in_empty_layers(dg: DependencyGraph, decision: _Decision, allow_em
     for i in np.nonzero((n_removed == sizes) & (sizes > 1))[0].tolist():
         s = slots[i]
         ids = dg.ids(s)
-        if s[0] == "v" and removed[ids].all():  # (one kept channel may have filled an earlier one)
+        if s[0] == "v" and s not in skip and removed[ids].all():  # (one kept channel may have filled an earlier one)
             name = _slot_name(dg, s)
             if not allow_empty:
                 raise PlanError(
@@ -333,13 +349,24 @@ def _kept_indices(dg: DependencyGraph, removed: np.ndarray) -> dict[SlotKey, np.
             for i in np.nonzero(dg.per_slot_count(removed))[0].tolist()}
 
 
-def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty: bool = False) -> RemovalPlan:
+def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty: bool = False,
+         experts: str = "remove") -> RemovalPlan:
     """The removal plan of ``masks`` on ``dg``: which channel groups go (``mode`` channel or
-    exact), the kept indices of every slot, the final masks and why masked groups stay."""
+    exact), the kept indices of every slot, the final masks and why masked groups stay.
+    ``experts``: ``remove`` (default) — experts of MoE layers that the masks remove whole
+    (every weight and the router row) go, the router never picking them; ``keep`` — they
+    stay, zero (:mod:`.experts`)."""
     if mode not in ("channel", "exact"):
         raise PlanError(f"unknown mode '{mode}': use channel or exact")
+    if experts not in moe.EXPERT_MODES:
+        raise PlanError(f"unknown experts mode '{experts}': use {' or '.join(moe.EXPERT_MODES)}")
     prop = Propagation(dg, masks)
     grp, ng = prop.group, prop.ng
+    routes = moe.expert_routes(dg)
+    whole = moe.whole_experts(dg, prop.user_masked, routes)
+    if experts == "remove" and whole:
+        moe.check_top_k(dg, routes, whole)
+        prop.barrier = moe.lifted_barriers(dg, prop.barrier, routes, whole)  # this plan's (the graph's stays)
     group_has_barrier = any_by_group(prop.barrier, grp, ng)
     slots, _, sizes = dg.slot_table()
     # values: node outputs, and the parameters, buffers and constants an op reads as data (a
@@ -350,14 +377,19 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
 
     removed_g = _removal_candidates(prop, mode, is_value, group_has_barrier)
     removed_g = _grow_by_liveness(prop, removed_g, is_value, group_has_barrier, has_param)
+    dropped = moe.dropped_experts(dg, grp, removed_g, routes, whole) if experts == "remove" else {}
+    skip = moe.own_slots(routes, dropped)
     decision = _Decision(prop, removed_g)
     rectangles = _Rectangles(prop, decision, group_has_barrier)
-    _close_under_constraints(dg, prop, decision, rectangles, mode, param_el)
+    _close_under_constraints(dg, prop, decision, rectangles, mode, param_el, skip)
     rectangles.settle_derived()
-    removed = _keep_one_in_empty_layers(dg, decision, allow_empty)
+    removed = _keep_one_in_empty_layers(dg, decision, allow_empty, skip)
+    moe.check_dropped(dg, routes, dropped, removed)
 
     result = RemovalPlan(dg, mode, removed, grp, _kept_indices(dg, removed), _final_masks(dg, prop, removed, masks),
-                         n_groups_removed=int(decision.removed_g.sum()), param_group=has_param)
+                         n_groups_removed=int(decision.removed_g.sum()), param_group=has_param,
+                         dropped_experts=dropped, whole_experts=whole,
+                         notes=moe.unrouted_notes(masks, routes))
     result.kept_reasons = _kept_reasons(dg, prop, grp, decision.removed_g, decision.wanted_g, group_has_barrier,
                                         decision.forced, mode)
     return result

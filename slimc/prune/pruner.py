@@ -24,10 +24,13 @@ from slimc.inputs import bind
 from slimc.prune.config import ConfigList, Target
 from slimc.prune.criteria import Criterion, ScoreContext, get as get_criterion
 from slimc.prune.data import UserData
+from slimc.masks import MaskSet
+from slimc.prune import experts as moe
 from slimc.prune.emit import complete_masks
 from slimc.prune.expressible import ConfigCheck, measure
 from slimc.prune.select import Selection, select_units
 from slimc.prune.space import PruneSpace
+from slimc.propagate import plan
 from slimc.surgery.hf import is_hf
 
 
@@ -56,6 +59,9 @@ class Pruner:
     data-driven criteria. ``expressible`` (Hugging Face models): only widths the model's
     config can express, measured (:mod:`slimc.prune.expressible`), so ``from_pretrained``
     reloads the slim model; False prunes every family freely (``slimc.load`` rebuilds it).
+    ``experts``: also mask this fraction of every mixture-of-experts layer's experts whole,
+    with their router rows, chosen by ``expert_criterion`` (``l1`` or ``frequency``: routed
+    least often on the calibration data; :mod:`slimc.prune.experts`); 0 (default): none.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, criterion: str | Criterion = "l1",
@@ -63,9 +69,12 @@ class Pruner:
                  max_sparsity_per_layer: float | None = None, round_to: int = 1, uniform: bool = False,
                  attention: str = "heads", min_channels: int = 1, seed: int = 0, front_end: str = "auto",
                  data: Any = None, loss_fn: Callable | None = None, max_batches: int | None = None,
-                 user_data: UserData | None = None, expressible: bool = True):
+                 user_data: UserData | None = None, expressible: bool = True, experts: float = 0.0,
+                 expert_criterion: str = "l1"):
         if round_to < 1:
             raise ConfigError("round_to must be >= 1")
+        if experts:
+            moe.check_args(experts, expert_criterion)
         self.criterion = get_criterion(criterion)
         self.model = model
         self.seed = seed
@@ -78,7 +87,13 @@ class Pruner:
             self.calibration = self.user_data.calibration(
                 len(bind(model, example_inputs)), f"criterion '{self.criterion.name}'",
                 needs_loss=self.criterion.needs_loss, max_batches=max_batches)
+        self.experts = (experts, expert_criterion)
+        self.expert_data = None
+        if experts and expert_criterion == "frequency":  # fail before tracing, not after
+            self.expert_data = self.calibration or self.user_data.calibration(
+                len(bind(model, example_inputs)), "expert criterion 'frequency'", max_batches=max_batches)
         self.space = PruneSpace(model, example_inputs, attention=attention, front_end=front_end)
+        self.expert_routes = moe.droppable(self.space, experts) if experts else []
         self.targets: dict[int, Target] = self.config.targets(self.space, max_sparsity_per_layer)
         self.fit = None  # ConfigFit: the widths an HF model's config can express
         self._config_check = ConfigCheck(self.space) if is_hf(model) else None
@@ -124,7 +139,21 @@ class Pruner:
         units = select_units(self.space, s, targets, self.selection, self.criterion.comparable, before)
         em = complete_masks(self.space, self.space.groups_of(units))
         notes = [*(self.fit.notes if self.fit else []), *self.space.notes, *em.notes]
-        return Pruned(em.masks, units, self._fractions(units), em.plan, notes)
+        masks, p = em.masks, em.plan
+        if self.expert_routes:
+            chosen = self.choose_experts()
+            masks = moe.with_expert_masks(masks, self.space, self.expert_routes, chosen)
+            p = plan(self.space.dg, MaskSet({k: v != 0 for k, v in masks.items()}))
+            notes.append(moe.expert_note(chosen, self.space))
+        return Pruned(masks, units, self._fractions(units), p, notes)
+
+    def choose_experts(self) -> dict[str, np.ndarray]:
+        """Per MoE layer, the experts to mask whole (:mod:`slimc.prune.experts`)."""
+        fraction, criterion = self.experts
+        l1 = moe.l1_scores(self.space, self.expert_routes, self.model)
+        scores = l1 if criterion == "l1" else \
+            moe.routing_counts(self.space, self.expert_routes, self.model, self.expert_data)
+        return moe.choose(self.expert_routes, scores, l1, fraction)
 
     def expressible(self, pruned: Pruned) -> tuple[bool | None, str]:
         """Can the model's config (Hugging Face) express the widths of ``pruned``? (True, "")

@@ -5,7 +5,7 @@ tensors are the slim ones (:mod:`.weights`) and whose derived tensors are made a
 them (:mod:`.derived`), its leaf modules resized as the same classes (:mod:`.leaves`), its
 size attributes set where its code reads them (:mod:`.sizes`), normalizations over pruned
 channels kept exact (:mod:`.norms`), ``nn.MultiheadAttention`` sized by its kept heads
-(:mod:`.mha`), an HF config that follows (:mod:`.hf`), and the layout that rebuilds it in a
+(:mod:`.mha`), expert counts where whole experts went (:mod:`.experts`), an HF config that follows (:mod:`.hf`), and the layout that rebuilds it in a
 fresh process (:mod:`.layout`).
 Where the user's code holds a size that slimming changes as a literal, there is no slim
 model of the user's class: ``model`` is None and ``reason`` names the line.
@@ -20,6 +20,7 @@ from torch import fx, nn
 from slimc.passes.context import TracedShapes
 from slimc.surgery import hf, layout as layout_mod
 from slimc.surgery.derived import follow_derived, refresh_derived
+from slimc.surgery.experts import sync_expert_counts
 from slimc.surgery.leaves import resize_leaves
 from slimc.surgery.mha import fix_multihead_attention
 from slimc.surgery.norms import fix_norms
@@ -98,6 +99,7 @@ def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm
     sync_attention(slim, splits, fixes)
     sync_heads(slim, plan, fixes)
     sync_widths(slim, original, fixes)
+    sync_expert_counts(slim, plan, fixes)
     mha_patched, mha_notes, mha_blockers = fix_multihead_attention(slim, original, plan)
     hf_info = None
     if hf.is_hf(original):

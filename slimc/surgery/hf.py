@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimc.surgery.experts import COUNTS as EXPERT_FIELDS  # expert counts (whole experts dropped)
 from slimc.surgery.layout import simple_value as _simple
 from slimc.surgery.sizes import FFN, HEAD_DIM, HEADS, HIDDEN, KV_HEADS, input_embedding_width
 from slimc.errors import describe, one_line
@@ -89,6 +90,7 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list], g
     all_splits = [s for sp in splits.values() for s in sp]
     dims = _dim_news(original, slim)
     ffn = _attr_news(original, slim, FFN_ATTRS)
+    experts = _attr_news(original, slim, EXPERT_FIELDS)
     hidden = input_embedding_width(original, slim)
     eps_new: dict[float, set[float]] = {}
     for (p0, m0), m1 in zip(original.named_modules(), slim.modules()):
@@ -115,6 +117,8 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list], g
             in_scope = _dim_news(original, slim, scope) if scope else dims
             news = (ffn.get(width) or in_scope.get(width, set())) if width else set()
             new = _one(news) if news and width not in news else _one(news - {width}) if guess else None
+        elif key in EXPERT_FIELDS and isinstance(old, int):
+            new = _one(experts.get(old, ()))
         elif key in EPS_FIELDS and isinstance(old, float):
             news = eps_new.get(old, set()) - {old}
             new = _one(news) if len(eps_new.get(old, ())) == 1 else None
