@@ -246,7 +246,8 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     free = p.free_input_dims(inputs, traced.dynamic_dims)
     if verify:
         try:
-            ref = Reference(model, p.final_masks, inputs, free, traced.dim_names, around=routed_away(p))
+            ref = Reference(model, p.final_masks, inputs, free, traced.dim_names, around=routed_away(p),
+                            graph=traced.gm if cache else None)  # (without cache the rewrite changed it)
             chk = ref.check(slim, _Masked(model, user.masks) if vs_user_masks else None)
         except SlimcError:
             raise

@@ -125,9 +125,12 @@ class Reference:
     the masked original and one of the slim model less."""
 
     def __init__(self, original: nn.Module, final_masks: dict, inputs: tuple, free: dict[int, list[int]],
-                 names: dict[int, dict[int, str]] | None = None, around=None):
+                 names: dict[int, dict[int, str]] | None = None, around=None, graph: nn.Module | None = None):
         self.module = Masked(original, final_masks)
         self.names = names  # input → {dim: the name of its size}: see slimc.inputs.other_shapes
+        # the traced graph: a second shape it refuses is refused (torch.export specializes
+        # relations of sizes it could not keep symbolic: HF Swin's height and width tied)
+        self.graph = graph
         # ``around(masked)``: a context every masked original runs in, this one and the user's
         # masked model of check() (slimc.rerouted: the experts the masks remove routed around)
         self.around = around or (lambda masked: contextlib.nullcontext())
@@ -149,11 +152,12 @@ class Reference:
         self.varied = ""
         self.varied_dims: dict[int, list[int]] = {}  # the dims the second shape changed
         batch = {i: [d for d in dims if d == 0] for i, dims in free.items()}
-        tries = [(free, 4), (free, 2), (batch, 2)]
+        # names apart first (an encoder's and a decoder's lengths), then sizes alike stay alike
+        tries = [(free, 4, self.names), (free, 4, None), (free, 2, self.names), (free, 2, None), (batch, 2, None)]
         seen: list = []
-        for dims, keep in tries:
+        for dims, keep, names in tries:
             dims = {i: ds for i, ds in dims.items() if ds}
-            shapes = other_shapes(inputs, dims, keep, self.names)
+            shapes = other_shapes(inputs, dims, keep, names)
             if shapes in seen:
                 continue
             seen.append(shapes)
@@ -164,6 +168,13 @@ class Reference:
                 why = f"{describe(e)}"[:160]
                 self.varied += f"{_dims_text(dims)} refused by the original ({why}); "
                 continue
+            if self.graph is not None:
+                try:
+                    run_eval(self.graph, x)
+                except Exception as e:
+                    why = f"{describe(e)}"[:160]
+                    self.varied += f"{_dims_text(dims)} at {shape_text(x)} refused by the traced graph ({why}); "
+                    continue
             self.sets.append(x)
             self.outputs.append(y)
             self.varied += f"varied {_dims_text(dims)}" if shapes else "no dim may vary"
