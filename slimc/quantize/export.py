@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimc.errors import DataError
+from slimc.errors import ConfigError, DataError
 from slimc.inputs import random_like
 from slimc.prune.data import UserData
 from slimc.quantize import check as chk
@@ -25,12 +25,37 @@ from slimc.quantize.nodes import node_plan
 from slimc.quantize.result import QuantResult
 
 
-def user_batches(user: UserData | None, n_inputs: int, what: str, limit: int | None) -> list[tuple] | None:
-    """Up to ``limit`` input tuples of the user's calibration data (None: there is none)."""
+def user_batches(user: UserData | None, inputs: tuple, what: str, limit: int | None,
+                 dynamic_dims: dict | None = None) -> list[tuple] | None:
+    """Up to ``limit`` input tuples of the user's calibration data (None: there is none), each
+    checked against the example inputs (:func:`check_batch`)."""
     if user is None or user.data is None:
         return None
-    cal = user.calibration(n_inputs, what, max_batches=limit)
-    return [b.inputs for b in cal.batches(what)]
+    cal = user.calibration(len(inputs), what, max_batches=limit)
+    out = [b.inputs for b in cal.batches(what)]
+    for k, b in enumerate(out):
+        check_batch(b, inputs, k, user.where, dynamic_dims)
+    return out
+
+
+def check_batch(batch: tuple, inputs: tuple, k: int, where: str, dynamic_dims: dict | None = None) -> None:
+    """A batch takes the example's place: as many inputs, the same dtypes, the same sizes except
+    the batch (and the dims the graph leaves dynamic). A wrong one is one line naming it."""
+    if len(batch) != len(inputs):
+        raise DataError(f"{where}: batch {k} gives {len(batch)} input(s) but the model takes {len(inputs)}")
+    for j, (x, ex) in enumerate(zip(batch, inputs)):
+        if not isinstance(ex, torch.Tensor):
+            continue
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"{where}: batch {k}, input {j} is a {type(x).__name__}, not a tensor")
+        if x.dtype != ex.dtype:
+            raise DataError(f"{where}: batch {k}, input {j} is {x.dtype} but the model takes {ex.dtype}: "
+                            "yield tensors like example_inputs")
+        free = {0, *((dynamic_dims or {}).get(j) or ())}
+        if x.dim() != ex.dim() or any(a != b for d, (a, b) in enumerate(zip(x.shape, ex.shape)) if d not in free):
+            want = "(" + ", ".join("N" if d == 0 else "*" if d in free else str(s) for d, s in enumerate(ex.shape)) + ")"
+            raise DataError(f"{where}: batch {k}, input {j} has shape {tuple(x.shape)} but the model takes {want}: "
+                            "yield batches shaped like example_inputs")
 
 
 def random_batches(inputs: tuple, n: int = 2) -> list[tuple]:
@@ -89,7 +114,7 @@ def export_qat(q: Any, *, data: Any = None, evaluate: Any = None, check_batches:
     clock: dict[str, float] = {}
     t = time.perf_counter()
     user = (user or UserData()).with_api(data=data)
-    batches = user_batches(user, len(q.inputs), f"checking the {q.method.label} export", check_batches)
+    batches = user_batches(user, q.inputs, f"checking the {q.method.label} export", check_batches)
     notes = list(q.notes)
     if q.unobserved():
         q.calibrate(batches or random_batches(q.inputs))
@@ -121,7 +146,7 @@ def export_qat(q: Any, *, data: Any = None, evaluate: Any = None, check_batches:
         contract = chk.check_against(reference, int8, checked)
         vs_float = chk.against_float(float_model, int8, checked, by_module=True)
         clock["check"] = time.perf_counter() - t - clock["prepare"] - clock["export"]
-        report = _section(q.method, bits=q.bits, source="slim graph" if plan is not None else "model",
+        report = _section(q.method, bits=q.bits, graph="slim graph" if plan is not None else "model",
                           activation_type="int8" if q.signed else "uint8", steps_trained=saved_step,
                           check=contract, vs_float=vs_float, size=sizes(float_model, int8),
                           nodes=node_plan(float_model, int8, otherwise="not a layer the config list quantizes"),
@@ -158,7 +183,7 @@ def export_ptq(module: nn.Module, inputs: tuple, method: Any, *, user: UserData,
     nodes, excluded = select_nodes(float_model, module, config, per_channel)
     calibration = None
     if method.name == "static":
-        batches = user_batches(user, len(inputs), "static quantization (calibration)", max_batches)
+        batches = user_batches(user, inputs, "static quantization (calibration)", max_batches, dynamic_dims)
         if batches is None:
             raise DataError("static quantization needs calibration data: define `calibration_batches()` in model.py "
                             "(yielding input tuples or (inputs, target) pairs), or pass data= to the API; "
@@ -177,19 +202,24 @@ def export_ptq(module: nn.Module, inputs: tuple, method: Any, *, user: UserData,
                                                                   "Gelu", "Relu", "Sigmoid")}
     else:
         int8 = ptq.dynamic(float_model, per_channel=per_channel, weight=types["weight"], nodes=nodes, exclude=excluded)
-        checked = user_batches(user, len(inputs), "checking the dynamic quantization", check_batches) \
+        checked = user_batches(user, inputs, "checking the dynamic quantization", check_batches, dynamic_dims) \
             or random_batches(inputs)
         ptq.to_feeds(float_model, checked, user.where)
         reasons = {op: "dynamic quantization makes only MatMul/Gemm int8" for op in ("Conv", "Add", "Mul", "Softmax",
                                                                                       "LayerNormalization")}
     clock["quantize"] = time.perf_counter() - t - clock["export"]
+    nodes_plan = node_plan(float_model, int8, float_reasons=reasons, excluded=set(excluded))
+    if not nodes_plan["int8"] and not nodes_plan["int8_weights_float_compute"]:
+        raise ConfigError(f"{type(module).__name__} has no layer {method.label} quantizes (it makes Conv, MatMul and "
+                          "Gemm int8" + (" — dynamic: MatMul and Gemm only" if method.name == "dynamic" else "")
+                          + "): nothing to quantize")
     vs_float = chk.against_float(float_model, int8, checked)
     clock["check"] = time.perf_counter() - t - clock["export"] - clock["quantize"]
-    report = _section(method, bits=8, source="slim graph" if stem == "slim" else "model", per_channel=per_channel,
+    report = _section(method, bits=8, graph="slim graph" if stem == "slim" else "model", per_channel=per_channel,
                       activation_type=types["activation"] if method.name == "static" else "uint8 (at run time)",
                       weight_type=types["weight"], calibration=calibration, check=vs_float,
                       size=sizes(float_model, int8), runtime_ops=chk.runtime_ops(int8),
-                      nodes=node_plan(float_model, int8, float_reasons=reasons, excluded=set(excluded)),
+                      nodes=nodes_plan,
                       float_export=float_info, notes=[])
     if evaluate is not None or user.evaluate is not None:
         report["accuracy"] = accuracy(evaluate or user.evaluate, module, int8, user.higher_is_better)
@@ -203,7 +233,6 @@ def select_nodes(float_model: Any, module: nn.Module, config: Any, per_channel: 
     node of the file comes from."""
     if config is None:
         return [], []
-    from slimc.errors import ConfigError
     from slimc.quantize.check import module_of
 
     layers = config.resolve(module)

@@ -14,17 +14,7 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-#: /proc/cpuinfo flags that matter for int8 (flag → what it is)
-INT8_FLAGS = {
-    "avx2": "AVX2 (vpmaddubsw: u8×s8, 16-bit sums)",
-    "avx_vnni": "AVX-VNNI (vpdpbusd on 256 bit)",
-    "avx512_vnni": "AVX512-VNNI (vpdpbusd: u8×s8 → s32)",
-    "avx512_bf16": "AVX512-BF16",
-    "amx_int8": "AMX-INT8 (tdpbusd tiles)",
-    "amx_bf16": "AMX-BF16",
-    "asimddp": "ARM dot product (sdot/udot)",
-    "i8mm": "ARM int8 matrix multiply",
-}
+from slimc.bench.machine import cpu_flags, int8_isa  # noqa: F401 - this module's public names too
 
 #: (machine family, an instruction set it has or None) → the fastest types, first match wins
 TYPE_RULES: tuple[tuple[str, str | None, dict[str, str], str], ...] = (
@@ -33,24 +23,6 @@ TYPE_RULES: tuple[tuple[str, str | None, dict[str, str], str], ...] = (
      "(ResNet-50, batch 8, 2 threads, AVX512-VNNI/AMX)"),
     ("arm", None, {"activation": "int8", "weight": "int8"}, "ARM sdot multiplies signed bytes"),
 )
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                key, _, val = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(val.split())
-    except OSError:
-        pass
-    return set()
-
-
-def int8_isa() -> dict[str, bool]:
-    """Which int8 instruction sets this CPU has (from /proc/cpuinfo; empty where unknown)."""
-    flags = cpu_flags()
-    return {f: f in flags for f in INT8_FLAGS} if flags else {}
 
 
 def family() -> str:

@@ -84,6 +84,7 @@ def quantize_biases(model: Any) -> int:
     dq_of = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
     added = []
     done = 0
+    taken = {i.name for i in g.initializer}
     for n in g.node:
         if n.op_type not in ("Conv", "Gemm") or len(n.input) < 3 or not n.input[2] or n.input[2] not in consts:
             continue
@@ -100,6 +101,9 @@ def quantize_biases(model: Any) -> int:
         scale = np.broadcast_to(scale, bias.shape).copy() if scale.size == 1 else scale
         q = np.clip(np.rint(bias / np.maximum(scale, 1e-30)), -2**31, 2**31 - 1).astype(np.int32)
         base = n.input[2] + "_quantized"
+        while base in taken:  # one float bias read by two nodes: each gets its own scale
+            base += "_"
+        taken.add(base)
         g.initializer.extend([numpy_helper.from_array(q, base), numpy_helper.from_array(scale, base + "_scale"),
                               numpy_helper.from_array(np.zeros_like(q), base + "_zero_point")])
         out = base + "_dequantized"

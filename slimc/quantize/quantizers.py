@@ -57,11 +57,11 @@ class WeightQuantizer(nn.Module):
             raise ValueError(f"weight quantizer kind {kind!r}: one of {WEIGHT_KINDS}")
         self.kind, self.bits, self.scheme, self.start_step = kind, bits, scheme, start_step
         self._clock = clock
-        self._bn: nn.Module | None = None  # not a submodule: it is the model's own BatchNorm
+        self.__dict__["_bn"] = None  # the model's own BatchNorm when folded (not a submodule of this)
         self.register_buffer("mask", None if mask is None else mask.detach().to(torch.bool), persistent=False)
 
     def fold(self, bn: nn.Module) -> None:
-        self._bn = bn
+        self.__dict__["_bn"] = bn  # a plain reference: not registered as a submodule
 
     @property
     def folded(self) -> bool:
@@ -79,7 +79,10 @@ class WeightQuantizer(nn.Module):
         q = self.quantize(wf) if self.active else wf
         if self.mask is not None:
             q = q * self.mask  # DoReFa maps 0 off the grid's zero: a pruned weight stays pruned
-        return q / s if s is not None else q
+        if s is None:
+            return q
+        # a channel whose BatchNorm γ is 0 (pruned) folds to 0: its weight stays 0, not 0/0
+        return q / torch.where(s == 0, torch.ones_like(s), s)
 
     def quantize(self, wf: torch.Tensor) -> torch.Tensor:
         if self.kind == "dorefa":
