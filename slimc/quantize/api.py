@@ -83,15 +83,17 @@ def _name(method: str, module: nn.Module) -> str:
 def _in_torch(module: nn.Module, inputs: tuple, meth: Any, bits: int, config: Any, per_channel: bool,
               user: UserData, steps: int, masks: Any, check_batches: int) -> QuantResult:
     from slimc.copying import safe_copy
-    from slimc.quantize.export import export_qat
+    from slimc.quantize.export import export_qat, user_batches
     from slimc.quantize.qat import QAT
 
-    if meth.trains and steps and user.finetune is None:
-        raise DataError(f"{meth.label} trains: define `finetune(model, steps)` in model.py (a short training loop "
-                        "on the model it is given), or pass finetune= to the API; or --steps 0 to export it untrained")
+    batches = user_batches(user, inputs, f"checking the {meth.label} export", check_batches)  # before training
+
     work = safe_copy(module)
     work.train(module.training)
     q = QAT(work, inputs, config, meth.name, bits, masks=masks, per_channel=per_channel)
+    if meth.trains and steps and user.finetune is None:
+        raise DataError(f"{meth.label} trains: define `finetune(model, steps)` in model.py (a short training loop "
+                        "on the model it is given), or pass finetune= to the API; or --steps 0 to export it untrained")
     if meth.trains and steps:
         from slimc.prune.data import failed
 
@@ -102,6 +104,6 @@ def _in_torch(module: nn.Module, inputs: tuple, meth: Any, bits: int, config: An
         q.model.eval()
     elif not meth.trains or not steps:
         q.model.eval()
-    res = export_qat(q, user=user, check_batches=check_batches, float_module=module)
+    res = export_qat(q, user=user, check_batches=check_batches, float_module=module, batches=batches)
     res.report["steps"] = steps
     return res

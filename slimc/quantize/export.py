@@ -108,13 +108,15 @@ def _section(method: Any, **kw: Any) -> dict:
 
 
 def export_qat(q: Any, *, data: Any = None, evaluate: Any = None, check_batches: int = 4, front_end: str = "fx",
-               user: UserData | None = None, float_module: nn.Module | None = None) -> QuantResult:
+               user: UserData | None = None, float_module: nn.Module | None = None,
+               batches: list[tuple] | None = None) -> QuantResult:
     from slimc.quantize.deploy import deploy_module, describe_points, export_deploy
 
     clock: dict[str, float] = {}
     t = time.perf_counter()
     user = (user or UserData()).with_api(data=data)
-    batches = user_batches(user, q.inputs, f"checking the {q.method.label} export", check_batches)
+    if batches is None:
+        batches = user_batches(user, q.inputs, f"checking the {q.method.label} export", check_batches)
     notes = list(q.notes)
     if q.unobserved():
         q.calibrate(batches or random_batches(q.inputs))
@@ -178,16 +180,19 @@ def export_ptq(module: nn.Module, inputs: tuple, method: Any, *, user: UserData,
     clock: dict[str, float] = {}
     t = time.perf_counter()
     types = default_types()
-    float_model, float_info = float_file(module, inputs, dynamic_dims)
-    clock["export"] = time.perf_counter() - t
-    nodes, excluded = select_nodes(float_model, module, config, per_channel)
-    calibration = None
-    if method.name == "static":
+    if method.name == "static":  # the data first: a wrong batch is reported before any export
         batches = user_batches(user, inputs, "static quantization (calibration)", max_batches, dynamic_dims)
         if batches is None:
             raise DataError("static quantization needs calibration data: define `calibration_batches()` in model.py "
                             "(yielding input tuples or (inputs, target) pairs), or pass data= to the API; "
                             "or use --method dynamic / weight, which need none")
+    else:
+        batches = user_batches(user, inputs, "checking the dynamic quantization", check_batches, dynamic_dims)
+    float_model, float_info = float_file(module, inputs, dynamic_dims)
+    clock["export"] = time.perf_counter() - t
+    nodes, excluded = select_nodes(float_model, module, config, per_channel)
+    calibration = None
+    if method.name == "static":
         feeds = ptq.to_feeds(float_model, batches, user.where)
         op_types, why = ptq.op_types_for(float_model, all_ops)
         int8 = ptq.static(float_model, feeds, per_channel=per_channel, calibrate=calibrate,
@@ -202,8 +207,7 @@ def export_ptq(module: nn.Module, inputs: tuple, method: Any, *, user: UserData,
                                                                   "Gelu", "Relu", "Sigmoid")}
     else:
         int8 = ptq.dynamic(float_model, per_channel=per_channel, weight=types["weight"], nodes=nodes, exclude=excluded)
-        checked = user_batches(user, inputs, "checking the dynamic quantization", check_batches, dynamic_dims) \
-            or random_batches(inputs)
+        checked = batches or random_batches(inputs)
         ptq.to_feeds(float_model, checked, user.where)
         reasons = {op: "dynamic quantization makes only MatMul/Gemm int8" for op in ("Conv", "Add", "Mul", "Softmax",
                                                                                       "LayerNormalization")}

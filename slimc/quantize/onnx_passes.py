@@ -48,6 +48,20 @@ def quantize_array(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int) 
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
+def _weight_name(q_node: Any, taken: set[str]) -> str:
+    """``<module>.weight_quantized`` for the QuantizeLinear of a module's weight (the module from the
+    exporter's record of where the node ran), unique in the graph."""
+    from slimc.quantize.check import module_of
+
+    mod = module_of(q_node) or q_node.input[0]
+    base = mod.split(".parametrizations", 1)[0] + ".weight_quantized"
+    name = base
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
 def fold_weight_quantize(model: Any) -> int:
     """QuantizeLinear(constant) → an integer initializer; returns how many were folded."""
     from onnx import numpy_helper
@@ -56,13 +70,14 @@ def fold_weight_quantize(model: Any) -> int:
     consts = _consts(g)
     folded = 0
     keep = []
+    taken = {i.name for i in g.initializer}
     for n in g.node:
         if n.op_type == "QuantizeLinear" and n.input[0] in consts and all(i in consts for i in n.input[1:3]):
             x, scale = consts[n.input[0]], consts[n.input[1]]
             zp = consts[n.input[2]] if len(n.input) > 2 and n.input[2] else np.zeros((), np.uint8)
             axis = int(_attr(n, "axis", 1))
             q = quantize_array(x, scale, zp, axis if axis >= 0 else axis + x.ndim)
-            name = n.input[0].replace(".parametrizations.weight.original", ".weight") + "_quantized"
+            name = _weight_name(n, taken)
             g.initializer.append(numpy_helper.from_array(q, name))
             for m in g.node:
                 for k, i in enumerate(m.input):
