@@ -39,46 +39,39 @@ def default_types() -> dict[str, str]:
     return {"activation": "uint8", "weight": "int8", "why": "onnxruntime's default for CPUs"}
 
 
-def measure_types(float_path: str, batches: list[dict], feed: dict, *, threads: int = 2,
-                  repeats: int = 10) -> list[dict[str, Any]]:
-    """Quantize ``float_path`` statically with each (activation, weight) type pair and time it
-    beside the float model on ``feed``: rows of median ms and the ratio to float. The defaults
-    above come from running this (benchmarks/quantize_latency.py --types)."""
+def measure_types(float_path: str, calibration: list[dict], inputs: tuple, *, threads: int = 2,
+                  repeats: int = 20, warmup: int = 3) -> list[dict[str, Any]]:
+    """Quantize ``float_path`` statically (QDQ, per channel) with each (activation, weight) type
+    pair, and time each file beside the float one on ``inputs`` (onnxruntime, ``threads``): rows of
+    median / min ms, the ratio to float, and how much of the CPUs other processes used meanwhile
+    (a measurement taken while they did is not the CPU's). The defaults above come from running
+    this: ``python benchmarks/quantize_latency.py --types``."""
     import os
     import tempfile
-    import time
 
-    import numpy as np
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    from slimc.bench.contention import ContentionMeter
+    from slimc.bench.ort_timer import time_ort
     from slimc.onnx.quiet import Quiet
     from slimc.quantize.ptq import Reader
 
-    def timed(path: str) -> float:
-        import onnxruntime as ort
+    def timed(label: str, path: str) -> dict[str, Any]:
+        with ContentionMeter() as cm:
+            t = time_ort(path, inputs, threads=threads, repeats=repeats, warmup=warmup)
+        return {"types": label, "median_ms": t.median_ms, "min_ms": t.min_ms, "p90_ms": t.p90_ms,
+                "repeats": t.repeats, "threads": threads, "other_cpu_busy": cm.other_busy}
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.log_severity_level = 3
-        s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        for _ in range(3):
-            s.run(None, feed)
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            s.run(None, feed)
-            ts.append(time.perf_counter() - t0)
-        return float(np.median(ts)) * 1e3
-
-    rows = [{"types": "float", "ms": timed(float_path)}]
+    rows = [timed("float", float_path)]
     with tempfile.TemporaryDirectory(prefix=".slimc-types-") as d:
         for act, wt in (("uint8", "int8"), ("int8", "int8")):
             out = os.path.join(d, f"{act}_{wt}.onnx")
             with Quiet():
-                quantize_static(float_path, out, Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
+                quantize_static(float_path, out, Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
                                 weight_type=QuantType.QInt8)
-            rows.append({"types": f"{act}/{wt}", "ms": timed(out)})
+            rows.append(timed(f"{act}/{wt}", out))
     for r in rows:
-        r["ratio_to_float"] = r["ms"] / rows[0]["ms"]
+        r["ratio_to_float"] = r["median_ms"] / rows[0]["median_ms"]
+        r["min_ratio_to_float"] = r["min_ms"] / rows[0]["min_ms"]
     return rows
