@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from slimc.cli import main
+from test_cli import _err  # one line on stderr, no traceback
 
 MODEL_SRC = '''
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -50,13 +51,6 @@ def model_py(tmp_path: Path) -> Path:
     p = tmp_path / "model.py"
     p.write_text(MODEL_SRC)
     return p
-
-
-def _err(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def test_quantize_static_writes_the_file_and_the_report(model_py, tmp_path, capsys):

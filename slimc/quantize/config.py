@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 from torch import nn
 
 from slimc.errors import ConfigError
-from slimc.prune.config import ConfigEntry, _names, _type_names, load_config_file
+from slimc.prune.config import ConfigEntry, _names, _type_names, check_entry, raw_entries
 
 TYPES = ("weight", "input", "output")
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.Embedding)
 LAYER_TYPES = ("Conv1d", "Conv2d", "Conv3d", "Linear")
 SELECTORS = ("op_types", "op_names", "op_names_re", "op_partial_names", "exclude_op_names", "exclude_op_types")
 KEYS = ("quant_types", "quant_bits", "quant_scheme", "quant_dtype", "quant_start_step", "exclude", *SELECTORS)
+EXAMPLE = "{quant_types: [weight, input], quant_bits: 8, op_types: [Conv2d]}"
 SCHEMES = ("per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric")
 
 
@@ -80,14 +80,7 @@ class QuantEntry:
 
     @classmethod
     def parse(cls, raw: Any, i: int, default_bits: int) -> "QuantEntry":
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config entry {i} is a {type(raw).__name__}: each entry is a mapping like "
-                              "{quant_types: [weight, input], quant_bits: 8, op_types: [Conv2d]}")
-        unknown = [k for k in raw if k not in KEYS]
-        if unknown:
-            hint = difflib.get_close_matches(str(unknown[0]), KEYS, n=1)
-            raise ConfigError(f"config entry {i}: unknown key '{unknown[0]}'"
-                              + (f" (did you mean '{hint[0]}'?)" if hint else "") + f": use {', '.join(KEYS)}")
+        check_entry(raw, i, KEYS, EXAMPLE)
         sel = ConfigEntry(index=i, exclude=bool(raw.get("exclude", False)),
                           **{k: _names(raw[k], k, i) for k in SELECTORS if k in raw})
         if sel.exclude:
@@ -133,14 +126,8 @@ class QuantConfig:
         """From a list of mappings, a JSON/YAML string, or the path of a .json/.yaml file."""
         if isinstance(raw, QuantConfig):
             return raw
-        if isinstance(raw, (str, Path)):
-            raw = load_config_file(raw)
-        if isinstance(raw, dict) and "config_list" in raw:
-            raw = raw["config_list"]
-        if not isinstance(raw, (list, tuple)) or not raw:
-            raise ConfigError("a quantization config list is a non-empty list of entries like "
-                              "{quant_types: [weight, input], quant_bits: 8, op_types: [Conv2d]}")
-        return cls(QuantEntry.parse(e, i, default_bits) for i, e in enumerate(raw))
+        entries = raw_entries(raw, EXAMPLE, "a quantization config list")
+        return cls(QuantEntry.parse(e, i, default_bits) for i, e in enumerate(entries))
 
     @classmethod
     def default(cls, types: tuple[str, ...], bits: int, op_types: tuple[str, ...] = LAYER_TYPES,
