@@ -107,7 +107,7 @@ def _section(method: Any, **kw: Any) -> dict:
 # --------------------------------------------------------------------------- torch quantizers
 
 
-def export_qat(q: Any, *, data: Any = None, evaluate: Any = None, check_batches: int = 4, front_end: str = "fx",
+def export_qat(q: Any, *, data: Any = None, evaluate: Any = None, check_batches: int = 4, front_end: str = "auto",
                user: UserData | None = None, float_module: nn.Module | None = None,
                batches: list[tuple] | None = None) -> QuantResult:
     from slimc.quantize.deploy import deploy_module, describe_points, export_deploy

@@ -222,7 +222,7 @@ class QAT:
         return ref
 
     def export(self, out: Any = None, *, data: Any = None, evaluate: Any = None, check_batches: int = 4,
-               front_end: str = "fx") -> "Any":
+               front_end: str = "auto") -> "Any":
         """The int8 ONNX with the trained grids (not recalibrated), checked against ``q.model``;
         with ``masks`` given at construction, compiled first (one slim int8 file). Returns a
         :class:`~slimc.quantize.result.QuantResult`; ``out``: also save it there."""
