@@ -19,7 +19,9 @@ the ratios of medians are indicative only: rerun when it is quiet.
     python benchmarks/quantize_latency.py                  # every model, batch 1 and 8
     python benchmarks/quantize_latency.py --models resnet50,mobilenetv2 --batch 8 --repeats 10
 
-Writes benchmarks/results/quantize_latency.{json,md} (or quantize_types.{json,md} with --types).
+Writes benchmarks/results/<stem>.{json,md} (--stem, default quantize_latency; the committed runs:
+quantize_latency for the CNNs, quantize_latency_transformers for BERT / GPT-2), or
+quantize_types.{json,md} with --types.
 """
 from __future__ import annotations
 
@@ -215,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (default 10)")
     ap.add_argument("--types", action="store_true", help="only measure u8s8 vs s8s8 (ResNet-50, batch 8)")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--stem", default="quantize_latency", help="output files <out>/<stem>.json/.md")
     a = ap.parse_args(argv)
     command = "python benchmarks/quantize_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = machine_info()
@@ -248,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     blob = {"command": command, "machine": machine, "threads": a.threads, "repeats": a.repeats,
             "results": results, "ratios": {r["model"]: ratios(r) for r in results},
             "wall_s": time.perf_counter() - t0, "loadavg_1m_end": round(os.getloadavg()[0], 2)}
-    (out / "quantize_latency.json").write_text(json.dumps(blob, indent=1) + "\n")
+    (out / f"{a.stem}.json").write_text(json.dumps(blob, indent=1) + "\n")
     md = markdown(results, machine, command)
-    (out / "quantize_latency.md").write_text(md)
+    (out / f"{a.stem}.md").write_text(md)
     print(md)
     return 0
 

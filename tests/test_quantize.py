@@ -104,10 +104,13 @@ def test_trained_quantizers_export_what_they_compute(name, bits, tmp_path):
     assert top1 >= 0.995 and steps <= 4, (top1, steps)
     assert res.report["check"]["ok"]
     weights = int_weights(int8)
-    assert {"stem.0.weight_quantized", "conv1.weight_quantized", "fc.weight_quantized"} <= set(weights)
-    if name == "bnn":  # sign weights, and sign activations as Sign ops
-        assert set(np.unique(weights["fc.weight_quantized"])) <= {-1, 0, 1}
+    if name == "bnn":  # sign weights, sign activations as Sign ops; the first and last layers stay float
+        assert {"conv1.weight_quantized", "conv2.weight_quantized"} <= set(weights)
+        assert not {"stem.0.weight_quantized", "fc.weight_quantized"} & set(weights)
+        assert set(np.unique(weights["conv1.weight_quantized"])) <= {-1, 0, 1}
         assert "Sign" in {n.op_type for n in int8.graph.node}
+    else:
+        assert {"stem.0.weight_quantized", "conv1.weight_quantized", "fc.weight_quantized"} <= set(weights)
     if name == "dorefa":  # (2k − n) for n = 15: odd integers in [−15, 15]
         w = weights["fc.weight_quantized"]
         assert w.min() >= -15 and w.max() <= 15 and np.all(w % 2 == 1)

@@ -105,9 +105,13 @@ def test_dorefa_and_bnn_weights():
     t = t / (2 * t.abs().max()) + 0.5
     assert torch.allclose(m.fc.weight.detach(), 2 * torch.round(t * 7) / 7 - 1, atol=1e-6)
     m, x = net()
-    w = m.fc.weight.detach().clone()
-    QAT(m, x, method="bnn")
-    assert torch.equal(m.fc.weight.detach(), torch.sign(w))
+    w, first, last = m.features[3].weight.detach().clone(), m.features[0].weight.detach().clone(), \
+        m.fc.weight.detach().clone()
+    q = QAT(m, x, method="bnn")
+    assert torch.equal(m.features[3].weight.detach(), torch.sign(w))
+    # BNN's default keeps the first and last weighted layers float
+    assert torch.equal(m.features[0].weight.detach(), first) and torch.equal(m.fc.weight.detach(), last)
+    assert "keep float weights" in q.notes[0]
 
 
 def test_masks_stay_zero_through_training_and_dorefa():

@@ -37,6 +37,7 @@ QUANTIZERS: dict[str, tuple[str | None, dict, str]] = {
     "bnn": ("bnn", {"bits": 1}, "BNN"),
 }
 TARGETS = ("dense", "slim=0.5")
+BNN_STEPS = 4  # BNN trains this many times the QAT family's steps, at the dense training's rate
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,19 @@ def network(s: Settings, p: QPoint) -> tuple[torch.nn.Module, dict]:
     return res.module, {**info, "params": res.report["params"], "flops": res.report["flops"]}
 
 
-def _latency(path: Path, x: torch.Tensor, threads: int) -> float:
+#: how a weights-only int8 file runs at float speed: onnxruntime dequantizes its weights once, at load
+WEIGHTS_ONLY_SESSION = {"session.disable_quant_qdq": "1"}
+
+
+def _latency(path: Path, x: torch.Tensor, threads: int, session_config: dict | None = None) -> float:
     from slimc.bench.ort_timer import time_ort
 
-    return time_ort(str(path), (x,), threads=threads, repeats=20, warmup=3).min_ms
+    return time_ort(str(path), (x,), threads=threads, repeats=20, warmup=3, session_config=session_config).min_ms
+
+
+def rep_int8_compute(report: dict) -> bool:
+    """Does the file compute in int8 (not only store int8 weights)?"""
+    return bool(report["nodes"]["int8"])
 
 
 def run_quant_point(p: QPoint, s: Settings, qat_steps: int | None = None) -> dict:
@@ -115,8 +125,14 @@ def run_quant_point(p: QPoint, s: Settings, qat_steps: int | None = None) -> dic
     method, kw, _ = QUANTIZERS[p.quantizer]
     run = method or "weight"  # the float point: the float file the Naive run writes beside its int8 file
     steps = qat_steps if qat_steps is not None else s.finetune_steps
+    finetune = t.finetune
+    if method == "bnn":  # binarized weights and activations need longer training at the full rate
+        steps *= BNN_STEPS
+
+        def finetune(m: torch.nn.Module, n: int) -> None:
+            t.fit(m, n, lr=s.lr, seed=p.seed + 2000)
     work = copy.deepcopy(module)
-    q = quantize(work, (x,), run, data=cal, steps=steps, finetune=t.finetune, **kw)
+    q = quantize(work, (x,), run, data=cal, steps=steps, finetune=finetune, **kw)
     with tempfile.TemporaryDirectory(prefix="slimc-cq-") as d:
         q.save(d)
         fpath, qpath = Path(d) / f"{q.stem}.onnx", Path(d) / f"{q.stem}.int8.onnx"
@@ -124,6 +140,8 @@ def run_quant_point(p: QPoint, s: Settings, qat_steps: int | None = None) -> dic
         int8_acc = accuracy(q.module, t.data.test) if method else float_acc
         f_ms = _latency(fpath, lat_x, 1)
         q_ms = _latency(qpath, lat_x, 1) if method else f_ms
+        weights_only = bool(method) and not rep_int8_compute(q.report)
+        q_ms_load = _latency(qpath, lat_x, 1, WEIGHTS_ONLY_SESSION) if weights_only else None
         f_bytes, q_bytes = fpath.stat().st_size, (qpath.stat().st_size if method else fpath.stat().st_size)
     rep = q.report
     record = {
@@ -135,7 +153,10 @@ def run_quant_point(p: QPoint, s: Settings, qat_steps: int | None = None) -> dic
         "flops": {"original": info["flops"]["before"], "slim": info["flops"]["after"]},
         "size_bytes": {"float": f_bytes, "int8": q_bytes, "ratio": q_bytes / f_bytes},
         "latency_ms": {"float": f_ms, "int8": q_ms, "ratio": q_ms / f_ms, "batch": s.latency_batch,
-                       "device": "cpu", "threads": 1},
+                       "device": "cpu", "threads": 1,
+                       # weights only: with the weights dequantized once at load (WEIGHTS_ONLY_SESSION)
+                       "int8_dequantized_at_load": q_ms_load,
+                       "ratio_dequantized_at_load": None if q_ms_load is None else q_ms_load / f_ms},
         "check": None if not method else {"against": rep["check"]["against"],
                                           "outputs": rep["check"]["outputs"]},
         "steps": steps if method in ("qat", "dorefa", "bnn") else 0,

@@ -157,6 +157,10 @@ def export_qat(q: Any, *, data: Any = None, evaluate: Any = None, check_batches:
                           calibration={"data": "calibration batches" if batches else "random inputs",
                                        "batches": len(checked)},
                           notes=notes)
+        if not report["nodes"]["int8"]:
+            report["notes"].append("weights only (int8 storage, float compute): a size and accuracy mode, not a "
+                                   "latency mode — onnxruntime dequantizes the weights at every run unless the session "
+                                   "sets session.disable_quant_qdq=1 (then once, at load: float speed)")
         if evaluate is not None or user.evaluate is not None:
             report["accuracy"] = accuracy(evaluate or user.evaluate, float_module or reference, int8,
                                           user.higher_is_better)

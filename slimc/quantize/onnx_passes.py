@@ -6,7 +6,7 @@
   DequantizeLinear → int32 at scale ``s_input · s_weight`` behind its own DequantizeLinear
   (onnxruntime fuses DQ → Conv → Q into QLinearConv only then; the change is at most half a
   step of the accumulator, far below one output step);
-* :func:`prune_unused` — initializers and Constant nodes nothing reads any more.
+* :func:`prune_unused` — nodes and initializers nothing reads any more.
 """
 from __future__ import annotations
 
@@ -71,6 +71,11 @@ def fold_weight_quantize(model: Any) -> int:
     folded = 0
     keep = []
     taken = {i.name for i in g.initializer}
+    clipped = {n.output[0]: n for n in g.node if n.op_type == "Clip" and all(i in consts for i in n.input if i)}
+    for c in clipped.values():  # a sub-8-bit grid's clamp of a constant weight: computed here
+        lo = consts[c.input[1]] if len(c.input) > 1 and c.input[1] else None
+        hi = consts[c.input[2]] if len(c.input) > 2 and c.input[2] else None
+        consts[c.output[0]] = np.clip(consts[c.input[0]], lo, hi)
     for n in g.node:
         if n.op_type == "QuantizeLinear" and n.input[0] in consts and all(i in consts for i in n.input[1:3]):
             x, scale = consts[n.input[0]], consts[n.input[1]]
@@ -135,7 +140,7 @@ def prune_unused(model: Any) -> None:
     g = model.graph
     while True:
         used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-        dead = [n for n in g.node if n.op_type == "Constant" and n.output[0] not in used]
+        dead = [n for n in g.node if not any(o in used for o in n.output)]
         inits = [i for i in g.initializer if i.name not in used]
         if not dead and not inits:
             return

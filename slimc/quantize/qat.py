@@ -12,6 +12,7 @@ int8 file computes what the fake-quant model computes (:mod:`slimc.quantize.chec
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Iterable
 
 import torch
@@ -64,6 +65,9 @@ class QAT:
             default_config(self.method.name, self.bits)
         scheme = Scheme(per_channel=per_channel, symmetric=True)
         self.layers = self.config.resolve(model, scheme)
+        self.notes: list[str] = []
+        if config_list is None and self.method.name == "bnn":
+            self._keep_ends_float()
         if not any(lq.has("weight") for lq in self.layers.values()):
             raise ConfigError(f"{type(model).__name__} has no layer {self.method.label} quantizes: it quantizes the "
                               "weights of Conv1d/2d/3d, Linear (and Embedding) modules; check the config list")
@@ -77,8 +81,22 @@ class QAT:
         self.bn_after = conv_bn_pairs(model, self.inputs)  # conv → the BatchNorm the int8 file folds into it
         self.pairs = self.bn_after if self.method.fold_bn else {}  # … and QAT folds while it trains
         self.attached = Attached()
-        self.notes: list[str] = []
         self._attach()
+
+    def _keep_ends_float(self) -> None:
+        """BNN's default: the first and the last weighted layer keep float weights (Courbariaux et al.,
+        and NNI's BNN example: binarizing the input layer and the classifier costs most accuracy)."""
+        weighted = [n for n, lq in self.layers.items() if lq.has("weight")]
+        if len(weighted) < 3:
+            return
+        for n in (weighted[0], weighted[-1]):
+            bits = {k: b for k, b in self.layers[n].bits.items() if k != "weight"}
+            if bits:
+                self.layers[n] = replace(self.layers[n], bits=bits)
+            else:
+                del self.layers[n]
+        self.notes.append(f"BNN: '{weighted[0]}' and '{weighted[-1]}' (the first and last weighted layers) keep "
+                          "float weights; a config list binarizes them too")
 
     # ------------------------------------------------------------------ attaching
 
