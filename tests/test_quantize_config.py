@@ -147,3 +147,26 @@ def test_moving_average_ranges_and_start_step():
     grid = aq.grid()
     assert torch.allclose(aq(x8, False), torch.fake_quantize_per_tensor_affine(
         x8, float(grid.scale), int(grid.zero_point), grid.qmin, grid.qmax))
+
+
+def test_host_types_are_rules_of_the_cpu():
+    """u8×s8 everywhere on x86; 7-bit weights where no VNNI accumulates without saturating; s8s8 on ARM."""
+    from slimc.quantize.host import default_types
+
+    vnni = default_types({"avx2", "avx512_vnni"}, "x86")
+    assert (vnni["activation"], vnni["weight"], vnni["reduce_range"]) == ("uint8", "int8", False)
+    assert default_types({"avx2"}, "x86")["reduce_range"] is True
+    assert default_types({"asimddp"}, "arm")["activation"] == "int8"
+
+
+def test_qat_keeps_weights_to_7_bit_without_vnni(monkeypatch):
+    import slimc.quantize.host as host
+
+    monkeypatch.setattr(host, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(host, "family", lambda: "x86")
+    m, x = net()
+    w = m.fc.weight.detach().clone()
+    q = QAT(m, x, method="qat")
+    scale = w.abs().amax(dim=1, keepdim=True) / 63
+    assert torch.allclose(m.fc.weight.detach(), torch.clamp(torch.round(w / scale), -63, 63) * scale, atol=1e-6)
+    assert any("7 bit" in n for n in q.notes)

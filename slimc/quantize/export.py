@@ -201,7 +201,7 @@ def export_ptq(module: nn.Module, inputs: tuple, method: Any, *, user: UserData,
         op_types, why = ptq.op_types_for(float_model, all_ops)
         int8 = ptq.static(float_model, feeds, per_channel=per_channel, calibrate=calibrate,
                           activation=types["activation"], weight=types["weight"], op_types=op_types, nodes=nodes,
-                          exclude=excluded)
+                          exclude=excluded, reduce_range=types["reduce_range"])
         calibration = {"method": calibrate, "batches": len(batches),
                        "samples": sum(int(b[0].shape[0]) if isinstance(b[0], torch.Tensor) and b[0].dim() else 1
                                       for b in batches)}
@@ -210,7 +210,8 @@ def export_ptq(module: nn.Module, inputs: tuple, method: Any, *, user: UserData,
                                                                   "Div", "Sub", "Pow", "Sqrt", "ReduceMean", "Tanh",
                                                                   "Gelu", "Relu", "Sigmoid")}
     else:
-        int8 = ptq.dynamic(float_model, per_channel=per_channel, weight=types["weight"], nodes=nodes, exclude=excluded)
+        int8 = ptq.dynamic(float_model, per_channel=per_channel, weight=types["weight"], nodes=nodes, exclude=excluded,
+                           reduce_range=types["reduce_range"])
         checked = batches or random_batches(inputs)
         ptq.to_feeds(float_model, checked, user.where)
         reasons = {op: "dynamic quantization makes only MatMul/Gemm int8" for op in ("Conv", "Add", "Mul", "Softmax",
@@ -225,7 +226,8 @@ def export_ptq(module: nn.Module, inputs: tuple, method: Any, *, user: UserData,
     clock["check"] = time.perf_counter() - t - clock["export"] - clock["quantize"]
     report = _section(method, bits=8, graph="slim graph" if stem == "slim" else "model", per_channel=per_channel,
                       activation_type=types["activation"] if method.name == "static" else "uint8 (at run time)",
-                      weight_type=types["weight"], calibration=calibration, check=vs_float,
+                      weight_type=types["weight"] + (" (7-bit range)" if types["reduce_range"] else ""),
+                      calibration=calibration, check=vs_float,
                       size=sizes(float_model, int8), runtime_ops=chk.runtime_ops(int8),
                       nodes=nodes_plan,
                       float_export=float_info, notes=[])

@@ -16,12 +16,19 @@ from typing import Any
 
 from slimc.bench.machine import cpu_flags, int8_isa  # noqa: F401 - this module's public names too
 
-#: (machine family, an instruction set it has or None) → the fastest types, first match wins
-TYPE_RULES: tuple[tuple[str, str | None, dict[str, str], str], ...] = (
-    ("x86", None, {"activation": "uint8", "weight": "int8"},
-     "x86 int8 dot products are u8×s8 (vpmaddubsw/vpdpbusd/tdpbusd): measured 0.40× float vs 1.11× for s8s8 "
-     "(ResNet-50, batch 8, 2 threads, AVX512-VNNI/AMX)"),
-    ("arm", None, {"activation": "int8", "weight": "int8"}, "ARM sdot multiplies signed bytes"),
+#: int8 dot products that accumulate u8×s8 into 32 bit without saturating
+VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+#: (machine family, instruction sets of which it needs one — empty: none) → the fastest types;
+#: the first rule that matches wins
+TYPE_RULES: tuple[tuple[str, tuple[str, ...], dict[str, Any], str], ...] = (
+    ("x86", VNNI, {"activation": "uint8", "weight": "int8", "reduce_range": False},
+     "x86 int8 dot products are u8×s8 (vpdpbusd/tdpbusd): measured 0.37-0.40× float vs 1.11-1.22× for s8s8 "
+     "(ResNet-50, batch 8, 2 threads, AVX512-VNNI/AMX; benchmarks/results/quantize_types.md)"),
+    ("x86", (), {"activation": "uint8", "weight": "int8", "reduce_range": True},
+     "x86 without VNNI: u8×s8 pairs summed in 16 bit (AVX2 vpmaddubsw) saturate with 8-bit weights: "
+     "7-bit weights (reduce_range), as onnxruntime advises"),
+    ("arm", (), {"activation": "int8", "weight": "int8", "reduce_range": False}, "ARM sdot multiplies signed bytes"),
 )
 
 
@@ -30,13 +37,15 @@ def family() -> str:
     return "arm" if m.startswith(("arm", "aarch")) else "x86" if m in ("x86_64", "amd64", "i686", "i386") else m
 
 
-def default_types() -> dict[str, str]:
-    """The activation and weight types of this CPU (see the module docstring), and why."""
-    fam, flags = family(), cpu_flags()
+def default_types(flags: set[str] | None = None, machine: str | None = None) -> dict[str, Any]:
+    """The activation and weight types of this CPU (or of ``flags`` on a ``machine`` family),
+    whether weights keep to 7 bit (``reduce_range``), and why (see the module docstring)."""
+    fam = machine or family()
+    flags = cpu_flags() if flags is None else flags
     for rule_family, needs, types, why in TYPE_RULES:
-        if fam == rule_family and (needs is None or needs in flags):
+        if fam == rule_family and (not needs or any(f in flags for f in needs)):
             return {**types, "why": why}
-    return {"activation": "uint8", "weight": "int8", "why": "onnxruntime's default for CPUs"}
+    return {"activation": "uint8", "weight": "int8", "reduce_range": False, "why": "onnxruntime's default for CPUs"}
 
 
 def measure_types(float_path: str, calibration: list[dict], inputs: tuple, *, threads: int = 2,

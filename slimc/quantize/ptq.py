@@ -129,23 +129,25 @@ def _run(fn, *args: Any, **kw: Any) -> Any:
 
 
 def static(model: Any, feeds: list[dict], *, per_channel: bool, calibrate: str, activation: str, weight: str,
-           op_types: Sequence[str] | None, nodes: Sequence[str] | None, exclude: Sequence[str]) -> Any:
+           op_types: Sequence[str] | None, nodes: Sequence[str] | None, exclude: Sequence[str],
+           reduce_range: bool = False) -> Any:
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     act, wt = _types(activation, weight)
     extra = {"CalibPercentile": 99.999} if calibrate == "percentile" else {}
     return _run(quantize_static, model, Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                activation_type=act, weight_type=wt, calibrate_method=_calibration(calibrate),
+                reduce_range=reduce_range, activation_type=act, weight_type=wt, calibrate_method=_calibration(calibrate),
                 op_types_to_quantize=list(op_types) if op_types else None, nodes_to_quantize=list(nodes or []),
                 nodes_to_exclude=list(exclude), extra_options=extra)
 
 
 def dynamic(model: Any, *, per_channel: bool, weight: str, nodes: Sequence[str] | None,
-            exclude: Sequence[str]) -> Any:
+            exclude: Sequence[str], reduce_range: bool = False) -> Any:
     from onnxruntime.quantization import quantize_dynamic
 
     _, wt = _types("uint8", weight)
-    return _run(quantize_dynamic, model, per_channel=per_channel, weight_type=wt, op_types_to_quantize=list(DYNAMIC_OPS),
+    return _run(quantize_dynamic, model, per_channel=per_channel, reduce_range=reduce_range, weight_type=wt,
+                op_types_to_quantize=list(DYNAMIC_OPS),
                 nodes_to_quantize=list(nodes or []), nodes_to_exclude=list(exclude))
 
 

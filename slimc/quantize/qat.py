@@ -74,7 +74,10 @@ class QAT:
         for lq in self.layers.values():
             for kind, b in lq.bits.items():
                 self.method.check_bits(b, f"config entry {lq.entry}: quant_bits.{kind}")
-        self.signed = default_types()["activation"] == "int8" if activation_signed is None else activation_signed
+        host = default_types()
+        self.signed = host["activation"] == "int8" if activation_signed is None else activation_signed
+        # 8-bit weights feeding int8 kernels that saturate on this CPU (no VNNI): 7 bit, as onnxruntime does
+        self.reduce_range = bool(host["reduce_range"]) and self.method.name == "qat"
         self.clock = Clock()
         self.start_step = quant_start_step
         self.decay = decay
@@ -110,7 +113,8 @@ class QAT:
             m = mods[name]
             if lq.has("weight"):
                 mask = self.masks.get(f"{name}.weight") if self.masks is not None else None
-                wq = WeightQuantizer(self.method.weight_kind, lq.bits["weight"], lq.weight_scheme, self.clock,
+                bits = 7 if self.reduce_range and lq.bits["weight"] == 8 else lq.bits["weight"]
+                wq = WeightQuantizer(self.method.weight_kind, bits, lq.weight_scheme, self.clock,
                                      max(lq.start_step, self.start_step), mask)
                 if name in self.pairs:
                     wq.fold(mods[self.pairs[name]])
@@ -133,6 +137,9 @@ class QAT:
                 self.attached.outputs[target] = aq
                 self.attached.handles.append(mods[target].register_forward_hook(output_hook(aq)))
         self.attached.handles.append(self.model.register_forward_pre_hook(self._tick))
+        if self.reduce_range:
+            self.notes.append("this CPU has no VNNI: 8-bit weights are kept to 7 bit (reduce_range), so that "
+                              "onnxruntime's u8×s8 kernels do not saturate")
 
     def _tick(self, module: nn.Module, args: tuple) -> None:
         if module.training:
