@@ -12,9 +12,18 @@ contract (:mod:`slimc.quantize.check`).
 """
 from __future__ import annotations
 
-from slimc.quantize.api import quantize
-from slimc.quantize.methods import METHODS
-from slimc.quantize.qat import QAT
-from slimc.quantize.result import QuantResult
+from typing import Any
 
 __all__ = ["QAT", "quantize", "QuantResult", "METHODS"]
+
+_WHERE = {"QAT": "slimc.quantize.qat", "quantize": "slimc.quantize.api", "QuantResult": "slimc.quantize.result",
+          "METHODS": "slimc.quantize.methods"}
+
+
+def __getattr__(name: str) -> Any:
+    """Imported on first use: the command line reads its options from this package without torch."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'slimc.quantize' has no attribute '{name}'")
+    import importlib
+
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -63,6 +63,17 @@ def random_batches(inputs: tuple, n: int = 2) -> list[tuple]:
     return [random_like(inputs, 4242 + k) for k in range(n)]
 
 
+def with_batch(dynamic_dims: dict | None, inputs: tuple) -> dict | None:
+    """The dims a compile found free, and the batch always (an int8 file is run at any batch)."""
+    if not dynamic_dims:
+        return None
+    out = {i: list(ds) for i, ds in dynamic_dims.items()}
+    for i, t in enumerate(inputs):
+        if isinstance(t, torch.Tensor) and t.dim():
+            out[i] = sorted({0, *out.get(i, ())})
+    return out
+
+
 def float_file(module: nn.Module, inputs: tuple, dynamic_dims: dict | None) -> tuple[Any, dict]:
     """The float ONNX of ``module`` (exported and checked against it by :func:`slimc.onnx.export_onnx`)."""
     import onnx
@@ -130,7 +141,7 @@ def export_qat(q: Any, *, data: Any = None, evaluate: Any = None, check_batches:
             import slimc
 
             res = slimc.compile(q.model, q.masks, q.inputs, front_end=front_end, user_model=False)
-            stem, plan, src, dyn = "slim", res.plan, res.module, res.dynamic_dims
+            stem, plan, src, dyn = "slim", res.plan, res.module, with_batch(res.dynamic_dims, q.inputs)
             notes.append(f"compiled with the masks first: {res.report['params']['before']:,} → "
                          f"{res.report['params']['after']:,} params")
         points = q.points(plan, set(dict(src.named_modules())) if plan is not None else None)
@@ -184,6 +195,7 @@ def export_ptq(module: nn.Module, inputs: tuple, method: Any, *, user: UserData,
     clock: dict[str, float] = {}
     t = time.perf_counter()
     types = default_types()
+    dynamic_dims = with_batch(dynamic_dims, inputs)
     if method.name == "static":  # the data first: a wrong batch is reported before any export
         batches = user_batches(user, inputs, "static quantization (calibration)", max_batches, dynamic_dims)
         if batches is None:
