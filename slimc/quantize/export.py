@@ -74,20 +74,32 @@ def with_batch(dynamic_dims: dict | None, inputs: tuple) -> dict | None:
     return out
 
 
-def float_file(module: nn.Module, inputs: tuple, dynamic_dims: dict | None) -> tuple[Any, dict]:
-    """The float ONNX of ``module`` (exported and checked against it by :func:`slimc.onnx.export_onnx`)."""
+def float_file(module: nn.Module, inputs: tuple, dynamic_dims: dict | None,
+               notes: list[str] | None = None) -> tuple[Any, dict, dict | None]:
+    """The float ONNX of ``module`` (exported and checked against it by :func:`slimc.onnx.export_onnx`),
+    its export record, and the dims it leaves dynamic: those asked for, else — where the export
+    or its check fails with them, as ``CompileResult.save`` does — the batch only (said in ``notes``)."""
     import onnx
 
+    from slimc.errors import SlimcError
     from slimc.onnx import export_onnx
+    from slimc.quantize.onnx_passes import strip_metadata
 
     with tempfile.TemporaryDirectory(prefix=".slimc-qf-") as d:
         path = os.path.join(d, "float.onnx")
-        info = export_onnx(module, inputs, path, dynamic_dims=dynamic_dims or None)
+        try:
+            info = export_onnx(module, inputs, path, dynamic_dims=dynamic_dims or None)
+        except SlimcError as e:
+            if not dynamic_dims:
+                raise
+            info = export_onnx(module, inputs, path)
+            if notes is not None:
+                notes.append(f"ONNX files with a dynamic batch only: with the dims {dynamic_dims} dynamic the "
+                             f"export failed ({e})")
+            dynamic_dims = None
         model = onnx.load(path)
-    from slimc.quantize.onnx_passes import strip_metadata
-
     strip_metadata(model)
-    return model, info.to_dict()
+    return model, info.to_dict(), dynamic_dims
 
 
 def sizes(float_model: Any, int8_model: Any) -> dict:
@@ -147,12 +159,12 @@ def export_qat(q: Any, *, data: Any = None, evaluate: Any = None, check_batches:
         points = q.points(plan, set(dict(src.named_modules())) if plan is not None else None)
         clock["prepare"] = time.perf_counter() - t
         dep = deploy_module(src, points, q.inputs)
+        float_model, float_info, dyn = float_file(q.float_weights(src, plan), q.inputs, dyn, notes)
         with tempfile.TemporaryDirectory(prefix=".slimc-q-") as d:
             import onnx
 
             export_deploy(dep, q.inputs, os.path.join(d, "int8.onnx"), dynamic_dims=dyn)
             int8 = onnx.load(os.path.join(d, "int8.onnx"))
-        float_model, float_info = float_file(q.float_weights(src, plan), q.inputs, dyn)
         clock["export"] = time.perf_counter() - t - clock["prepare"]
         reference = q.model if q.masks is None else q.reference(src)
         checked = batches or random_batches(q.inputs)
@@ -204,7 +216,8 @@ def export_ptq(module: nn.Module, inputs: tuple, method: Any, *, user: UserData,
                             "or use --method dynamic / weight, which need none")
     else:
         batches = user_batches(user, inputs, "checking the dynamic quantization", check_batches, dynamic_dims)
-    float_model, float_info = float_file(module, inputs, dynamic_dims)
+    notes: list[str] = []
+    float_model, float_info, dynamic_dims = float_file(module, inputs, dynamic_dims, notes)
     clock["export"] = time.perf_counter() - t
     nodes, excluded = select_nodes(float_model, module, config, per_channel)
     calibration = None
@@ -242,7 +255,7 @@ def export_ptq(module: nn.Module, inputs: tuple, method: Any, *, user: UserData,
                       calibration=calibration, check=vs_float,
                       size=sizes(float_model, int8), runtime_ops=chk.runtime_ops(int8),
                       nodes=nodes_plan,
-                      float_export=float_info, notes=[])
+                      float_export=float_info, notes=notes)
     if evaluate is not None or user.evaluate is not None:
         report["accuracy"] = accuracy(evaluate or user.evaluate, module, int8, user.higher_is_better)
     clock["total"] = time.perf_counter() - t
