@@ -78,7 +78,7 @@ def imagenet_mobilenetv2() -> nn.Module:
 
 
 def build(name: str, seq: int = 128):
-    """(model in eval mode, example inputs at batch 1, a random batch maker)."""
+    """(model in eval mode, example inputs, a random batch maker)."""
     from slimc import zoo
 
     torch.manual_seed(0)
@@ -97,7 +97,8 @@ def build(name: str, seq: int = 128):
     m.config.use_cache = False
     m.eval()
     vocab = m.config.vocab_size
-    return m, (torch.randint(0, vocab, (1, seq)),), lambda b, s: (
+    # a batch-2 example: torch.export specializes a batch of 1 into the traced transformer
+    return m, (torch.randint(0, vocab, (2, seq)),), lambda b, s: (
         torch.randint(0, vocab, (b, seq), generator=torch.Generator().manual_seed(s)),)
 
 
