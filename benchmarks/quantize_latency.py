@@ -131,7 +131,7 @@ def run_model(name: str, batches: list[int], threads: int, repeats: int, say) ->
             q = quantize(src, x, data=calib) if variant == "dense" else quantize(src, data=calib)
             paths = q.save(Path(d) / variant)
             fpath, qpath = Path(d) / variant / f"{q.stem}.onnx", Path(d) / variant / f"{q.stem}.int8.onnx"
-            out["method"] = q.report["method"]
+            out.setdefault("method", {})[variant] = q.report["method"]
             out["files"][variant] = {"float_bytes": fpath.stat().st_size, "int8_bytes": qpath.stat().st_size}
             out["checks"][variant] = {k: q.report["check"]["outputs"][0].get(k) for k in ("sqnr_db", "cosine")}
             out["checks"][variant]["runtime_int8_ops"] = q.report["runtime_ops"]["int8"]
@@ -176,7 +176,8 @@ def markdown(results: list[dict], machine: dict, command: str) -> str:
     for r in results:
         f = r["files"]["dense"]
         for q in ratios(r):
-            lines.append(f"| {r['model']} | {r['method']} | {q['batch']} | {q['dense_float_ms']:.2f} | "
+            method = "/".join(dict.fromkeys(r["method"].values()))
+            lines.append(f"| {r['model']} | {method} | {q['batch']} | {q['dense_float_ms']:.2f} | "
                          f"{q['dense_int8_ms']:.2f} | {q['int8_over_float']:.2f}× | {q['slim_float_ms']:.2f} | "
                          f"{q['slim_int8_ms']:.2f} | {q['slim_int8_speedup']:.2f}× | "
                          f"{f['int8_bytes'] / f['float_bytes']:.3f} | {q['other_cpu_busy_max']:.0%} |")

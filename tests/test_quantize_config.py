@@ -170,3 +170,23 @@ def test_qat_keeps_weights_to_7_bit_without_vnni(monkeypatch):
     scale = w.abs().amax(dim=1, keepdim=True) / 63
     assert torch.allclose(m.fc.weight.detach(), torch.clamp(torch.round(w / scale), -63, 63) * scale, atol=1e-6)
     assert any("7 bit" in n for n in q.notes)
+
+
+def test_auto_method_sees_transformers_traced_to_aten_ops():
+    """The export front end leaves no LayerNorm or attention modules: their ops say it."""
+    import torch.nn.functional as F
+    from torch import fx
+
+    from slimc.quantize.api import auto_method
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(8, 24)
+
+        def forward(self, x):
+            q, k, v = self.qkv(F.layer_norm(x, (8,))).chunk(3, -1)
+            return torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+
+    assert auto_method(fx.symbolic_trace(Block())) == "dynamic"
+    assert auto_method(net()[0]) == "static"

@@ -18,12 +18,21 @@ from slimc.quantize.methods import method as get_method
 from slimc.quantize.result import QuantResult
 
 
+#: what makes a model a transformer for the defaults: module classes, or (a graph traced to
+#: ATen ops by the export front end, whose modules are gone) the ops its nodes call
+TRANSFORMER_MODULES = ("Attention", "LayerNorm", "RMSNorm", "TransformerEncoderLayer", "TransformerDecoderLayer")
+TRANSFORMER_OPS = ("softmax", "layer_norm", "scaled_dot_product_attention", "rms_norm")
+
+
 def auto_method(module: nn.Module) -> str:
-    """static for CNNs, dynamic for transformer blocks (a module with attention or LayerNorm)."""
-    marks = ("Attention", "LayerNorm", "RMSNorm", "TransformerEncoderLayer", "TransformerDecoderLayer")
-    for m in module.modules():
-        if any(k in type(m).__name__ for k in marks):
-            return "dynamic"
+    """static for CNNs, dynamic for transformer blocks (attention, LayerNorm: as modules or graph ops)."""
+    from torch import fx
+
+    if any(any(k in type(m).__name__ for k in TRANSFORMER_MODULES) for m in module.modules()):
+        return "dynamic"
+    if isinstance(module, fx.GraphModule) and any(
+            any(k in str(n.target).lower() for k in TRANSFORMER_OPS) for n in module.graph.nodes):
+        return "dynamic"
     return "static"
 
 
