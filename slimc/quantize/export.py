@@ -239,13 +239,13 @@ def export_ptq(module: nn.Module, inputs: tuple, method: Any, *, user: UserData,
                            reduce_range=types["reduce_range"])
         checked = batches or random_batches(inputs)
         ptq.to_feeds(float_model, checked, user.where)
-        reasons = {op: "dynamic quantization makes only MatMul/Gemm int8" for op in ("Conv", "Add", "Mul", "Softmax",
-                                                                                      "LayerNormalization")}
+        reasons = {op: "dynamic quantization makes MatMul/Gemm (and embedding tables) int8 only"
+                   for op in ("Conv", "Add", "Mul", "Softmax", "LayerNormalization")}
     clock["quantize"] = time.perf_counter() - t - clock["export"]
     nodes_plan = node_plan(float_model, int8, float_reasons=reasons, excluded=set(excluded))
     if not nodes_plan["int8"] and not nodes_plan["int8_weights_float_compute"]:
         raise ConfigError(f"{type(module).__name__} has no layer {method.label} quantizes (it makes Conv, MatMul and "
-                          "Gemm int8" + (" — dynamic: MatMul and Gemm only" if method.name == "dynamic" else "")
+                          "Gemm int8" + (" — dynamic: MatMul, Gemm and embeddings only" if method.name == "dynamic" else "")
                           + "): nothing to quantize")
     vs_float = chk.against_float(float_model, int8, checked)
     clock["check"] = time.perf_counter() - t - clock["export"] - clock["quantize"]

@@ -6,7 +6,8 @@
   only Conv/MatMul/Gemm are quantized: LayerNorm, Softmax, GELU and the residual adds stay
   float (``all_ops=True`` quantizes every op onnxruntime can).
 * ``dynamic`` — ``quantize_dynamic``: int8 MatMul/Gemm weights, activations quantized at run
-  time (no calibration); the default on transformers.
+  time (no calibration), and int8 embedding tables (a quarter of the file for BERT/GPT-2 sizes);
+  the default on transformers.
 
 Which layers: a config list selects modules (op_types / op_names / exclude), mapped to the
 file's nodes by the exporter's record of the module each node comes from.
@@ -26,7 +27,8 @@ from slimc.onnx.quiet import Quiet
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 #: what static quantizes on a transformer unless all_ops: the matrix products
 TRANSFORMER_OPS = ("Conv", "MatMul", "Gemm")
-DYNAMIC_OPS = ("MatMul", "Gemm")
+#: dynamic: int8 MatMul/Gemm weights, and int8 embedding tables (Gather, dequantized after the lookup)
+DYNAMIC_OPS = ("MatMul", "Gemm", "Gather")
 #: ops that make a graph a transformer block for the defaults
 TRANSFORMER_MARKS = ("Softmax", "LayerNormalization")
 
