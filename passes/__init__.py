@@ -10,8 +10,8 @@ from typing import Callable
 from torch import fx
 
 from slimc.passes.context import PassResult, RewriteContext, SizeEvent, node_error
-from slimc.passes import (drop_dead, exact_layernorm, exact_mean, patch_constants, patch_factories, patch_slices,
-                          slice_params)
+from slimc.passes import (drop_dead, exact_layernorm, exact_mean, inline_whole, patch_constants, patch_factories,
+                          patch_slices, slice_params)
 
 __all__ = ["PIPELINE", "PassResult", "RewriteContext", "SizeEvent", "node_error", "run_pipeline"]
 
@@ -24,6 +24,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("patch_factories", patch_factories.run),  # torch.zeros(B, H) sizes (an RNN cell's initial state)
     ("exact_mean", exact_mean.run),  # a mean over pruned channels divides by the original count
     ("exact_layernorm", exact_layernorm.run),  # LayerNorm stats as if removed channels were zeros
+    ("inline_whole", inline_whole.run),  # modules traced whole (MoE experts) → their slim ATen graph
     ("drop_dead", drop_dead.run),  # dead nodes out, lint, recompile
 ]
 

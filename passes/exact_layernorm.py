@@ -17,7 +17,8 @@ from slimc.shape_rules.norm import LAYER_NORMS
 
 def _layer_norm(modules: dict[str, nn.Module], node: fx.Node):
     """(input, weight, bias, eps) of a LayerNorm node — module, functional or ATen — else None.
-    weight/bias are get_attr targets (str) or None."""
+    weight/bias: a module's attribute target (str), the functional call's node (a get_attr,
+    or a cast of one), or None."""
     if node.op == "call_module":
         mod = modules[node.target]
         if not isinstance(mod, nn.LayerNorm):
@@ -27,13 +28,12 @@ def _layer_norm(modules: dict[str, nn.Module], node: fx.Node):
         return node.args[0], w, b, float(mod.eps)
     if node.op == "call_function" and node.target in LAYER_NORMS:
         arg = lambda i, name, default=None: node.args[i] if len(node.args) > i else node.kwargs.get(name, default)  # noqa: E731
-        w, b = arg(2, "weight"), arg(3, "bias")
-        return arg(0, "input"), w.target if w is not None else None, b.target if b is not None else None, float(arg(4, "eps", 1e-5))
+        return arg(0, "input"), arg(2, "weight"), arg(3, "bias"), float(arg(4, "eps", 1e-5))
     return None
 
 
 def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
-    plan = ctx.plan
+    shapes = ctx.shapes
     notes: list[str] = []
     modified = False
     modules = dict(gm.named_modules(remove_duplicate=False))
@@ -42,9 +42,9 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
         if found is None:
             continue
         x, weight, bias, eps = found
-        old = plan.dg.shapes[x.name]
+        old = shapes.old(x)
         c_old = old[-1]
-        c_new = plan.new_size(("v", x.name, len(old) - 1))
+        c_new = shapes.new_size(x, len(old) - 1)
         if c_new == c_old:
             continue
         if ctx.renorm:
@@ -54,7 +54,8 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             notes.append(f"{node.name}: plain LayerNorm({c_new}) (--renorm: approximate)")
             continue
         ctx.events.append(SizeEvent.at(node, "layernorm", position=-1, old=c_old, new=c_new,
-                                       detail={"eps": eps}))
+                                       detail={"eps": eps, "shape": old,
+                                               "kept": shapes.kept(x, len(old) - 1)}))
         k = c_old - c_new
         g = gm.graph
         with g.inserting_before(node):
@@ -71,11 +72,10 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             r = g.call_function(torch.rsqrt, (ve,))
             y = g.call_function(torch.mul, (d, r))
             if weight is not None:
-                y = g.call_function(torch.mul, (y, g.get_attr(weight)))
+                y = g.call_function(torch.mul, (y, g.get_attr(weight) if isinstance(weight, str) else weight))
             if bias is not None:
-                y = g.call_function(torch.add, (y, g.get_attr(bias)))
-        node.replace_all_uses_with(y)
-        g.erase_node(node)
+                y = g.call_function(torch.add, (y, g.get_attr(bias) if isinstance(bias, str) else bias))
+        ctx.replace(node, y)
         modified = True
         notes.append(f"{node.name}: exact LayerNorm over {c_new} of {c_old} channels")
     return PassResult(gm, modified, notes)

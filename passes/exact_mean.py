@@ -24,19 +24,19 @@ def _dims_keep(node: fx.Node, nd: int) -> tuple[list[int], bool]:
 
 
 def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
-    plan = ctx.plan
+    shapes = ctx.shapes
     notes: list[str] = []
     modified = False
     for node in list(gm.graph.nodes):
         if node.target not in MEANS or node.op not in ("call_method", "call_function"):
             continue
         x = node.args[0]
-        old = plan.dg.shapes.get(x.name)
+        old = shapes.old(x)
         if not isinstance(old, tuple):
-            continue  # a node an earlier pass made
+            continue
         dims, keep = _dims_keep(node, len(old))
         n_old = math.prod(old[d] for d in dims)
-        n_new = math.prod(plan.new_size(("v", x.name, d)) for d in dims)
+        n_new = math.prod(shapes.new_size(x, d) for d in dims)
         if n_new == n_old:
             continue
         if ctx.renorm:
@@ -44,12 +44,11 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
             notes.append(f"{node.name}: mean over {n_new} of {n_old} (--renorm: approximate)")
             continue
         ctx.events.append(SizeEvent.at(node, "mean", position=dims, old=n_old, new=n_new,
-                                       detail={"shape": old, "kept": {d: plan.kept_idx(("v", x.name, d)) for d in dims}}))
+                                       detail={"shape": old, "kept": {d: shapes.kept(x, d) for d in dims}}))
         with gm.graph.inserting_before(node):
             s = gm.graph.call_function(torch.sum, (x, dims), {"keepdim": keep})
             y = gm.graph.call_function(torch.div, (s, float(n_old)))
-        node.replace_all_uses_with(y)
-        gm.graph.erase_node(node)
+        ctx.replace(node, y)
         modified = True
         notes.append(f"{node.name}: mean over {n_new} kept of {n_old} channels → sum / {n_old}")
     return PassResult(gm, modified, notes)

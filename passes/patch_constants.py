@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import fx
 
-from slimc.passes.context import PassResult, RewriteContext, SizeEvent, node_error
+from slimc.passes.context import PassResult, RewriteContext, SizeEvent, TracedShapes, node_error
 
 from slimc.shape_rules.attention import SDPA, sdpa_scale
 from slimc.shape_rules.conv import FUNCTIONAL_CONV_TRANSPOSES, FUNCTIONAL_CONVS
@@ -25,31 +25,26 @@ from slimc.shape_rules.structural import EXPANDS, SPLITS, size_query
 
 RESHAPES = (*SIZED_RESHAPES, *EXPANDS)  # sizes written in the call: x.view(B, H, D), x.expand(B, -1, C)
 
-def new_shape(plan, name: str, old: tuple) -> list[int]:
-    return [plan.new_size(("v", name, d)) for d in range(len(old))]
-
-
-def _reads_changed(plan, n, seen: set | None = None) -> bool:
+def _reads_changed(shapes: TracedShapes, n, seen: set | None = None) -> bool:
     """Does the (integer) value of ``n`` depend on the size of a dim whose size changed?"""
     seen = set() if seen is None else seen
     if not isinstance(n, fx.Node) or n in seen:
         return False
     seen.add(n)
-    shapes = plan.dg.shapes
     q = size_query(n)
     if q is None and n.target is operator.getitem and isinstance(n.args[1], int) and isinstance(n.args[0], fx.Node):
         q = size_query(n.args[0])
         q = (q[0], n.args[1]) if q is not None and q[1] is None else q
     if q is not None:
         x, d = q
-        old = shapes.get(x.name)
-        if not isinstance(old, tuple):
+        old = shapes.tensor(x)
+        if old is None:
             return False
         dims = range(len(old)) if d is None else [d % len(old)]
-        return any(plan.new_size(("v", x.name, dd)) != old[dd] for dd in dims)
-    if isinstance(shapes.get(n.name), (tuple, list)):
+        return any(shapes.new_size(x, dd) != old[dd] for dd in dims)
+    if shapes.traced_name(n) is not None and isinstance(shapes.old(n), (tuple, list)):
         return False  # a tensor: its sizes are not read here
-    return any(_reads_changed(plan, a, seen) for a in n.all_input_nodes)
+    return any(_reads_changed(shapes, a, seen) for a in n.all_input_nodes)  # (a size a pass computed: its inputs)
 
 
 def patch_sizes(ctx: RewriteContext, node: fx.Node, args, new: list[int], old: tuple, packed: bool = False):
@@ -57,7 +52,6 @@ def patch_sizes(ctx: RewriteContext, node: fx.Node, args, new: list[int], old: t
     a changed size becomes the new literal (channel dims are static); one that does not
     but must change — ``bsz * num_heads`` with heads removed — is scaled by new/old, which
     keeps a dynamic batch factor dynamic. Changes the user's code must follow are events."""
-    plan = ctx.plan
     out = []
     for pos, (a, n, o) in enumerate(zip(args, new, old)):
         if isinstance(a, int) and a != -1:
@@ -65,7 +59,7 @@ def patch_sizes(ctx: RewriteContext, node: fx.Node, args, new: list[int], old: t
                 ctx.events.append(SizeEvent.at(node, "literal", position=pos, old=a, new=n,
                                                detail={"packed": packed, "n": len(args)}))
             out.append(n)
-        elif isinstance(a, fx.Node) and _reads_changed(plan, a):
+        elif isinstance(a, fx.Node) and _reads_changed(ctx.shapes, a):
             out.append(n)
         elif isinstance(a, fx.Node) and n != o:
             ctx.events.append(SizeEvent.at(node, "scaled", position=pos, old=o, new=n,
@@ -86,11 +80,11 @@ def _changed(old, new) -> str:
 
 def _reshape(ctx: RewriteContext, node: fx.Node, old) -> str | None:
     """view / reshape / expand: the sizes written in the call."""
-    plan = ctx.plan
+    shapes = ctx.shapes
     if not isinstance(old, tuple):
         return None
-    new = new_shape(plan, node.name, old)
-    if new == list(old) and not any(_reads_changed(plan, a) for a in node.all_input_nodes[1:]):
+    new = list(shapes.new(node))
+    if new == list(old) and not any(_reads_changed(shapes, a) for a in node.all_input_nodes[1:]):
         return None
     args = list(node.args)
     if len(args) == 2 and isinstance(args[1], (list, tuple)):
@@ -109,12 +103,12 @@ def _reshape(ctx: RewriteContext, node: fx.Node, old) -> str | None:
 
 def _unflatten(ctx: RewriteContext, node: fx.Node, old) -> str | None:
     """unflatten(dim, sizes): the sizes the one dim splits into."""
-    plan, shapes = ctx.plan, ctx.plan.dg.shapes
+    shapes = ctx.shapes
     if not isinstance(old, tuple):
         return None
     dim, sizes = node.args[1], node.args[2]
-    dim %= len(shapes[node.args[0].name])
-    new = new_shape(plan, node.name, old)[dim: dim + len(sizes)]
+    dim %= len(shapes.old(node.args[0]))
+    new = list(shapes.new(node))[dim: dim + len(sizes)]
     patched = patch_sizes(ctx, node, sizes, new, old[dim: dim + len(sizes)], packed=True)
     if list(patched) == list(sizes):
         return None
@@ -127,14 +121,15 @@ _SPLIT_ARG = ("split_size_or_sections", "split_size", "chunks", "indices_or_sect
 
 def _split(ctx: RewriteContext, node: fx.Node, old) -> str | None:
     """split / chunk / tensor_split: each piece's new width, as ``torch.split(x, sizes, dim=dim)``."""
-    plan, shapes = ctx.plan, ctx.plan.dg.shapes
+    shapes = ctx.shapes
     if not isinstance(old, list):
         return None
     x = node.args[0]
     dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-    dim %= len(shapes[x.name])
+    dim %= len(shapes.old(x))
     old_sizes = [s[dim] for s in old]
-    sizes = [plan.new_size(("v", f"{node.name}#{k}", dim)) for k in range(len(old))]
+    name = shapes.traced_name(node)
+    sizes = [ctx.plan.new_size(("v", f"{name}#{k}", dim)) for k in range(len(old))]
     if sizes == old_sizes:
         return None
     if any(s == 0 for s in sizes):
@@ -154,10 +149,10 @@ def _split(ctx: RewriteContext, node: fx.Node, old) -> str | None:
 
 def _sdpa(ctx: RewriteContext, node: fx.Node, old) -> str | None:
     """scaled_dot_product_attention: its implicit 1/√E stays the original head dim's."""
-    plan, shapes = ctx.plan, ctx.plan.dg.shapes
+    shapes = ctx.shapes
     q = node.args[0]
-    e_old = shapes[q.name][-1]
-    e_new = plan.new_size(("v", q.name, len(shapes[q.name]) - 1))
+    e_old = shapes.old(q)[-1]
+    e_new = shapes.new_size(q, len(shapes.old(q)) - 1)
     scale = sdpa_scale(node, e_old)
     if scale is None or e_new == e_old:
         return None
@@ -168,13 +163,13 @@ def _sdpa(ctx: RewriteContext, node: fx.Node, old) -> str | None:
 
 def _conv_groups(ctx: RewriteContext, node: fx.Node, old) -> str | None:
     """Functional depthwise conv (groups == in channels): as many groups as channels kept."""
-    plan, shapes = ctx.plan, ctx.plan.dg.shapes
+    shapes = ctx.shapes
     x = node.args[0]
     groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
-    cin_old = shapes[x.name][1]
+    cin_old = shapes.old(x)[1]
     if not (groups > 1 and groups == cin_old):
         return None
-    cin_new = plan.new_size(("v", x.name, 1))
+    cin_new = shapes.new_size(x, 1)
     if cin_new == cin_old:
         return None
     ctx.events.append(SizeEvent.at(node, "literal", position="groups", old=groups, new=cin_new))
@@ -187,9 +182,9 @@ def _conv_groups(ctx: RewriteContext, node: fx.Node, old) -> str | None:
 
 def _group_norm(ctx: RewriteContext, node: fx.Node, old) -> str | None:
     """Functional group norm: whole groups went, so as many fewer groups."""
-    plan, shapes = ctx.plan, ctx.plan.dg.shapes
+    shapes = ctx.shapes
     x, groups = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs["num_groups"]
-    c_old, c_new = shapes[x.name][1], plan.new_size(("v", x.name, 1))
+    c_old, c_new = shapes.old(x)[1], shapes.new_size(x, 1)
     if c_new == c_old:
         return None
     new_groups = groups * c_new // c_old
@@ -213,12 +208,12 @@ for _ops, _patcher in [(RESHAPES, _reshape), (UNFLATTENS, _unflatten), (SPLITS, 
 
 
 def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
-    shapes = ctx.plan.dg.shapes
+    shapes = ctx.shapes
     notes: list[str] = []
     modified = False
     for node in list(gm.graph.nodes):
         patch = PATCHERS.get(node.target) if node.op in ("call_function", "call_method") else None
-        note = patch(ctx, node, shapes.get(node.name)) if patch is not None else None
+        note = patch(ctx, node, shapes.old(node)) if patch is not None else None
         if note is not None:
             modified = True
             if note:

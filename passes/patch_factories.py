@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import fx
 
 from slimc.passes.context import PassResult, RewriteContext
-from slimc.passes.patch_constants import new_shape, patch_sizes
+from slimc.passes.patch_constants import patch_sizes
 from slimc.shape_rules import aten
 from slimc.shape_rules.structural import FILLS
 
@@ -26,14 +26,16 @@ def _sizes_at(node: fx.Node) -> tuple[str, int | None]:
 
 
 def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
-    plan = ctx.plan
+    shapes = ctx.shapes
     notes: list[str] = []
     modified = False
     for node in list(gm.graph.nodes):
-        old = plan.dg.shapes.get(node.name)
-        if node.target not in FILLS or node.op not in ("call_function", "call_method") or not isinstance(old, tuple):
+        if node.target not in FILLS or node.op not in ("call_function", "call_method"):
             continue
-        new = new_shape(plan, node.name, old)
+        old = shapes.tensor(node)
+        if old is None:
+            continue
+        new = list(shapes.new(node))
         if new == list(old):
             continue
         where, i = _sizes_at(node)

@@ -1,6 +1,9 @@
 """Patch slice bounds where the sliced dim lost channels: ``x[:, a:b]``, ATen ``slice``,
 ``narrow`` and ``slice_scatter``. A bound becomes the count of kept positions before it,
-so the slice picks exactly the kept channels of [a, b) (see shape_rules/slicing.py)."""
+so the slice picks exactly the kept channels of [a, b) (see shape_rules/slicing.py); an int
+index (``x[..., i, :]``, ATen ``select``) becomes its position among the kept ones. Both stay
+counted from the end where they were (``x[..., :-2, :]``, ``x[..., -2, :]``), so a line that
+still reads the same positions needs no change in the user's class."""
 from __future__ import annotations
 
 import operator
@@ -8,34 +11,44 @@ import operator
 import numpy as np
 from torch import fx
 
-from slimc.passes.context import PassResult, RewriteContext, SizeEvent
-from slimc.shape_rules.slicing import NARROWS, SLICE_SCATTERS, SLICES, index_entries, slice_bounds
+from slimc.passes.context import PassResult, RewriteContext, SizeEvent, TracedShapes
+from slimc.shape_rules.slicing import NARROWS, SELECTS, SLICE_SCATTERS, SLICES, index_entries, slice_bounds
 
 
-def _moved(kept: np.ndarray | None, bound: int | None, n: int) -> int | None:
-    """``bound`` in the slim dim: the count of kept positions before it (None stays None)."""
+def _moved(kept: np.ndarray | None, bound: int | None, n: int, written: int | None = None) -> int | None:
+    """``bound`` (in [0, n]) in the slim dim: the count of kept positions before it (None
+    stays None); counted from the end where it was ``written`` so."""
     if kept is None or bound is None:
         return bound
-    return None if bound >= n else int(np.searchsorted(kept, bound))
+    if bound >= n:
+        return None
+    new = int(np.searchsorted(kept, bound))
+    return new - len(kept) if isinstance(written, int) and written < 0 else new
 
 
-def _slot(x: fx.Node, d: int):
-    return ("p", str(x.target), d) if x.op == "get_attr" else ("v", x.name, d)
+def _index(kept: np.ndarray | None, i: int, n: int) -> int:
+    """An int index ``i`` into ``n`` positions, in the slim dim (the position is kept: held)."""
+    return i if kept is None else _moved(kept, i % n, n, written=i)
 
 
-def _getitem(plan, node: fx.Node) -> bool:
+def _getitem(shapes: TracedShapes, node: fx.Node) -> bool:
     x, k = node.args
-    shp = plan.dg.shapes.get(x.name)
-    entries = index_entries(k, len(shp)) if isinstance(shp, tuple) else None
+    shp = shapes.tensor(x)
+    entries = index_entries(k, len(shp)) if shp is not None else None
     if not entries:
         return False
     items, changed = [], False
     for d_in, _, it in entries:
-        kept = plan.kept_idx(_slot(x, d_in)) if d_in is not None else None
+        kept = shapes.kept(x, d_in) if d_in is not None else None
         b = slice_bounds(it, shp[d_in]) if isinstance(it, slice) and kept is not None else None
         if b is not None and b != (0, shp[d_in]):
-            it = slice(_moved(kept, b[0], shp[d_in]), _moved(kept, b[1], shp[d_in]))
-            changed = True
+            new = slice(_moved(kept, b[0], shp[d_in], it.start), _moved(kept, b[1], shp[d_in], it.stop))
+            changed |= (new.start, new.stop) != (it.start, it.stop)
+            it = new
+        elif isinstance(it, int) and not isinstance(it, bool) and kept is not None:
+            new = _index(kept, it, shp[d_in])
+            changed |= new != it
+            it = new
         items.append(it)
     if changed:
         node.args = (x, tuple(items))
@@ -51,31 +64,47 @@ def _positional(node: fx.Node, names: list[str]) -> list:
     return args
 
 
-def _bounded(plan, node: fx.Node, names: list[str], slot_of) -> bool:
+def _bounded(shapes: TracedShapes, node: fx.Node, names: list[str], kept_at) -> bool:
     """aten.slice / slice_scatter: (…, dim, start, end, step) with the named positions."""
     args = _positional(node, names)
     i_dim = names.index("dim")
     x = args[0]
     dim = args[i_dim] or 0
-    shp = plan.dg.shapes.get(x.name)
-    if not isinstance(shp, tuple):
+    shp = shapes.tensor(x)
+    if shp is None:
         return False
     dim %= len(shp)
-    kept = plan.kept_idx(slot_of(node, x, dim))  # the output's for a scatter: its every position is linked
+    kept = kept_at(node, x, dim)  # the output's for a scatter: its every position is linked
     start, end, step = args[i_dim + 1], args[i_dim + 2], args[i_dim + 3] if len(args) > i_dim + 3 else 1
     b = slice_bounds(slice(start, end, step), shp[dim]) if kept is not None else None
     if b is None:
         return False
-    args[i_dim + 1], args[i_dim + 2] = _moved(kept, b[0], shp[dim]), _moved(kept, b[1], shp[dim])
+    new = _moved(kept, b[0], shp[dim], start), _moved(kept, b[1], shp[dim], end)
+    if new == (start, end):
+        return False
+    args[i_dim + 1], args[i_dim + 2] = new
     args[i_dim + 3] = 1  # step (only 1 has bounds)
     node.args, node.kwargs = tuple(args), {}
     return True
 
 
-def _narrow(plan, node: fx.Node) -> bool:
+def _select(shapes: TracedShapes, node: fx.Node) -> bool:
+    x, dim, i = _positional(node, ["input", "dim", "index"])
+    shp = shapes.tensor(x)
+    if shp is None or not isinstance(dim, int) or not isinstance(i, int):
+        return False
+    kept = shapes.kept(x, dim % len(shp))
+    new = _index(kept, i, shp[dim % len(shp)])
+    if new == i:
+        return False
+    node.args, node.kwargs = (x, dim, new), {}
+    return True
+
+
+def _narrow(shapes: TracedShapes, node: fx.Node) -> bool:
     x, dim, start, length = _positional(node, ["input", "dim", "start", "length"])
-    shp = plan.dg.shapes.get(x.name)
-    kept = plan.kept_idx(_slot(x, dim % len(shp))) if isinstance(shp, tuple) else None
+    shp = shapes.tensor(x)
+    kept = shapes.kept(x, dim % len(shp)) if shp is not None else None
     if kept is None or not isinstance(start, int) or not isinstance(length, int):
         return False
     a, b = int(np.searchsorted(kept, start)), int(np.searchsorted(kept, start + length))
@@ -84,23 +113,25 @@ def _narrow(plan, node: fx.Node) -> bool:
 
 
 def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
-    plan = ctx.plan
+    shapes = ctx.shapes
     notes: list[str] = []
     modified = False
     for node in gm.graph.nodes:
         if node.op not in ("call_function", "call_method"):
             continue
         changed = False
-        if node.target is operator.getitem and isinstance(node.args[0], fx.Node) and \
-                isinstance(plan.dg.shapes.get(node.args[0].name), tuple):
-            changed = _getitem(plan, node)
+        if node.target is operator.getitem and shapes.tensor(node.args[0]) is not None:
+            changed = _getitem(shapes, node)
         elif node.target in SLICES:
-            changed = _bounded(plan, node, ["input", "dim", "start", "end", "step"], lambda n, x, d: _slot(x, d))
+            changed = _bounded(shapes, node, ["input", "dim", "start", "end", "step"],
+                               lambda n, x, d: shapes.kept(x, d))
         elif node.target in SLICE_SCATTERS:
-            changed = _bounded(plan, node, ["input", "src", "dim", "start", "end", "step"],
-                               lambda n, x, d: ("v", n.name, d))
+            changed = _bounded(shapes, node, ["input", "src", "dim", "start", "end", "step"],
+                               lambda n, x, d: shapes.kept(n, d))
         elif node.target in NARROWS:
-            changed = _narrow(plan, node)
+            changed = _narrow(shapes, node)
+        elif node.target in SELECTS:
+            changed = _select(shapes, node)
         if changed:
             modified = True
             ctx.events.append(SizeEvent.at(node, "slice"))  # the user's class must move them too

@@ -9,7 +9,7 @@ import torch
 from torch import fx, nn
 
 from slimc.passes.context import PassResult, RewriteContext, node_error
-from slimc.shape_rules import RESIZERS
+from slimc.shape_rules import RESIZERS, class_keys, find_resizer
 from slimc.shards import sliced
 from slimc.tensors import set_by_path
 
@@ -44,11 +44,12 @@ def run(gm: fx.GraphModule, ctx: RewriteContext) -> PassResult:
                 if s is not None:
                     new_tensors[name] = s
             x = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-            old_in = plan.dg.shapes.get(x.name) if x is not None else None
-            new_in = tuple(plan.new_size(("v", x.name, d)) for d in range(len(old_in))) if isinstance(old_in, tuple) else None
-            if not new_tensors and (new_in is None or new_in == old_in or type(mod) not in RESIZERS):
+            old_in = ctx.shapes.tensor(x)
+            new_in = ctx.shapes.new(x) if old_in is not None else None
+            own = any(k in RESIZERS for k in class_keys(type(mod)))  # resized for its input alone
+            if not new_tensors and (new_in is None or new_in == old_in or not own):
                 continue
-            resize = RESIZERS.get(type(mod)) or next((RESIZERS[b] for b in type(mod).__mro__ if b in RESIZERS), None)
+            resize = find_resizer(type(mod))
             if resize is None:
                 raise node_error(node, f"no resizer for {type(mod).__name__} at '{node.target}'")
             new = copy.copy(mod)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-SlotKey = tuple  # ("v", node_name, dim) or ("p", param_fqn, dim)
+SlotKey = tuple  # ("v", node_name, dim) or ("p", param_fqn, dim); a part dim: ("p", param_fqn, (dim, at, index))
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,16 @@ class EqualCount:
 
 
 @dataclass
+class Multiple:
+    """Each slot keeps a multiple of ``n`` elements (keeping its last extra ones): a kernel
+    that needs aligned strides (transformers' grouped matrix products: 16 bytes)."""
+
+    slots: list
+    n: int
+    why: str
+
+
+@dataclass
 class KeepMore:
     """Each slot of ``big`` keeps more elements than each slot of ``small`` (an LSTM's
     ``proj_size`` must stay below its ``hidden_size``): ``big`` keeps some it would lose."""
@@ -107,6 +117,18 @@ class HeadAxis:
 
 
 @dataclass
+class Copies:
+    """A hint for propagation: this dim holds copies of one value (an expand's broadcast dim
+    whose count is written in the call). Its positions may go where it alone indexes a merged
+    dim (multi-query attention: ``repeat_kv`` of one key/value head, so any query head can
+    go); merged with another free dim (grouped-query: key/value heads × copies) it is fixed,
+    so a key/value head goes with all of its query heads."""
+
+    slot: SlotKey
+    why: str
+
+
+@dataclass
 class Coupling:
     links: list[Link] = field(default_factory=list)
     barriers: list[tuple[SlotKey, str]] = field(default_factory=list)
@@ -118,6 +140,7 @@ class Coupling:
     probed: str = ""  # set by slimc.probe: the op has no rule, this coupling is what probing found
     mixed: str = ""  # set by slimc.probe: the dims it found mixed (barriers), reported like a missing rule
     zeros: list = field(default_factory=list)  # output slots that are zero whatever the inputs (torch.zeros)
+    holds: set = field(default_factory=set)  # barriers that hold positions without fixing their dim (hold)
 
     def use(self, contracted: SlotKey, by: SlotKey) -> "Coupling":
         """``contracted`` (a dim that the op sums over) is in use iff any element of ``by`` is."""
@@ -144,6 +167,13 @@ class Coupling:
         self.barriers.append((slot, reason))
         return self
 
+    def hold(self, slot: SlotKey, reason: str) -> "Coupling":
+        """A barrier on positions that must stay (a one-element split piece: multi-query
+        attention's key or value head) without fixing the other positions of the dims they
+        are joined to: a reshape of such a dim still matches its positions one by one."""
+        self.holds.add(slot)
+        return self.barrier(slot, reason)
+
     def cover(self, slot: SlotKey) -> "Coupling":
         self.covered.add(slot)
         return self
@@ -162,10 +192,28 @@ def qualified_name(obj: Any) -> str | None:
     return f"{mod}.{qn}" if isinstance(mod, str) and isinstance(qn, str) else None
 
 
+def code_name(fn: Any) -> str | None:
+    """The qualified name of the code ``fn`` runs, whatever ``functools.wraps`` copied onto
+    it: a class decorator's wrapped ``forward`` is named by the decorator's own function
+    (``transformers.integrations.moe.use_experts_implementation.<locals>.wrapper.<locals>.forward``),
+    shared by every class it decorates."""
+    code, glob = getattr(fn, "__code__", None), getattr(fn, "__globals__", None)
+    qn = getattr(code, "co_qualname", None)
+    return f"{glob.get('__name__')}.{qn}" if isinstance(glob, dict) and isinstance(qn, str) else None
+
+
+def class_keys(cls: type) -> list:
+    """What a module class is keyed by in the tables, in order: the class, its qualified name
+    (a library slimc does not import), the code its ``forward`` runs (a decorator's)."""
+    return [cls, ByName(qualified_name(cls) or ""), ByName(code_name(getattr(cls, "forward", None)) or "")]
+
+
 Rule = Callable[["OpView"], Union[Coupling, Unsupported]]
 RULES: dict[Any, Rule] = {}
 RULE_DOCS: dict[Any, str] = {}
-RESIZERS: dict[type, Callable[[nn.Module, dict[str, list[int]]], None]] = {}
+PERMUTATIONS: dict[Any, Callable[["OpView", int], "list[int] | None"]] = {}
+"""op → its dim order: output dim i is input dim ``perm[i]`` (transposes, filled by shape_rules/permute.py)."""
+RESIZERS: dict[Any, Callable[[nn.Module, dict[str, list[int]]], None]] = {}  # keyed like rules: class_keys
 
 
 def shape_rule(*ops: Any) -> Callable[[Rule], Rule]:
@@ -180,8 +228,9 @@ def shape_rule(*ops: Any) -> Callable[[Rule], Rule]:
     return deco
 
 
-def resizer(*classes: type) -> Callable:
-    """Register how to patch a module's attributes after its params were sliced.
+def resizer(*classes: Any) -> Callable:
+    """Register how to patch a module's attributes after its params were sliced (keyed by
+    module classes, or by name: :func:`class_keys`).
 
     ``fn(module, new_sizes)`` gets ``new_sizes[param_name] = new shape``.
     """
@@ -232,16 +281,44 @@ def op_name(key: Any) -> str:
 
 
 def module_rule(cls: type) -> Rule | None:
-    """The rule for a module class (a torch.nn subclass inherits its base's rule)."""
-    if cls in RULES:
-        return RULES[cls]
-    by_name = RULES.get(ByName(qualified_name(cls) or ""))
-    if by_name is not None:
-        return by_name
+    """The rule for a module class (see :func:`class_keys`; a torch.nn subclass inherits its
+    base's rule)."""
+    for key in class_keys(cls):
+        if key in RULES:
+            return RULES[key]
     if cls.__module__.startswith("torch.nn"):
         for base in cls.__mro__[1:]:
             if base in RULES:
                 return RULES[base]
+    return None
+
+
+@dataclass(frozen=True)
+class WholeModule:
+    """A module class that tracing keeps whole: one ``call_module`` node that its own rule
+    describes (a mixture-of-experts experts module, whose token dispatch per-op rules could
+    only wall off). Its output is shaped like its input ``out_like``; ``for_graph(module)``
+    readies the graph's copy of the module to run in the slim graph (an implementation that
+    torch.export and the ONNX exporters trace)."""
+
+    out_like: int = 0
+    for_graph: Callable[[nn.Module], None] | None = None
+    indices: tuple[int, ...] = ()  # inputs that hold indices into its first parameter's leading dim (experts)
+
+
+WHOLE_MODULES: dict[Any, WholeModule] = {}  # keyed like rules: class_keys
+
+
+def whole_module(cls: type) -> WholeModule | None:
+    return next((WHOLE_MODULES[k] for k in class_keys(cls) if k in WHOLE_MODULES), None)
+
+
+def find_resizer(cls: type) -> Callable | None:
+    """The resizer of a module class or of its nearest base that has one (:func:`class_keys`)."""
+    for base in cls.__mro__:
+        for key in class_keys(base):
+            if key in RESIZERS:
+                return RESIZERS[key]
     return None
 
 
@@ -271,6 +348,7 @@ class OpView:
         self.gm = gm
         self.shapes = shapes
         self.module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        self.viewed: set[SlotKey] = set()  # value slots read as the parameter they permute (slot())
 
     # --- arguments -------------------------------------------------------------
     def arg(self, i: int, name: str | None = None, default: Any = None) -> Any:
@@ -310,13 +388,35 @@ class OpView:
 
     # --- slots -----------------------------------------------------------------
     def slot(self, x: Any, dim: int) -> SlotKey:
-        """Slot of dim ``dim`` of value ``x`` (an fx node, or a get_attr param)."""
+        """Slot of dim ``dim`` of value ``x`` (an fx node, or a get_attr param): a parameter's
+        own slot where ``x`` is a parameter read through transposes (:meth:`param_view`)."""
         shp = self.shape(x)
         assert shp is not None, f"{x} has no tensor shape"
         d = dim % len(shp)
         if x.op == "get_attr":
             return ("p", str(x.target), d)
+        view = self.param_view(x)
+        if view is not None:
+            self.viewed.add(("v", x.name, d))
+            return ("p", view[0], view[1][d])
         return ("v", x.name, d)
+
+    def param_view(self, x: Any) -> tuple[str, list[int]] | None:
+        """``x`` as a parameter (a get_attr tensor), read as it is or through transposes
+        (``x @ self.weight.T``, ``W.t()``, ``W.mT``): (its name, ``dims``: dim d of ``x`` is
+        the parameter's dim ``dims[d]``); None for a computed tensor."""
+        if not isinstance(x, fx.Node):
+            return None
+        if x.op == "get_attr":
+            t = self.attr(x)
+            return (str(x.target), list(range(t.dim()))) if isinstance(t, torch.Tensor) else None
+        order = PERMUTATIONS.get(x.target) if x.op in ("call_function", "call_method") and _hashable(x.target) else None
+        inner = x.args[0] if order is not None and x.args else None
+        base = self.param_view(inner) if isinstance(inner, fx.Node) else None
+        if base is None:
+            return None
+        perm = order(OpView(x, self.gm, self.shapes), len(base[1]))
+        return (base[0], [base[1][p] for p in perm]) if perm is not None else None
 
     def out(self, dim: int, item: int | tuple | None = None) -> SlotKey:
         """Slot of output dim ``dim`` (of tuple item ``item``; a tuple of ints for nested items)."""
@@ -333,7 +433,8 @@ class OpView:
         return self.module is not None and getattr(self.module, name, None) is not None
 
     def is_param(self, x: Any) -> bool:
-        return isinstance(x, fx.Node) and x.op == "get_attr"
+        """A parameter or buffer, read as it is or through transposes (:meth:`param_view`)."""
+        return isinstance(x, fx.Node) and (x.op == "get_attr" or self.param_view(x) is not None)
 
     def weight_bias(self, w_pos: int = 1, b_pos: int | None = 2):
         """``(weight slot of dim d, bias slot of dim d or None)`` of a layer in either form:
@@ -385,8 +486,10 @@ def _load_rule_modules() -> None:
     from slimc.shape_rules import (  # noqa: F401
         attention,
         conv,
+        permute,
         einsum,
         elementwise,
+        experts,
         library,
         linear,
         norm,

@@ -15,11 +15,13 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from slimc.shape_rules import Coupling, HeadAxis, OpView, Unsupported, aten, arange, shape_rule, tie
+from slimc.shape_rules.elementwise import broadcast_term
 
 
 def _batch_dims(op: OpView, c: Coupling, x: fx.Node, n_batch: int, *, zero_ok: bool = True,
-                head_dim: int | None = None) -> str | None:
-    """Right-aligned broadcast of ``x``'s leading (batch) dims onto the output's.
+                head_dim: int | None = None, term: int = 0) -> str | None:
+    """Right-aligned broadcast of ``x``'s leading (batch) dims onto the output's, as factors
+    of ``term``.
 
     ``head_dim``: the output dim where ``x`` may carry fewer heads that several output
     heads share (grouped-query attention): output head h reads head h // g of ``x``.
@@ -31,12 +33,12 @@ def _batch_dims(op: OpView, c: Coupling, x: fx.Node, n_batch: int, *, zero_ok: b
     for d in range(len(sx) - 2):
         od = lead + d
         if sx[d] == out[od]:
-            c.flow(op.slot(x, d), op.out(od), zero_ok=zero_ok)
+            c.flow(op.slot(x, d), op.out(od), term=term, zero_ok=zero_ok)
         elif sx[d] == 1:
             c.cover(op.slot(x, d))
         elif od == head_dim and out[od] % sx[d] == 0:
             g = out[od] // sx[d]
-            c.flow(op.slot(x, d), op.out(od), arange(out[od]) // g, arange(out[od]), zero_ok=zero_ok)
+            c.flow(op.slot(x, d), op.out(od), arange(out[od]) // g, arange(out[od]), term=term, zero_ok=zero_ok)
         else:
             return f"dim {d} of size {sx[d]} does not broadcast to {out[od]}"
     return None
@@ -76,9 +78,44 @@ def matmul(op: OpView) -> Coupling | Unsupported:
         c.flow(op.slot(b, -1), op.out(-1))
         c.links.append(tie(op.slot(a, -1), op.slot(b, -2)))
         c.use(op.slot(a, -1), op.out(-1)).use(op.slot(b, -2), op.out(-1))
-        if nb >= 2:  # (batch, heads, n, m): scores or context of multi-head attention
+        if nb >= 1:  # (batch, heads, n, m), or (batch·heads, n, m) as Bloom's bmm: multi-head attention
             c.constraints.append(HeadAxis(op.out(nb - 1)))
     return c
+
+
+@shape_rule(torch.baddbmm, "baddbmm", *aten("baddbmm.default"))
+def baddbmm(op: OpView) -> Coupling | Unsupported:
+    """β·input + α·(b1 @ b2) (Bloom's attention scores on its ALiBi bias): the product as
+    ``matmul``'s, one term; the input broadcast onto the result, another (none where β = 0)."""
+    x, b1, b2 = op.arg(0, "input"), op.arg(1, "batch1"), op.arg(2, "batch2")
+    beta = op.node.kwargs.get("beta", 1)
+    if not all(isinstance(t, fx.Node) and op.shape(t) is not None for t in (x, b1, b2)) or \
+            not isinstance(beta, (int, float)):
+        return Unsupported("baddbmm of non-tensors or with a computed beta")
+    c = matmul(_ProductView(op, b1, b2))
+    if isinstance(c, Unsupported):
+        return c
+    for link in c.links:  # the product is the second term
+        if link.term == 0:
+            link.term = 1
+    if beta == 0:
+        for d in range(len(op.shape(x))):
+            c.cover(op.slot(x, d))
+    else:
+        broadcast_term(op, c, x, term=0)
+    return c
+
+
+class _ProductView(OpView):
+    """``op`` seen as ``a @ b`` (its other operands left out): for rules built on a product."""
+
+    def __init__(self, op: OpView, a: fx.Node, b: fx.Node):
+        super().__init__(op.node, op.gm, op.shapes)
+        self._ab = (a, b)
+        self.viewed = op.viewed
+
+    def arg(self, i: int, name: str | None = None, default=None):
+        return self._ab[i] if i < 2 else default
 
 
 SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
@@ -113,6 +150,10 @@ def sdpa(op: OpView) -> Coupling | Unsupported:
     """softmax(q·kᵀ·s + mask)·v: batch and head dims pass (a key/value head goes with every
     query head that shares it); q's and k's head dim is contracted (they lose the same
     channels, the scale is patched to stay 1/√E); v's head dim passes; keys are mixed (fixed)."""
+    # Terms and factors as the eager form has them: a head's output is v's times the softmax
+    # of q·kᵀ + mask, so it is dead where v's head is, or where q's or k's is *and* the mask's
+    # is — (v ∨ q ∨ k) ∧ (v ∨ mask). An additive mask is a term of the scores, not a factor of
+    # the output: a mask of zeros (T5's cross-attention position bias) kills no head.
     q, k, v = op.arg(0, "query"), op.arg(1, "key"), op.arg(2, "value")
     sq, sk, sv, out = op.shape(q), op.shape(k), op.shape(v), op.out_shape
     if None in (sq, sk, sv) or not isinstance(out, tuple) or min(len(sq), len(sk), len(sv)) < 2:
@@ -120,8 +161,12 @@ def sdpa(op: OpView) -> Coupling | Unsupported:
     c = Coupling()
     nb = len(out) - 2
     head = nb - 1 if nb >= 1 else None
-    for x, zero_ok in ((q, False), (k, False), (v, True)):
-        why = _batch_dims(op, c, x, nb, zero_ok=zero_ok, head_dim=head if x is not q else None)
+    mask = op.arg(3, "attn_mask")
+    operands = [(q, False, 0), (k, False, 0), (v, True, 0)]
+    if isinstance(mask, fx.Node):
+        operands.append((v, True, 1))  # v is a factor of the mask's term too
+    for x, zero_ok, term in operands:
+        why = _batch_dims(op, c, x, nb, zero_ok=zero_ok, head_dim=head if x is not q else None, term=term)
         if why:
             return Unsupported(f"attention: {why}")
     if head is not None:
@@ -133,7 +178,6 @@ def sdpa(op: OpView) -> Coupling | Unsupported:
     c.links.append(tie(op.slot(q, -1), op.slot(k, -1)))
     c.use(op.slot(q, -1), op.out(-1)).use(op.slot(k, -1), op.out(-1))
     c.flow(op.slot(v, -1), op.out(-1))
-    mask = op.arg(3, "attn_mask")
     if isinstance(mask, fx.Node):
         sm = op.shape(mask)
         if sm is None:
@@ -146,7 +190,7 @@ def sdpa(op: OpView) -> Coupling | Unsupported:
             elif n == 1:
                 c.cover(op.slot(mask, d))
             elif n == out[od]:
-                c.flow(op.slot(mask, d), op.out(od), zero_ok=False)
+                c.flow(op.slot(mask, d), op.out(od), term=1, zero_ok=False)
             else:
                 return Unsupported(f"attention mask dim {d} ({n}) does not broadcast to {out[od]}")
     return c

@@ -22,7 +22,7 @@ UNARY_FUNCTIONS = (
     F.hardsigmoid, F.sigmoid, F.tanh, F.softplus, F.hardtanh, F.softsign, F.logsigmoid,
     F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
     torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.rsqrt,
-    torch.square, torch.sin, torch.cos, torch.erf, torch.clamp, torch.clip, torch.pow,
+    torch.square, torch.sin, torch.cos, torch.erf, torch.clamp, torch.clip,
     torch.nn.functional.relu_, torch.relu_, torch.erf, operator.neg, torch.nn.functional.threshold,
     torch.clamp_min, torch.clamp_max,
 )
@@ -31,18 +31,19 @@ UNARY_ATEN = tuple(aten(
     "elu.default", "gelu.default", "silu.default", "silu_.default", "mish.default", "hardswish.default",
     "hardswish_.default", "hardsigmoid.default", "sigmoid.default", "tanh.default", "softplus.default",
     "dropout.default", "clone.default", "contiguous.default", "alias.default", "exp.default", "abs.default",
-    "neg.default", "sqrt.default", "rsqrt.default", "clamp.default", "pow.Tensor_Scalar", "_to_copy.default",
+    "neg.default", "sqrt.default", "rsqrt.default", "clamp.default", "_to_copy.default",
     "to.dtype", "to.dtype_layout", "to.device", "erf.default", "lift_fresh_copy.default", "detach.default",
     "sin.default", "cos.default", "square.default", "log.default", "reciprocal.default", "sign.default",
     "clamp_min.default", "clamp_max.default",
 ))
 UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "tanh", "exp", "abs", "neg", "sqrt", "rsqrt", "square", "sin",
-    "cos", "erf", "clamp", "clamp_", "clip", "pow", "contiguous", "clone", "detach", "float",
-    "half", "bfloat16", "to", "type_as", "sigmoid_", "tanh_", "mul_scalar", "clamp_min", "clamp_max",
+    "cos", "erf", "clamp", "clamp_", "clip", "contiguous", "clone", "detach", "float",
+    "half", "bfloat16", "to", "sigmoid_", "tanh_", "mul_scalar", "clamp_min", "clamp_max",
 )
 
 
+VALUE_KEEPING_METHODS = ("to", "type_as", "float", "half", "bfloat16", "contiguous", "clone", "detach")
 _ZERO_KEEPING_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
 _ZERO_KEEPING_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d)
 
@@ -53,18 +54,18 @@ def _unary_fn(op: OpView):
         return lambda t: t  # dropout scales kept entries: zeros stay zeros, whatever the mode
     if op.module is not None:
         return op.module
+    if op.node.op == "call_method" and op.node.target in VALUE_KEEPING_METHODS:
+        return lambda t: t  # casts keep zeros, whatever dtype they read (`.to(x.dtype)`)
     rest = op.node.args[1:]
     if any(isinstance(a, fx.Node) and a.op != "get_attr" for a in rest) or any(isinstance(v, fx.Node) for v in op.node.kwargs.values()):
         return None
     if op.node.op == "call_method":
         name = op.node.target
-        if name in ("to", "type_as", "float", "half", "bfloat16", "contiguous", "clone", "detach"):
-            return lambda t: t  # casts keep zeros
         return lambda t: getattr(t, name)(*rest, **op.node.kwargs)
     return lambda t: op.node.target(t, *rest, **op.node.kwargs)
 
 
-@shape_rule(*UNARY_MODULES, *UNARY_FUNCTIONS, *UNARY_METHODS, *UNARY_ATEN, operator.pow)
+@shape_rule(*UNARY_MODULES, *UNARY_FUNCTIONS, *UNARY_METHODS, *UNARY_ATEN)
 def unary(op: OpView) -> Coupling | Unsupported:
     """Elementwise unary: every dim passes one-to-one (zero kept iff f(0) == 0, checked)."""
     x = op.arg(0, "input")
@@ -72,6 +73,21 @@ def unary(op: OpView) -> Coupling | Unsupported:
         return Unsupported("elementwise op whose output shape differs from its input", probe=True)
     fn = _unary_fn(op)
     return identity_all(Coupling(), op, x, zero_ok=fn is not None and zero_preserving(fn))
+
+
+@shape_rule("type_as", *aten("type_as.default"))
+def type_as(op: OpView) -> Coupling | Unsupported:
+    """x cast to the dtype of another tensor: x's dims pass (zeros stay zeros); the other
+    tensor is read for its dtype alone, so none of its dims is coupled (a MoE router's
+    ``softmax(…).type_as(hidden_states)`` leaves the hidden size free)."""
+    x, other = op.arg(0, "input"), op.arg(1, "other")
+    if not isinstance(x, fx.Node) or op.shape(x) != op.out_shape:
+        return Unsupported("type_as whose output shape differs from its input")
+    c = identity_all(Coupling(), op, x)
+    if isinstance(other, fx.Node) and other is not x and op.shape(other) is not None:
+        for d in range(len(op.shape(other))):
+            c.cover(op.slot(other, d))
+    return c
 
 
 @shape_rule(nn.GLU, F.glu, *aten("glu.default"))
@@ -144,6 +160,11 @@ def _broadcast(op: OpView, c: Coupling, x, *, kind: str, term, zero_ok: bool = T
             raise ValueError(f"operand dim {d} ({n}) does not broadcast to {out[od]}")
 
 
+def broadcast_term(op: OpView, c: Coupling, x, *, term: int) -> None:
+    """``x`` added into the result as one term, broadcast (a learned one is a source)."""
+    _broadcast(op, c, x, kind="source", term=term)
+
+
 def _operands(op: OpView) -> tuple:
     a = op.arg(0, "input")
     b = op.arg(1, "other")
@@ -198,6 +219,23 @@ def addcmul(op: OpView) -> Coupling | Unsupported:
     _broadcast(op, c, x, kind="source", term=0)
     for t in (t1, t2):
         _broadcast(op, c, t, kind="follower", term=1)
+    return c
+
+
+@shape_rule(torch.pow, "pow", operator.pow, *aten("pow.Tensor_Scalar", "pow.Tensor_Tensor", "pow.Scalar"))
+def power(op: OpView) -> Coupling | Unsupported:
+    """x ** y: a number exponent is elementwise unary (zero kept iff 0 ** y == 0); tensor
+    operands broadcast like a product's factors, neither keeping zeros (0 ** 0 == 1) — ALiBi's
+    per-head slopes ``base ** arange(1, 1 + heads)`` pass their head dim."""
+    a, b = op.arg(0, "input", op.arg(0, "self")), op.arg(1, "exponent")
+    if _is_tensor(op, a) and not _is_tensor(op, b):
+        return unary(op)
+    if not isinstance(op.out_shape, tuple):
+        return Unsupported("pow of non-tensors")
+    c = Coupling()
+    for x in (a, b):
+        if _is_tensor(op, x):
+            _broadcast(op, c, x, kind="follower", term=0, zero_ok=False)
     return c
 
 
@@ -267,6 +305,19 @@ def where(op: OpView) -> Coupling | Unsupported:
         if _is_tensor(op, x):
             _broadcast(op, c, x, kind="source", term=t, zero_ok=zero_ok)
     _broadcast(op, c, cond, kind="follower", term=None, zero_ok=False)
+    return c
+
+
+@shape_rule(torch.maximum, torch.minimum, torch.fmax, torch.fmin, "maximum", "minimum", "fmax", "fmin",
+            *aten("maximum.default", "minimum.default", "max.other", "min.other", "fmax.default", "fmin.default"))
+def extremum(op: OpView) -> Coupling | Unsupported:
+    """Elementwise max(a, b) / min(a, b): each result is one operand or the other, so each is a
+    term (as in a + b: a channel is dead, or zero, where both operands' are)."""
+    if not isinstance(op.out_shape, tuple) or not all(_is_tensor(op, x) for x in _operands(op)):
+        return Unsupported("max/min of non-tensors")
+    c = Coupling()
+    for t, x in enumerate(_operands(op)):
+        _broadcast(op, c, x, kind="source", term=t)
     return c
 
 

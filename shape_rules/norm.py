@@ -31,16 +31,34 @@ def _normalized(op: OpView, x) -> Coupling:
     return c
 
 
+# casts that keep a tensor's values: a norm reading ``self.weight.float()`` reads its weight
+CASTS = ("float", "half", "bfloat16", "double", "to", "type_as", *aten("_to_copy.default", "to.dtype", "to.dtype_layout"))
+
+
+def param_behind_cast(op: OpView, p):
+    """The graph attribute a norm reads as γ or β: ``p`` itself, or the attribute that ``p``
+    casts (timm's ``LayerNormFp32``: ``self.weight.float()``); None for a computed tensor."""
+    if op.is_param(p):
+        return p
+    if (isinstance(p, fx.Node) and p.op in ("call_method", "call_function") and p.target in CASTS and p.args
+            and op.is_param(p.args[0]) and op.shape(p.args[0]) == op.shape(p)):
+        return p.args[0]
+    return None
+
+
 def _functional_params(c: Coupling, op: OpView, params, ch_dim: int, what: str) -> Unsupported | None:
-    """γ, β (and running statistics) passed as graph attributes follow the channel; ``params``
-    is ((position, keyword, term), …)."""
+    """γ, β (and running statistics) passed as graph attributes (or casts of them) follow the
+    channel; ``params`` is ((position, keyword, term), …)."""
     for pos, name, term in params:
         p = op.arg(pos, name)
         if p is None:
             continue
-        if not op.is_param(p):
+        attr = param_behind_cast(op, p)
+        if attr is None:
             return Unsupported(f"{what} whose weight/bias/statistics are computed tensors")
-        c.param("follower", op.slot(p, 0), op.out(ch_dim), term=term)
+        c.param("follower", op.slot(attr, 0), op.out(ch_dim), term=term)
+        if attr is not p:
+            c.cover(op.slot(p, 0))  # the cast: its values are the attribute's
     return None
 
 

@@ -47,11 +47,13 @@ SIZED_RESHAPES = ("view", "reshape", torch.reshape, *aten("view.default", "resha
 """Reshapes whose target sizes are written in the call (``x.view(B, H, D)``)."""
 UNFLATTENS = ("unflatten", torch.unflatten, *aten("unflatten.int"))
 """Reshapes that split one dim into sizes written in the call (``x.unflatten(-1, (H, D))``)."""
+RESHAPES_AS = ("reshape_as", "view_as", *aten("reshape_as.default", "view_as.default"))
+"""Reshapes to another tensor's shape, read at run time (LeViT's ``bn(x.flatten(0, 1)).reshape_as(x)``)."""
 
 
 @shape_rule(
     *SIZED_RESHAPES, *UNFLATTENS, "flatten", torch.flatten, nn.Flatten, nn.Unflatten,
-    "squeeze", torch.squeeze, "unsqueeze", torch.unsqueeze, "reshape_as", "view_as",
+    "squeeze", torch.squeeze, "unsqueeze", torch.unsqueeze, *RESHAPES_AS,
     *aten("flatten.using_ints", "squeeze.dim", "squeeze.dims", "squeeze.default", "unsqueeze.default"),
 )
 def reshape(op: OpView) -> Coupling | Unsupported:
@@ -83,7 +85,7 @@ def reshape(op: OpView) -> Coupling | Unsupported:
             c.reshapes.append(Reshape(op.slot(x, bi[0]), [op.out(d) for d in bj], [outs[d] for d in bj], True, op.node.name))
         else:
             _regroup(op, c, x, bi, bj)
-    like = op.arg(1, "other") if op.node.target in ("reshape_as", "view_as") else None
+    like = op.arg(1, "other") if op.node.target in RESHAPES_AS else None
     if isinstance(like, fx.Node) and op.shape(like) == outs:  # the shape is read from ``like`` at run time
         for d in range(len(outs)):
             c.links.append(Link("tie", op.slot(like, d), op.out(d), None, None, term=None))
@@ -139,3 +141,37 @@ def _regroup(op: OpView, c: Coupling, x: fx.Node, bi: list[int], bj: list[int]) 
             c.flow(virt[k], op.out(d))
         else:
             c.reshapes.append(Reshape(op.out(d), virt[k:j], ref[k:j], False, op.node.name))
+
+
+@shape_rule("repeat", *aten("repeat.default"))
+def repeat(op: OpView) -> Coupling | Unsupported:
+    """repeat(r₀, r₁, …): output dim d tiles input dim d r_d times, a merge (r_d, n_d) like a
+    reshape's (Bloom's ALiBi ``slopes.repeat(batch, 1, 1)`` beside q's (batch·heads)); the
+    repeat counts are written in the call, so the tiles stay (fixed) while the tiled dim
+    may lose channels; a dim of size 1 repeated holds copies of one value."""
+    x = op.arg(0, "input")
+    sizes = op.node.args[1:] if op.node.op == "call_method" else op.arg(1, "repeats")
+    if op.node.op == "call_method" and len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = sizes[0]
+    xs, out = op.shape(x), op.out_shape
+    if xs is None or not isinstance(out, tuple) or not isinstance(sizes, (list, tuple)) or len(sizes) < len(xs):
+        return Unsupported("repeat with computed or too few counts")
+    c = Coupling()
+    lead = len(out) - len(xs)
+    why = "tiles of a repeat (the count is written in the call)"
+    for od in range(lead):
+        c.barrier(op.out(od), why) if out[od] > 1 else c.cover(op.out(od))
+    for d, n in enumerate(xs):
+        od = lead + d
+        r = out[od] // n if n else 0
+        if r == 1:
+            c.flow(op.slot(x, d), op.out(od))
+        elif n == 1:
+            c.cover(op.slot(x, d))
+            c.barrier(op.out(od), why)
+        else:
+            tiles = ("v", f"{op.node.name}#tiles{od}", 0)
+            c.virtual[tiles] = r
+            c.barrier(tiles, why)
+            c.reshapes.append(Reshape(op.out(od), [tiles, op.slot(x, d)], [r, n], False, op.node.name))
+    return c

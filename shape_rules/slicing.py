@@ -13,12 +13,30 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx
 
 from slimc.shape_rules import Coupling, Link, OpView, Unsupported, aten, arange, shape_rule, tensor_leaves
 
 FIXED = "sliced (x[a:b] with a step or computed bounds picks fixed positions)"
+PICKED = "the position an int index picks (x[..., i, :], select)"
+
+
+def pick(c: Coupling, op: OpView, x: fx.Node, d: int, i: Any) -> None:
+    """``x``'s dim ``d`` indexed by the int ``i``: that position stays (a barrier of its own),
+    the others are not read here and may go (the index is patched to the kept position). A
+    reshape of that dim keeps it whole (Falcon's grouped ``[q…, k, v]``, read at -2 and -1:
+    a key/value group goes with its query heads)."""
+    n = op.shape(x)[d]
+    if not isinstance(i, int) or not -n <= i < n:
+        c.barrier(op.slot(x, d), "indexed by a computed int")
+        return
+    held = ("v", f"{op.node.name}#picked{d}", 0)
+    c.virtual[held] = 1
+    c.links.append(Link("tie", op.slot(x, d), held, np.array([i % n]), np.array([0]), term=None))
+    c.barrier(held, PICKED)
+    c.cover(op.slot(x, d))
 
 
 def slice_bounds(sl: slice, n: int) -> tuple[int, int] | None:
@@ -121,7 +139,7 @@ def index(op: OpView, x: fx.Node, k: Any) -> Coupling | Unsupported:
         if d_in is None:
             c.cover(op.out(d_out))
         elif d_out is None:
-            c.barrier(op.slot(x, d_in), "indexed by an int (one element selected)")
+            pick(c, op, x, d_in, it)
         else:
             _range(c, op, x, d_in, d_out, slice_bounds(it, xs[d_in]))
     return c
@@ -152,16 +170,19 @@ def getitem(op: OpView) -> Coupling | Unsupported:
     return c
 
 
-@shape_rule(*aten("select.int"))
+SELECTS = tuple(aten("select.int"))
+
+
+@shape_rule(*SELECTS)
 def select(op: OpView) -> Coupling | Unsupported:
-    """select(dim, i) (``x[:, 0]`` at ATen level): ``dim`` is fixed, other dims pass."""
+    """select(dim, i) (``x[:, 0]`` at ATen level): position i of ``dim`` is held, other dims pass."""
     x, dim = op.arg(0), op.arg(1)
     xs = op.shape(x)
     if xs is None or not isinstance(dim, int):
         return Unsupported("select along a computed dim")
     dim %= len(xs)
     c = Coupling()
-    c.barrier(op.slot(x, dim), "indexed by an int (one element selected)")
+    pick(c, op, x, dim, op.arg(2, "index"))
     for d in range(len(xs)):
         if d != dim:
             c.flow(op.slot(x, d), op.out(d - (d > dim)))

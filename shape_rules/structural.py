@@ -1,5 +1,4 @@
-"""Structure: cat / split / chunk along any dim, transpose / permute, expand, factories,
-and shape queries (size, dim) that read a tensor without touching its channels."""
+"""Structure: cat / split / chunk along any dim, expand, factories, and shape queries (size, dim) that read a tensor without touching its channels."""
 from __future__ import annotations
 
 import operator
@@ -9,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from slimc.shape_rules import Coupling, Link, OpView, Unsupported, aten, arange, op_name, shape_rule
+from slimc.shape_rules import Copies, Coupling, Link, OpView, Unsupported, aten, arange, op_name, shape_rule
+from slimc.shape_rules.permute import permutation, permute
 
 
 @shape_rule(torch.cat, torch.concat, torch.concatenate, *aten("cat.default"))
@@ -41,7 +41,8 @@ SPLITS = (torch.split, "split", torch.chunk, "chunk", torch.tensor_split, "tenso
 
 @shape_rule(*SPLITS)
 def split(op: OpView) -> Coupling | Unsupported:
-    """split / chunk / tensor_split: each piece is an offset range of the input along ``dim``."""
+    """split / chunk / tensor_split: each piece is an offset range of the input along ``dim``;
+    a one-element piece (multi-query attention's one key/value head) cannot be emptied."""
     x = op.arg(0, "input")
     out = op.out_shape
     if not isinstance(out, list):
@@ -58,46 +59,11 @@ def split(op: OpView) -> Coupling | Unsupported:
         for d in range(len(xs)):
             if d == dim:
                 c.flow(op.slot(x, d), op.out(d, item=k), arange(n) + off, None)
+                if n == 1 and xs[d] > 1:
+                    c.hold(op.out(d, item=k), "a split's one-element piece (it cannot be emptied)")
             else:
                 c.flow(op.slot(x, d), op.out(d, item=k))
         off += n
-    return c
-
-
-_TRANSPOSES = ("transpose", torch.transpose, "swapaxes", torch.swapaxes, *aten("transpose.int", "swapaxes.default"))
-
-
-def _perm(op: OpView, nd: int) -> list[int] | None:
-    t = op.node.target
-    if t in _TRANSPOSES:
-        d0, d1 = op.arg(1, "dim0"), op.arg(2, "dim1")
-        if not (isinstance(d0, int) and isinstance(d1, int)):
-            return None
-        p = list(range(nd))
-        p[d0 % nd], p[d1 % nd] = p[d1 % nd], p[d0 % nd]
-        return p
-    if t == "t":
-        return list(range(nd))[::-1]
-    dims = op.node.args[1:] if t == "permute" else op.arg(1, "dims")
-    if t == "permute" and len(dims) == 1 and isinstance(dims[0], (list, tuple)):
-        dims = dims[0]
-    if not isinstance(dims, (list, tuple)) or not all(isinstance(d, int) for d in dims):
-        return None
-    return [d % nd for d in dims]
-
-
-@shape_rule("transpose", torch.transpose, "permute", torch.permute, "t", "swapaxes", torch.swapaxes,
-            *aten("transpose.int", "permute.default", "swapaxes.default"))
-def permute(op: OpView) -> Coupling | Unsupported:
-    """transpose / permute: output dim i is input dim perm[i], one-to-one."""
-    x = op.arg(0, "input")
-    nd = len(op.shape(x))
-    p = _perm(op, nd)
-    if p is None:
-        return Unsupported("permutation with computed dims")
-    c = Coupling()
-    for i, d in enumerate(p):
-        c.flow(op.slot(x, d), op.out(i))
     return c
 
 
@@ -155,6 +121,8 @@ def shape_query(op: OpView) -> Coupling | Unsupported:
     """Shape queries read sizes at run time: a size used for a view reads the slim size
     (patched where needed); a size used as a value (a scale) fixes that dim."""
     if op.out_shape is not None:
+        if permutation(op) is not None:  # x.T, x.mT (fx's getattr): a transpose
+            return permute(op)
         return Unsupported("attribute access that returns a tensor")
     c = Coupling()
     x = op.arg(0)
@@ -191,21 +159,46 @@ def unbind(op: OpView) -> Coupling | Unsupported:
 EXPANDS = ("expand", *aten("expand.default"))
 
 
+def _expand_sizes(op: OpView) -> list | None:
+    """The sizes written in an expand call (None for ``expand_as``)."""
+    if op.node.target == "expand_as":
+        return None
+    sizes = list(op.node.args[1:]) if op.node.op == "call_method" else op.arg(1, "size")
+    if op.node.op == "call_method" and len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = list(sizes[0])
+    return list(sizes) if isinstance(sizes, (list, tuple)) else None
+
+
+def _broadcast_dim(op: OpView, c: Coupling, x, d: int | None, od: int, size) -> None:
+    """Output dim ``od`` broadcast from size 1 (``d``; None: a new leading dim). Its positions
+    are copies: where the count is written in the call (``repeat_kv``'s ``n_rep``) any of them
+    may go, the literal patched, so a query head reading a shared key/value head can go on its
+    own; a count read at run time (a batch, a length) is fixed."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 1:
+        c.cover(op.out(od))
+        c.constraints.append(Copies(op.out(od), "copies of an expand merged with another free dim"))
+        if op.shape(x):
+            c.feed(op.slot(x, d if d is not None else 0), op.out(od), term=0)
+    elif op.out_shape[od] > 1:
+        c.barrier(op.out(od), "new dim made by expand" if d is None else "broadcast from size 1 by expand")
+    else:
+        c.cover(op.out(od))
+
+
 @shape_rule(*EXPANDS, "expand_as")
 def expand(op: OpView) -> Coupling | Unsupported:
     """expand: dims kept pass (a parameter expanded into the stream, a cls token, is a
-    source); size-1 dims broadcast to n and new leading dims are fixed."""
+    source); a dim broadcast from size 1 holds copies (see :func:`_broadcast_dim`)."""
     x = op.arg(0, "input")
     xs, out = op.shape(x), op.out_shape
     if xs is None or not isinstance(out, tuple):
         return Unsupported("expand of a non-tensor")
+    sizes = _expand_sizes(op)
+    sizes = sizes if sizes is not None and len(sizes) == len(out) else [None] * len(out)
     c = Coupling()
     lead = len(out) - len(xs)
     for od in range(lead):
-        if out[od] > 1:
-            c.barrier(op.out(od), "new dim made by expand")
-        else:
-            c.cover(op.out(od))
+        _broadcast_dim(op, c, x, None, od, sizes[od])
     for d, n in enumerate(xs):
         od = lead + d
         if n == out[od]:
@@ -215,7 +208,7 @@ def expand(op: OpView) -> Coupling | Unsupported:
                 c.flow(op.slot(x, d), op.out(od))
         else:
             c.cover(op.slot(x, d))
-            c.barrier(op.out(od), "broadcast from size 1 by expand")
+            _broadcast_dim(op, c, x, d, od, sizes[od])
     for extra in op.inputs[1:]:  # expand_as(other): other's sizes are only read
         for d in range(len(op.shape(extra) or ())):
             c.cover(op.slot(extra, d))

@@ -1,6 +1,9 @@
 """The ``slimc`` command line: compile, export, bench, inspect, prune, flops, sensitivity, quantize, rules.
 
-Errors print one line (``error: …``) and exit 2; ``--debug`` shows the traceback.
+Errors print one line (``error: …``) and exit 2; ``--debug`` shows the traceback. Exit
+statuses: 0 done; 2 a user-facing error, nothing written; 1 an internal error; 3
+(``slimc compile``) everything written but slim.onnx, whose export failed (the reason is in
+report.json under ``onnx.error``); 130 interrupted.
 """
 from __future__ import annotations
 
@@ -8,10 +11,11 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from slimc.errors import ConfigError, LoadError, SlimcError, describe
+from slimc.errors import EXIT_NO_ONNX, ConfigError, LoadError, OnnxWarning, SlimcError, describe
 
 
 def _console():
@@ -41,20 +45,25 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
-def _guard_outputs(inputs: list[str | None], outputs: list[Path]) -> None:
+def _guard_outputs(inputs: list[str | None], outputs: list[Path], folder: Path | None = None) -> None:
+    """Refuse, before any work, an output that is an input, and an output folder (``-o``) that
+    is an input or an existing file: one line naming the clash (exit 2)."""
     for i in inputs:
         if i is None:
             continue
-        for o in outputs:
+        for o in [*([folder] if folder is not None else []), *outputs]:
             if _same_file(i, o):
                 raise LoadError(f"output '{o}' would overwrite the input '{i}': choose another output path")
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise LoadError(f"output folder '{folder}' is a file: -o names a folder to write into, choose another path")
 
 
 def cmd_compile(a: argparse.Namespace) -> int:
     import slimc
 
     out = Path(a.output)
-    _guard_outputs([a.model, a.masks], [out / n for n in ("slim.pt", "slim.onnx", "report.json", "masks.pth", "inputs.pt")])
+    _guard_outputs([a.model, a.masks], [out / n for n in ("slim.pt", "slim.onnx", "report.json", "masks.pth", "inputs.pt")],
+                   folder=out)
     model, inputs, masks = _load(a.model, a.masks)
     res = slimc.compile(model, masks, inputs, mode=a.mode, verify=not a.no_verify, front_end=a.front_end,
                         renorm=a.renorm, allow_empty=a.allow_empty, name=Path(a.model).stem, probe=not a.no_probe,
@@ -67,7 +76,9 @@ def cmd_compile(a: argparse.Namespace) -> int:
         from slimc.quantize.command import quantize_compiled
 
         quantized = quantize_compiled(res, a.model, a.quantize)
-    paths = res.save(out, onnx=not a.no_onnx, opset=a.opset, dynamic_batch=not a.static_batch, weights=a.weights)
+    with warnings.catch_warnings():  # said below, in one line
+        warnings.simplefilter("ignore", OnnxWarning)
+        paths = res.save(out, onnx=not a.no_onnx, opset=a.opset, dynamic_batch=not a.static_batch, weights=a.weights)
     if quantized is not None:
         paths.update(quantized.save(out))
     if a.json:
@@ -79,6 +90,10 @@ def cmd_compile(a: argparse.Namespace) -> int:
         shards = [p for n, p in paths.items() if n.endswith(".safetensors")]
         named = [p for n, p in paths.items() if not n.endswith(".safetensors")]
         print("wrote " + ", ".join(named) + (f" and {len(shards)} sliced safetensors shard(s)" if shards else ""))
+    if res.onnx_error:
+        print(f"error: no slim.onnx (everything else is written; the reason is in report.json under onnx.error, "
+              f"exit status {EXIT_NO_ONNX}): {res.onnx_error}", file=sys.stderr)
+        return EXIT_NO_ONNX
     return 0
 
 
@@ -138,6 +153,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     except ValueError:
         raise LoadError(f"--batch '{a.batch}' is not a comma-separated list of integers, e.g. 1,8,64") from None
     src = Path(a.model)
+    _guard_outputs([a.model, a.masks], [Path(a.output) / f"bench.{e}" for e in ("json", "md", "png")],
+                   folder=Path(a.output))
     from slimc.progress import say
 
     kw = dict(batches=batches, device=a.device, runtimes=tuple(a.runtimes.split(",")), threads=a.threads,
@@ -187,24 +204,30 @@ def cmd_prune(a: argparse.Namespace) -> int:
     from slimc.masks import save_masks
     from slimc.prune import make_pruner, to_layout
     from slimc.prune.auto import auto_class, make_auto
+    from slimc.prune.criteria import names as criterion_names, unknown as unknown_criterion
     from slimc.prune.data import UserData
 
     out = Path(a.output)
     _guard_outputs([a.model, a.config], [out])
     automatic = auto_class(a.criterion) is not None
+    if not automatic and a.criterion not in criterion_names():
+        raise unknown_criterion(a.criterion)  # before the model is loaded
     if automatic and not a.budget:
         raise ConfigError(f"criterion '{a.criterion}' is an automatic pruner: give it a budget, e.g. --budget flops=0.5")
     model, inputs, ns = load_spec(a.model)
     common = dict(round_to=a.round_to, uniform=a.uniform, attention=a.attention, seed=a.seed,
-                  front_end=a.front_end, max_batches=a.batches, user_data=UserData.from_namespace(ns, a.model))
+                  front_end=a.front_end, max_batches=a.batches, user_data=UserData.from_namespace(ns, a.model),
+                  expressible=not a.free_widths)
     result = None
     if a.budget:
-        result = make_auto(a.criterion, model, inputs, a.budget, config_list=a.config, steps=a.steps,
-                           max_sparsity_per_layer=a.max_sparsity_per_layer, **common).run()
+        auto = make_auto(a.criterion, model, inputs, a.budget, config_list=a.config, steps=a.steps,
+                         max_sparsity_per_layer=a.max_sparsity_per_layer, **common)
+        result, pruner = auto.run(), auto.pruner
         pruned = result.pruned
     else:
-        pruned = make_pruner(model, inputs, a.criterion, a.config, ratio=a.ratio, ranking=a.ranking,
-                             max_sparsity_per_layer=a.max_sparsity_per_layer, **common).prune()
+        pruner = make_pruner(model, inputs, a.criterion, a.config, ratio=a.ratio, ranking=a.ranking,
+                             max_sparsity_per_layer=a.max_sparsity_per_layer, **common)
+        pruned = pruner.prune()
     save_masks(to_layout(pruned.masks, a.format), out)
     before = sum(p.numel() for p in model.parameters())
     after = pruned.params_after()
@@ -225,6 +248,10 @@ def cmd_prune(a: argparse.Namespace) -> int:
                   "load them into the model before compiling")
     for n in pruned.notes:
         print(f"note: {n}")
+    expressible, why = pruner.expressible(pruned) if hasattr(pruner, "expressible") else (True, "")
+    if expressible is False:
+        print(f"note: {type(model.config).__name__} cannot express these widths ({why}): from_pretrained(out/hf) "
+              "will not rebuild the slim model; slimc.load(out) will, from layout.json")
     print(f"next: fine-tune with the masks applied, then slimc compile {a.model} --masks {out} -o out/")
     return 0
 
@@ -248,7 +275,7 @@ def cmd_sensitivity(a: argparse.Namespace) -> int:
     from slimc.prune.sensitivity import most_sensitive, plot_sensitivity, sensitivity, sensitivity_config, worst_drop
 
     out = Path(a.output)
-    _guard_outputs([a.model], [out / n for n in ("sensitivity.json", "sensitivity.png", "config.yaml")])
+    _guard_outputs([a.model], [out / n for n in ("sensitivity.json", "sensitivity.png", "config.yaml")], folder=out)
     try:
         sparsities = [float(s) for s in a.sparsities.split(",") if s.strip()]
     except ValueError:
@@ -315,6 +342,8 @@ def cmd_rules(a: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from slimc.prune.criteria import choices as criterion_choices
+
     p = argparse.ArgumentParser(prog="slimc", description="Make pruned (masked) PyTorch models physically smaller, verified exact.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -325,7 +354,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--front-end", default="auto", choices=["auto", "fx", "export"], help="how to capture the graph")
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
 
-    c = sub.add_parser("compile", help="model + masks → out/slim.pt, slim.onnx, masks.pth, report.json")
+    c = sub.add_parser("compile", help="model + masks → out/slim.pt, slim.onnx, masks.pth, report.json",
+                       epilog=f"exit status: 0 done; 2 an error, nothing written; {EXIT_NO_ONNX} everything "
+                              "written but slim.onnx, whose export failed (report.json: onnx.error)")
     model_args(c)
     c.add_argument("-o", "--output", default="out", help="output folder (default: out)")
     c.add_argument("--mode", default="channel", choices=["channel", "exact"], help="channel: remove whole masked groups (default); exact: only provably zero/unused slices")
@@ -383,10 +414,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("model", help="model.py, pkg.module:attr or zoo:NAME (data-driven criteria: model.py defines "
                                   "calibration_batches(), and loss_fn(output, target) for taylor)")
     pr.add_argument("--criterion", default="l1", metavar="NAME",
-                    help="l1 (default), l2, fpgm (geometric median), random, slim (|BatchNorm γ|), apoz, "
-                         "mean_activation, taylor (data-driven), level (unstructured magnitude); automatic, "
-                         "with --budget: netadapt, sa (simulated annealing), autocompress, admm (model.py "
-                         "defines evaluate(model) -> float and finetune(model, steps))")
+                    help=f"how units are chosen (default l1): {criterion_choices()} (data: model.py defines "
+                         "calibration_batches(); automatic pruners: evaluate(model) -> float and "
+                         "finetune(model, steps))")
     pr.add_argument("--budget", default=None, metavar="KIND=F",
                     help="params=0.3, flops=0.5 or latency=0.5: the slim model's cost as a fraction of the dense "
                          "model's (latency measured on the compiled slim model); with a classic criterion, "
@@ -405,6 +435,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="keep a multiple of N channels in every layer (e.g. 8 for hardware-friendly widths)")
     pr.add_argument("--uniform", action="store_true",
                     help="repeated layers (transformer blocks) keep the same number of heads / channels")
+    pr.add_argument("--free-widths", action="store_true",
+                    help="Hugging Face models: prune every layer freely, also to widths the model's config cannot "
+                         "express (by default: only those it can, so from_pretrained reloads the slim model; "
+                         "slimc.load rebuilds either)")
     pr.add_argument("--attention", default="heads", choices=["heads", "dims"],
                     help="attention unit: whole heads (default) or the same channels of every head")
     pr.add_argument("--format", default="flat", choices=["flat", "nni"],

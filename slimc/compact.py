@@ -6,6 +6,13 @@ its columns, ``(out, 1, 1, 1)`` conv filters. Every mask slimc reads or writes m
 this form (full-size masks work too); pruners make one with :func:`structured_mask`, or
 shrink a full-size mask with :func:`compact`.
 
+A *part dim* ``(dim, at, index)`` is dim ``dim`` of the part ``t.select(at, index)`` of a
+parameter: stacked experts (E, 2I, H) lose rows of each expert's own, ``(1, 0, e)`` for
+expert e. Its keep vector zeroes those rows of part ``index`` alone; the parts of one
+``(dim, at)`` together make one keep array over both dims (``(E, 2I, 1)``), and the
+parameter is cut by gathering each part's kept rows (:func:`slice_masked`): every part
+keeps as many.
+
 Final masks zero slices along several dims of one parameter (a conv loses filters *and*
 input channels), which no single compact tensor says. :class:`FinalMasks` keeps each as
 *factors* — the user's mask and one keep vector per dim — whose product is the mask:
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 import math
 from functools import reduce
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -26,13 +33,49 @@ Factors = tuple[torch.Tensor, ...]
 JOINT_BOOL_MAX = 1 << 24
 
 
-def structured_mask(shape: Sequence[int], dim: int, keep) -> torch.Tensor:
+Dim = Union[int, tuple]  # a dim; a part dim (dim, at, index); the parts of a dim together (dim, at)
+
+
+def is_part(dim: Dim) -> bool:
+    return isinstance(dim, tuple)
+
+
+def part_of(t, dim: Dim):
+    """``(t.select(at, index), dim within it)`` for a part dim; ``(t, dim)`` for a plain one
+    (``t``: a tensor or an array; a size-1 ``at`` dim — a broadcast mask — is every part)."""
+    if not is_part(dim):
+        return t, dim
+    d, at, index = dim
+    i = index if t.shape[at] > 1 else 0
+    part = t.select(at, i) if isinstance(t, torch.Tensor) else np.take(t, i, axis=at)
+    return part, d - (at < d)
+
+
+def _joint_array(shape: Sequence[int], dim: tuple, keep: np.ndarray) -> np.ndarray:
+    """A keep array over two dims — ``keep[i, j]``: index j of ``dim[0]`` in part i of ``dim[1]``
+    — shaped to broadcast to ``shape`` (1 on the other dims)."""
+    d, at = dim[0] % len(shape), dim[1] % len(shape)
+    k = np.asarray(keep, dtype=bool).reshape(shape[at], shape[d])
+    view = [1] * len(shape)
+    view[d], view[at] = shape[d], shape[at]
+    return (k if at < d else k.T).reshape(view)
+
+
+def structured_mask(shape: Sequence[int], dim: Dim, keep) -> torch.Tensor:
     """The compact mask of a parameter of ``shape`` that keeps ``keep`` along ``dim``.
 
     ``keep``: a bool vector of length ``shape[dim]`` (True = kept), or the kept indices.
     Returns a bool tensor with ``shape[dim]`` on ``dim`` and 1 elsewhere: ``(out, 1, 1, 1)``
-    for conv filters, ``(1, in)`` for Linear columns."""
+    for conv filters, ``(1, in)`` for Linear columns. A part dim ``(dim, at, index)`` keeps
+    ``keep`` along ``dim`` in part ``index`` of ``at`` only (``(E, 2I, 1)`` for one expert's
+    rows); a pair ``(dim, at)`` takes a 2-D ``keep`` (parts × dim), every part's at once."""
     shape = tuple(int(s) for s in shape)
+    if is_part(dim):
+        joint = np.asarray(keep, dtype=bool)
+        if len(dim) == 3:
+            joint = np.ones((shape[dim[1]], shape[dim[0]]), bool)
+            joint[dim[2]] = structured_mask((shape[dim[0]],), 0, keep).numpy()
+        return torch.from_numpy(np.ascontiguousarray(_joint_array(shape, dim, joint)))
     dim = dim % len(shape)
     n = shape[dim]
     view = _keep_view(shape, dim)
@@ -136,27 +179,48 @@ def _as_factor(f: np.ndarray, t: torch.Tensor) -> torch.Tensor:
     return f if t.device.type == "cpu" else f.to(t.device)
 
 
-def slice_masked(t: torch.Tensor, kept: Mapping[int, torch.Tensor], rest: torch.Tensor | None) -> torch.Tensor:
-    """``t`` cut to the kept indices (``kept``: dim → index tensor), then masked by ``rest``
-    cut the same way: the part of its mask the cut does not remove (a structured keep
-    vector cut at its own kept indices is all ones, and costs nothing)."""
-    for d, k in kept.items():
-        t = t.index_select(d, k.to(t.device))
+def _along(k, shape_len: int, dim: tuple):
+    """A (parts × kept) index of a pair of dims ``(dim, at)``, shaped to gather along ``dim``."""
+    d, at = dim
+    view = [1] * shape_len
+    view[d], view[at] = k.shape[1], k.shape[0]
+    return (k if at < d else k.T).reshape(view)
+
+
+def slice_masked(t: torch.Tensor, kept: Mapping[Dim, torch.Tensor], rest: torch.Tensor | None) -> torch.Tensor:
+    """``t`` cut to the kept indices (``kept``: dim → index tensor; a pair of dims ``(dim,
+    at)`` → a (parts × kept) index: each part of ``at`` keeps its own indices along ``dim``,
+    gathered before the plain dims are cut), then masked by ``rest`` cut the same way: the
+    part of its mask the cut does not remove (a structured keep vector cut at its own kept
+    indices is all ones, and costs nothing)."""
+    order = sorted(kept, key=lambda d: not is_part(d))  # parts first: their indices are the original's
+    for d in order:
+        k = kept[d].to(t.device)
+        t = torch.take_along_dim(t, _along(k, t.dim(), d), d[0]) if is_part(d) else t.index_select(d, k)
     if rest is None:
         return t
     if rest.device.type == "cpu" and rest.dtype == torch.bool:  # a compact mask: cut and checked in numpy
         r = rest.numpy()
-        for d, k in kept.items():
-            if r.shape[d] > 1:
-                r = r.take(k.numpy(), axis=d)
+        for d in order:
+            k = kept[d].numpy()
+            if is_part(d) and r.shape[d[0]] > 1:
+                r = np.broadcast_to(r, [k.shape[0] if i == d[1] else n for i, n in enumerate(r.shape)])
+                r = np.take_along_axis(r, _along(k, r.ndim, d), d[0])
+            elif not is_part(d) and r.shape[d] > 1:
+                r = r.take(k, axis=d)
         return apply_mask(t, r)
-    for d, k in kept.items():
-        if rest.shape[d] > 1:
+    for d in order:
+        k = kept[d].to(rest.device)
+        if is_part(d) and rest.shape[d[0]] > 1:
+            rest = rest.expand([k.shape[0] if i == d[1] else n for i, n in enumerate(rest.shape)])
+            rest = torch.take_along_dim(rest, _along(k, rest.dim(), d), d[0])
+        elif not is_part(d) and rest.shape[d] > 1:
             rest = rest.index_select(d, k)
     return apply_mask(t, rest)
 
 
-KeepSpec = tuple[tuple[int, ...], int, np.ndarray]  # (param shape, dim, keep flags): a keep vector to make
+KeepSpec = tuple[tuple[int, ...], Dim, np.ndarray]  # (param shape, dim, keep flags): a keep vector to make
+# (a pair of dims (dim, at): keep flags per part of ``at``, parts × dim)
 
 
 class FinalMasks(Mapping[str, torch.Tensor]):
@@ -188,7 +252,7 @@ class FinalMasks(Mapping[str, torch.Tensor]):
                 out.append(f.numpy())
             else:
                 shape, dim, keep = f
-                out.append(keep.reshape(_keep_view(shape, dim)))
+                out.append(_joint_array(shape, dim, keep) if is_part(dim) else keep.reshape(_keep_view(shape, dim)))
         return tuple(out)
 
     def _keep_factors(self, fqn: str) -> Factors:
@@ -228,5 +292,5 @@ def factors_of(masks: Mapping[str, torch.Tensor], fqn: str) -> Factors | None:
     return None if m is None else (m,)
 
 
-__all__ = ["FinalMasks", "Factors", "KeepSpec", "apply_mask", "broadcasts", "compact", "factors_of", "product", "shrink",
-           "slice_masked", "structured_mask"]
+__all__ = ["Dim", "FinalMasks", "Factors", "KeepSpec", "apply_mask", "broadcasts", "compact", "factors_of", "is_part",
+           "part_of", "product", "shrink", "slice_masked", "structured_mask"]

@@ -37,15 +37,18 @@ class CompileResult:
     user_model: Any = field(repr=False, default=None)  # slimc.surgery.UserModel: layout, reason, HF info
     original: nn.Module | None = field(repr=False, default=None)
     dynamic_dims: dict[int, list[int]] | None = field(repr=False, default=None)  # input → dims that may vary
+    onnx_error: str | None = field(repr=False, default=None)  # why save() wrote no slim.onnx (None: it did, or was not asked)
 
     def save(self, out_dir: str | Path, *, onnx: bool = True, opset: int | None = None,
              dynamic_batch: bool = True, weights: Any = None) -> dict[str, str]:
-        """Write slim.pt, final masks.pth, slim.onnx (checked with onnxruntime), report.json and
-        the user's class (layout.json + weights, or hf/ for Hugging Face models).
+        """Write slim.pt, final masks.pth, inputs.pt, the user's class (layout.json + weights,
+        or hf/ for Hugging Face models), then slim.onnx (checked with onnxruntime), then
+        report.json. Where the ONNX export fails, everything else is still written: the reason
+        is ``report["onnx"]["error"]`` and ``self.onnx_error``, with an :class:`~slimc.errors.OnnxWarning`.
 
         ``weights``: a safetensors checkpoint (folder or files) to slice shard by shard into
         ``out_dir`` — for a plan made on the meta device, whose slim.pt holds no weights."""
-        from slimc.atomic import atomic_path, write_text
+        from slimc.atomic import atomic_path
         from slimc.masks import save_masks
 
         t_save = time.perf_counter()
@@ -71,33 +74,63 @@ class CompileResult:
 
             spec = (self.report.get("source") or {}).get("model")
             base_cfg = self.original.config.to_dict() if self.user_model.hf is not None else None
-            for f in save_user_model(self.model, self.user_model.layout, out, hf_info=self.user_model.hf,
-                                     base_config=base_cfg, spec=spec):
-                paths[Path(f).name] = f
+            files, self.report["user_model"]["reload"] = save_user_model(
+                self.model, self.user_model.layout, out, hf_info=self.user_model.hf, base_config=base_cfg, spec=spec)
+            paths.update({Path(f).name: f for f in files})
+        self.onnx_error = None
+        for stale in (out / "slim.onnx", out / "slim.onnx.data"):  # of an earlier compile: not of this model
+            stale.unlink(missing_ok=True)
         if onnx and on_meta:
             self.report["notes"].append("no ONNX: the slim model's weights are on the meta device")
         elif onnx:
-            from slimc.onnx import export_onnx
+            self._write_report(out, t_save)  # every torch output is written before the ONNX export is tried
+            self._save_onnx(out, opset, dynamic_batch, paths)
+        paths["report.json"] = self._write_report(out, t_save)
+        if self.onnx_error:
+            import warnings
 
-            t0 = time.perf_counter()
+            from slimc.errors import OnnxWarning
+
+            warnings.warn(f"slim.onnx not written: {self.onnx_error}", OnnxWarning, stacklevel=2)
+        return paths
+
+    def _write_report(self, out: Path, t_save: float) -> str:
+        from slimc.atomic import write_text
+
+        times = self.report["times_s"]
+        times["save"] = time.perf_counter() - t_save - times.get("export", 0.0) - times.get("weights", 0.0)
+        write_text(out / "report.json", json.dumps(self.report, indent=2, default=str))
+        return str(out / "report.json")
+
+    def _save_onnx(self, out: Path, opset: int | None, dynamic_batch: bool, paths: dict[str, str]) -> None:
+        """slim.onnx, after every torch output: the dims that vary dynamic, else the batch
+        alone. Where neither exports, no slim.onnx, and the reason
+        is ``report["onnx"]["error"]`` and ``self.onnx_error``: the compile is not lost."""
+        from slimc.onnx import export_onnx
+
+        t0 = time.perf_counter()
+        tries = [self.dynamic_dims or None]
+        if self.dynamic_dims and not all(ds == [0] for ds in self.dynamic_dims.values()):
+            tries.append(None)  # the batch alone
+        failed: list[str] = []
+        info = None
+        for dims in tries:
             try:
                 info = export_onnx(self.module, self.example_inputs, out / "slim.onnx", opset=opset,
-                                   dynamic_batch=dynamic_batch, dynamic_dims=self.dynamic_dims or None)
+                                   dynamic_batch=dynamic_batch, dynamic_dims=dims)
+                break
             except SlimcError as e:
-                if not self.dynamic_dims or all(ds == [0] for ds in self.dynamic_dims.values()):
-                    raise
-                info = export_onnx(self.module, self.example_inputs, out / "slim.onnx", opset=opset,
-                                   dynamic_batch=dynamic_batch)
-                self.report["notes"].append(f"ONNX with a dynamic batch only: with dims {self.dynamic_dims} "
-                                            f"dynamic the export failed ({e})")
-            self.report["times_s"]["export"] = time.perf_counter() - t0
-            self.report["onnx"] = info.to_dict()
-            paths["slim.onnx"] = str(out / "slim.onnx")
-        self.report["times_s"]["save"] = time.perf_counter() - t_save - self.report["times_s"].get("export", 0.0) \
-            - self.report["times_s"].get("weights", 0.0)
-        write_text(out / "report.json", json.dumps(self.report, indent=2, default=str))
-        paths["report.json"] = str(out / "report.json")
-        return paths
+                failed.append(str(e))
+        self.report["times_s"]["export"] = time.perf_counter() - t0
+        if info is None:
+            self.onnx_error = failed[-1]
+            self.report["onnx"] = {"error": failed[-1], "tried": failed}
+            return
+        if failed:
+            self.report["notes"].append(f"ONNX with a dynamic batch only: with dims {self.dynamic_dims} "
+                                        f"dynamic the export failed ({failed[0]})")
+        self.report["onnx"] = info.to_dict()
+        paths["slim.onnx"] = str(out / "slim.onnx")
 
 
 def expected_params(p: RemovalPlan) -> int:
@@ -191,7 +224,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         "kept": p.kept_reasons,
         "barriers": graph_mod.unsupported_table(dg),
         "probed": graph_mod.probed_table(dg),
-        "unstructured_zeros": user.unstructured_zeros(),
+        "unstructured_zeros": user.unstructured_zeros({f: list(dg.parts(f)) for f in user.masks if dg.parts(f)}),
         "notes": [*traced.notes, *p.notes, *notes,
                   *([f"{hooks} hook(s) of the model are not part of the slim graph (res.module); "
                      f"the user's class (res.model) keeps them"] if hooks else []),
@@ -206,7 +239,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     free = p.free_input_dims(inputs, traced.dynamic_dims)
     if verify:
         try:
-            ref = Reference(model, p.final_masks, inputs, free)
+            ref = Reference(model, p.final_masks, inputs, free, traced.dim_names)
             chk = ref.check(slim, _Masked(model, user.masks) if vs_user_masks else None)
         except SlimcError:
             raise
@@ -279,7 +312,7 @@ def _user_model(model: nn.Module, p: RemovalPlan, slim: fx.GraphModule, ctx: Rew
     from slimc.surgery import build
 
     try:
-        um = build(model, p, slim, ctx.events, renorm=ctx.renorm)
+        um = build(model, p, slim, ctx.events, renorm=ctx.renorm, shapes=ctx.shapes)
     except Exception as e:  # surgery on a class slimc does not know: the graph output stands
         from slimc.surgery import UserModel
 

@@ -43,7 +43,8 @@ def _computed(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter) and t.grad_fn is not None
 
 
-def _is_cache(name: str, value: Any) -> bool:
+def is_cache(name: str, value: Any) -> bool:
+    """A dict attribute named ``*cache`` (timm's ``attention_bias_cache``): made again, never copied."""
     return isinstance(value, dict) and name.lower().endswith("cache")
 
 
@@ -63,7 +64,7 @@ def _memo(model: nn.Module) -> dict[int, Any]:
                 kept = {k: h for k, h in hooks.items() if _reparametrization(h) and attr == "_forward_pre_hooks"}
                 memo[id(hooks)] = OrderedDict((k, copy.deepcopy(h, memo)) for k, h in kept.items())
         for name, value in vars(m).items():
-            if _is_cache(name, value):
+            if is_cache(name, value):
                 memo[id(value)] = type(value)()
             elif _computed(value):
                 memo[id(value)] = value.detach().clone()

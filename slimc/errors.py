@@ -33,6 +33,17 @@ class PlanError(SlimcError):
     """The masks ask for something that cannot be built (e.g. a layer with no channel left)."""
 
 
+#: Exit status of ``slimc compile`` when everything but ``slim.onnx`` was written (the torch
+#: outputs, masks, the user's class, report.json with the reason under ``onnx.error``):
+#: neither success (0) nor a failed compile that wrote nothing (2), nor an internal error (1).
+EXIT_NO_ONNX = 3
+
+
+class OnnxWarning(UserWarning):
+    """``CompileResult.save`` wrote every torch output but no ONNX file (the reason is in the
+    report, under ``onnx.error``)."""
+
+
 class ExportError(SlimcError):
     """The model cannot be exported to ONNX, or the export does not match the torch module."""
 

@@ -52,6 +52,7 @@ class DependencyGraph:
     n: int
     barrier_reasons: dict[SlotKey, str]
     nx: nx.MultiDiGraph = field(repr=False, default_factory=nx.MultiDiGraph)
+    holds: set = field(repr=False, default_factory=set)  # barrier slots that hold positions only (Coupling.hold)
     _ids: dict = field(repr=False, default_factory=dict)
 
     def ids(self, slot: SlotKey, idx: np.ndarray | None = None) -> np.ndarray:
@@ -72,6 +73,21 @@ class DependencyGraph:
             self._ids["table"] = (slots, np.array([self.offset[s] for s in slots], np.int64),
                                   np.array([self.size[s] for s in slots], np.int64))
         return self._ids["table"]
+
+    def parts(self, fqn: str) -> dict[tuple[int, int], list[SlotKey]]:
+        """Param ``fqn``'s part dims (``("p", fqn, (dim, at, index))``: each expert's rows of
+        stacked experts), by ``(dim, at)``, in index order."""
+        table = self._ids.get("parts")
+        if table is None:
+            table = {}
+            for s in self.size:
+                if s[0] == "p" and isinstance(s[2], tuple):
+                    table.setdefault(s[1], {}).setdefault(s[2][:2], []).append(s)
+            for by_dim in table.values():
+                for slots in by_dim.values():
+                    slots.sort(key=lambda s: s[2][2])
+            self._ids["parts"] = table
+        return table.get(fqn, {})
 
     def per_slot_count(self, flags: np.ndarray) -> np.ndarray:
         """How many elements of each slot (in :meth:`slot_table` order) ``flags`` marks."""
@@ -140,7 +156,7 @@ def _apply_rule(node: fx.Node, gm: fx.GraphModule, shapes: dict[str, Any], probe
         _barrier_everything(c, node, shapes, result.reason)
         return NodeFacts(node, name, c, result.reason)
     # safety net: every dim of every tensor input and output must be described
-    touched = _touched(result)
+    touched = _touched(result) | view.viewed  # (a transposed parameter read as the parameter: described)
     for x in node.all_input_nodes:
         for vname, shp in _value_shapes(x, shapes):
             for d, n in enumerate(shp):
@@ -221,7 +237,8 @@ def build(gm: fx.GraphModule, shapes: dict[str, Any], probe=None) -> DependencyG
     for s, why in barrier_reasons.items():
         if s in g:
             g.nodes[s]["barrier"] = why
-    return DependencyGraph(gm, shapes, facts, offset, size, n, barrier_reasons, g)
+    holds = {s for f in facts for s in f.coupling.holds}
+    return DependencyGraph(gm, shapes, facts, offset, size, n, barrier_reasons, g, holds=holds)
 
 
 def unsupported_table(dg: DependencyGraph) -> list[dict[str, str]]:

@@ -119,18 +119,48 @@ def other_size(n: int, batch: bool = False, keep: int = 2) -> int:
     return down if down < n else n + step
 
 
-def other_shapes(inputs: tuple, free: Mapping[int, list[int]], keep: int = 2) -> dict[int, tuple]:
+def batch_of_two(inputs: tuple) -> tuple | None:
+    """The inputs with a batch of 1 made 2 (each batched tensor's row repeated), or None
+    where the batch is not 1: what a tracer that specializes sizes 0 and 1 (``torch.export``)
+    is given, so the batch stays a symbol whatever the example's batch. Every tensor with a
+    dim 0 is taken as batched; where they do not all have a dim 0 of 1, the batch is not 1."""
+    batched = [t for t in inputs if isinstance(t, torch.Tensor) and t.dim() > 0]
+    if not batched or any(t.shape[0] != 1 for t in batched):
+        return None
+    return tuple(t.expand(2, *t.shape[1:]).clone() if isinstance(t, torch.Tensor) and t.dim() > 0 else t
+                 for t in inputs)
+
+
+def other_shapes(inputs: tuple, free: Mapping[int, list[int]], keep: int = 2,
+                 names: Mapping[int, Mapping[int, str]] | None = None) -> dict[int, tuple]:
     """New shapes for the inputs: every free dim changed (see :func:`other_size`); ``free``:
-    input index → dims that may vary (dim 0 is the batch)."""
+    input index → dims that may vary (dim 0 is the batch). ``names``: input index → {dim: the
+    name of its size} (the export front end's symbols): dims of one name take one new size,
+    and dims of different names that the example gives the same size take different new
+    sizes where they can — an encoder's and a decoder's lengths are checked apart."""
     out = {}
+    by_name: dict[str, int] = {}  # a size's name → its new size
+    taken: dict[tuple[int, int], str] = {}  # (old size, new size) → the name that took it
     for i, dims in free.items():
         t = inputs[i]
         shape = list(t.shape)
         for d in dims:
-            shape[d] = other_size(shape[d], batch=d == 0, keep=keep)
+            n, name = shape[d], (names or {}).get(i, {}).get(d)
+            if name in by_name:
+                shape[d] = by_name[name]
+                continue
+            new = other_size(n, batch=d == 0, keep=keep)
+            if name is not None:
+                if d != 0:
+                    new = next((m for m in (new, other_size(n, keep=2), other_size(n, keep=8), n - 1, n + 1)
+                                if m >= 2 and m != n and taken.get((n, m), name) == name), new)
+                    taken[(n, new)] = name
+                by_name[name] = new
+            shape[d] = new
         if shape != list(t.shape):
             out[i] = tuple(shape)
     return out
 
 
-__all__ = ["as_tuple", "bind", "forward_params", "untaken_defaults", "random_like", "random_tensor_like", "other_shapes", "other_size"]
+__all__ = ["as_tuple", "bind", "forward_params", "untaken_defaults", "random_like", "random_tensor_like", "other_shapes", "other_size",
+           "batch_of_two"]

@@ -8,6 +8,10 @@ torch alone.
   training flag read at run time;
 * ``copy_(x[:, a:b], v)`` (what torch.export makes of ``x[:, a:b] += v``) →
   ``x' = slice_scatter(x, v, 1, a, b)``, and later reads of ``x`` read ``x'``;
+* ``aten.zeros([1, H, s0, s1])`` — a factory whose sizes list holds sizes read at run time —
+  → ``aten.new_zeros(x, [1, H, s0, s1], dtype=…)`` of a tensor ``x`` the sizes are read from
+  (on its device): a saved graph (slim.pt) is traced again from its code when it loads, and torch's
+  factories refuse a traced size inside a list, where ``new_*`` takes the tensor first;
 * ``F.batch_norm(…, training=<traced constant>)`` in a BatchNorm subclass's own forward
   (timm's ``BatchNormAct2d``) follows the module's mode at run time, like ``nn.BatchNorm2d``
   (:func:`live_batch_norm_flags`, on the fresh trace).
@@ -134,6 +138,50 @@ def _slice_writes(gm: fx.GraphModule) -> bool:
     return changed
 
 
+_NEW_OF = {torch.ops.aten.zeros.default: torch.ops.aten.new_zeros.default,
+           torch.ops.aten.ones.default: torch.ops.aten.new_ones.default,
+           torch.ops.aten.full.default: torch.ops.aten.new_full.default}
+
+
+def _tensor_behind(sizes: list) -> fx.Node | None:
+    """A tensor node that a size of ``sizes`` is read from (through size arithmetic)."""
+    todo, seen = [a for a in sizes if isinstance(a, fx.Node)], set()
+    while todo:
+        n = todo.pop(0)
+        if n in seen or len(seen) > 32:
+            continue
+        seen.add(n)
+        if _shape(n) is not None:
+            return n
+        todo.extend(n.all_input_nodes)
+    return None
+
+
+def _factories_of_traced_sizes(gm: fx.GraphModule) -> bool:
+    graph, changed = gm.graph, False
+    for node in list(graph.nodes):
+        new = _NEW_OF.get(node.target) if node.op == "call_function" else None
+        sizes = node.args[0] if new is not None and node.args else None
+        val = node.meta.get("val")
+        if not isinstance(sizes, (list, tuple)) or not isinstance(val, torch.Tensor):
+            continue
+        src = _tensor_behind(list(sizes))
+        if src is None:
+            continue
+        kwargs = {**node.kwargs, "dtype": node.kwargs.get("dtype") or val.dtype}
+        kwargs.pop("device", None)
+        src_val = src.meta.get("val")
+        if not isinstance(src_val, torch.Tensor) or src_val.device != val.device:
+            kwargs["device"] = val.device  # else on the source's device, wherever the graph runs
+        with graph.inserting_before(node):
+            made = graph.call_function(new, (src, list(sizes), *node.args[1:]), kwargs)
+        made.meta = dict(node.meta)
+        node.replace_all_uses_with(made)
+        graph.erase_node(node)
+        changed = True
+    return changed
+
+
 def _shape(n) -> tuple | None:
     """A tensor node's shape as the trace recorded it (:func:`slimc.shapes.node_shape`)."""
     s = node_shape(n) if isinstance(n, fx.Node) else None
@@ -166,6 +214,7 @@ def lower(gm: fx.GraphModule, training: bool) -> bool:
     ``training``: the model's mode when it was traced."""
     changed = _drop_paths(gm, training)
     changed |= _slice_writes(gm)
+    changed |= _factories_of_traced_sizes(gm)
     if changed:
         gm.graph.lint()
         gm.recompile()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimc.compact import FinalMasks, broadcasts, compact, factors_of, shrink, structured_mask
+from slimc.compact import Dim, FinalMasks, broadcasts, compact, factors_of, is_part, part_of, shrink, structured_mask
 from slimc.errors import LoadError, MaskError, describe
 from slimc.tensors import tied_groups
 
@@ -52,12 +52,14 @@ class MaskSet:
         """The parameter's shape (the mask's own where the parameter's is not known)."""
         return self.shapes.get(fqn) or tuple(self.masks[fqn].shape)
 
-    def zero_slices(self, fqn: str, dim: int) -> torch.Tensor:
-        """Bool tensor over ``dim``: True where the whole slice of the mask is zero."""
+    def zero_slices(self, fqn: str, dim: Dim) -> torch.Tensor:
+        """Bool tensor over ``dim``: True where the whole slice of the mask is zero (of its
+        part, for a part dim ``(dim, at, index)``: see :mod:`slimc.compact`)."""
         key = (fqn, dim)
         if key not in self._zero:
-            m = self.masks[fqn].numpy()  # bool, on the CPU (normalize): numpy costs less per call
-            n = self.shape(fqn)[dim]
+            # bool, on the CPU (normalize): numpy costs less per call
+            m, dim = part_of(self.masks[fqn].numpy(), dim)
+            n = self.shape(fqn)[key[1][0] if is_part(key[1]) else dim]
             other = tuple(d for d in range(m.ndim) if d != dim)
             if m.shape[dim] == 1:  # broadcast along dim: every slice is the whole mask
                 z = np.full(n, not m.any())
@@ -66,8 +68,10 @@ class MaskSet:
             self._zero[key] = torch.from_numpy(np.ascontiguousarray(z))
         return self._zero[key]
 
-    def unstructured_zeros(self) -> dict[str, int]:
-        """Per parameter: zeros that lie outside fully-zero slices along dim 0 and dim 1.
+    def unstructured_zeros(self, parts: Mapping[str, list[tuple[int, int]]] | None = None) -> dict[str, int]:
+        """Per parameter: zeros that lie outside fully-zero slices along dim 0 and dim 1 (a
+        parameter cut in ``parts`` — ``(dim, at)`` pairs of stacked experts — outside zero
+        slices along any dim and zero rows of its parts).
 
         Counted, not marked: a zero slice is all zeros, so the zeros it covers are its size."""
         out: dict[str, int] = {}
@@ -76,6 +80,10 @@ class MaskSet:
             numel = math.prod(shape)
             zeros = numel - int(np.count_nonzero(m.numpy())) * (numel // max(m.numel(), 1))
             if not zeros or not shape:
+                continue
+            if parts and parts.get(fqn):
+                if (left := _outside_slices(m.numpy(), parts[fqn]) * (numel // max(m.numel(), 1))):
+                    out[fqn] = left
                 continue
             rows = int(self.zero_slices(fqn, 0).sum())
             cols = int(self.zero_slices(fqn, 1).sum()) if len(shape) > 1 else 0
@@ -97,6 +105,16 @@ class MaskSet:
 
     def to_state(self) -> dict[str, torch.Tensor]:
         return {k: v.to(torch.uint8) for k, v in self.masks.items()}
+
+
+def _outside_slices(m: np.ndarray, pairs: list[tuple[int, int]]) -> int:
+    """Zeros of the (compact, bool) mask ``m`` outside its zero slices along every dim and
+    outside the zero rows (along ``d``) of each part (along ``at``) for ``(d, at)`` in ``pairs``."""
+    covered = np.zeros(m.shape, bool)
+    for keep in [(k,) for k in range(m.ndim)] + [tuple(p) for p in pairs]:
+        other = tuple(i for i in range(m.ndim) if i not in keep)
+        covered |= ~m.any(axis=other, keepdims=True) if other else ~m
+    return int((~m & ~covered).sum())
 
 
 _NUMPY_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from slimc.modes import eval_mode
+from slimc.shape_rules import whole_module
 
 
 class StageClock:
@@ -45,14 +46,17 @@ def count_flops(m: nn.Module, inputs: tuple) -> int | None:
 
 
 def layer_widths(before: nn.Module, after: nn.Module) -> list[dict[str, Any]]:
-    """Leaf modules with a weight: shape before → after (only those that changed first)."""
+    """Leaf modules with a weight: shape before → after (only those that changed first); a
+    module traced whole (MoE experts) by its first parameter (the stacked up projection)."""
     after_mods = dict(after.named_modules())
     rows = []
     for name, m in before.named_modules():
-        w = getattr(m, "weight", None)
+        whole = whole_module(type(m)) is not None
+        attr = next((n for n, _ in m.named_parameters(recurse=False)), "") if whole else "weight"
+        w = getattr(m, attr, None)
         if not name or not isinstance(w, torch.Tensor) or name not in after_mods:
             continue
-        w2 = getattr(after_mods[name], "weight", None)
+        w2 = getattr(after_mods[name], attr, None)
         if not isinstance(w2, torch.Tensor):
             continue
         rows.append({
@@ -69,16 +73,33 @@ def rows_table(title: str, rows: list[dict], keys: list[str]):
     """A rich table of ``rows`` (dicts), one column per key."""
     from rich.table import Table
 
+    from rich.markup import escape
+
     t = Table(title=title)
     for k in keys:
         t.add_column(k)
-    for r in rows:
-        t.add_row(*(str(r.get(k, "")) for k in keys))
+    for r in rows:  # (user code in the cells: `split([self.num_heads, 1, 1])` is not markup)
+        t.add_row(*(escape(str(r.get(k, ""))) for k in keys))
     return t
+
+
+def by_layer_pattern(lines: list[str]) -> list[str]:
+    """"path: old → new" lines of repeated layers as one line each, the layer numbers as '#':
+    'encoder.block.0.attn.n_heads: 4 → 3' and 'encoder.block.1…' → 'encoder.block.#.attn.n_heads:
+    4 → 3 (×2)' (a change that differs between the layers stays apart)."""
+    import re
+
+    counts: dict[str, int] = {}
+    for line in lines:
+        path, sep, change = line.partition(": ")
+        key = re.sub(r"\.\d+(?=\.)", ".#", path) + sep + change
+        counts[key] = counts.get(key, 0) + 1
+    return [k + (f" (×{n})" if n > 1 else "") for k, n in counts.items()]
 
 
 def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
@@ -108,7 +129,7 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
         kt.add_column("groups", justify="right")
         kt.add_column("reason")
         for r in report["kept"][:15]:
-            kt.add_row(str(r["groups"]), r["reason"])
+            kt.add_row(str(r["groups"]), escape(r["reason"]))
         console.print(kt)
     if report.get("barriers"):
         console.print(rows_table("unsupported ops (barriers)", report["barriers"][:15], ["node", "reason", "source"]))
@@ -137,13 +158,17 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
             how = ""
             if hf:
                 how = (" — hf/ reloads with from_pretrained" if hf["expressible"]
-                       else f" — reload with slimc.load (the config cannot express it: {hf['why_not']})")
+                       else f" — reload with slimc.load (the config cannot express it: {escape(hf['why_not'])})")
             console.print(f"your class {u['class'].rsplit('.', 1)[-1]}: slim model built (res.model, slimc.load){how}")
+            if hf and hf.get("config_changes"):
+                console.print("config: " + ", ".join(hf["config_changes"]))
+            if u.get("patched"):
+                console.print("sizes set: " + "; ".join(by_layer_pattern(u["patched"])[:12]))
         else:
             console.print(f"your class {str(u['class']).rsplit('.', 1)[-1]}: [yellow]no slim model of it[/yellow] "
-                          f"({u['reason']}); the graph slim.pt is exact")
+                          f"({escape(u['reason'])}); the graph slim.pt is exact")
     o = report.get("onnx")
-    if o:
+    if o and "error" not in o:  # a failed export is the command's own line
         where = (" at input shapes " + " and ".join(", ".join(str(tuple(x)) for x in xs) for xs in o["input_shapes"])
                  if o.get("input_shapes") else f" at batch {o['batch_sizes']}")
         dyn = f", dynamic dims {o['dynamic_dims']}" if o.get("dynamic_dims") else ""
@@ -153,4 +178,4 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
     if times:
         console.print("time: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()))
     for n in report.get("notes", [])[:10]:
-        console.print(f"note: {n}")
+        console.print(f"note: {escape(n)}")

@@ -74,8 +74,7 @@ def sliced(plan, name: str, t: torch.Tensor) -> torch.Tensor:
         if slot in dg.size and dg.size[slot] != t.shape[d]:
             raise LoadError(f"checkpoint tensor '{name}' has shape {tuple(t.shape)}, the model's has "
                             f"dim {d} = {dg.size[slot]}: the checkpoint does not belong to this model")
-    kept = {d: k for d in range(t.dim()) if (k := plan.kept_index(("p", name, d))) is not None}
-    out = slice_masked(t, kept, plan.final_masks.user_mask(name))
+    out = slice_masked(t, plan.cuts(name, t.dim()), plan.final_masks.user_mask(name))
     return out if out is t else out.contiguous()
 
 

@@ -3,7 +3,8 @@
 * ``fx``: ``torch.fx`` symbolic trace, standard ``torch.nn`` modules as leaves.
 * ``export``: ``torch.export.export(strict=False)`` then the unlifted GraphModule,
   for models with data-dependent Python control flow; ATen-level ops.
-* ``auto``: try ``fx``, fall back to ``export``, and say which one was used.
+* ``auto``: try ``fx``, fall back to ``export``, and say which one was used (Hugging Face
+  models go to ``export`` first: fx cannot trace them).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from slimc.absent import absent_inputs
 from slimc.blocks import Blocks, NotRepeated, find_blocks, traced_by_blocks
 from slimc.copying import clean
 from slimc.errors import TraceError, describe
@@ -23,6 +25,7 @@ from slimc.module_copy import copy_module
 from slimc.shapes import node_shape, propagate_shapes
 from slimc.tensors import owner_of, set_by_path
 from slimc.modes import eval_mode
+from slimc.whole import as_modules, kept_whole, ready_for_graph
 
 
 @dataclass
@@ -33,6 +36,10 @@ class Traced:
     real_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # set aside by a meta trace
     # input index → dims the front end kept dynamic (export); None: not known (fx traces every size)
     dynamic_dims: dict[int, list[int]] | None = None
+    # input index → {dim: the name of its size} (export's symbols): dims of one name keep one
+    # size (a batch, the lengths of input_ids and its attention mask); dims of different names
+    # vary independently (an encoder's and a decoder's lengths). None: not known
+    dim_names: dict[int, dict[int, str]] | None = None
 
 
 def caches_off(model: nn.Module) -> list[str]:
@@ -144,11 +151,11 @@ class _Tracer(fx.Tracer):
         self.leaf_all = leaf_all
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from slimc.lowering import kept_whole
-        from slimc.shape_rules import module_rule
+        from slimc.lowering import kept_whole as lowered_later
+        from slimc.shape_rules import module_rule, whole_module
 
-        if kept_whole(m):  # a library's drop-path: lowered to plain torch ops after the trace
-            return True
+        if lowered_later(m) or whole_module(type(m)) is not None:  # a library's drop-path (lowered
+            return True  # to plain torch ops after the trace); a module its rule describes whole
         if not super().is_leaf_module(m, qualname):
             return False
         return self.leaf_all or module_rule(type(m)) is not None
@@ -198,24 +205,43 @@ def trace_fx(model: nn.Module, leaf_all: bool = False, example_inputs: tuple = (
     return fx.GraphModule(tracer.root, graph, model.__class__.__name__)
 
 
-def _symbolic_dims(gm: fx.GraphModule, example_inputs: tuple) -> dict[int, list[int]]:
-    """Input index → dims that export kept symbolic (the model lets them vary)."""
+def _symbolic_dims(gm: fx.GraphModule, example_inputs: tuple) -> dict[int, dict[int, str]]:
+    """Input index → {dim: its symbol}: the dims export kept symbolic (the model lets them
+    vary); dims that share a symbol are ones the model needs equal."""
     vals = [n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"]
     vals = [v for v in vals if isinstance(v, torch.Tensor)]
     positions = [i for i, x in enumerate(example_inputs) if isinstance(x, torch.Tensor)]
-    return {i: [d for d, s in enumerate(v.shape) if not isinstance(s, int)] for i, v in zip(positions, vals)}
+    return {i: {d: str(s) for d, s in enumerate(v.shape) if not isinstance(s, int)} for i, v in zip(positions, vals)}
 
 
-def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModule, dict[int, list[int]]]:
+def _auto_dims(inputs: tuple) -> tuple:
+    """``Dim.AUTO`` for every dim of every tensor but those of size 0 or 1 (export would
+    specialize them, and say so)."""
+    return tuple({d: torch.export.Dim.AUTO for d, n in enumerate(t.shape) if n > 1}
+                 if isinstance(t, torch.Tensor) and t.dim() else None for t in inputs)
+
+
+def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModule, dict[int, dict[int, str]]]:
     """Every dim of every tensor input is marked ``Dim.AUTO``: export keeps dynamic what the
-    model lets vary (batch, sequence length, image size) and specializes the rest."""
+    model lets vary (batch, sequence length, image size) and specializes the rest. Export
+    specializes every size 0 or 1, so a batch of 1 is traced as 2 (:func:`batch_of_two`;
+    as given where the model refuses that), and other dims of size 1 stay static. Returns the
+    graph and the symbol of every dynamic input dim (:func:`_symbolic_dims`)."""
+    from slimc.inputs import batch_of_two
+
     was = model.training
-    dyn = tuple({d: torch.export.Dim.AUTO for d in range(t.dim())} if isinstance(t, torch.Tensor) and t.dim() else None
-                for t in example_inputs)
-    with eval_mode(model):
-        ep = torch.export.export(model, example_inputs, dynamic_shapes=dyn, strict=False)
+    wide = batch_of_two(example_inputs)
+    with eval_mode(model), kept_whole(model) as whole:
+        ep = None
+        if wide is not None:
+            try:
+                ep = torch.export.export(model, wide, dynamic_shapes=_auto_dims(wide), strict=False)
+            except Exception:  # the model takes no other batch: traced at the example's
+                ep = None
+        if ep is None:
+            ep = torch.export.export(model, example_inputs, dynamic_shapes=_auto_dims(example_inputs), strict=False)
     unlifted = ep.module()
-    dynamic = _symbolic_dims(unlifted, example_inputs)
+    names = _symbolic_dims(unlifted, example_inputs)
     # the unlifted module refuses .train()/.eval(); a plain GraphModule over the same graph does not.
     # Its graph remembers export's tracer class, which cannot re-trace when torch.load unpickles it.
     unlifted.graph._tracer_cls = None
@@ -226,18 +252,22 @@ def trace_export(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModul
         if n.op == "call_module" and type(gm.get_submodule(n.target)).__name__ == "GuardsFn" and not n.users:
             gm.graph.erase_node(n)
             gm.delete_submodule(n.target)
+    as_modules(gm, model, whole)  # the modules kept whole: call_module nodes of their own
+    absent_inputs(gm, example_inputs)
     gm.recompile()
     gm.train(was)
-    return gm, dynamic
+    return gm, names
 
 
 def _traced_whole(model: nn.Module, fe: str, example_inputs: tuple) -> tuple[fx.GraphModule, dict | None]:
-    """One front end on the whole of ``model``: (graph module with shapes, dynamic dims)."""
+    """One front end on the whole of ``model``: (graph module with shapes, the names of the
+    dynamic input dims; None where the front end does not say)."""
     dynamic = None
     if fe == "export":
         gm, dynamic = trace_export(model, example_inputs)
     else:
         gm = trace_fx(model, leaf_all=fe != "fx", example_inputs=example_inputs)
+    ready_for_graph(gm)  # modules traced whole (MoE experts) run an implementation export and ONNX trace
     propagate_shapes(gm, example_inputs)
     if lower(gm, model.training):  # library calls, in-place slice writes → plain torch ops
         propagate_shapes(gm, example_inputs)
@@ -258,21 +288,32 @@ def trace(model: nn.Module, example_inputs: tuple, front_end: str = "auto", meta
     order = {"auto": ["fx", "export", "fx (leaves)"], "fx": ["fx", "fx (leaves)"], "export": ["export"]}.get(front_end)
     if order is None:
         raise TraceError(f"unknown front end '{front_end}': use auto, fx or export")
+    if front_end == "auto" and _export_first(model):
+        order = ["export", "fx", "fx (leaves)"]
     blocks = find_blocks(model)
     for fe in order:
         try:
-            gm, dynamic = _traced(model, fe, example_inputs, blocks, notes)
+            gm, names = _traced(model, fe, example_inputs, blocks, notes)
             real = to_meta(gm) if meta else {}
         except Exception as e:  # tracing user code can raise anything
             errors.append(f"{fe}: {describe(e, 200)}")
             continue
         if errors:
             notes.append(f"front end '{fe}' used; " + "; ".join(errors))
-        return Traced(gm, fe.split()[0], notes, real, dynamic_dims=dynamic)
+        dynamic_dims = None if names is None else {i: list(ds) for i, ds in names.items()}
+        return Traced(gm, fe.split()[0], notes, real, dynamic_dims=dynamic_dims, dim_names=names)
     raise TraceError(
         "cannot trace the model (" + "; ".join(errors) + "): remove data-dependent Python control flow "
         "from forward() or try --front-end export"
     )
+
+
+def _export_first(model: nn.Module) -> bool:
+    """Hugging Face models: their forward() is not fx-traceable (data-dependent control flow,
+    ``co_varnames`` checks), so ``auto`` goes to export without the failed fx attempt."""
+    from slimc.surgery.hf import is_hf
+
+    return is_hf(model)
 
 
 def _traced(model: nn.Module, fe: str, example_inputs: tuple, blocks: Blocks | None, notes: list[str]):

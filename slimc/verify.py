@@ -123,8 +123,10 @@ class Reference:
     what random values at the example's shape would be, and the check costs one forward of
     the masked original and one of the slim model less."""
 
-    def __init__(self, original: nn.Module, final_masks: dict, inputs: tuple, free: dict[int, list[int]]):
+    def __init__(self, original: nn.Module, final_masks: dict, inputs: tuple, free: dict[int, list[int]],
+                 names: dict[int, dict[int, str]] | None = None):
         self.module = Masked(original, final_masks)
+        self.names = names  # input → {dim: the name of its size}: see slimc.inputs.other_shapes
         applied = self.module.applied()
         if applied is None:
             self._run(self.module, inputs, free)
@@ -146,7 +148,7 @@ class Reference:
         seen: list = []
         for dims, keep in tries:
             dims = {i: ds for i, ds in dims.items() if ds}
-            shapes = other_shapes(inputs, dims, keep)
+            shapes = other_shapes(inputs, dims, keep, self.names)
             if shapes in seen:
                 continue
             seen.append(shapes)

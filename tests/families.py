@@ -9,7 +9,8 @@ model), loads the compile output with ``slimc.load`` and compares, at every give
 
 * the user's class (``slimc.load``) and the graph (``slim.pt``) against the masked original;
 * ``slim.onnx`` in onnxruntime against the masked original (where the compile wrote it);
-* greedy ``generate()`` (KV cache on) of the reloaded model against the masked original.
+* greedy ``generate()`` (KV cache on) of the reloaded model against the masked original (an
+  encoder–decoder model takes the prompt as its encoder's input).
 
 The caller asserts on the returned :class:`FamilyRun` (``run.assert_exact()`` for the usual
 claims) and on the compile's ``report.json``.
@@ -155,9 +156,13 @@ if opts["onnx"] and onnx_path.exists():
             res["errors"].append(f"onnx at {shape_of(x)}: {type(e).__name__}: {str(e)[:300]}")
 
 if opts["generate"]:
-    kw = dict(max_new_tokens=opts["new_tokens"], do_sample=False)
+    kw = dict(max_new_tokens=opts["new_tokens"], do_sample=False, **opts.get("generate_kw", {}))
     if getattr(ref.generation_config, "pad_token_id", None) is None:
         kw["pad_token_id"] = 0
+    gc = ref.generation_config
+    if getattr(ref.config, "is_encoder_decoder", False) and getattr(gc, "decoder_start_token_id", None) is None \
+            and getattr(gc, "bos_token_id", None) is None:  # T5's default config names none: its pad, as T5 has it
+        kw["decoder_start_token_id"] = kw.get("pad_token_id", gc.pad_token_id)
     try:
         with torch.no_grad():
             a, b = slim.generate(prompt, **kw), ref.generate(prompt, **kw)
@@ -182,11 +187,13 @@ def _ok(proc: subprocess.CompletedProcess, what: str) -> None:
 def run_family(tmp_path: Path, source: str, shapes: list[Any], *, prompt: torch.Tensor | None = None,
                prune: tuple[str, ...] = ("--criterion", "l1", "--ratio", "0.3"),
                compile_args: tuple[str, ...] = (), onnx: bool = True, new_tokens: int = 6,
-               timeout: int = 900) -> FamilyRun:
+               generate_kw: dict | None = None, timeout: int = 900) -> FamilyRun:
     """``source``: a model.py text defining ``model`` (or ``build_model()``) and ``example_inputs``,
     deterministic (seeded), so the fresh process rebuilds the same weights. ``shapes``: inputs
     to compare at (tuples or dicts of forward() keyword arguments; give three, one with
-    another batch). ``prompt``: token ids for greedy ``generate()`` (None: not compared)."""
+    another batch). ``prompt``: token ids for greedy ``generate()`` (None: not compared);
+    ``generate_kw``: more arguments of both ``generate()`` calls (e.g. ``no_repeat_ngram_size=1``
+    where random weights would repeat one token: each step then follows the logits' order)."""
     d = Path(tmp_path)
     d.mkdir(parents=True, exist_ok=True)
     (d / "model.py").write_text(textwrap.dedent(source))
@@ -200,7 +207,7 @@ def run_family(tmp_path: Path, source: str, shapes: list[Any], *, prompt: torch.
               *([] if onnx else ["--no-onnx"])], d, timeout)
     _ok(c, "slimc compile")
     report = json.loads((d / "out" / "report.json").read_text())
-    opts = {"onnx": onnx, "generate": prompt is not None, "new_tokens": new_tokens}
+    opts = {"onnx": onnx, "generate": prompt is not None, "new_tokens": new_tokens, "generate_kw": generate_kw or {}}
     f = subprocess.run([sys.executable, "-c", FRESH, str(d), json.dumps(opts)], capture_output=True, text=True,
                        timeout=timeout)
     line = next((ln for ln in f.stdout.splitlines() if ln.startswith("FAMILY-RESULT ")), None)

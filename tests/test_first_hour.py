@@ -115,3 +115,46 @@ def test_progress_lines_only_when_asked_and_piped(capsys):
         assert out.splitlines() == ["loud: 0/3", "loud: 3/3 done (0 s)", "a step"] and err == ""
     finally:
         pg.plain_lines(False)
+
+
+def test_an_output_folder_that_is_an_input_or_a_file_is_refused(tmp_path, capsys):
+    """-o naming the masks file (or any existing file) is refused before any work: one line,
+    exit 2, the file untouched — for every command that writes a folder."""
+    import torch
+
+    p = tmp_path / "model.py"
+    p.write_text(MODEL)
+    masks = tmp_path / "m.pth"
+    torch.save({}, masks)
+    other = tmp_path / "notes.txt"
+    other.write_text("mine")
+    before = masks.read_bytes()
+    for out, needle in ((masks, "would overwrite the input"), (other, "is a file")):
+        for cmd in (["compile", str(p), "--masks", str(masks), "-o", str(out)],
+                    ["sensitivity", str(p), "-o", str(out)],
+                    ["bench", str(p), "--masks", str(masks), "-o", str(out)]):
+            assert main(cmd) == 2, cmd
+            line = _err_line(capsys)
+            takes_masks = "--masks" in cmd
+            assert (needle if takes_masks else "is a file") in line and str(out) in line, line
+    assert masks.read_bytes() == before and other.read_text() == "mine"
+
+
+def test_every_criterion_name_from_one_source(tmp_path, capsys):
+    """The message, the help and the names --criterion accepts agree (automatic pruners included)."""
+    from slimc.prune.auto import auto_names
+    from slimc.prune.criteria import choices, names
+
+    p = tmp_path / "model.py"
+    p.write_text(MODEL)
+    assert main(["prune", str(p), "--criterion", "fpmg", "-o", str(tmp_path / "m.pth")]) == 2
+    line = _err_line(capsys)
+    assert "did you mean 'fpgm'" in line and choices() in line
+    for n in [*names(), *auto_names()]:
+        assert n in choices()
+    with pytest.raises(SystemExit):
+        main(["prune", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for n in auto_names():
+        assert n in help_text
+    assert not (tmp_path / "m.pth").exists()

@@ -10,7 +10,7 @@ from slimc.passes import PIPELINE, node_error, run_pipeline
 
 def test_pipeline_reads_like_the_algorithm():
     assert [name for name, _ in PIPELINE] == ["slice_params", "patch_constants", "patch_slices", "patch_factories",
-                                              "exact_mean", "exact_layernorm", "drop_dead"]
+                                              "exact_mean", "exact_layernorm", "inline_whole", "drop_dead"]
     assert all(callable(fn) for _, fn in PIPELINE)
     assert callable(run_pipeline)
 

@@ -70,7 +70,7 @@ def time_ort(
 
     if isinstance(inputs, (np.ndarray, torch.Tensor)):
         inputs = (inputs,)
-    inputs = tuple(inputs)
+    inputs = tuple(x for x in inputs if x is not None)  # absent inputs are not in the file (slimc.onnx)
     check_warmup(warmup)
     policy = Repeats(repeats, min_time_s, min_repeats, max_repeats)
     dev, is_cuda = resolve_device(device)

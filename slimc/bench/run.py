@@ -22,7 +22,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,6 +73,7 @@ class _Models:
     by_variant: dict[str, nn.Module]
     compile_s: float | None = None
     compile_report: dict | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _three_models(original: nn.Module, masks: Any, slim: Any, inputs: tuple, name: str, say: Log) -> _Models:
@@ -98,8 +99,23 @@ def _three_models(original: nn.Module, masks: Any, slim: Any, inputs: tuple, nam
         if final_masks is None:
             raise ValueError("masks are needed (or a CompileResult as slim) to build the masked model")
         masks = final_masks
+    original, notes = _caches_off(original)
     masked = masked_copy(original, normalize(masks, original))
-    return _Models({"original": original, "masked": masked, "slim": slim_module}, compile_s, report or {})
+    return _Models({"original": original, "masked": masked, "slim": slim_module}, compile_s, report or {}, notes)
+
+
+def _caches_off(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """An HF model with its KV cache off (a copy sharing its parameters), as the slim graph
+    was traced: the three variants compute the same outputs, and none returns a cache object
+    (an encoder–decoder cache is no output an exporter can write)."""
+    from slimc.trace import caches_off, tree_copy
+
+    if not any(getattr(getattr(m, "config", None), "use_cache", None) for m in model.modules()):
+        return model, []
+    model = tree_copy(model)
+    caches_off(model)
+    return model, ["original and masked run with the KV cache off (config.use_cache=False on a copy), "
+                   "as the slim graph was traced"]
 
 
 def _compile_facts(models: _Models) -> dict:
@@ -347,6 +363,7 @@ def bench(original: nn.Module, masks: Any, example_inputs: Any, *, name: str = "
         "notes": [], "errors": [],
     }
     models = _three_models(original, masks, slim, inputs, name, say)
+    result["notes"].extend(models.notes)
     result.update(_compile_facts(models))
     result.update(_sizes(models.by_variant, inputs))
     use_ort = "ort" in cfg.runtimes

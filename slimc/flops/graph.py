@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from slimc.shape_rules import aten, op_key
+from slimc.shape_rules import aten, class_keys, op_key
+from slimc.shape_rules.experts import EXPERTS
 
 Shape = tuple[int, ...]
 ShapeOf = Callable[[fx.Node], "Shape | None"]  # a node's value shape (None: not one tensor)
@@ -74,6 +75,18 @@ def sdpa(node, gm, shape_of, param_shape) -> int:
     return 2 * math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
 
 
+def experts(node, gm, shape_of, param_shape) -> int:
+    """Stacked MoE experts: every token's k experts each run their up (gate and up) and down
+    projections: T·k × (rows·H + H·I)."""
+    out, idx = shape_of(node), _arg_shape(node, 1, shape_of)
+    m = gm.get_submodule(node.target)
+    up = "gate_up_proj" if getattr(m, "has_gate", True) else "up_proj"
+    if not (out and idx and hasattr(m, up) and hasattr(m, "down_proj")):
+        return 0
+    return 2 * out[0] * idx[-1] * (math.prod(param_shape(f"{node.target}.{up}")[1:])
+                                   + math.prod(param_shape(f"{node.target}.down_proj")[1:]))
+
+
 FORMULAS: dict = {}
 for _keys, _fn in [
     ([nn.Conv1d, nn.Conv2d, nn.Conv3d, F.conv1d, F.conv2d, F.conv3d,
@@ -86,6 +99,7 @@ for _keys, _fn in [
       *aten("matmul.default", "mm.default", "bmm.default")], matmul),
     ([torch.addmm, torch.baddbmm, "addmm", "baddbmm", *aten("addmm.default", "baddbmm.default")], addmm),
     ([F.scaled_dot_product_attention, *aten("scaled_dot_product_attention.default")], sdpa),
+    ([EXPERTS], experts),
 ]:
     for _k in _keys:
         FORMULAS[_k] = _fn
@@ -99,8 +113,8 @@ def graph_flops(gm: fx.GraphModule, shape_of: ShapeOf, param_shape: ParamShape) 
             continue
         key = op_key(node, gm)
         fn = FORMULAS.get(key)
-        if fn is None and isinstance(key, type):  # a subclass of a torch.nn layer
-            fn = next((FORMULAS[b] for b in key.__mro__[1:] if b in FORMULAS), None)
+        if fn is None and isinstance(key, type):  # a subclass of a torch.nn layer; a class keyed by name
+            fn = next((FORMULAS[k] for b in key.__mro__ for k in class_keys(b) if k in FORMULAS), None)
         if fn is not None:
             total += fn(node, gm, shape_of, param_shape)
     return int(total)

@@ -18,7 +18,7 @@ import torch
 
 from slimc.errors import ExportError, describe
 from slimc.onnx.quiet import Quiet
-from slimc.onnx.shapes import CheckRun, check_runs, example_batch, normalize_inputs, random_like
+from slimc.onnx.shapes import CheckRun, check_runs, example_batch, normalize_inputs, random_like, without_absent
 from slimc.onnx.stats import dynamic_axes, exporter_of, graph_inputs, load_graph, onnx_stats
 from slimc.modes import eval_mode
 
@@ -189,7 +189,7 @@ def _session(path: str, providers: Sequence[str] | None, display_path: str, note
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # failures raise; nothing is logged to the console
     try:
         with Quiet() as q:
             sess = ort.InferenceSession(path, sess_options=so, providers=list(providers or _default_providers()))
@@ -206,7 +206,11 @@ def _compare_outputs(sess: Any, module: torch.nn.Module, example_inputs: tuple[t
                      runs: list[CheckRun], input_names: list[str], output_names: list[str],
                      display_path: str) -> tuple[list[tuple[str, str, float]], float]:
     """(run label, output name, max |diff|) per run and output, and the largest |output|."""
+    import onnxruntime as ort
+
     sess_inputs = {i.name for i in sess.get_inputs()}
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a run that fails raises; its error is not logged to the console too
     results: list[tuple[str, str, float]] = []
     scale = 0.0
     with eval_mode(module), torch.no_grad():
@@ -232,7 +236,7 @@ def _compare_outputs(sess: Any, module: torch.nn.Module, example_inputs: tuple[t
                         )
                     feed[name] = _to_numpy(t)
             try:
-                got = sess.run(None, feed)
+                got = sess.run(None, feed, quiet)
             except Exception as e:
                 what = "batch size" if not run.grown else "shape"
                 raise ExportError(
@@ -314,6 +318,7 @@ def check_onnx(
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ExportError(f"ONNX file not found: {path}; export it first")
+    module, example_inputs, _ = without_absent(module, example_inputs)
     example_inputs = normalize_inputs(example_inputs)
     notes: list[str] = []
     t0 = time.perf_counter()

@@ -4,27 +4,29 @@ The maintained ``torch.export``-based exporter (``dynamo=True``) is used; the To
 exporter is a fallback only when the dynamo export itself raises. Everything the
 exporters print (stdout/stderr, torch loggers, Python warnings) is captured so that a CLI
 stays clean; relevant warnings are returned in ``OnnxCheck.warnings``. The steps:
-probe the outputs, stage in a temp folder beside the target, run the exporters, require
-the dynamic axes asked for, check with onnxruntime (:mod:`slimc.onnx.check`), publish.
+probe the outputs, stage in a temp folder beside the target (:mod:`slimc.onnx.staging`),
+run the exporters (dynamo: ``torch.export`` with a batch of 1 traced as 2, the program
+freed of stride decisions, :mod:`slimc.onnx.strides`), require the dynamic axes asked for,
+check with onnxruntime (:mod:`slimc.onnx.check`), publish.
 
     export_onnx(module, example_inputs, path, dynamic_dims={0: [0, 1]}) -> OnnxCheck
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from slimc.errors import ExportError, describe
+from slimc.inputs import batch_of_two
 from slimc.onnx.check import OnnxCheck, compare_with_torch, eval_mode, tensor_leaves
 from slimc.onnx.quiet import Quiet
-from slimc.onnx.shapes import DynamicDims, example_batch, normalize_inputs, resolve_dynamic_dims
+from slimc.onnx.staging import Stage, staging_dir
+from slimc.onnx.shapes import DynamicDims, example_batch, normalize_inputs, resolve_dynamic_dims, without_absent
+from slimc.onnx.strides import stride_free
 from slimc.onnx.stats import EXPORTER_METADATA_KEY, dynamic_axes, graph_inputs, iter_graphs, load_graph
 
 __all__ = ["export_onnx"]
@@ -87,69 +89,50 @@ def _probe_outputs(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, 
     return outputs
 
 
-# --------------------------------------------------------------------------- staging and publishing
+def _contiguous_as_clone(module: torch.nn.Module) -> torch.nn.Module:
+    """An ATen graph's ``contiguous`` calls as ``clone(memory_format=contiguous_format)``, in a
+    copy of the graph sharing ``module``'s tensors. The dynamo exporter's decompositions take
+    an sdpa output for contiguous where it is not (T5's and BART's attention: sdpa, reshape,
+    transpose, contiguous, reshape), drop the copy and then fail to view it; a clone is the
+    same values and always copies."""
+    if not isinstance(module, torch.fx.GraphModule):
+        return module
+    found = [n for n in module.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.contiguous.default]
+    if not found:
+        return module
+    import copy
 
-
-class _Stage:
-    """A temp folder beside the target: the exporters write ``path`` there; ``publish()``
-    moves it (external data first) onto the target."""
-
-    def __init__(self, final: str, tmpdir: str) -> None:
-        self.final, self.dir = final, tmpdir
-        self.path = os.path.join(tmpdir, os.path.basename(final))
-        self.published = False
-
-    def clear(self) -> None:
-        """Drop what a failed exporter left behind."""
-        for f in os.listdir(self.dir):
-            p = os.path.join(self.dir, f)
-            if os.path.isdir(p):
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.remove(p)
-
-    def publish(self) -> None:
-        parent = os.path.dirname(self.final)
-        for f in os.listdir(self.dir):
-            if f != os.path.basename(self.final):
-                os.replace(os.path.join(self.dir, f), os.path.join(parent, f))
-        os.replace(self.path, self.final)
-        self.published = True
-
-
-@contextlib.contextmanager
-def _staging_dir(final: str) -> Iterator[_Stage]:
-    """A :class:`_Stage` beside ``final``; removed afterwards, together with the folders
-    made for it when nothing was published."""
-    parent = os.path.dirname(final)
-    created: list[str] = []
-    d = parent
-    while d and not os.path.isdir(d):
-        created.append(d)
-        d = os.path.dirname(d)
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"cannot create output directory {parent}: {e.strerror or e}") from e
-    stage = _Stage(final, tempfile.mkdtemp(prefix=".slimc-export-", dir=parent))
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage.dir, ignore_errors=True)
-        if not stage.published:
-            for d in created:  # deepest first
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    break
+    graph = copy.deepcopy(module.graph)
+    for n in list(graph.nodes):
+        if n.op == "call_function" and n.target is torch.ops.aten.contiguous.default:
+            with graph.inserting_before(n):
+                c = graph.call_function(torch.ops.aten.clone.default, (n.args[0],),
+                                        {"memory_format": torch.contiguous_format})
+            c.meta = dict(n.meta)
+            n.replace_all_uses_with(c)
+            graph.erase_node(n)
+    out = torch.fx.GraphModule(module, graph, type(module).__name__)
+    out.train(module.training)
+    return out
 
 
 # --------------------------------------------------------------------------- the exporters
 
 
-def _export_dynamo(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], dest: str,
-                   req: _Request, outputs: list[torch.Tensor]) -> None:
+def _batch_as_symbol(example_inputs: tuple[torch.Tensor, ...], req: _Request) -> tuple[torch.Tensor, ...]:
+    """A dynamic batch of 1 is exported at 2 (:func:`slimc.inputs.batch_of_two`): torch.export
+    specializes sizes 0 and 1, and a batch it specialized is no symbol in the file."""
+    wide = batch_of_two(example_inputs) if req.batch_is_dynamic else None
+    if wide is None:
+        return example_inputs
+    return tuple(w if 0 in req.dims.get(i, ()) else x for i, (w, x) in enumerate(zip(wide, example_inputs)))
+
+
+def _program(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
+             req: _Request) -> tuple[torch.nn.Module | torch.export.ExportedProgram, tuple | None]:
+    """What the dynamo exporter is given: the exported program, freed of stride decisions
+    (:mod:`slimc.onnx.strides`); where torch.export fails, the module and its dynamic shapes
+    (torch.onnx.export then tries its own ways of capturing it)."""
     dynamic_shapes = None
     if req.dims:
         batch = torch.export.Dim("batch")  # one batch dim shared by every input
@@ -157,8 +140,20 @@ def _export_dynamo(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, 
             {a: batch if a == 0 else torch.export.Dim.DYNAMIC for a in req.dims[i]} if i in req.dims else None
             for i in range(len(example_inputs))
         )
+    try:
+        program = torch.export.export(module, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
+    except Exception:
+        return module, dynamic_shapes
+    stride_free(program.graph_module)
+    return program, None
+
+
+def _export_dynamo(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], dest: str,
+                   req: _Request, outputs: list[torch.Tensor]) -> None:
+    example_inputs = _batch_as_symbol(example_inputs, req)
+    model, dynamic_shapes = _program(module, example_inputs, req)
     program = torch.onnx.export(
-        module,
+        model,
         example_inputs,
         None,
         dynamo=True,
@@ -176,6 +171,9 @@ def _export_dynamo(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, 
         raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
     try:
         program.model.metadata_props[EXPORTER_METADATA_KEY] = "dynamo"
+        if req.batch_is_dynamic:  # the file names the batch "batch", as for a module given Dim("batch")
+            program._rename_dynamic_axes(tuple({0: "batch"} if 0 in req.dims.get(i, ()) else None
+                                               for i in range(len(example_inputs))))
     except Exception:  # pragma: no cover - IR API drift
         pass
     program.save(dest, external_data=False)
@@ -211,7 +209,7 @@ def _export_torchscript(module: torch.nn.Module, example_inputs: tuple[torch.Ten
 _EXPORTERS: tuple[tuple[str, Callable[..., None]], ...] = (("dynamo", _export_dynamo), ("torchscript", _export_torchscript))
 
 
-def _run_exporters(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], stage: _Stage,
+def _run_exporters(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], stage: Stage,
                    req: _Request, outputs: list[torch.Tensor], name: str) -> _Exported:
     """Dynamo first, TorchScript only where it raises; the failed attempt's log spam is
     dropped, its cause kept."""
@@ -317,7 +315,8 @@ def export_onnx(
     ``dynamic_dims`` maps an input index to the dims of that input that stay dynamic, e.g.
     ``{0: [0, 1]}`` for token ids of any batch and sequence length; default: dim 0 of
     every input that has one (a dynamic batch, one ``batch`` Dim shared by all inputs).
-    ``dynamic_batch=False`` makes every dim static. The check (``check=True``) runs
+    ``dynamic_batch=False`` makes every dim static. Inputs given as None (optional arguments
+    traced as absent) are not inputs of the file: it takes the tensors alone, in order. The check (``check=True``) runs
     onnxruntime at ``batch_sizes`` (the example batch when the batch is static), other
     dynamic dims at the example size and then grown (see :mod:`slimc.onnx.shapes`).
 
@@ -327,17 +326,18 @@ def export_onnx(
     """
     if not isinstance(module, torch.nn.Module):
         raise ExportError(f"export_onnx expects a torch.nn.Module, got {type(module).__name__}")
+    name = type(module).__name__
+    module, example_inputs, dynamic_dims = without_absent(_contiguous_as_clone(module), example_inputs, dynamic_dims)
     example_inputs = normalize_inputs(example_inputs)
     final = os.path.abspath(os.fspath(path))
     if os.path.isdir(final):
         raise ExportError(f"output path {final} is a directory; pass a file path like model.onnx")
-    name = type(module).__name__
     dims = resolve_dynamic_dims(example_inputs, dynamic_dims, dynamic_batch)
     outputs = _probe_outputs(module, example_inputs, name)
     req = _Request(_names("input", input_names, len(example_inputs)), _names("output", output_names, len(outputs)),
                    opset, dims)
 
-    with _staging_dir(final) as stage:
+    with staging_dir(final) as stage:
         try:
             t0 = time.perf_counter()
             made = _run_exporters(module, example_inputs, stage, req, outputs, name)
@@ -357,10 +357,16 @@ def export_onnx(
             if check:
                 t1 = time.perf_counter()
                 eb = example_batch(example_inputs) or 1
-                cmp = compare_with_torch(stage.path, module, example_inputs,
-                                         batch_sizes=tuple(batch_sizes) if req.batch_is_dynamic else (eb,),
-                                         rtol_scale=rtol_scale, providers=None, display_path=final,
-                                         notes=result.warnings)
+                try:
+                    cmp = compare_with_torch(stage.path, module, example_inputs,
+                                             batch_sizes=tuple(batch_sizes) if req.batch_is_dynamic else (eb,),
+                                             rtol_scale=rtol_scale, providers=None, display_path=final,
+                                             notes=result.warnings)
+                except ExportError as e:
+                    if made.fallback_reason is None:
+                        raise
+                    raise ExportError(f"{e} (written by the TorchScript fallback, which records sizes as the "
+                                      f"example's; the dynamo exporter failed: {made.fallback_reason})") from e
                 result.record(cmp, time.perf_counter() - t1)
             stage.publish()
             return result

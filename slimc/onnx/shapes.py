@@ -12,11 +12,42 @@ import torch
 from slimc.errors import ExportError
 from slimc.inputs import random_tensor_like
 
-__all__ = ["DynamicDims", "normalize_inputs", "example_batch", "resolve_dynamic_dims", "grown_size",
+__all__ = ["DynamicDims", "absent_filled", "without_absent", "normalize_inputs", "example_batch", "resolve_dynamic_dims", "grown_size",
            "CheckRun", "check_runs", "random_like"]
 
 #: input index → the dims of that input that may vary.
 DynamicDims = Mapping[int, Sequence[int]]
+
+
+def absent_filled(module: torch.nn.Module, absent: Sequence[int], n: int) -> torch.fx.GraphModule:
+    """``module`` called with the given tensors alone: the ``absent`` inputs of its ``n``
+    (optional arguments the example gives as None, traced as absent) are put back as None in
+    their places. An ONNX file takes tensors only, and the slim model takes nothing there.
+    A small graph (one positional argument per given tensor, as exporters want them)."""
+    import inspect
+
+    try:
+        names = list(inspect.signature(module.forward).parameters)[:n]
+    except (TypeError, ValueError):
+        names = []
+    names = names if len(names) == n else [f"input_{i}" for i in range(n)]
+    g = torch.fx.Graph()
+    args = tuple(None if i in absent else g.placeholder(names[i]) for i in range(n))
+    g.output(g.call_module("module", args))
+    return torch.fx.GraphModule({"module": module}, g, type(module).__name__)
+
+
+def without_absent(module: torch.nn.Module, example_inputs: Any, dynamic_dims: DynamicDims | None = None
+                   ) -> tuple[torch.nn.Module, Any, DynamicDims | None]:
+    """The module, inputs and dynamic dims (keyed by input index) with the inputs given as None
+    left out (:func:`absent_filled`); unchanged where there are none."""
+    if not isinstance(example_inputs, (tuple, list)) or all(x is not None for x in example_inputs):
+        return module, example_inputs, dynamic_dims
+    absent = [i for i, x in enumerate(example_inputs) if x is None]
+    index = {i: k for k, i in enumerate(i for i, x in enumerate(example_inputs) if x is not None)}
+    dims = None if dynamic_dims is None else {index[i]: ds for i, ds in dict(dynamic_dims).items() if i in index}
+    return (absent_filled(module, absent, len(example_inputs)), tuple(x for x in example_inputs if x is not None),
+            dims)
 
 
 def normalize_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:

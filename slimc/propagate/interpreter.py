@@ -105,6 +105,10 @@ class Propagation:
         for slot in dg.barrier_reasons:
             if slot in dg.offset:
                 self.barrier[dg.ids(slot)] = True
+        self.held = np.zeros(n, bool)  # barriers that only hold positions (resolve_reshapes: not fixing)
+        for slot in dg.holds:
+            if slot in dg.offset:
+                self.held[dg.ids(slot)] = True
         one_to_one, mapped = [], []
         for _, ln, a, b in self.links:
             if ln.kind == "feed":  # a broadcast term joins no channels
@@ -128,11 +132,12 @@ class Propagation:
         self.ng = int(self.group.max()) + 1 if n else 0
         self._roles()
         self._schedules()
-        for a in (self.barrier, self.group, self.is_source, self.is_sink, self.is_follower, self.sink_consumed):
+        for a in (self.barrier, self.group, self.is_source, self.is_sink, self.is_follower, self.sink_consumed,
+                  self.read_as_value):
             a.flags.writeable = False
         keep = ("links", "barrier", "barrier_why", "aliases", "element_groups", "products", "splits", "group", "ng",
-                "is_source", "is_sink", "is_follower", "sink_consumed", "linked_params", "forward_schedule",
-                "live_schedule")
+                "is_source", "is_sink", "is_follower", "sink_consumed", "read_as_value", "linked_params",
+                "forward_schedule", "live_schedule")
         return {k: self.__dict__[k] for k in keep}
 
     # --- roles --------------------------------------------------------------------
@@ -142,8 +147,13 @@ class Propagation:
         self.is_sink = np.zeros(n, bool)
         self.is_follower = np.zeros(n, bool)
         self.sink_consumed = np.zeros(n, bool)
+        self.read_as_value = np.zeros(n, bool)  # a parameter, buffer or constant an op reads as data
         self.linked_params: set[SlotKey] = set()
         for _, ln, a, b in self.links:
+            if ln.kind in ("flow", "feed") and ln.a[0] == "p":
+                self.read_as_value[a] = True
+            elif ln.kind == "sink" and ln.b[0] == "p":  # a weight consuming a table's channels
+                self.read_as_value[b] = True
             if ln.kind == "source":
                 self.is_source[a] = True
             elif ln.kind == "sink":

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from slimc.compact import FinalMasks, KeepSpec
+from slimc.compact import FinalMasks, KeepSpec, is_part
 from slimc.errors import PlanError
 from slimc.graph import DependencyGraph
 from slimc.masks import MaskSet
 from slimc.propagate.groups import any_by_group, count_by_group
 from slimc.propagate.interpreter import Propagation
-from slimc.shape_rules import Blocks, EqualCount, KeepMore, NeedsZero, SlotKey
+from slimc.shape_rules import Blocks, EqualCount, KeepMore, Multiple, NeedsZero, SlotKey
 
 
 @dataclass
@@ -62,8 +62,28 @@ class RemovalPlan:
         return self._kept_t[slot]
 
     def new_size(self, slot: SlotKey) -> int:
+        """The slot's size in the slim model; a param dim cut in parts (each expert its own
+        rows) has the size each part keeps."""
         k = self.kept.get(slot)
+        if k is None and slot[0] == "p" and not is_part(slot[2]):
+            part = next((slots[0] for (d, _), slots in self.dg.parts(slot[1]).items() if d == slot[2]), None)
+            if part is not None:
+                return self.new_size(part)
         return self.dg.size[slot] if k is None else len(k)
+
+    def cuts(self, fqn: str, ndim: int) -> dict:
+        """How param ``fqn`` is cut: dim → kept indices (a tensor), and for a dim cut in parts
+        ``(dim, at)`` → a (parts × kept) index tensor (:func:`slimc.compact.slice_masked`)."""
+        out: dict = {d: k for d in range(ndim) if (k := self.kept_index(("p", fqn, d))) is not None}
+        for (d, at), slots in self.dg.parts(fqn).items():
+            if not any(s in self.kept for s in slots):
+                continue
+            rows = [self.kept_idx(s) if s in self.kept else np.arange(self.dg.size[s]) for s in slots]
+            if len({len(r) for r in rows}) > 1 or len(rows) != self.dg.size.get(("p", fqn, at), len(rows)):
+                raise PlanError(f"internal: the parts of '{fqn}' along dim {at} keep {[len(r) for r in rows]} "
+                                f"of dim {d}: one tensor holds as many for each")
+            out[(d, at)] = torch.from_numpy(np.stack(rows).astype(np.int64))
+        return out
 
 
 def _constraints(dg: DependencyGraph):
@@ -215,6 +235,22 @@ def _equal_counts(dg: DependencyGraph, decision: _Decision, c: EqualCount) -> bo
     return decision.keep(grp[np.concatenate(extra)], c.why) if extra else False
 
 
+def _multiple(dg: DependencyGraph, decision: _Decision, c: Multiple) -> bool:
+    """A slot whose kept count is no multiple of ``c.n`` keeps its last removed ones until it is
+    (a slot whose full size is no multiple of it is left as it is)."""
+    grp, removed_g = decision.grp, decision.removed_g
+    extra = []
+    for s in c.slots:
+        if s not in dg.offset or dg.size[s] % c.n:
+            continue
+        ids = dg.ids(s)
+        gone = np.nonzero(removed_g[grp[ids]])[0]
+        short = -(len(ids) - len(gone)) % c.n
+        if short:
+            extra.append(ids[gone[len(gone) - short:]])
+    return decision.keep(grp[np.concatenate(extra)], c.why) if extra else False
+
+
 def _keep_more(dg: DependencyGraph, decision: _Decision, c: KeepMore) -> bool:
     """A slot of ``big`` that keeps no more than the most kept of ``small`` keeps more."""
     grp, removed_g = decision.grp, decision.removed_g
@@ -232,7 +268,7 @@ def _keep_more(dg: DependencyGraph, decision: _Decision, c: KeepMore) -> bool:
 def _close_under_constraints(dg: DependencyGraph, prop: Propagation, decision: _Decision, rectangles: _Rectangles,
                              mode: str, param_el: np.ndarray) -> None:
     """Keep groups until every constraint holds: GroupNorm blocks whole, equal counts,
-    keep-more, rectangles of reshapes, a channel removed at a LayerNorm's input is zero there."""
+    keep-more, multiples, rectangles of reshapes, a channel removed at a LayerNorm's input is zero there."""
     grp, keep = decision.grp, decision.keep
     cons = list(_constraints(dg))
     needs = [c for c in cons if isinstance(c, NeedsZero) and c.slot in dg.offset]
@@ -250,6 +286,8 @@ def _close_under_constraints(dg: DependencyGraph, prop: Propagation, decision: _
                 changed |= _equal_counts(dg, decision, c)
             elif isinstance(c, KeepMore):
                 changed |= _keep_more(dg, decision, c)
+            elif isinstance(c, Multiple):
+                changed |= _multiple(dg, decision, c)
         changed |= rectangles.close()
         if needs:
             # channel mode compares against the final masks, exact mode against the user's
@@ -304,7 +342,9 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
     grp, ng = prop.group, prop.ng
     group_has_barrier = any_by_group(prop.barrier, grp, ng)
     slots, _, sizes = dg.slot_table()
-    is_value = np.repeat(np.array([s[0] == "v" for s in slots], bool), sizes)
+    # values: node outputs, and the parameters, buffers and constants an op reads as data (a
+    # table fed to an MLP): what liveness and the exact mode look at, never left out of a group
+    is_value = np.repeat(np.array([s[0] == "v" for s in slots], bool), sizes) | prop.read_as_value
     param_el = prop.is_source | prop.is_sink | prop.is_follower
     has_param = any_by_group(param_el, grp, ng)
 
@@ -329,16 +369,23 @@ def _final_masks(dg: DependencyGraph, prop: Propagation, removed: np.ndarray, ma
     kept = dg._ids.get("final_masks")  # the masks-independent part, once per graph
     if kept is None:
         kept = dg._ids["final_masks"] = ({k: tuple(p.shape) for k, p in dg.gm.named_parameters(remove_duplicate=False)},
-                                         sorted(prop.linked_params, key=lambda s: (s[1], s[2])))
+                                         sorted(prop.linked_params, key=lambda s: (s[1], is_part(s[2]), s[2])))
     params, linked = kept
     keep: dict[str, list[KeepSpec]] = {}
     for slot in linked:
         fqn, d = slot[1], slot[2]
-        if fqn not in params:
+        if fqn not in params or is_part(d):
             continue
         r = removed[dg.ids(slot)]
         if r.any():  # made into a tensor when asked for (FinalMasks)
             keep.setdefault(fqn, []).append((params[fqn], d, ~r))
+    for fqn in {s[1] for s in linked if is_part(s[2]) and s[1] in params}:  # one keep array per (dim, at)
+        for (d, at), slots in dg.parts(fqn).items():
+            joint = np.ones((params[fqn][at], params[fqn][d]), bool)
+            for s in slots:
+                joint[s[2][2]] = ~removed[dg.ids(s)]
+            if not joint.all():
+                keep.setdefault(fqn, []).append((params[fqn], (d, at), joint))
     for names in prop.aliases:  # tied weights share one final mask (normalize joined their user masks)
         joint = [f for n in names for f in keep.get(n, ())]
         if joint:
@@ -350,7 +397,7 @@ def _final_masks(dg: DependencyGraph, prop: Propagation, removed: np.ndarray, ma
 def _slot_name(dg: DependencyGraph, s: SlotKey) -> str:
     kind, name, d = s
     if kind == "p":
-        return f"param '{name}' dim {d}"
+        return f"param '{name}' dim {d[0]} of part {d[2]} along dim {d[1]}" if is_part(d) else f"param '{name}' dim {d}"
     node = next((n for n in dg.gm.graph.nodes if n.name == name.split("#")[0]), None)
     where = f" ({node.op} {node.target})" if node is not None and node.op == "call_module" else ""
     return f"'{name}'{where} dim {d}"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from slimc.propagate.groups import any_by_group, row_ids
-from slimc.shape_rules import Link
+from slimc.shape_rules import Copies, Link
 
 
 @dataclass
@@ -26,13 +26,19 @@ def resolve_reshapes(prop) -> None:
     has several free parts is then matched by coordinates."""
     dg = prop.dg
     todo = [(f, r) for f in dg.facts for r in f.coupling.reshapes]
+    copies = {c.slot: c.why for f in dg.facts for c in f.coupling.constraints if isinstance(c, Copies)}
     multi: list[tuple] = []
     while todo:
         grp = prop.element_groups.labels()
-        group_has_barrier = any_by_group(prop.barrier, grp, int(grp.max()) + 1 if dg.n else 0)
+        fixing = _fixing(prop, grp)
         multi, progress = [], False
         for f, r in todo:
-            free = [k for k, s in enumerate(r.parts) if r.sizes[k] > 1 and not group_has_barrier[grp[dg.ids(s)]].any()]
+            free = _free_parts(dg, grp, fixing, r)
+            if len(free) > 1 and any(r.parts[k] in copies for k in free):
+                for k in [k for k in free if r.parts[k] in copies]:  # (see shape_rules.Copies)
+                    prop.barrier[dg.ids(r.parts[k])] = True
+                    prop.barrier_why.setdefault(r.parts[k], copies[r.parts[k]])
+                free = [k for k in free if r.parts[k] not in copies]
             if len(free) > 1:
                 multi.append((f, r))
                 continue
@@ -51,10 +57,10 @@ def resolve_reshapes(prop) -> None:
     if not multi:
         prop.group = grp
         return
-    group_has_barrier = any_by_group(prop.barrier, grp, int(grp.max()) + 1)
+    fixing = _fixing(prop, grp)
     pending: list[tuple] = []
     for f, r in multi:
-        free = [k for k, s in enumerate(r.parts) if r.sizes[k] > 1 and not group_has_barrier[grp[dg.ids(s)]].any()]
+        free = _free_parts(dg, grp, fixing, r)
         pending.append((f, dg.ids(r.big), part_flows(prop, f, r, free), f"reshape at '{r.node}'", r.big_is_input))
     width = max(len(p[2]) for p in pending)
     keys = []
@@ -83,6 +89,24 @@ def resolve_reshapes(prop) -> None:
             ok = src[key] >= 0
             reshape_flow(prop, f, src[key][ok], big[ok], np.zeros(int(ok.sum()), np.int64))
     prop.group = prop.element_groups.labels()
+
+def _fixing(prop, grp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: a barrier that fixes its dims; any barrier (a position held, Coupling.hold)."""
+    ng = int(grp.max()) + 1 if prop.dg.n else 0
+    return any_by_group(prop.barrier & ~prop.held, grp, ng), any_by_group(prop.barrier, grp, ng)
+
+
+def _free_parts(dg, grp: np.ndarray, fixing: tuple[np.ndarray, np.ndarray], r) -> list[int]:
+    """The parts of reshape ``r`` that may lose elements: more than one, no fixing barrier, and
+    not every position held (k and v read by int indices leave the query positions free)."""
+    fixed, barrier = fixing
+    free = []
+    for k, s in enumerate(r.parts):
+        g = grp[dg.ids(s)]
+        if r.sizes[k] > 1 and not fixed[g].any() and not barrier[g].all():
+            free.append(k)
+    return free
+
 
 def part_flows(prop, f, r, free: list[int]) -> list[np.ndarray]:
     """Element ids of each free part for every big element; dead/zero flows between them."""

@@ -55,10 +55,11 @@ def prune(model: nn.Module, example_inputs: Any, criterion: str | Criterion = "l
 
 def group_masks(model: nn.Module, example_inputs: Any, ratio: float = 0.5, criterion: str = "l1", seed: int = 0,
                 min_channels: int = 1, attention: str = "heads", front_end: str = "auto",
-                round_to: int = 1, **kw: Any) -> dict[str, torch.Tensor]:
-    """The lowest-``ratio`` units of every family, as complete masks (the first pruner API)."""
+                round_to: int = 1, expressible: bool = False, **kw: Any) -> dict[str, torch.Tensor]:
+    """The lowest-``ratio`` units of *every* family, as complete masks (the first pruner API;
+    unlike :func:`prune`, also widths a Hugging Face config cannot express, unless ``expressible``)."""
     return prune(model, example_inputs, criterion, ratio=ratio, seed=seed, min_channels=min_channels,
-                 attention=attention, front_end=front_end, round_to=round_to, **kw)
+                 attention=attention, front_end=front_end, round_to=round_to, expressible=expressible, **kw)
 
 
 __all__ = [

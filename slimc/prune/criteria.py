@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimc.compact import part_of
 from slimc.errors import ConfigError
 from slimc.prune.space import PruneSpace
 
@@ -78,8 +79,9 @@ class SliceCriterion(Criterion):
         cache: dict[tuple[str, int], np.ndarray] = {}
         for s in space.sources:
             key = (s.fqn, s.dim)
-            if key not in cache:
-                cache[key] = self.slice_scores(params[s.fqn].float(), s.dim, ctx.rng).double().numpy()
+            if key not in cache:  # (a part dim: the slices of one expert of stacked experts)
+                w, dim = part_of(params[s.fqn].float(), s.dim)
+                cache[key] = self.slice_scores(w, dim, ctx.rng).double().numpy()
             np.add.at(score, s.groups, cache[key][s.index])
         return self.finish(score)
 
@@ -168,11 +170,34 @@ def get(name_or_criterion: str | Criterion) -> Criterion:
 
     cls = CRITERIA.get(str(name_or_criterion))
     if cls is None:
-        raise ConfigError(f"unknown criterion '{name_or_criterion}': use one of {', '.join(names())}")
+        raise unknown(str(name_or_criterion))
     return cls()
 
 
 def names() -> list[str]:
+    """The one-shot criteria (``level``: unstructured)."""
     from slimc.prune import activations  # noqa: F401
 
     return ["level", *CRITERIA]
+
+
+def choices() -> str:
+    """Every name ``--criterion`` takes, in one phrase: the message, the CLI help and the README
+    read it from here."""
+    from slimc.prune.auto import auto_names
+
+    every = names()
+    data = {n for n, c in CRITERIA.items() if c.needs_data}
+    one = [f"{n} (needs data)" if n in data else n for n in every]
+    return f"{', '.join(one)}; automatic, with a budget: {', '.join(auto_names())}"
+
+
+def unknown(name: str) -> ConfigError:
+    """The one-line error for a criterion name that is none of :func:`choices` (with the closest)."""
+    import difflib
+
+    from slimc.prune.auto import auto_names
+
+    close = difflib.get_close_matches(name, [*names(), *auto_names()], n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown criterion '{name}'{hint}: use one of {choices()}")

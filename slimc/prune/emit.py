@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import reduce
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from slimc.compact import structured_mask
+from slimc.compact import is_part, structured_mask
 from slimc.masks import MaskSet
 from slimc.propagate import RemovalPlan, plan
 from slimc.prune.space import PruneSpace
@@ -27,7 +27,7 @@ from slimc.prune.space import PruneSpace
 LAYOUTS = ("flat", "nni")
 
 
-def removal_mask(shape: torch.Size | tuple, removed: Mapping[int, np.ndarray]) -> torch.Tensor:
+def removal_mask(shape: torch.Size | tuple, removed: Mapping[Any, np.ndarray]) -> torch.Tensor:
     """The compact 0/1 mask of a parameter of ``shape`` with the ``removed[dim]`` slices
     zeroed: per-dim keep vectors that broadcast to it (``(out, 1, 1, 1)`` for conv filters,
     ``(1, in)`` for columns, their product where both go), never a full-size copy of the
@@ -35,7 +35,7 @@ def removal_mask(shape: torch.Size | tuple, removed: Mapping[int, np.ndarray]) -
     m = torch.ones((1,) * len(shape))
     for dim, idx in removed.items():
         if len(idx):
-            keep = np.ones(int(shape[dim]), bool)
+            keep = np.ones(int(shape[dim[0] if is_part(dim) else dim]), bool)  # a part dim: one expert's rows
             keep[np.asarray(idx, dtype=np.int64)] = False
             m = m * structured_mask(shape, dim, keep).float()
     return m

@@ -25,8 +25,10 @@ from slimc.prune.config import ConfigList, Target
 from slimc.prune.criteria import Criterion, ScoreContext, get as get_criterion
 from slimc.prune.data import UserData
 from slimc.prune.emit import complete_masks
+from slimc.prune.expressible import ConfigCheck, measure
 from slimc.prune.select import Selection, select_units
 from slimc.prune.space import PruneSpace
+from slimc.surgery.hf import is_hf
 
 
 @dataclass
@@ -51,7 +53,9 @@ class Pruner:
     sparsities; ``ranking="global"`` ranks units across families (``total_sparsity``);
     ``max_sparsity_per_layer`` caps a family; ``round_to`` keeps multiples of N channels;
     ``uniform`` gives repeated layers the same width; ``data`` / ``loss_fn`` feed the
-    data-driven criteria.
+    data-driven criteria. ``expressible`` (Hugging Face models): only widths the model's
+    config can express, measured (:mod:`slimc.prune.expressible`), so ``from_pretrained``
+    reloads the slim model; False prunes every family freely (``slimc.load`` rebuilds it).
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, criterion: str | Criterion = "l1",
@@ -59,7 +63,7 @@ class Pruner:
                  max_sparsity_per_layer: float | None = None, round_to: int = 1, uniform: bool = False,
                  attention: str = "heads", min_channels: int = 1, seed: int = 0, front_end: str = "auto",
                  data: Any = None, loss_fn: Callable | None = None, max_batches: int | None = None,
-                 user_data: UserData | None = None):
+                 user_data: UserData | None = None, expressible: bool = True):
         if round_to < 1:
             raise ConfigError("round_to must be >= 1")
         self.criterion = get_criterion(criterion)
@@ -76,6 +80,12 @@ class Pruner:
                 needs_loss=self.criterion.needs_loss, max_batches=max_batches)
         self.space = PruneSpace(model, example_inputs, attention=attention, front_end=front_end)
         self.targets: dict[int, Target] = self.config.targets(self.space, max_sparsity_per_layer)
+        self.fit = None  # ConfigFit: the widths an HF model's config can express
+        self._config_check = ConfigCheck(self.space) if is_hf(model) else None
+        if expressible and self._config_check is not None:
+            self.fit = measure(self.space, sorted(self.targets), self._config_check)
+            self.targets = {fi: t for fi, t in self.targets.items() if fi not in self.fit.frozen}
+            self.selection = Selection(min_channels, round_to, uniform=True, fit=self.fit)
 
     @property
     def families(self):
@@ -113,7 +123,16 @@ class Pruner:
         before = previous.units if previous is not None else None
         units = select_units(self.space, s, targets, self.selection, self.criterion.comparable, before)
         em = complete_masks(self.space, self.space.groups_of(units))
-        return Pruned(em.masks, units, self._fractions(units), em.plan, em.notes)
+        notes = [*(self.fit.notes if self.fit else []), *self.space.notes, *em.notes]
+        return Pruned(em.masks, units, self._fractions(units), em.plan, notes)
+
+    def expressible(self, pruned: Pruned) -> tuple[bool | None, str]:
+        """Can the model's config (Hugging Face) express the widths of ``pruned``? (True, "")
+        for other models; else the check's answer and why not, None where it cannot tell
+        (:class:`slimc.prune.expressible.ConfigCheck`)."""
+        if self._config_check is None:
+            return True, ""
+        return self._config_check(pruned.units)
 
     def masks(self, **kw) -> dict[str, torch.Tensor]:
         return self.prune(**kw).masks

@@ -6,13 +6,18 @@
    ``max_sparsity_per_layer`` and by ``min_keep`` units;
 2. ``uniform``: families of repeated layers (same kind, size and layer names up to the
    block number) lose the same number of units — their mean;
-3. ``round_to``: a channel family keeps a multiple of N channels (rounded up);
+3. ``round_to``: a channel family keeps a multiple of N channels (rounded up), and of what
+   the compiler keeps multiples of (``Family.multiple``: transformers' expert kernels);
+   ``fit`` (a Hugging Face model's :class:`~slimc.prune.expressible.ConfigFit`): only the
+   widths its config can express;
 4. *which* — the lowest-scored units of each family; units pruned before (a schedule's
    earlier steps) stay pruned.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +30,7 @@ class Selection:
     min_keep: int = 1
     round_to: int = 1
     uniform: bool = False
+    fit: Any = field(default=None, compare=False)  # ConfigFit: widths an HF config can express
 
 
 def _filled(space: PruneSpace, scores: np.ndarray) -> np.ndarray:
@@ -63,12 +69,14 @@ def counts(space: PruneSpace, scores: np.ndarray, targets: dict[int, Target], se
         k[fi] = max(k[fi], int(before[fams[fi].units].sum()))
     if sel.uniform:
         _equalize(space, k)
-    if sel.round_to > 1:
-        for fi, ki in k.items():
-            f = fams[fi]
-            if f.kind == "channels":
-                n = len(f)
-                k[fi] = n - min(n, -(-(n - ki) // sel.round_to) * sel.round_to)
+    for fi, ki in k.items():
+        f = fams[fi]
+        r = math.lcm(sel.round_to, f.multiple)  # (a family the compiler keeps multiples of: aligned kernels)
+        if f.kind == "channels" and r > 1:
+            n = len(f)
+            k[fi] = n - min(n, -(-(n - ki) // r) * r)
+    if sel.fit is not None:
+        sel.fit.adjust(space, k, sel.round_to)
     return {fi: ki for fi, ki in k.items() if ki > 0}
 
 

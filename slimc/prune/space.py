@@ -15,6 +15,7 @@ families — traced once, reused by every criterion, config list and schedule st
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ from slimc.errors import ConfigError
 from slimc.inputs import bind
 from slimc.masks import MaskSet
 from slimc.propagate import Propagation, any_by_group
-from slimc.shape_rules import HeadAxis
+from slimc.shape_rules import HeadAxis, Multiple
 from slimc.trace import shapes_of, trace
 
 ATTENTION = ("heads", "dims")
@@ -45,6 +46,7 @@ class Family:
     sources: tuple[str, ...]  # layers (module names) whose weights create the channels
     members: frozenset[str]  # every module holding a slice of them: sources, followers, sinks
     pattern: str  # sources with layer numbers as '#': repeated layers (blocks) share it
+    multiple: int = 1  # the compiler keeps a multiple of this many of its channels (an aligned kernel)
 
     def __len__(self) -> int:
         return len(self.units)
@@ -55,7 +57,7 @@ class SourceSlice:
     """Slices of a parameter along ``dim`` that create channels: index → group."""
 
     fqn: str
-    dim: int
+    dim: int | tuple  # a part dim (dim, at, index): one expert's slices of stacked experts
     index: np.ndarray
     groups: np.ndarray
 
@@ -154,8 +156,33 @@ class PruneSpace:
             unit_groups.extend(units)
             self._family_units.append((key[0], ids))
         self.n_units = len(unit_groups)
+        self.notes = self._held_heads() if self.attention == "heads" else []
         self.unit_of_entry = np.repeat(np.arange(self.n_units), [len(u) for u in unit_groups]).astype(np.int64)
         self.group_of_entry = np.array([g for u in unit_groups for g in u], dtype=np.int64)
+
+    def _held_heads(self) -> list[str]:
+        """Why attention heads (the groups of a head axis) cannot be pruned, where an op of
+        the model holds them (ALiBi slopes computed from the head count): one line per reason,
+        with the user's line that made the barrier."""
+        dg, grp = self.dg, self.P.group
+        heads = np.zeros(self.ng, bool)
+        for f in dg.facts:
+            for c in f.coupling.constraints:
+                if isinstance(c, HeadAxis) and c.slot in dg.offset:
+                    heads[grp[dg.ids(c.slot)]] = True
+        held = heads & self.barrier
+        nodes = {n.name: n for n in dg.gm.graph.nodes}
+        whys: dict[str, None] = {}
+        for slot, why in self.P.barrier_why.items():  # (propagation adds reshapes of fixed dims)
+            node = nodes.get(str(slot[1]).split("#")[0]) if slot[0] == "v" else None
+            if not held.any() or slot not in dg.offset or node is None or node.op in ("placeholder", "output"):
+                continue
+            hit = grp[dg.ids(slot)]
+            if held[hit].any():
+                line = graph_mod.source_line(node)
+                whys[f"{why} at {node.name}" + (f" ({line})" if line else "")] = None
+                held[hit] = False
+        return [f"attention heads stay whole (not prunable): {why}" for why in whys]
 
     def unit_scores(self, group_scores: np.ndarray, mean: bool = False) -> np.ndarray:
         """Per unit: the sum (or the mean) of its groups' scores (NaN where no group has one).
@@ -195,6 +222,7 @@ class PruneSpace:
         members = self._modules_by_family(fam_of_group, ("source", "follower", "sink"))
         order = {n: i for i, n in enumerate(self.module_order())}
         leaves = self.leaf_modules()
+        multiple = self._multiples(fam_of_group)
         self.families: list[Family] = []
         seen: dict[str, int] = {}
         for i, (kind, ids) in enumerate(self._family_units):
@@ -204,10 +232,25 @@ class PruneSpace:
             seen[name] = seen.get(name, 0) + 1
             if seen[name] > 1:  # one layer's channels split over several families (a channel shuffle)
                 name = f"{name}[{seen[name] - 1}]"
-            self.families.append(Family(i, name, kind, ids, s, frozenset(members[i]), kind + ":" + layer_pattern(s)))
+            self.families.append(Family(i, name, kind, ids, s, frozenset(members[i]), kind + ":" + layer_pattern(s),
+                                        multiple.get(i, 1)))
         self.family_of_unit = np.zeros(self.n_units, dtype=np.int64)
         for f in self.families:
             self.family_of_unit[f.units] = f.index
+
+    def _multiples(self, fam_of_group: np.ndarray) -> dict[int, int]:
+        """Family → the multiple the compiler keeps of its channels (:class:`Multiple` constraints
+        on slots it lies on: transformers' grouped expert products need aligned widths)."""
+        dg, grp = self.dg, self.P.group
+        out: dict[int, int] = {}
+        for f in dg.facts:
+            for c in f.coupling.constraints:
+                if isinstance(c, Multiple):
+                    for s in c.slots:
+                        for fi in np.unique(fam_of_group[grp[dg.ids(s)]]).tolist() if s in dg.offset else ():
+                            if fi >= 0:
+                                out[fi] = math.lcm(out.get(fi, 1), c.n)
+        return out
 
     def module_of(self, fqn: str) -> str:
         """The user's module holding ``fqn``; a constant the tracer made is named by itself."""

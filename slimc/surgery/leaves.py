@@ -1,7 +1,7 @@
 """Leaf modules of the slim copy, resized: the same class, its size attributes set from its
 new parameter shapes (``in_features``, ``num_features``, ``hidden_size`` of an LSTM …).
 
-The resizers are the ones the graph rewrite uses (``RESIZERS``, keyed by torch.nn class);
+The resizers are the ones the graph rewrite uses (``RESIZERS``, keyed by class or name);
 classes of other libraries are keyed by their qualified name (no import needed), and any
 other class gets its size-named attributes that equal an old size set to the new one,
 where that is unambiguous (the built-in check is the proof).
@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from slimc.shape_rules import RESIZERS
+from slimc.shape_rules import find_resizer
 
 
 def _hf_conv1d(m: nn.Module, new: dict) -> None:
@@ -25,16 +25,24 @@ NAMED_RESIZERS: dict[str, Callable[[nn.Module, dict], None]] = {
     "transformers.pytorch_utils.Conv1D": _hf_conv1d,
 }
 
-# attribute names that hold a size in the libraries users bring
-SIZE_WORDS = ("features", "channels", "size", "dim", "hidden", "embed", "width", "num_", "n_", "nf", "nx",
-              "normalized_shape", "heads", "groups")
-NOT_SIZE_WORDS = ("idx", "index", "layer", "eps", "drop", "seed", "vocab", "max_", "position", "id")
+# attribute names that hold a size in the libraries users bring, read word by word
+# (snake_case): ``attention_ratio`` is no ``n_…`` count, ``hidden_dim`` holds no ``id``
+SIZE_WORDS = ("features", "channels", "size", "dim", "hidden", "embed", "width", "nf", "nx", "shape", "heads",
+              "groups", "planes")
+SIZE_PREFIXES = ("num_", "n_")
+NOT_SIZE_WORDS = ("idx", "index", "layer", "layers", "eps", "drop", "dropout", "seed", "vocab", "max", "position",
+                  "positions", "id", "ids", "image", "img", "patch", "resolution", "seq", "window", "kernel", "stride",
+                  "ratio")  # counts of other things, input and spatial sizes
 
 
 def size_named(name: str) -> bool:
+    if name.startswith("_"):
+        return False
     low = name.lower()
-    return (not name.startswith("_") and any(w in low for w in SIZE_WORDS)
-            and not any(w in low for w in NOT_SIZE_WORDS))
+    words = low.split("_")
+    sized = low.startswith(SIZE_PREFIXES) or any(w in SIZE_WORDS or w.endswith(("features", "channels", "size", "dim"))
+                                                  for w in words)
+    return sized and not any(w in NOT_SIZE_WORDS for w in words)
 
 
 def qualname(cls: type) -> str:
@@ -42,12 +50,10 @@ def qualname(cls: type) -> str:
 
 
 def resizer_for(cls: type) -> Callable[[nn.Module, dict], None] | None:
-    for base in cls.__mro__:
-        if base in RESIZERS:
-            return RESIZERS[base]
-        if qualname(base) in NAMED_RESIZERS:
-            return NAMED_RESIZERS[qualname(base)]
-    return None
+    found = find_resizer(cls)
+    if found is not None:
+        return found
+    return next((NAMED_RESIZERS[qualname(base)] for base in cls.__mro__ if qualname(base) in NAMED_RESIZERS), None)
 
 
 def _generic_resize(m: nn.Module, old: dict[str, tuple], new: dict[str, tuple]) -> None:
@@ -66,16 +72,21 @@ def _generic_resize(m: nn.Module, old: dict[str, tuple], new: dict[str, tuple]) 
             setattr(m, attr, type(v)([next(iter(changes[v[0]]))]))
 
 
+def module_pairs(original: nn.Module, slim: nn.Module):
+    """(path, original module, slim module) for every module path of the slim copy."""
+    orig_modules = dict(original.named_modules(remove_duplicate=False))
+    for path, m in slim.named_modules(remove_duplicate=False):
+        m0 = orig_modules.get(path)
+        if m0 is not None:
+            yield path, m0, m
+
+
 def resize_leaves(slim: nn.Module, original: nn.Module, new_inputs: dict[str, tuple]) -> list[str]:
     """Set the size attributes of every module of ``slim`` whose own tensors changed shape
     (or, for a module with a resizer, whose input did: LayerNorm without affine params).
     ``new_inputs``: module path → its input's new shape. Returns the paths resized."""
     done = []
-    orig_modules = dict(original.named_modules(remove_duplicate=False))
-    for path, m in slim.named_modules(remove_duplicate=False):
-        m0 = orig_modules.get(path)
-        if m0 is None:
-            continue
+    for path, m0, m in module_pairs(original, slim):
         old = {n: tuple(t.shape) for n, t in [*m0._parameters.items(), *m0._buffers.items()] if t is not None}
         new = {n: tuple(t.shape) for n, t in [*m._parameters.items(), *m._buffers.items()] if t is not None}
         resize = resizer_for(type(m))
@@ -98,4 +109,4 @@ def resize_leaves(slim: nn.Module, original: nn.Module, new_inputs: dict[str, tu
     return done
 
 
-__all__ = ["resize_leaves", "resizer_for", "size_named", "qualname", "NAMED_RESIZERS"]
+__all__ = ["module_pairs", "resize_leaves", "resizer_for", "size_named", "qualname", "NAMED_RESIZERS"]

@@ -3,7 +3,10 @@
 The graph rewrite makes them exact with extra nodes; a module keeps its code, so:
 
 * an ``nn.LayerNorm`` (or a subclass that keeps its forward) becomes the exact subclass
-  (:mod:`slimc.surgery.modules`);
+  (:mod:`slimc.surgery.modules`); so does any module that *measures* as a layer norm — over
+  which dim of its input (the last, or the channels of NCHW: ConvNeXt's ``LayerNorm2d``),
+  scaled and shifted by which of its tensors (OLMo's has none), computed in float32 and
+  cast back or not — its class kept (``isinstance`` holds) and checked on the kept channels;
 * an RMS norm (``x * rsqrt(mean(x²) + eps) * w``: HF ``LlamaRMSNorm``, ``nn.RMSNorm``,
   timm ``RmsNorm``…) stays what it is, with its weight scaled by √(C/C′) and eps by C/C′
   — the same function over the kept channels. Which of the known forms a module computes
@@ -14,6 +17,7 @@ The graph rewrite makes them exact with extra nodes; a module keeps its code, so
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,32 +28,94 @@ from slimc.surgery.modules import exact_layernorm_class
 EPS_NAMES = ("variance_epsilon", "eps", "epsilon")
 
 
-def _is_plain_layernorm(m0: nn.Module, eps: float, c_old: int) -> bool:
-    """Does ``m0`` compute ``F.layer_norm`` over the last dim with its weight and bias?"""
-    w, b = getattr(m0, "weight", None), getattr(m0, "bias", None)
-    if not isinstance(w, torch.Tensor) or w.shape != (c_old,):
-        return False
-    x = torch.randn(2, 3, c_old, generator=torch.Generator().manual_seed(0))
-    try:
-        with torch.no_grad():
-            got, want = m0(x), F.layer_norm(x, (c_old,), w, b if isinstance(b, torch.Tensor) else None, eps)
-    except Exception:
-        return False
-    return isinstance(got, torch.Tensor) and got.shape == want.shape and bool(torch.allclose(got, want, atol=1e-5))
+@dataclass(frozen=True)
+class LayerNormForm:
+    """What a module measured as a layer norm computes: over which dim of its input (-1: the
+    last), scaled and shifted by which of its own tensors ("": none)."""
+
+    dim: int
+    weight: str
+    bias: str
 
 
-def _layernorm(m0: nn.Module | None, m: nn.Module, ev) -> str | None:
-    """nn.LayerNorm (with its own forward) or any module that measures as a plain layer norm
-    (nanoGPT's, timm's fast-norm LayerNorm) → its exact subclass."""
-    eps = ev.detail.get("eps", 1e-5)
-    if isinstance(m, nn.LayerNorm) and type(m).forward is nn.LayerNorm.forward:
-        pass
-    elif m0 is None or not _is_plain_layernorm(m0, eps, ev.old):
-        return f"{type(m).__name__} normalizes over pruned channels and is not a plain layer norm"
+def _trial_shapes(shape: tuple, dim: int, c_old: int) -> list[list[int]]:
+    """Input shapes to measure a norm over ``dim`` at: the other dims cut to 3 (small, and no
+    other dim of the channels' size), then the recorded shape (a module that needs it)."""
+    small = [min(n, 3) for n in shape]
+    small[dim] = c_old
+    return [small] if small == list(shape) else [small, list(shape)]
+
+
+def _affine_forms(m: nn.Module, c_old: int) -> list[tuple[str, str]]:
+    """(scale, shift) pairs of the module's own per-channel tensors, the most specific first."""
+    vecs = [n for n, t in [*m._parameters.items(), *m._buffers.items()]
+            if isinstance(t, torch.Tensor) and tuple(t.shape) == (c_old,)]
+    return [(w, b) for w in [*vecs, ""] for b in [*vecs, ""] if w != b or not w]
+
+
+def measure_layernorm(m0: nn.Module, shape: tuple, c_old: int, eps: float) -> LayerNormForm | None:
+    """Which layer norm ``m0`` computes, measured on random inputs (and random values in its
+    per-channel tensors, so that γ = 1, β = 0 at init cannot hide one) against
+    ``F.layer_norm`` over each dim of the channels' size; None where none matches."""
+    import copy
+
+    m = copy.deepcopy(m0).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in [*m.parameters(), *m.buffers()]:
+            if t.is_floating_point():
+                t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype))
+    nd = len(shape)
+    dims = [d for d in [nd - 1, *range(nd - 1)] if shape[d] == c_old]
+    for d in dims:
+        for trial in _trial_shapes(shape, d, c_old):
+            x = torch.randn(trial, generator=g)
+            try:
+                with torch.no_grad():
+                    got = m(x)
+            except Exception:
+                continue
+            if not isinstance(got, torch.Tensor) or got.shape != x.shape:
+                break
+            for w, b in _affine_forms(m, c_old):
+                want = F.layer_norm(x.movedim(d, -1), (c_old,), getattr(m, w) if w else None,
+                                    getattr(m, b) if b else None, eps).movedim(-1, d)
+                if torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+                    return LayerNormForm(-1 if d == nd - 1 else d, w, b)
+            break
+    return None
+
+
+def _plain_layernorm(m: nn.Module) -> bool:
+    """An nn.LayerNorm with nn.LayerNorm's forward: its form is known."""
+    return isinstance(m, nn.LayerNorm) and type(m).forward is nn.LayerNorm.forward
+
+
+def _layernorm(m0: nn.Module | None, m: nn.Module, ev, shape: tuple | None) -> str | None:
+    """nn.LayerNorm (with its own forward) or any module that measures as a layer norm —
+    over the last dim or the channels of NCHW (ConvNeXt's LayerNorm2d), with or without
+    weight and bias (OLMo's), computed in float32 and cast back — → its exact subclass."""
+    eps, kind = ev.detail.get("eps", 1e-5), type(m).__name__
+    if _plain_layernorm(m):
+        form = None
+    elif m0 is None:
+        return f"{kind} normalizes over pruned channels; on the meta device slimc cannot measure its form"
     else:
-        m.slimc_eps = eps
-    m.__class__ = exact_layernorm_class(type(m))
+        shape = shape or ev.detail.get("shape")
+        form = measure_layernorm(m0, tuple(shape), ev.old, eps) if shape else None
+        if form is None:
+            return f"{kind} normalizes over pruned channels and does not measure as a layer norm"
+    base = type(m)
+    m.__class__ = exact_layernorm_class(base)
     m.full_features = ev.old
+    if form is not None:
+        m.slimc_eps, m.slimc_dim, m.slimc_affine = eps, form.dim, (form.weight, form.bias)
+        if tuple(getattr(m, "normalized_shape", ())) == (ev.old,):  # a size the class keeps (OLMo's)
+            m.normalized_shape = (ev.new,)
+        kept = torch.as_tensor(ev.detail["kept"], dtype=torch.long)
+        if not _matches(m0, m, form.dim, kept, ev.old, shape):
+            m.__class__ = base
+            return f"{kind} measures as a layer norm, but its exact form over the kept channels differs"
     return None
 
 
@@ -101,19 +167,20 @@ def _matches(m0: nn.Module, m1: nn.Module, dim: int, kept: torch.Tensor, c_old: 
     """Does the slim module on the kept channels give the original's output there, for random
     inputs whose removed channels are zero?"""
     g = torch.Generator().manual_seed(0)
-    full = [min(n, 3) for n in shape]
-    full[dim] = c_old
-    x = torch.randn(full, generator=g)
     removed = torch.ones(c_old, dtype=torch.bool)
     removed[kept] = False
-    x.index_fill_(dim, torch.nonzero(removed).flatten(), 0.0)
-    try:
-        with torch.no_grad():
-            want = m0(x).index_select(dim, kept)
-            got = m1(x.index_select(dim, kept))
-    except Exception:
-        return False
-    return got.shape == want.shape and bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(want.abs().max()))))
+    for full in _trial_shapes(shape, dim, c_old):
+        x = torch.randn(full, generator=g)
+        x.index_fill_(dim, torch.nonzero(removed).flatten(), 0.0)
+        try:
+            with torch.no_grad():
+                want = m0(x).index_select(dim, kept)
+                got = m1(x.index_select(dim, kept))
+        except Exception:
+            continue
+        return got.shape == want.shape and bool(torch.allclose(got, want, rtol=1e-4,
+                                                               atol=1e-5 * max(1.0, float(want.abs().max()))))
+    return False
 
 
 def _masked_module(original: nn.Module, path: str, final_masks: dict) -> nn.Module:
@@ -129,9 +196,10 @@ def _masked_module(original: nn.Module, path: str, final_masks: dict) -> nn.Modu
     return m.eval()
 
 
-def fix_norms(slim: nn.Module, original: nn.Module, final_masks: dict, events: list,
-              renorm: bool) -> tuple[list[str], list[str], list[dict]]:
-    """Returns (notes, blockers, weight transforms made: {"param", "scale", "offset"})."""
+def fix_norms(slim: nn.Module, original: nn.Module, final_masks: dict, events: list, renorm: bool,
+              input_shapes: dict[str, tuple] | None = None) -> tuple[list[str], list[str], list[dict]]:
+    """Returns (notes, blockers, weight transforms made: {"param", "scale", "offset"}).
+    ``input_shapes``: module path → the (original) shape of its input, to measure it at."""
     notes, blockers, done, transforms = [], [], set(), []
     for ev in events:
         if ev.kind not in ("mean", "layernorm") or ev.module in done:
@@ -139,15 +207,19 @@ def fix_norms(slim: nn.Module, original: nn.Module, final_masks: dict, events: l
         done.add(ev.module)
         try:
             m1 = slim.get_submodule(ev.module) if ev.module else slim
-            m0 = None if any(t.is_meta for t in m1.parameters()) else _masked_module(original, ev.module, final_masks)
+            plain = ev.kind == "layernorm" and _plain_layernorm(m1)  # nothing to measure
+            m0 = None if plain or any(t.is_meta for t in m1.parameters()) else \
+                _masked_module(original, ev.module, final_masks)
         except AttributeError:
             blockers.append(f"{ev.source or ev.node}: a normalization over pruned channels outside any module")
             continue
         if renorm:
             continue  # plain norms over the kept channels, reported approximate
-        why = _layernorm(m0, m1, ev) if ev.kind == "layernorm" else _rms(m0, m1, ev, ev.module, transforms)
+        kind = type(m1).__name__
+        why = _layernorm(m0, m1, ev, (input_shapes or {}).get(ev.module)) if ev.kind == "layernorm" else \
+            _rms(m0, m1, ev, ev.module, transforms)
         if why is None:
-            notes.append(f"{ev.module}: {type(m1).__mro__[1].__name__ if ev.kind == 'layernorm' else type(m1).__name__} over {ev.new} of {ev.old} channels, made exact")
+            notes.append(f"{ev.module}: {kind} over {ev.new} of {ev.old} channels, made exact")
         else:
             blockers.append(f"{ev.source or ev.node}: {why} ({ev.module}); use --renorm (approximate) "
                             "or keep these channels")

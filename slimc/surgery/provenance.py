@@ -110,15 +110,26 @@ def size_argument(source: str, op: str, position, n_sizes: int, keyword: str | N
     args = _call_args(call)
     if isinstance(position, str):
         return None
-    if any(isinstance(a, ast.Starred) for a in args):
-        return None
     if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)) and len(args[0].elts) == n_sizes:
         args = list(args[0].elts)
     if base in ("split", "split_with_sizes", "chunk", "tensor_split"):
-        return args[0] if args else None
-    if len(args) != n_sizes or not 0 <= position < len(args):
+        return args[0] if args and not isinstance(args[0], ast.Starred) else None
+    return _unstarred(args, n_sizes, position)
+
+
+def _unstarred(args: list[ast.expr], n_sizes: int, position: int) -> ast.expr | None:
+    """The argument at size ``position`` where one ``*sizes`` may stand for several
+    (``view(*input_shape, self.num_kv_heads, -1, self.head_dim)``: the sizes after it count
+    from the end); None inside the starred ones or where the count does not fit."""
+    starred = [i for i, a in enumerate(args) if isinstance(a, ast.Starred)]
+    if len(starred) > 1 or not 0 <= position < n_sizes:
         return None
-    return args[position]
+    if not starred:
+        return args[position] if len(args) == n_sizes else None
+    s, n_star = starred[0], n_sizes - (len(args) - 1)
+    if n_star < 0 or s <= position < s + n_star:
+        return None
+    return args[position] if position < s else args[position - n_star + 1]
 
 
 def literal_slice(source: str) -> str | None:

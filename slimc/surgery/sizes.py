@@ -14,6 +14,7 @@ Two sources:
 """
 from __future__ import annotations
 
+import ast
 import itertools
 
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ HEAD_DIM = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head"
 INNER = ("all_head_size", "attn_dim", "inner_dim", "split_size", "inner_attn_dim")
 GROUPS = ("num_key_value_groups", "n_rep", "num_queries_per_kv")
 HIDDEN = ("embed_dim", "hidden_size", "d_model", "n_embd", "dim", "num_features", "width")
+HIDDEN_ATTRS = (*HIDDEN, "hidden_dim")  # module attributes (a MoE block's); a config's hidden_dim may be its FFN
 FFN = ("intermediate_size", "ffn_dim", "d_ff", "mlp_dim", "hidden_features", "n_inner")
 
 
@@ -115,40 +117,59 @@ def follow_events(slim: nn.Module, events: list, fixes: SizeFixes) -> None:
             else:
                 fixes.unresolved.append(where)
             continue
-        if isinstance(found, Literal):
-            fixes.blockers.append(f"{where}: the size {found.text} is written in the code ({ev.old} → {ev.new}); "
-                                  "read it from an attribute or the input's shape for the class to follow")
-            continue
-        if not isinstance(found, Attribute):
-            fixes.unresolved.append(where)
-            continue
-        owner = _owner(slim, ev.module, found.path)
-        if owner is None:
-            fixes.unresolved.append(where)
-            continue
-        obj, path, attr = owner
         if ev.kind != "split":
             new = ev.new
-        cur = getattr(obj, attr)
-        if (id(obj), attr) in fixes.done or (isinstance(cur, (int, list, tuple)) and cur == ev.old):
-            fixes.set(obj, path, attr, new)
-        else:
-            fixes.unresolved.append(where)
+        pieces = _spelled_pieces(ev, expr, new)
+        if pieces is not None:  # split([self.num_heads, 1, 1]): each size that changed, on its own
+            for e, old_i, new_i in pieces:
+                _follow(slim, ev, where, classify(e), old_i, new_i, fixes)
+            continue
+        _follow(slim, ev, where, found, ev.old, new, fixes)
 
 
-def head_splits(gm: fx.GraphModule, plan) -> dict[str, list[tuple[int, int, int, int]]]:
+def _spelled_pieces(ev, expr, new) -> list | None:
+    """(expression, old, new) of each piece size that changed, where a split's sizes are a
+    list written out in the call (``split([self.num_heads, 1, 1], dim=-2)``); else None."""
+    if ev.kind != "split" or not isinstance(expr, (ast.List, ast.Tuple)) or not isinstance(ev.old, (list, tuple)):
+        return None
+    if ev.detail.get("indices") or not (len(expr.elts) == len(ev.old) == len(new)):
+        return None
+    return [(e, o, n) for e, o, n in zip(expr.elts, ev.old, new) if o != n]
+
+
+def _follow(slim: nn.Module, ev, where: str, found, old: Any, new: Any, fixes: SizeFixes) -> None:
+    """The size the user's code spells as ``found`` goes from ``old`` to ``new``: an attribute
+    is set, a literal blocks the class, anything else is left to the code."""
+    if isinstance(found, Literal):
+        fixes.blockers.append(f"{where}: the size {found.text} is written in the code ({old} → {new}); "
+                              "read it from an attribute or the input's shape for the class to follow")
+        return
+    owner = _owner(slim, ev.module, found.path) if isinstance(found, Attribute) else None
+    if owner is None:
+        fixes.unresolved.append(where)
+        return
+    obj, path, attr = owner
+    cur = getattr(obj, attr)
+    if (id(obj), attr) in fixes.done or (isinstance(cur, (int, list, tuple)) and cur == old):
+        fixes.set(obj, path, attr, new)
+    elif not (isinstance(cur, (int, list, tuple)) and cur == new):  # (else set with its module's tensors)
+        fixes.unresolved.append(where)
+
+
+def head_splits(gm: fx.GraphModule, shapes) -> dict[str, list[tuple[int, int, int, int]]]:
     """Module path → (H, D, H', D') of every view in its forward that splits the last dim
     of its input into (…, H, D) (queries, keys, values of an attention)."""
     from slimc.passes.patch_constants import RESHAPES
 
-    shapes = plan.dg.shapes
     out: dict[str, list] = {}
     for node in gm.graph.nodes:
         if node.target not in RESHAPES or node.op not in ("call_method", "call_function"):
             continue
-        old, x = shapes.get(node.name), node.args[0] if node.args else None
-        xin = shapes.get(getattr(x, "name", None))
-        if not (isinstance(old, tuple) and isinstance(xin, tuple)) or len(old) < len(xin) + 1 or len(xin) < 1:
+        x = node.args[0] if node.args else None
+        if shapes.traced_name(node) is None or not isinstance(x, fx.Node) or shapes.traced_name(x) is None:
+            continue  # (a node a rewrite pass made: no head split of the user's code)
+        old, xin = shapes.tensor(node), shapes.tensor(x)
+        if old is None or xin is None or len(old) < len(xin) + 1 or len(xin) < 1:
             continue
         k = len(xin) - 1
         trail = old[k:]
@@ -157,8 +178,8 @@ def head_splits(gm: fx.GraphModule, plan) -> dict[str, list[tuple[int, int, int,
         stack = node.meta.get("nn_module_stack") or {}
         path = list(stack.values())[-1][0] if stack else ""
         nd = len(old)
-        out.setdefault(path, []).append((old[-2], old[-1], plan.new_size(("v", node.name, nd - 2)),
-                                         plan.new_size(("v", node.name, nd - 1))))
+        out.setdefault(path, []).append((old[-2], old[-1], shapes.new_size(node, nd - 2),
+                                         shapes.new_size(node, nd - 1)))
     return out
 
 
@@ -195,6 +216,45 @@ def sync_attention(slim: nn.Module, splits: dict[str, list], fixes: SizeFixes) -
             for attr in names:
                 v = getattr(m, attr, None)
                 if isinstance(v, int) and not isinstance(v, bool) and (id(m), attr) not in fixes.done:
+                    new = _one(table.get(v, set()))
+                    if new is not None:
+                        fixes.set(m, path, attr, new)
+
+
+def attention_counts(plan) -> dict[str, dict[tuple, set[int]]]:
+    """Module path → {names: {old: new}} of what the graph shows in that module's forward:
+    query heads (the head axis of its attention, HEADS) and key/value copies per query group
+    (the count ``repeat_kv``'s expand writes, GROUPS, see shape_rules.Copies)."""
+    from slimc.shape_rules import Copies, HeadAxis
+
+    out: dict[str, dict[tuple, dict[int, set[int]]]] = {}
+    dg = plan.dg
+    for f in dg.facts:
+        for c in f.coupling.constraints:
+            names = HEADS if isinstance(c, HeadAxis) and c.slot[2] >= 1 else GROUPS if isinstance(c, Copies) else None
+            if names is None or c.slot not in dg.offset:
+                continue
+            stack = f.node.meta.get("nn_module_stack") or {}
+            path = list(stack.values())[-1][0] if stack else ""
+            table = out.setdefault(path, {}).setdefault(names, {})
+            table.setdefault(dg.size[c.slot], set()).add(plan.new_size(c.slot))
+    return out
+
+
+def sync_heads(slim: nn.Module, plan, fixes: SizeFixes) -> None:
+    """Head counts the module's forward does not write (``self.num_heads`` kept for users, or
+    ``self.num_key_value_groups`` read by a library's ``repeat_kv``): set from the head axis of
+    its attention and the copies of its key/value heads, where the attribute held the old count
+    (Falcon's multi-query attention: 4 → 3 query heads, n_rep 4 → 3)."""
+    for path, tables in attention_counts(plan).items():
+        try:
+            m = slim.get_submodule(path) if path else slim
+        except AttributeError:
+            continue
+        for names, table in tables.items():
+            for attr in names:
+                v = getattr(m, attr, None)
+                if _is_size(v) and (id(m), attr) not in fixes.done:
                     new = _one(table.get(v, set()))
                     if new is not None:
                         fixes.set(m, path, attr, new)
@@ -245,9 +305,9 @@ def sync_widths(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
             continue
         cls = type(m)
         if cls not in class_attrs:  # (read once per class in this call)
-            class_attrs[cls] = {a: getattr(cls, a, None) for a in (*HIDDEN, *FFN)}
+            class_attrs[cls] = {a: getattr(cls, a, None) for a in (*HIDDEN_ATTRS, *FFN)}
         d, ca = m.__dict__, class_attrs[cls]
-        attrs = [a for a in (*HIDDEN, *FFN) if _is_size(d.get(a, ca[a])) and (id(m), a) not in fixes.done]
+        attrs = [a for a in (*HIDDEN_ATTRS, *FFN) if _is_size(d.get(a, ca[a])) and (id(m), a) not in fixes.done]
         if not attrs:
             continue
         if below is None:  # every module's params, both models walked once
@@ -258,7 +318,7 @@ def sync_widths(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
                 dims.setdefault(o, set()).add(n)
         for a in attrs:
             v = getattr(m, a)
-            if hidden is not None and a in HIDDEN and v == hidden[0]:
+            if hidden is not None and a in HIDDEN_ATTRS and v == hidden[0]:
                 fixes.set(m, path, a, hidden[1])
                 continue
             news = dims.get(v, set())
@@ -266,4 +326,4 @@ def sync_widths(slim: nn.Module, original: nn.Module, fixes: SizeFixes) -> None:
                 fixes.set(m, path, a, next(iter(news)))
 
 
-__all__ = ["SizeFixes", "follow_events", "head_splits", "sync_attention", "sync_widths"]
+__all__ = ["SizeFixes", "follow_events", "head_splits", "sync_attention", "sync_heads", "sync_widths"]

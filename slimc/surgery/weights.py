@@ -4,7 +4,8 @@ masks and cut to the kept indices, the rest of the object copied as it is.
 A deep copy (:func:`slimc.module_copy.copy_module`) with a memo that already maps each
 original tensor to its slim tensor: the module tree, its attributes and the user's class
 are copied, the full-size weights never are, and tied weights stay tied (one tensor, one
-memo entry).
+memo entry). What the user's modules derive from their tensors is not copied but made again
+(:mod:`slimc.surgery.derived`): a cache of full-size tensors would undo the slimming.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from slimc.copying import is_cache
 from slimc.module_copy import copy_module
 from slimc.shards import sliced
 
@@ -39,6 +41,10 @@ def slim_copy(model: nn.Module, plan, ready: Mapping[str, torch.Tensor] | None =
         for name, b in model.named_buffers(remove_duplicate=False):
             if id(b) not in memo:
                 memo[id(b)] = own(name, b)
+        for m in model.modules():  # timm's attention_bias_cache: computed again, from the slim tensors
+            for attr, value in vars(m).items():
+                if is_cache(attr, value):
+                    memo[id(value)] = type(value)()
     return copy_module(model, memo)
 
 

@@ -1,0 +1,163 @@
+"""Widths a Hugging Face config can express, measured on the model.
+
+A slim HF model reloads with plain ``from_pretrained`` only where its config can say its
+widths (:func:`slimc.surgery.hf.expressible`): one width per kind of layer, a hidden size
+its config accepts with its head count (transformers' configs validate a multiple), heads
+only where the head size is not ``hidden // heads`` (LLaMA, not GPT-2 or BERT), a hidden
+size through LayerNorm never (the exact LayerNorm is another class). Which families of a
+model its config can express is not guessed per architecture: each *class* of families
+(repeated layers: the same kind, width and layer names up to the block number) is pruned
+alone by one unit in every family, on the pruner's own traced graph; the user's class is
+made slim from that plan as ``slimc compile`` makes it, and the check run on it. A class
+that fails stays whole, with the check's reason; the stream (the channels of the input
+embedding, the hidden size) is tried keeping a multiple of the head count, which
+transformers' configs validate.
+
+:class:`ConfigFit` then keeps every prune of the pruner to those widths: repeated layers
+alike, the classes the config cannot express whole, and the hidden size a multiple of the
+number of heads left (:meth:`ConfigFit.adjust`). ``Pruner(expressible=False)`` (``slimc
+prune --free-widths``) prunes every family freely; ``slimc.load`` rebuilds such a model
+from its layout.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from slimc.errors import describe
+from slimc.prune.emit import complete_masks
+from slimc.prune.space import Family, PruneSpace
+
+
+class ConfigCheck:
+    """Can ``type(model)(slim config)`` build the slim model that removing some units gives?
+    The rewrite and the user's-class surgery of ``slimc compile``, on the pruner's traced
+    graph and a copy of its model whose weights are on the meta device: a config expresses
+    shapes, classes and sizes, so no weight needs slicing (the same answers, a third of the time)."""
+
+    def __init__(self, space: PruneSpace):
+        self.space = space
+        self._meta: nn.Module | None = None
+
+    def __call__(self, units: np.ndarray) -> tuple[bool | None, str]:
+        """(True, ""), (False, why the config cannot express it), or (None, why slimc cannot
+        tell: the user's class itself cannot be made slim)."""
+        from slimc.analysis import fork
+        from slimc.passes import RewriteContext, run_pipeline
+        from slimc.surgery import build
+        from slimc.surgery.structure import skeleton
+
+        space = self.space
+        if self._meta is None:
+            self._meta = skeleton(space.model)
+        try:
+            em = complete_masks(space, space.groups_of(units))
+            ctx = RewriteContext(em.plan)
+            try:
+                gm, original = fork(space.gm, self._meta), self._meta
+            except KeyError:  # a traced tensor the model does not hold by that name: the real weights
+                gm, original = fork(space.gm), space.model
+            slim, _ = run_pipeline(gm, ctx, code_from=space.gm)
+            um = build(original, em.plan, slim, ctx.events)
+        except Exception as e:  # the rewrite or the surgery of a model slimc does not know
+            return None, f"making the slim model failed: {describe(e)}"
+        if um.model is None:
+            return None, um.reason or "the user's class cannot be made slim"
+        info = um.hf or {}
+        return bool(info.get("expressible")), info.get("why_not", "")
+
+
+def _config_int(model, names: tuple[str, ...]) -> int | None:
+    cfg = getattr(model, "config", None)
+    for n in names:
+        v = getattr(cfg, n, None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def _stream_family(space: PruneSpace) -> int | None:
+    """The family of the input embedding's channels (the hidden size), if the model has one."""
+    try:
+        w = space.model.get_input_embeddings().weight
+    except (AttributeError, NotImplementedError):
+        return None
+    names = {n for n, p in space.model.named_parameters(remove_duplicate=False) if p is w}
+    groups = [s.groups for s in space.sources if s.fqn in names and s.dim == 1]
+    if not groups:
+        return None
+    entry = np.isin(space.group_of_entry, np.concatenate(groups))
+    fams = np.unique(space.family_of_unit[space.unit_of_entry[entry]])
+    return int(fams[0]) if len(fams) == 1 else None
+
+
+def label(f: Family, stream: int | None) -> str:
+    return "the hidden size" if f.index == stream else f"{f.kind} of {re.sub(r'[0-9]+', '#', f.name)}"
+
+
+@dataclass
+class ConfigFit:
+    """What the config of ``space.model`` can express (measured by :func:`measure`)."""
+
+    frozen: dict[int, str] = field(default_factory=dict)  # family index → why the config cannot express it
+    stream: int | None = None  # the hidden size's family
+    stream_multiple: bool = False  # it keeps a multiple of the head count
+    heads: dict[int, int] = field(default_factory=dict)  # heads family index → query heads per unit
+    heads0: int | None = None  # the config's head count
+    notes: list[str] = field(default_factory=list)
+
+    def adjust(self, space: PruneSpace, k: dict[int, int], round_to: int = 1) -> None:
+        """Counts per family (already alike across repeated layers) → counts the config expresses."""
+        for fi in [fi for fi in k if fi in self.frozen]:
+            del k[fi]
+        if self.stream in k and self.stream_multiple:
+            n = len(space.families[self.stream])
+            left = [q * (len(space.families[fi]) - k.get(fi, 0)) for fi, q in self.heads.items()]
+            step = math.lcm(round_to, *(left or [self.heads0 or 1]))
+            kept = min(n, -(-(n - k[self.stream]) // step) * step)
+            k[self.stream] = n - kept
+        for fi in [fi for fi, ki in k.items() if ki <= 0]:
+            del k[fi]
+
+
+def _classes(space: PruneSpace, families: list[int]) -> list[list[int]]:
+    by: dict[tuple, list[int]] = {}
+    for fi in families:
+        f = space.families[fi]
+        by.setdefault((f.pattern, len(f)), []).append(fi)
+    return list(by.values())
+
+
+def measure(space: PruneSpace, families: list[int], check: ConfigCheck) -> ConfigFit:
+    """Try each class of ``families`` alone (one unit per family; the stream one head count of
+    channels, as it keeps a multiple of the head count) and record what the config cannot express."""
+    from slimc.surgery.sizes import HEADS
+
+    fams = space.families
+    fit = ConfigFit(stream=_stream_family(space), heads0=_config_int(space.model, HEADS))
+    if fit.heads0:
+        fit.heads = {f.index: fit.heads0 // len(f) for f in fams if f.kind == "heads" and fit.heads0 % len(f) == 0}
+    for cls in _classes(space, families):
+        f = fams[cls[0]]
+        multiple = f.index == fit.stream and fit.heads0 is not None and 1 < fit.heads0 < len(f)
+        ok, why = check(f.units[: fit.heads0] if multiple else np.array([fams[fi].units[0] for fi in cls]))
+        fit.stream_multiple |= bool(ok) and multiple
+        if ok is None:
+            fit.notes.append(f"whether {type(space.model.config).__name__} can express pruning {label(f, fit.stream)} "
+                             f"is not known ({why}): pruned")
+        elif not ok:
+            fit.frozen.update(dict.fromkeys(cls, why))
+            fit.notes.append(f"{label(f, fit.stream)} not pruned: {type(space.model.config).__name__} cannot "
+                             f"express it ({why}); --free-widths (expressible=False) prunes it, and slimc.load "
+                             "rebuilds the class")
+    if fit.stream_multiple:
+        fit.notes.append("the hidden size is kept a multiple of the number of heads (transformers' configs "
+                         "validate it)")
+    return fit
+
+
+__all__ = ["ConfigCheck", "ConfigFit", "measure", "label"]
