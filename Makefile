@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # spec would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test test-all bench compare-quick gpu-check clean
+.PHONY: demo test test-all bench compare-quick compare-quant gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ COMPARE := $(BIN)/python benchmarks/compare_pruners.py --targets 2,4,8,16,32 --s
 compare-quick: $(VENV)/.installed-digits
 	$(COMPARE) --models digits_vgg,digits_resnet --budgets params --fresh
 	$(COMPARE) --models digits_vgg --budgets flops
+
+# The quantizer comparison on the same digits nets: float, Naive 8, static 8 per-tensor and
+# per-channel, QAT 8, DoReFa 4, BNN × dense and slim 50 % → benchmarks/results/compare_quantizers/
+# (accuracy of the int8 file in onnxruntime, file size, latency; one seed).
+compare-quant: $(VENV)/.installed-digits
+	$(BIN)/python benchmarks/compare_quantizers.py --fresh
 
 # On a GPU machine: the `gpu` tests and benchmarks/latency.py --device cuda (eager and CUDA
 # graphs) → benchmarks/results/latency_cuda.*; a few minutes on one H200. Without CUDA: one

@@ -58,20 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def grid(a: argparse.Namespace):
-    from slimc.compare.grid import PRUNERS, Point
+    from slimc.compare.grid import PRUNERS, Point, pick
     from slimc.compare.nets import NETS
     from slimc.prune.budget import BUDGET_KINDS
 
-    def items(text: str, choices, what: str) -> list[str]:
-        out = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in out if t not in choices]
-        if bad or not out:
-            raise ConfigError(f"unknown {what} '{bad[0] if bad else text}': use {', '.join(choices)}")
-        return out
-
-    models = items(a.models, NETS, "model")
-    pruners = items(a.pruners, PRUNERS, "pruner")
-    kinds = items(a.budgets, BUDGET_KINDS, "budget")
+    models = pick(a.models, NETS, "model")
+    pruners = pick(a.pruners, PRUNERS, "pruner")
+    kinds = pick(a.budgets, BUDGET_KINDS, "budget")
     try:
         ratios = [float(t) for t in a.targets.split(",")]
     except ValueError:

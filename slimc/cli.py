@@ -1,4 +1,4 @@
-"""The ``slimc`` command line: compile, export, bench, inspect, prune, flops, sensitivity, rules.
+"""The ``slimc`` command line: compile, export, bench, inspect, prune, flops, sensitivity, quantize, rules.
 
 Errors print one line (``error: …``) and exit 2; ``--debug`` shows the traceback. Exit
 statuses: 0 done; 2 a user-facing error, nothing written; 1 an internal error; 3
@@ -71,9 +71,16 @@ def cmd_compile(a: argparse.Namespace) -> int:
     spec = str(Path(a.model).resolve()) if Path(a.model).is_file() else a.model
     res.report["source"] = {"model": spec, "masks": str(Path(a.masks).resolve()) if a.masks else None,
                             "weights": str(Path(a.weights).resolve()) if a.weights else None}
+    quantized = None
+    if a.quantize:  # computed and checked before anything is written
+        from slimc.quantize.command import quantize_compiled
+
+        quantized = quantize_compiled(res, a.model, a.quantize)
     with warnings.catch_warnings():  # said below, in one line
         warnings.simplefilter("ignore", OnnxWarning)
         paths = res.save(out, onnx=not a.no_onnx, opset=a.opset, dynamic_batch=not a.static_batch, weights=a.weights)
+    if quantized is not None:
+        paths.update(quantized.save(out))
     if a.json:
         print(json.dumps(res.report, indent=2, default=str))
     else:
@@ -294,6 +301,14 @@ def cmd_sensitivity(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(a: argparse.Namespace) -> int:
+    from slimc.quantize.command import run
+
+    _guard_outputs([a.model, a.masks, a.config], [Path(a.output) / n for n in
+                                                  ("model.int8.onnx", "slim.int8.onnx", "model.onnx", "report.json")])
+    return run(a)
+
+
 def rules_markdown() -> str:
     """The supported-op table of the README, one row per rule family."""
     from slimc.shape_rules import RULES, op_name
@@ -364,6 +379,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="safetensors checkpoint (folder of shards or a file) to slice, tensor by tensor, into "
                         "the output folder; with a model built on the meta device (slimc.shards.empty_weights) "
                         "the plan needs no weights in memory")
+    c.add_argument("--quantize", default=None, choices=["static", "dynamic", "weight"],
+                   help="also write slim.int8.onnx: the slim graph quantized (static: calibrated on "
+                        "calibration_batches() of model.py), checked against slim.onnx")
     c.set_defaults(fn=cmd_compile)
 
     e = sub.add_parser("export", help="write an ONNX file (checked with onnxruntime) of the slim model")
@@ -464,6 +482,11 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("-o", "--output", default="sensitivity", help="output folder (default: sensitivity)")
     se.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     se.set_defaults(fn=cmd_sensitivity)
+
+    from slimc.quantize.command import add_parser as add_quantize
+
+    add_quantize(sub)
+    sub.choices["quantize"].set_defaults(fn=cmd_quantize)
 
     r = sub.add_parser("rules", help="list the ops slimc has shape rules for")
     r.add_argument("--markdown", action="store_true", help="one row per rule family, as in the README")

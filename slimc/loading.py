@@ -102,3 +102,22 @@ def _example_inputs(mod: ModuleType, where: str) -> Any:
     raise LoadError(
         f"{where} defines no `example_inputs`: add e.g. `example_inputs = torch.randn(1, 3, 32, 32)`"
     )
+
+
+def namespace_of(spec: str) -> ModuleType | None:
+    """The namespace a spec's hooks live in (``calibration_batches``, ``evaluate``, ``finetune``):
+    the model file, imported once per process (a file ``load_spec`` read is not run again), or
+    the module of ``pkg.module:attr``; None for ``zoo:`` specs."""
+    if spec.startswith("zoo:"):
+        return None
+    path = Path(spec)
+    if spec.endswith(".py") or path.exists():
+        if not path.is_file():
+            raise LoadError(f"model file '{spec}' does not exist: pass a model.py or pkg.module:attr")
+        loaded = sys.modules.get(f"_slimc_user_{path.stem}_{abs(hash(str(path.resolve())))}")
+        return loaded if loaded is not None else _import_file(path)
+    modname = spec.partition(":")[0]
+    try:
+        return importlib.import_module(modname)
+    except Exception as e:
+        raise LoadError(f"cannot import '{modname}' ({with_cause(e)}): check the spec or PYTHONPATH") from e

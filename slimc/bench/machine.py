@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["machine_info", "physical_cores_available"]
+__all__ = ["machine_info", "physical_cores_available", "int8_isa", "cpu_flags"]
 
 
 def _read(path: str) -> str | None:
@@ -96,6 +96,35 @@ def _nvidia_driver() -> str | None:
     return lines[0] if out.returncode == 0 and lines else None
 
 
+#: /proc/cpuinfo flags that matter for int8 (flag → what it is)
+INT8_FLAGS = {
+    "avx2": "AVX2 (vpmaddubsw: u8×s8, 16-bit sums)",
+    "avx_vnni": "AVX-VNNI (vpdpbusd on 256 bit)",
+    "avx512_vnni": "AVX512-VNNI (vpdpbusd: u8×s8 → s32)",
+    "avx512_bf16": "AVX512-BF16",
+    "amx_int8": "AMX-INT8 (tdpbusd tiles)",
+    "amx_bf16": "AMX-BF16",
+    "asimddp": "ARM dot product (sdot/udot)",
+    "i8mm": "ARM int8 matrix multiply",
+}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo ``flags``, ARM ``Features``; empty where unknown)."""
+    info = _read("/proc/cpuinfo") or ""
+    for line in info.splitlines():
+        key, _, val = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(val.split())
+    return set()
+
+
+def int8_isa() -> dict[str, bool]:
+    """Which int8 instruction sets this CPU has (empty where unknown)."""
+    flags = cpu_flags()
+    return {f: f in flags for f in INT8_FLAGS} if flags else {}
+
+
 def machine_info() -> dict:
     """Description of the machine and software stack (no hostname)."""
     info: dict[str, Any] = {
@@ -114,6 +143,8 @@ def machine_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "mkldnn": bool(torch.backends.mkldnn.is_available()),
+        # int8 speed depends on these (AVX2, AVX512-VNNI, AVX-VNNI, AMX-INT8; ARM dot product)
+        "int8_isa": [f for f, on in int8_isa().items() if on],
         "onnxruntime": None,
         "ort_providers": None,
         "cuda": None,

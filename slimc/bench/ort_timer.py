@@ -56,6 +56,7 @@ def time_ort(
     max_repeats: int = 200,
     min_repeats: int = MIN_ADAPTIVE_SAMPLES,
     threads: int | None = None,
+    session_config: dict[str, str] | None = None,
 ) -> Timing:
     """Time an ONNX model with onnxruntime (CPU or CUDA execution provider).
 
@@ -82,6 +83,8 @@ def time_ort(
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    for key, value in (session_config or {}).items():  # e.g. session.disable_quant_qdq for weight-only int8
+        so.add_session_config_entry(key, value)
 
     if is_cuda:
         if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -90,6 +90,14 @@ def to_markdown(results: dict | Sequence[dict], *, detail: bool = False) -> str:
                 f"{_fmt_ms(e['masked_ms'])} | {_fmt_ms(e['slim_ms'])} | {e['speedup']:.2f}× | "
                 f"{'–' if fr is None else f'{fr:.2f}×'} | {_note(e)} |"
             )
+    int8 = [(r, e) for r in res for e in r.get("int8", [])]
+    if int8:
+        lines += ["", "| model | int8 file | batch | slim float ms | int8 ms | int8 / slim float | "
+                  "original float / int8 |", "|---|---|---:|---:|---:|---:|---:|"]
+        for r, e in int8:
+            o = e.get("original_over_int8")
+            lines.append(f"| {r['model']} | {e['variant']} | {e['batch']} | {_fmt_ms(e['slim_ms'])} | "
+                         f"{_fmt_ms(e['int8_ms'])} | {e['int8_over_slim']:.2f}× | {'–' if o is None else f'{o:.2f}×'} |")
     out = "\n".join(lines) + "\n"
     if not detail:
         return out
@@ -151,6 +159,8 @@ def machine_markdown(m: dict) -> str:
         f"{m.get('os')} {m.get('arch')}, Python {m.get('python')}, torch {m.get('torch')}, "
         f"onnxruntime {m.get('onnxruntime')}, numpy {m.get('numpy')}",
     ]
+    if m.get("int8_isa") is not None:
+        parts.append(f"int8 instruction sets: {', '.join(m['int8_isa']) or 'none found'}")
     cuda = m.get("cuda")
     if cuda:
         parts.append(f"GPU: {cuda.get('device_name')} (CUDA {cuda.get('torch_cuda')}, cuDNN {cuda.get('cudnn')}, "

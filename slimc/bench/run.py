@@ -302,8 +302,40 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _time_int8(int8_onnx: dict[str, str], inputs: tuple, cfg: BenchConfig, name: str, pruner: str, result: dict,
+               timings: dict[tuple, Timing], say: Log) -> None:
+    """The int8 files (variant name → path) in onnxruntime on the CPU, at every batch, beside the
+    float variants; their size, and their time against the slim float file's."""
+    retries = cfg.retries
+    for v, path in int8_onnx.items():
+        result["file_bytes"][v] = {"pt": None, "onnx": Path(path).stat().st_size}
+        for b in cfg.batches:
+            x = batched_inputs(inputs, b, seed=cfg.seed)
+            label = f"[{name}] {v} ort-cpu b={b}"
+            try:
+                attempts = measure_quietly(lambda: time_ort(path, x, device="cpu", warmup=cfg.warmup,
+                                                            threads=cfg.threads, **cfg.policy.kwargs()),
+                                           retries=retries, wait_idle_s=cfg.wait_idle_s, label=label, log=say)
+            except Exception as e:  # noqa: BLE001 - recorded in the result
+                result["errors"].append({"variant": v, "runtime": "ort-cpu", "batch": b, "error": describe(e)})
+                continue
+            best = min(attempts, key=lambda a: a.other_busy or 0.0)
+            row = _row(best.result, model=name, pruner=pruner, variant=v, keep_samples=cfg.keep_samples)
+            row.update(other_cpu_busy=best.other_busy, attempts=len(attempts))
+            result["rows"].append(row)
+            timings[(v, "ort-cpu", b)] = best.result
+            say(f"[{name}] {v:8s} {best.result.summary()}")
+    result["int8"] = [{"variant": v, "batch": b, "slim_ms": s.median_ms, "int8_ms": q.median_ms,
+                       "int8_over_slim": q.median_ms / s.median_ms,
+                       "original_over_int8": (timings[("original", "ort-cpu", b)].median_ms / q.median_ms
+                                              if ("original", "ort-cpu", b) in timings else None)}
+                      for v in int8_onnx for b in cfg.batches
+                      if (q := timings.get((v, "ort-cpu", b))) and (s := timings.get(("slim", "ort-cpu", b)))]
+
+
 def bench(original: nn.Module, masks: Any, example_inputs: Any, *, name: str = "model", pruner: str = "masks",
-          slim: Any = None, log: Log | None = None, config: BenchConfig | None = None, **options: Any) -> dict:
+          slim: Any = None, log: Log | None = None, config: BenchConfig | None = None,
+          int8_onnx: dict[str, str] | None = None, **options: Any) -> dict:
     """Measure original / masked / slim latency; see the module docstring.
 
     ``masks``: any mask format :func:`slimc.masks.normalize` accepts (the *masked*
@@ -313,7 +345,9 @@ def bench(original: nn.Module, masks: Any, example_inputs: Any, *, name: str = "
     and how: ``config`` or its fields as keywords (:class:`BenchConfig`: ``batches``,
     ``device``, ``runtimes``, ``variants``, ``threads``, ``dtype``, ``channels_last``,
     ``cuda_graphs``, ``min_time_s``, ``warmup``, ``repeats``, ``min_repeats``,
-    ``max_repeats``, ``retries``, ``wait_idle_s``, …). Failures of a single measurement
+    ``max_repeats``, ``retries``, ``wait_idle_s``, …). ``int8_onnx``: int8 files (variant name
+    → path, e.g. a compile output's ``slim.int8.onnx``) timed in onnxruntime on the CPU beside
+    the others (``result["int8"]``: against the slim float file). Failures of a single measurement
     (an export, a runtime) are recorded in ``result["errors"]`` and the rest goes on; a
     failing compile raises.
     """
@@ -344,6 +378,8 @@ def bench(original: nn.Module, masks: Any, example_inputs: Any, *, name: str = "
             wd.mkdir(parents=True, exist_ok=True)
         onnx_paths = _write_files(models.by_variant, inputs, cfg, wd, name, use_ort, result, say)
         timings = _time_all(models.by_variant, onnx_paths, inputs, cfg, name, pruner, result, say)
+        if int8_onnx and use_ort and cfg.torch_device.type == "cpu":
+            _time_int8(int8_onnx, inputs, cfg, name, pruner, result, timings, say)
     busy = {(r["variant"], r["runtime"], r["batch"]): r.get("other_cpu_busy") for r in result["rows"]}
     result["speedup"] = _speedups(timings, result["flops_ratio"], busy)
     result["finished"] = _now()
@@ -376,6 +412,12 @@ def bench_spec(model_spec: str, masks: str | os.PathLike | None = None, *,
                 raise FileNotFoundError(f"{model_spec} builds its weights on the meta device and {d} names no checkpoint")
             fill_weights(model, weights)
         mask_src = masks if masks is not None else d / "masks.pth"
+        try:  # `slimc compile --quantize` / `slimc quantize out/ -o out/` wrote an int8 file there
+            q = json.loads((d / "report.json").read_text()).get("quantize") or {}
+        except (OSError, ValueError):
+            q = {}
+        if q.get("onnx") and (d / q["onnx"]).is_file():
+            kw.setdefault("int8_onnx", {f"slim-{q.get('method', 'int8')}-int8": str(d / q["onnx"])})
         return bench(model, load_masks(mask_src), example_inputs, slim=slim, **kw)
     if masks is None:
         raise ValueError("give masks or compiled_dir")

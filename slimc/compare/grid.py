@@ -75,6 +75,17 @@ class Settings:
 _DATA: dict[tuple, Any] = {}
 
 
+def pick(text: str, choices, what: str) -> list[str]:
+    """A comma list of names from ``choices`` (one line naming an unknown one)."""
+    from slimc.errors import ConfigError
+
+    out = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in out if t not in choices]
+    if bad or not out:
+        raise ConfigError(f"unknown {what} '{bad[0] if bad else text}': use {', '.join(choices)}")
+    return out
+
+
 def dataset(s: Settings):
     from slimc.compare.data import load
 

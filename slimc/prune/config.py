@@ -43,6 +43,17 @@ def _names(v: Any, key: str, i: int) -> tuple[str, ...]:
     raise ConfigError(f"config entry {i}: '{key}' must be a list of strings, got {v!r}")
 
 
+def check_entry(raw: Any, i: int, keys: Sequence[str], example: str) -> None:
+    """Entry ``i`` of a config list is a mapping of known keys (one line naming the culprit)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config entry {i} is a {type(raw).__name__}: each entry is a mapping like {example}")
+    unknown = [k for k in raw if k not in keys]
+    if unknown:
+        hint = difflib.get_close_matches(str(unknown[0]), keys, n=1)
+        raise ConfigError(f"config entry {i}: unknown key '{unknown[0]}'"
+                          + (f" (did you mean '{hint[0]}'?)" if hint else "") + f": use {', '.join(keys)}")
+
+
 def _fraction(v: Any, key: str, i: int) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
         raise ConfigError(f"config entry {i}: '{key}' must be a number in [0, 1), got {v!r}")
@@ -65,14 +76,7 @@ class ConfigEntry:
 
     @classmethod
     def parse(cls, raw: Any, i: int) -> "ConfigEntry":
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config entry {i} is a {type(raw).__name__}: each entry is a mapping like "
-                              "{sparsity: 0.5, op_types: [Conv2d]}")
-        unknown = [k for k in raw if k not in KEYS]
-        if unknown:
-            hint = difflib.get_close_matches(str(unknown[0]), KEYS, n=1)
-            raise ConfigError(f"config entry {i}: unknown key '{unknown[0]}'"
-                              + (f" (did you mean '{hint[0]}'?)" if hint else "") + f": use {', '.join(KEYS)}")
+        check_entry(raw, i, KEYS, "{sparsity: 0.5, op_types: [Conv2d]}")
         given = [k for k in SPARSITY_KEYS if k in raw]
         if len(given) > 1:
             raise ConfigError(f"config entry {i}: give one of {', '.join(given)}, not several")
@@ -148,13 +152,7 @@ class ConfigList:
         """From a list of mappings, a JSON/YAML string, or the path of a .json/.yaml file."""
         if isinstance(raw, ConfigList):
             return raw
-        if isinstance(raw, (str, Path)):
-            raw = load_config_file(raw)
-        if isinstance(raw, dict) and "config_list" in raw:
-            raw = raw["config_list"]
-        if not isinstance(raw, (list, tuple)) or not raw:
-            raise ConfigError("a config list is a non-empty list of entries like {sparsity: 0.5, op_types: [Conv2d]}")
-        return cls(ConfigEntry.parse(e, i) for i, e in enumerate(raw))
+        return cls(ConfigEntry.parse(e, i) for i, e in enumerate(raw_entries(raw, "{sparsity: 0.5, op_types: [Conv2d]}")))
 
     @classmethod
     def of(cls, config_list: Any, ratio: float = 0.5, ranking: str = "layer",
@@ -232,6 +230,18 @@ class ConfigList:
                 continue
             out[n] = w.as_target(max_sparsity_per_layer)
         return out
+
+
+def raw_entries(raw: Any, example: str, what: str = "a config list") -> list:
+    """The entries of a config list given as a list, a JSON/YAML string, the path of a .json/.yaml
+    file, or ``{config_list: [...]}``; a non-empty list, else one line."""
+    if isinstance(raw, (str, Path)):
+        raw = load_config_file(raw)
+    if isinstance(raw, dict) and "config_list" in raw:
+        raw = raw["config_list"]
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise ConfigError(f"{what} is a non-empty list of entries like {example}")
+    return list(raw)
 
 
 def load_config_file(path: str | Path) -> Any:
