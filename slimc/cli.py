@@ -87,6 +87,10 @@ def cmd_compile(a: argparse.Namespace) -> int:
         from slimc.report import render
 
         render(res.report, _console())
+        if quantized is not None:
+            from slimc.quantize.command import render as render_quantize
+
+            render_quantize(quantized.report, _console())
         shards = [p for n, p in paths.items() if n.endswith(".safetensors")]
         named = [p for n, p in paths.items() if not n.endswith(".safetensors")]
         print("wrote " + ", ".join(named) + (f" and {len(shards)} sliced safetensors shard(s)" if shards else ""))
