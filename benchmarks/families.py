@@ -5,7 +5,7 @@ class, ``slim.pt`` and ``slim.onnx`` with the model masked by the user's masks (
 test harness's own code, tests/families.py) at three shapes including another batch, and
 greedy ``generate()`` for generative models.
 
-    python benchmarks/families.py [--only llama,t5] [--no-onnx] [--stem families_cpu]
+    python benchmarks/families.py [--only llama,t5] [--no-onnx] [--free-widths] [--stem families_cpu]
 
 Writes ``benchmarks/results/<stem>.json`` and ``.md``: per family, what went through, params
 before → after, the largest differences, how the output reloads, and why anything failed.
@@ -175,7 +175,7 @@ def _shapes(kind: str) -> list:
             (torch.randn(1, 3, n, n, generator=g),)]
 
 
-def run_one(name: str, workdir: Path, onnx: bool) -> dict:
+def run_one(name: str, workdir: Path, onnx: bool, free_widths: bool = False) -> dict:
     from families import run_family
 
     model_type, auto, kind, overrides = FAMILIES[name]
@@ -186,6 +186,8 @@ def run_one(name: str, workdir: Path, onnx: bool) -> dict:
     row: dict = {"family": name, "model_type": model_type, "kind": kind}
     try:
         kw = {"generate_kw": gen_kw} if gen_kw else {}
+        if free_widths:
+            kw["prune"] = ("--criterion", "l1", "--ratio", "0.3", "--free-widths")
         run = run_family(workdir / name, src, _shapes(kind), prompt=prompt, onnx=onnx, **kw)
     except AssertionError as e:
         row.update(status="failed", why=str(e).strip().splitlines()[0][:400])
@@ -239,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="comma-separated family names (default: all)")
     ap.add_argument("--no-onnx", action="store_true", help="skip slim.onnx (faster)")
+    ap.add_argument("--free-widths", action="store_true",
+                    help="prune widths the HF config cannot express too (slimc prune --free-widths)")
     ap.add_argument("--stem", default="families_cpu")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args(argv)
@@ -248,22 +252,28 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown families {unknown}: choose from {', '.join(FAMILIES)}", file=sys.stderr)
         return 2
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="slimc-families-") as tmp:
-        for name in progress(names, "families"):
-            rows.append(run_one(name, Path(tmp), onnx=not a.no_onnx))
-            r = rows[-1]
-            print(f"{name}: {r['status']} ({r['seconds']} s){' — ' + r['why'][:200] if r.get('why') else ''}",
-                  flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     import transformers
 
-    record = {"machine": machine_info(), "transformers": transformers.__version__, "torch": torch.__version__,
-              "onnx": not a.no_onnx, "rows": rows}
-    (out / f"{a.stem}.json").write_text(json.dumps(record, indent=2, default=str))
-    (out / f"{a.stem}.md").write_text(f"# Architecture families end to end (transformers {transformers.__version__}, "
-                                      f"torch {torch.__version__})\n\n" + to_markdown(rows))
+    def write(rows: list[dict]) -> None:  # after every family: a long survey cut short keeps what it ran
+        record = {"machine": machine_info(), "transformers": transformers.__version__, "torch": torch.__version__,
+                  "onnx": not a.no_onnx, "free_widths": a.free_widths, "rows": rows}
+        (out / f"{a.stem}.json").write_text(json.dumps(record, indent=2, default=str))
+        how = ("slimc prune --criterion l1 --ratio 0.3" + (" --free-widths" if a.free_widths else "")
+               + ("; no ONNX" if a.no_onnx else ""))
+        (out / f"{a.stem}.md").write_text(f"# Architecture families end to end (transformers "
+                                          f"{transformers.__version__}, torch {torch.__version__})\n\n"
+                                          f"`{how}`\n\n" + to_markdown(rows))
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="slimc-families-") as tmp:
+        for name in progress(names, "families"):
+            rows.append(run_one(name, Path(tmp), onnx=not a.no_onnx, free_widths=a.free_widths))
+            r = rows[-1]
+            print(f"{name}: {r['status']} ({r['seconds']} s){' — ' + r['why'][:200] if r.get('why') else ''}",
+                  flush=True)
+            write(rows)
     print(f"wrote {out / (a.stem + '.json')}, {out / (a.stem + '.md')}")
     return 0
 
