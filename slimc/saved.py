@@ -57,7 +57,10 @@ def save_user_model(model: nn.Module, layout: dict[str, Any], out: Path, *, hf_i
                 if getattr(model, "generation_config", None) is not None:
                     model.generation_config.save_pretrained(tmp)
             else:
-                model.save_pretrained(tmp)
+                from slimc.surgery.hf import no_progress_bars
+
+                with no_progress_bars():
+                    model.save_pretrained(tmp)
         paths.append(str(out / "hf"))
         if not on_meta and not hf_info.get("expressible"):
             with atomic_path(out / WEIGHTS) as tmp:
@@ -145,7 +148,10 @@ def _load_hf(out: Path, lay: dict) -> nn.Module:
     cls = resolve(lay["class"])
     info = lay["hf"]
     if info.get("expressible") and list((out / "hf").glob("model*.safetensors")):
-        return cls.from_pretrained(str(out / "hf"))
+        from slimc.surgery.hf import no_progress_bars
+
+        with no_progress_bars():
+            return cls.from_pretrained(str(out / "hf"))
     base_cfg = cls.config_class.from_dict(info["base_config"])
     impl = info.get("attn_implementation")
     if impl:

@@ -158,3 +158,24 @@ def test_every_criterion_name_from_one_source(tmp_path, capsys):
     for n in auto_names():
         assert n in help_text
     assert not (tmp_path / "m.pth").exists()
+
+
+def test_saving_and_loading_an_hf_model_draws_no_bars_of_transformers(tmp_path, capfd):
+    """transformers' "Writing model shards" / "Loading weights" bars are not slimc's output:
+    a successful save and load print nothing (#24.4)."""
+    T = pytest.importorskip("transformers")
+    import torch
+
+    import slimc
+
+    torch.manual_seed(0)
+    model = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2, n_positions=32)).eval()
+    ids = torch.randint(0, 64, (2, 8))
+    masks = {"transformer.h.0.mlp.c_fc.weight": (torch.arange(128) % 4 != 0).float().view(1, 128)}
+    res = slimc.compile(model, masks, (ids,))
+    capfd.readouterr()
+    res.save(tmp_path / "out", onnx=False)
+    back = slimc.load(tmp_path / "out")
+    err = capfd.readouterr().err
+    assert "Writing model shards" not in err and "Loading weights" not in err, err
+    assert type(back) is T.GPT2LMHeadModel

@@ -7,6 +7,7 @@ are layers of different widths — ``slimc.load`` rebuilds those from the record
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 from pathlib import Path
@@ -191,6 +192,21 @@ def _settle_head_dim(slim: nn.Module, original: nn.Module, splits: dict[str, lis
     else:
         del cfg.head_dim
     return changes, False, why
+
+
+@contextlib.contextmanager
+def no_progress_bars():
+    """transformers' own bars ("Writing model shards", "Loading weights") off while slimc saves
+    or loads a slim model: a successful command prints what the user needs, nothing else."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def config_invalid(cfg) -> str:
