@@ -128,10 +128,11 @@ class CompileResult:
             self.onnx_error = failed[-1]
             self.report["onnx"] = {"error": failed[-1], "tried": failed}
             return
-        if failed:
-            self.report["notes"].append(f"ONNX with a dynamic batch only: with dims {self.dynamic_dims} "
-                                        f"dynamic the export failed ({failed[0]})")
         self.report["onnx"] = info.to_dict()
+        if failed:  # one line here; why, in the report
+            self.report["onnx"]["dynamic_dims_refused"] = {"dims": self.dynamic_dims, "why": failed[0]}
+            self.report["notes"].append(f"slim.onnx has a dynamic batch only: with dims {self.dynamic_dims} dynamic "
+                                        "its check failed (report.json: onnx.dynamic_dims_refused)")
         paths["slim.onnx"] = str(out / "slim.onnx")
 
 
