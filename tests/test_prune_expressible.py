@@ -251,3 +251,20 @@ def test_a_check_that_cannot_tell_does_not_stop_pruning(monkeypatch):
     got = pr.prune()
     assert not pr.fit.frozen and len(got.sparsity) == 5, got.sparsity  # FFN ×2, hidden, heads ×2
     assert any("is not known" in n and "surgery broke" in n for n in got.notes), got.notes
+
+
+def test_default_prune_leaves_what_the_users_class_cannot_follow():
+    """GPT-BigCode splits c_attn by (embed_dim, kv_dim, kv_dim): a value head size smaller
+    than the key's is a graph the class cannot say with its one kv_dim. The default prune
+    keeps such widths (a note says why), so the masks it hands describe the user's class;
+    --free-widths prunes them and the compile says why the class could not be built."""
+    m = T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(vocab_size=128, n_embd=64, n_layer=2, n_head=4,
+                                                   n_positions=64)).eval()
+    x = (_ids(2, 12, 0)["input_ids"],)
+    pr = Pruner(m, x, "l1", ratio=0.3)
+    got = pr.prune()
+    assert any("c_attn" in n and "not pruned" in n for n in got.notes), got.notes
+    res = slimc.compile(m, got.masks, x)
+    assert res.model is not None and type(res.model) is T.GPTBigCodeForCausalLM, res.report["user_model"]
+    free = slimc.compile(m, Pruner(m, x, "l1", ratio=0.3, expressible=False).masks(), x)
+    assert free.model is None and "failed to run" in free.report["user_model"]["reason"]

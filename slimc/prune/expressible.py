@@ -65,8 +65,8 @@ class ConfigCheck:
             um = build(original, em.plan, slim, ctx.events)
         except Exception as e:  # the rewrite or the surgery of a model slimc does not know
             return None, f"making the slim model failed: {describe(e)}"
-        if um.model is None:
-            return None, um.reason or "the user's class cannot be made slim"
+        if um.model is None:  # the class cannot follow these widths (GPT-BigCode's v head size: one kv_dim)
+            return False, f"{type(space.model).__name__} cannot be made slim so: {um.reason or 'no reason given'}"
         info = um.hf or {}
         return bool(info.get("expressible")), info.get("why_not", "")
 
