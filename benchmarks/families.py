@@ -61,7 +61,7 @@ FAMILIES: dict[str, tuple[str, str, str, dict]] = {
     "gemma": ("gemma", "AutoModelForCausalLM", "lm", {**DECODER, "num_key_value_heads": 2, "head_dim": 16}),
     "gemma2": ("gemma2", "AutoModelForCausalLM", "lm", {**DECODER, "num_key_value_heads": 2, "head_dim": 16}),
     "phi": ("phi", "AutoModelForCausalLM", "lm", DECODER),
-    "phi3": ("phi3", "AutoModelForCausalLM", "lm", {**DECODER, "num_key_value_heads": 2}),
+    "phi3": ("phi3", "AutoModelForCausalLM", "lm", {**DECODER, "num_key_value_heads": 2, "pad_token_id": 0}),
     "stablelm": ("stablelm", "AutoModelForCausalLM", "lm", {**DECODER, "num_key_value_heads": 2}),
     "starcoder2": ("starcoder2", "AutoModelForCausalLM", "lm", {**DECODER, "num_key_value_heads": 2}),
     "olmo": ("olmo", "AutoModelForCausalLM", "lm", DECODER),
@@ -189,8 +189,10 @@ def run_one(name: str, workdir: Path, onnx: bool, free_widths: bool = False) -> 
         if free_widths:
             kw["prune"] = ("--criterion", "l1", "--ratio", "0.3", "--free-widths")
         run = run_family(workdir / name, src, _shapes(kind), prompt=prompt, onnx=onnx, **kw)
-    except AssertionError as e:
-        row.update(status="failed", why=str(e).strip().splitlines()[0][:400])
+    except AssertionError as e:  # the command's own error line, not a library's warning before it
+        lines = str(e).strip().splitlines()
+        why = next((ln for ln in lines if "error:" in ln), lines[0] if lines else "")
+        row.update(status="failed", why=why[:400])
         return {**row, "seconds": round(time.perf_counter() - t0, 1)}
     except Exception as e:  # the survey goes on
         row.update(status="error", why=f"{type(e).__name__}: {e}"[:400], trace=traceback.format_exc()[-1500:])
@@ -244,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--free-widths", action="store_true",
                     help="prune widths the HF config cannot express too (slimc prune --free-widths)")
     ap.add_argument("--stem", default="families_cpu")
+    ap.add_argument("--update", action="store_true", help="rerun --only's families in an existing record")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args(argv)
     plain_lines()
@@ -267,13 +270,20 @@ def main(argv: list[str] | None = None) -> int:
                                           f"`{how}`\n\n" + to_markdown(rows))
 
     rows: list[dict] = []
+    old = out / f"{a.stem}.json"
+    kept = json.loads(old.read_text())["rows"] if a.update and old.exists() else []
+
+    def merged() -> list[dict]:
+        done = {r["family"]: r for r in rows}
+        return [done.pop(r["family"], r) for r in kept] + list(done.values())
+
     with tempfile.TemporaryDirectory(prefix="slimc-families-") as tmp:
         for name in progress(names, "families"):
             rows.append(run_one(name, Path(tmp), onnx=not a.no_onnx, free_widths=a.free_widths))
             r = rows[-1]
             print(f"{name}: {r['status']} ({r['seconds']} s){' — ' + r['why'][:200] if r.get('why') else ''}",
                   flush=True)
-            write(rows)
+            write(merged())
     print(f"wrote {out / (a.stem + '.json')}, {out / (a.stem + '.md')}")
     return 0
 
