@@ -108,7 +108,7 @@ FAMILIES: dict[str, tuple[str, str, str, dict]] = {
                                                                 decoder_ffn_dim=128, max_position_embeddings=64)),
     # vision
     "vit": ("vit", "AutoModelForImageClassification", "image", VISION),
-    "deit": ("deit", "AutoModelForImageClassification", "image", VISION),
+    "deit": ("deit", "AutoModelForImageClassification", "image", {**VISION, "architectures": ["DeiTForImageClassification"]}),
     "beit": ("beit", "AutoModelForImageClassification", "image", VISION),
     "dinov2": ("dinov2", "AutoModelForImageClassification", "image", {**VISION, "image_size": 32}),
     "swin": ("swin", "AutoModelForImageClassification", "image64", dict(image_size=64, patch_size=4, embed_dim=32,
