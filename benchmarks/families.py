@@ -84,7 +84,7 @@ FAMILIES: dict[str, tuple[str, str, str, dict]] = {
     "electra": ("electra", "AutoModelForSequenceClassification", "enc", {**ENCODER, "embedding_size": 32}),
     "deberta_v2": ("deberta-v2", "AutoModelForSequenceClassification", "enc", ENCODER),
     "mpnet": ("mpnet", "AutoModelForSequenceClassification", "enc", {**ENCODER, "max_position_embeddings": 66}),
-    "modernbert": ("modernbert", "AutoModelForSequenceClassification", "enc", ENCODER),
+    "modernbert": ("modernbert", "AutoModelForSequenceClassification", "enc", {**ENCODER, "pad_token_id": 0}),
     # encoder–decoders
     "t5": ("t5", "AutoModelForSeq2SeqLM", "s2s", dict(vocab_size=V, d_model=64, d_kv=16, d_ff=128, num_layers=2,
                                                       num_heads=4)),
@@ -129,10 +129,11 @@ FAMILIES: dict[str, tuple[str, str, str, dict]] = {
     "mobilenet_v2": ("mobilenet_v2", "AutoModelForImageClassification", "image64",
                      dict(depth_multiplier=0.35, image_size=64, num_labels=10)),
     "efficientnet": ("efficientnet", "AutoModelForImageClassification", "image64",
-                     dict(image_size=64, width_coefficient=0.25, depth_coefficient=0.25, num_labels=10)),
+                     dict(image_size=64, width_coefficient=0.25, depth_coefficient=0.25, num_labels=10,
+                          hidden_dim=320)),  # (the default 2560 is B7's head: 1280 × its width 2.0)
     "levit": ("levit", "AutoModelForImageClassification", "image64",
               dict(image_size=64, hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1],
-                   key_dim=[8, 8, 8], num_labels=10)),
+                   key_dim=[8, 8, 8], num_labels=10, architectures=["LevitForImageClassification"])),
     "poolformer": ("poolformer", "AutoModelForImageClassification", "image64",
                    dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=10)),
 }
