@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gc
+import time
 
 import numpy as np
 import torch
