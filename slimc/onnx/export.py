@@ -101,8 +101,11 @@ def _contiguous_as_clone(module: torch.nn.Module) -> torch.nn.Module:
     if not found:
         return module
     import copy
+    import warnings
 
-    graph = copy.deepcopy(module.graph)
+    with warnings.catch_warnings():  # torch's own deprecation (LeafSpec in the graph's codegen): not the user's
+        warnings.simplefilter("ignore", FutureWarning)
+        graph = copy.deepcopy(module.graph)
     for n in list(graph.nodes):
         if n.op == "call_function" and n.target is torch.ops.aten.contiguous.default:
             with graph.inserting_before(n):
