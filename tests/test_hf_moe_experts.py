@@ -86,16 +86,9 @@ route_around = _ns["route_around"]
 
 
 def _block(experts: int = 4, seed: int = 0):
-    import transformers as T
+    from test_hf_moe import _block as moe_block  # (one Mixtral block maker for both files)
 
-    cfg = T.MixtralConfig(hidden_size=32, intermediate_size=16, num_local_experts=experts, num_experts_per_tok=2)
-    cfg._experts_implementation = "grouped_mm"  # what a PreTrainedModel sets (the default)
-    torch.manual_seed(seed)
-    block = T.models.mixtral.modeling_mixtral.MixtralSparseMoeBlock(cfg).eval()
-    with torch.no_grad():
-        for p in block.parameters():
-            p.normal_(0, 0.3)
-    return block
+    return moe_block(experts=experts, seed=seed)
 
 
 def _whole(n: int, gone: list[int], prefix: str = "") -> dict:
