@@ -65,8 +65,12 @@ class ConfigCheck:
             um = build(original, em.plan, slim, ctx.events)
         except Exception as e:  # the rewrite or the surgery of a model slimc does not know
             return None, f"making the slim model failed: {describe(e)}"
-        if um.model is None:  # the class cannot follow these widths (GPT-BigCode's v head size: one kv_dim)
-            return False, f"{type(space.model).__name__} cannot be made slim so: {um.reason or 'no reason given'}"
+        if um.model is None:
+            reason = um.reason or "the user's class cannot be made slim"
+            if "meta device" in reason:  # a form measured on real values (a layer norm's): cannot tell here
+                return None, reason
+            # the class cannot follow these widths (GPT-BigCode's value head size under its one kv_dim)
+            return False, f"{type(space.model).__name__} cannot be made slim so: {reason}"
         info = um.hf or {}
         return bool(info.get("expressible")), info.get("why_not", "")
 
