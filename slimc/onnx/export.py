@@ -89,36 +89,6 @@ def _probe_outputs(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, 
     return outputs
 
 
-def _contiguous_as_clone(module: torch.nn.Module) -> torch.nn.Module:
-    """An ATen graph's ``contiguous`` calls as ``clone(memory_format=contiguous_format)``, in a
-    copy of the graph sharing ``module``'s tensors. The dynamo exporter's decompositions take
-    an sdpa output for contiguous where it is not (T5's and BART's attention: sdpa, reshape,
-    transpose, contiguous, reshape), drop the copy and then fail to view it; a clone is the
-    same values and always copies."""
-    if not isinstance(module, torch.fx.GraphModule):
-        return module
-    found = [n for n in module.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.contiguous.default]
-    if not found:
-        return module
-    import copy
-    import warnings
-
-    with warnings.catch_warnings():  # torch's own deprecation (LeafSpec in the graph's codegen): not the user's
-        warnings.simplefilter("ignore", FutureWarning)
-        graph = copy.deepcopy(module.graph)
-    for n in list(graph.nodes):
-        if n.op == "call_function" and n.target is torch.ops.aten.contiguous.default:
-            with graph.inserting_before(n):
-                c = graph.call_function(torch.ops.aten.clone.default, (n.args[0],),
-                                        {"memory_format": torch.contiguous_format})
-            c.meta = dict(n.meta)
-            n.replace_all_uses_with(c)
-            graph.erase_node(n)
-    out = torch.fx.GraphModule(module, graph, type(module).__name__)
-    out.train(module.training)
-    return out
-
-
 # --------------------------------------------------------------------------- the exporters
 
 
@@ -330,7 +300,7 @@ def export_onnx(
     if not isinstance(module, torch.nn.Module):
         raise ExportError(f"export_onnx expects a torch.nn.Module, got {type(module).__name__}")
     name = type(module).__name__
-    module, example_inputs, dynamic_dims = without_absent(_contiguous_as_clone(module), example_inputs, dynamic_dims)
+    module, example_inputs, dynamic_dims = without_absent(module, example_inputs, dynamic_dims)
     example_inputs = normalize_inputs(example_inputs)
     final = os.path.abspath(os.fspath(path))
     if os.path.isdir(final):
