@@ -30,7 +30,7 @@ from torch import nn
 
 from slimc.errors import describe
 from slimc.prune.emit import complete_masks
-from slimc.prune.space import Family, PruneSpace
+from slimc.prune.space import Family, PruneSpace, alike
 
 
 class ConfigCheck:
@@ -120,8 +120,7 @@ class ConfigFit:
         for fi in [fi for fi in k if fi in self.frozen]:
             del k[fi]
         for tie in self.ties:  # one field for encoder and decoder: one count for all of them
-            mean = int(round(sum(k.get(fi, 0) for fi in tie) / len(tie)))
-            k.update(dict.fromkeys(tie, mean))
+            alike(k, tie)
         if self.stream in k and self.stream_multiple:
             n = len(space.families[self.stream])
             left = [q * (len(space.families[fi]) - k.get(fi, 0)) for fi, q in self.heads.items()]
@@ -130,14 +129,6 @@ class ConfigFit:
             k[self.stream] = n - kept
         for fi in [fi for fi, ki in k.items() if ki <= 0]:
             del k[fi]
-
-
-def _classes(space: PruneSpace, families: list[int]) -> list[list[int]]:
-    by: dict[tuple, list[int]] = {}
-    for fi in families:
-        f = space.families[fi]
-        by.setdefault((f.pattern, len(f)), []).append(fi)
-    return list(by.values())
 
 
 def measure(space: PruneSpace, families: list[int], check: ConfigCheck) -> ConfigFit:
@@ -150,7 +141,7 @@ def measure(space: PruneSpace, families: list[int], check: ConfigCheck) -> Confi
     if fit.heads0:
         fit.heads = {f.index: fit.heads0 // len(f) for f in fams if f.kind == "heads" and fit.heads0 % len(f) == 0}
     failed: dict[tuple, list[list[int]]] = {}
-    for cls in _classes(space, families):
+    for cls in space.classes(families):
         f = fams[cls[0]]
         multiple = f.index == fit.stream and fit.heads0 is not None and 1 < fit.heads0 < len(f)
         ok, why = check(f.units[: fit.heads0] if multiple else np.array([fams[fi].units[0] for fi in cls]))
@@ -163,7 +154,7 @@ def measure(space: PruneSpace, families: list[int], check: ConfigCheck) -> Confi
             if not multiple:
                 failed.setdefault((f.kind, len(f)), []).append(cls)
     _tie(space, check, fit, failed)
-    for cls in _classes(space, [fi for fi in families if fi in fit.frozen]):
+    for cls in space.classes(fi for fi in families if fi in fit.frozen):
         f, why = fams[cls[0]], fit.frozen[cls[0]]
         fit.notes.append(f"{label(f, fit.stream)} not pruned: {type(space.model.config).__name__} cannot "
                          f"express it ({why}); --free-widths (expressible=False) prunes it, and slimc.load "

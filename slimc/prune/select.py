@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from slimc.prune.config import Target
-from slimc.prune.space import PruneSpace
+from slimc.prune.space import PruneSpace, alike
 
 
 @dataclass(frozen=True)
@@ -106,14 +106,8 @@ def _global_counts(space, scores, targets, members, sel, comparable, before) -> 
 
 
 def _equalize(space: PruneSpace, k: dict[int, int]) -> None:
-    classes: dict[tuple, list[int]] = {}
-    for fi in k:
-        f = space.families[fi]
-        classes.setdefault((f.pattern, len(f)), []).append(fi)
-    for members in classes.values():
-        mean = int(round(sum(k[fi] for fi in members) / len(members)))
-        for fi in members:
-            k[fi] = mean
+    for members in space.classes(k):
+        alike(k, members)
 
 
 def choose(space: PruneSpace, scores: np.ndarray, k: dict[int, int],

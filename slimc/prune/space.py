@@ -103,6 +103,12 @@ def layer_pattern(names: Any) -> str:
     return "|".join(sorted({re.sub(r"\d+", "#", n) for n in names}))
 
 
+def alike(k: dict[int, int], members: list[int]) -> None:
+    """One count, the rounded mean, for every family of ``members`` (absent ones count 0)."""
+    mean = int(round(sum(k.get(fi, 0) for fi in members) / len(members)))
+    k.update(dict.fromkeys(members, mean))
+
+
 class PruneSpace:
     """The units and families of ``model`` (traced once on ``example_inputs``)."""
 
@@ -270,6 +276,14 @@ class PruneSpace:
             if why == "graph output" and slot in dg.offset:
                 out_groups[grp[dg.ids(slot)]] = True
         return {self.module_of(s.fqn) for s in self.sources if out_groups[s.groups].any()}
+
+    def classes(self, families) -> list[list[int]]:
+        """``families`` (indices) by class: repeated layers, one pattern and one width."""
+        by: dict[tuple, list[int]] = {}
+        for fi in families:
+            f = self.families[fi]
+            by.setdefault((f.pattern, len(f)), []).append(fi)
+        return list(by.values())
 
     def family(self, name: str) -> Family:
         for f in self.families:
