@@ -162,19 +162,15 @@ class Reference:
                 continue
             seen.append(shapes)
             x = random_like(inputs, 1, shapes)
+            by = "the original"
             try:
                 y = run_eval(masked, x)
-            except Exception as e:  # the original itself refuses that shape
-                why = f"{describe(e)}"[:160]
-                self.varied += f"{_dims_text(dims)} refused by the original ({why}); "
-                continue
-            if self.graph is not None:
-                try:
+                if self.graph is not None:
+                    by = f"the traced graph at {shape_text(x)}"
                     run_eval(self.graph, x)
-                except Exception as e:
-                    why = f"{describe(e)}"[:160]
-                    self.varied += f"{_dims_text(dims)} at {shape_text(x)} refused by the traced graph ({why}); "
-                    continue
+            except Exception as e:  # the original, or the graph traced from it, refuses that shape
+                self.varied += f"{_dims_text(dims)} refused by {by} ({describe(e)[:160]}); "
+                continue
             self.sets.append(x)
             self.outputs.append(y)
             self.varied += f"varied {_dims_text(dims)}" if shapes else "no dim may vary"

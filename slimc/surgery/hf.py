@@ -89,7 +89,8 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list], g
     follows the one new size the changed ones agree on (:func:`follow_config` checks it)."""
     cfg, cfg0 = slim.config, original.config
     all_splits = [s for sp in splits.values() for s in sp]
-    dims = _dim_news(original, slim)
+    dims_in: dict[str | None, dict[int, set[int]]] = {None: _dim_news(original, slim)}  # by stack (scope)
+    dims = dims_in[None]
     ffn = _attr_news(original, slim, FFN_ATTRS)
     experts = _attr_news(original, slim, EXPERT_FIELDS)
     hidden = input_embedding_width(original, slim)
@@ -115,8 +116,9 @@ def sync_config(slim: nn.Module, original: nn.Module, splits: dict[str, list], g
                 new = hidden[1] if hidden and hidden[0] == old else _one(dims.get(old, ()))
         elif key in FFN_FIELDS:
             width = old if isinstance(old, int) else 4 * hidden[0] if old is None and hidden else None
-            in_scope = _dim_news(original, slim, scope) if scope else dims
-            news = (ffn.get(width) or in_scope.get(width, set())) if width else set()
+            if scope not in dims_in:
+                dims_in[scope] = _dim_news(original, slim, scope)
+            news = (ffn.get(width) or dims_in[scope].get(width, set())) if width else set()
             new = _one(news) if news and width not in news else _one(news - {width}) if guess else None
         elif key in EXPERT_FIELDS and isinstance(old, int):
             new = _one(experts.get(old, ()))
