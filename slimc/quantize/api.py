@@ -83,9 +83,8 @@ def quantize(model: Any, example_inputs: Any = None, method: str = "auto", *, da
                           calibrate=calibrate, all_ops=all_ops, dynamic_dims=dyn, stem=stem, max_batches=max_batches,
                           check_batches=check_batches)
     res = _in_torch(module, inputs, meth, b, config, per_channel, user, steps, masks, check_batches)
-    if stem == "slim":  # a CompileResult's slim model: slim.int8.onnx beside its slim.onnx
-        res.stem = stem
-        res.report["graph"] = "slim model (your class)" if module is model.model else "slim graph"
+    if stem == "slim":  # a CompileResult's slim model
+        res.of_slim("slim model (your class)" if module is model.model else "slim graph")
     return res
 
 

@@ -91,8 +91,7 @@ def run(a: argparse.Namespace) -> int:
             raise LoadError(f"'{src}' is a compile output (slim already): quantize it without --masks")
         module, inputs, spec = _compiled(src)
         user = user_data(spec)
-        res = quantize(module, inputs, a.method, user_data=user, **common)
-        res.stem = "slim"
+        res = quantize(module, inputs, a.method, user_data=user, **common).of_slim()
         res.report["source"] = {"compiled": str(src.resolve()), "model": spec}
     else:
         model, inputs, ns = load_spec(a.model)

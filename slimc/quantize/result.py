@@ -33,6 +33,13 @@ class QuantResult:
     def __call__(self, *inputs: Any) -> Any:
         return self.module(*inputs)
 
+    def of_slim(self, graph: str = "slim graph") -> "QuantResult":
+        """This result quantizes a compile's slim model: ``slim.int8.onnx`` beside its
+        ``slim.onnx``, and the report says which graph (``graph``)."""
+        self.stem = "slim"
+        self.report["graph"] = graph
+        return self
+
     def files(self, out_dir: str | Path) -> dict[str, Path]:
         out = Path(out_dir)
         return {"int8": out / f"{self.stem}.int8.onnx", "float": out / f"{self.stem}.onnx", "report": out / "report.json"}
