@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -143,7 +144,9 @@ def fill_weights(module: nn.Module, src) -> nn.Module:
 def load_slim(out_dir: str | Path) -> nn.Module:
     """``slim.pt`` of a compile output; meta-device weights are filled from its shards."""
     out = Path(out_dir)
-    module = torch.load(out / "slim.pt", weights_only=False, map_location="cpu")
+    with warnings.catch_warnings():  # torch's deprecation of the pickled pytree spec (LeafSpec): not the user's
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.load(out / "slim.pt", weights_only=False, map_location="cpu")
     if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
         fill_weights(module, out)
     return module
