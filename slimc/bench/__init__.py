@@ -7,7 +7,8 @@
 Files: :mod:`~slimc.bench.run` (``bench()``: its steps), :mod:`~slimc.bench.config`
 (``BenchConfig``), :mod:`~slimc.bench.timing` (timing torch correctly; the one repeat
 policy, ``Repeats``), :mod:`~slimc.bench.ort_timer` (onnxruntime),
-:mod:`~slimc.bench.machine` (what machine), :mod:`~slimc.bench.contention` (other
+:mod:`~slimc.bench.machine` (what machine), :mod:`~slimc.bench.layers` (where the time goes,
+layer by layer), :mod:`~slimc.bench.contention` (other
 processes on the CPUs), :mod:`~slimc.bench.report` (JSON / markdown / PNG) and
 :mod:`~slimc.bench.plots`.
 """

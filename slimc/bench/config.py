@@ -37,7 +37,8 @@ class BenchConfig:
     calls. ``retries``: on CPU, a configuration during which other processes used more
     than ``CONTENDED_BUSY`` of the CPUs is measured again after waiting up to
     ``wait_idle_s`` for a quiet CPU. ``workdir``: where the state dicts and ONNX exports
-    go (default: a temp folder).
+    go (default: a temp folder). ``layers``: also the per-layer view of original against slim
+    (:mod:`slimc.bench.layers`) at the first batch, in each CPU runtime.
     """
 
     batches: Sequence[int] = (1, 8, 64)
@@ -59,6 +60,7 @@ class BenchConfig:
     seed: int = 0
     retries: int = 0
     wait_idle_s: float = 60.0
+    layers: bool = False
     policy: Repeats = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from slimc.atomic import write_text
+from slimc.bench.layers import layers_markdown
 from slimc.bench.machine import machine_info
 from slimc.bench.run import NOISY_RATIO
 from slimc.bench.timing import LAUNCH_BOUND_RATIO
@@ -98,6 +99,11 @@ def to_markdown(results: dict | Sequence[dict], *, detail: bool = False) -> str:
             o = e.get("original_over_int8")
             lines.append(f"| {r['model']} | {e['variant']} | {e['batch']} | {_fmt_ms(e['slim_ms'])} | "
                          f"{_fmt_ms(e['int8_ms'])} | {e['int8_over_slim']:.2f}× | {'–' if o is None else f'{o:.2f}×'} |")
+    for r in res:
+        for rt, cmp in (r.get("layers") or {}).items():
+            lines += ["", f"Layers of {r['model']} that lose the most time against a slim layer as fast as its "
+                      f"FLOPs cut ({rt}, batch {r['config']['batches'][0]}; flagged rows name why):", "",
+                      layers_markdown(cmp)]
     out = "\n".join(lines) + "\n"
     if not detail:
         return out

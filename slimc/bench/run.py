@@ -259,6 +259,24 @@ def _time_all(models: dict[str, nn.Module], onnx_paths: dict[str, str], inputs: 
 # --------------------------------------------------------------------------- step 5: speedups
 
 
+def _layers(models: dict[str, nn.Module], onnx_paths: dict[str, str], inputs: tuple, cfg: BenchConfig,
+            say: Log) -> dict[str, Any]:
+    """Original against slim, layer by layer, at the first batch (CPU runtimes only)."""
+    from slimc.bench.layers import compare_layers, ort_layers, torch_layers
+
+    if cfg.torch_device.type != "cpu":
+        return {}
+    x = batched_inputs(inputs, cfg.batches[0], seed=cfg.seed)
+    out: dict[str, Any] = {}
+    if "torch" in cfg.runtimes:
+        say(f"per-layer times, torch, batch {cfg.batches[0]}")
+        out["torch"] = compare_layers(*(torch_layers(models[v], x, threads=cfg.threads) for v in ("original", "slim")))
+    if "original" in onnx_paths and "slim" in onnx_paths:
+        say(f"per-layer times, onnxruntime, batch {cfg.batches[0]}")
+        out["ort"] = compare_layers(*(ort_layers(onnx_paths[v], x, threads=cfg.threads) for v in ("original", "slim")))
+    return out
+
+
 def _speedups(timings: dict[tuple, Timing], flops_ratio: float | None,
               busy: dict[tuple, float | None] | None = None) -> list[dict]:
     busy = busy or {}
@@ -380,6 +398,8 @@ def bench(original: nn.Module, masks: Any, example_inputs: Any, *, name: str = "
         timings = _time_all(models.by_variant, onnx_paths, inputs, cfg, name, pruner, result, say)
         if int8_onnx and use_ort and cfg.torch_device.type == "cpu":
             _time_int8(int8_onnx, inputs, cfg, name, pruner, result, timings, say)
+        if cfg.layers:
+            result["layers"] = _layers(models.by_variant, onnx_paths, inputs, cfg, say)
     busy = {(r["variant"], r["runtime"], r["batch"]): r.get("other_cpu_busy") for r in result["rows"]}
     result["speedup"] = _speedups(timings, result["flops_ratio"], busy)
     result["finished"] = _now()
