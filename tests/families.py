@@ -190,7 +190,7 @@ def _ok(proc: subprocess.CompletedProcess, what: str) -> None:
 
 
 def run_family(tmp_path: Path, source: str, shapes: list[Any], *, prompt: torch.Tensor | None = None,
-               prune: tuple[str, ...] = ("--criterion", "l1", "--ratio", "0.3"),
+               prune: tuple[str, ...] = ("--criterion", "l1", "--ratio", "0.3", "--round-to", "1"),
                compile_args: tuple[str, ...] = (), onnx: bool = True, new_tokens: int = 6,
                generate_kw: dict | None = None, timeout: int = 900, reference: str | None = None,
                masks: dict | None = None) -> FamilyRun:
@@ -203,7 +203,9 @@ def run_family(tmp_path: Path, source: str, shapes: list[Any], *, prompt: torch.
     ``reference``: Python source defining ``reference(masked)`` → the model the slim model must
     equal, made from the masked original by the caller's own code (whole experts removed: the
     masked original whose routers never pick them); default the masked original itself.
-    ``masks``: the user's masks (flat ``{param: 0/1 tensor}``) instead of ``slimc prune``'s."""
+    ``masks``: the user's masks (flat ``{param: 0/1 tensor}``) instead of ``slimc prune``'s.
+    ``prune`` keeps the exact ratio (``--round-to 1``): the tiny configs' widths are what the
+    tests reason about, and the default rounding to 16 would keep most of them whole."""
     d = Path(tmp_path)
     d.mkdir(parents=True, exist_ok=True)
     (d / "model.py").write_text(textwrap.dedent(source))

@@ -212,7 +212,7 @@ def test_gpt2_from_a_batch_one_example_runs_at_any_batch(tmp_path):
 def test_hf_swin_window_attention_exports_at_any_batch_and_size(tmp_path):
     """One stage of two blocks (the second shifted: the cyclic shift and its attention mask)."""
     run = run_family(tmp_path, HF_SWIN, _images((2, 3, 32, 32), (1, 3, 32, 32), (3, 3, 48, 48)),
-                     prune=("--criterion", "l1", "--ratio", "0.3", "--free-widths"))  # (SwinConfig: one embed_dim)
+                     prune=("--criterion", "l1", "--ratio", "0.3", "--round-to", "1", "--free-widths"))  # (SwinConfig: one embed_dim)
     run.assert_exact()
     _batch_varied(run, 2)
     onnx = run.report["onnx"]

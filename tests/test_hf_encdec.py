@@ -135,7 +135,7 @@ def test_bart_bench_times_every_variant_in_both_runtimes(tmp_path):
                                                     "encoder_layers=1, decoder_layers=1"))
     ns = runpy.run_path(str(tmp_path / "model.py"))
     model, x = ns["model"], ns["example_inputs"]
-    masks = prune(model, x, "l1", ratio=0.3)
+    masks = prune(model, x, "l1", round_to=1, ratio=0.3)
     from slimc.inputs import bind
 
     res = bench(model, masks, bind(model, x), batches=(2,), runtimes=("torch", "ort"), min_time_s=0.01,

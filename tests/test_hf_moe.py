@@ -184,7 +184,7 @@ def test_the_pruner_prunes_equal_aligned_counts_per_expert():
 
     block = _block()
     x = (torch.randn(2, 5, 32),)
-    masks = prune(block, x, "l1", ratio=0.3)
+    masks = prune(block, x, "l1", round_to=1, ratio=0.3)
     gu = torch.as_tensor(masks["experts.gate_up_proj"]).expand(4, 32, 32)
     lost = [(~gu[e, :16].bool().any(1)).sum().item() for e in range(4)]
     assert lost == [4, 4, 4, 4], lost  # 30 % of 16 = 4.8: 12 kept, a multiple of 4
@@ -225,7 +225,7 @@ def test_heads_hidden_and_expert_channels_prune_together():
         (Path(d) / "m.py").write_text(MIXTRAL)
         ns = runpy.run_path(str(Path(d) / "m.py"))
     model, x = ns["model"], ns["example_inputs"]
-    masks = prune(model, x, "l1", ratio=0.5)
+    masks = prune(model, x, "l1", round_to=1, ratio=0.5)
     res = slimc.compile(model, masks, x)
     cfg = res.model.config
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size, cfg.intermediate_size) == (2, 1, 32, 64)

@@ -313,7 +313,7 @@ def test_the_pruner_removes_whole_experts_on_request(tmp_path):
     masked whole with its router row; compiled exactly, reloaded by ``from_pretrained`` (the
     layers agree: ``num_local_experts`` 3)."""
     run = run_family(tmp_path, MIXTRAL.format(n=4), SHAPES, prompt=_ids(1, 5, 4)["input_ids"],
-                     prune=("--criterion", "l1", "--ratio", "0.3", "--experts", "0.25"), reference=ROUTE_AROUND)
+                     prune=("--criterion", "l1", "--ratio", "0.3", "--round-to", "1", "--experts", "0.25"), reference=ROUTE_AROUND)
     run.assert_exact()
     assert _experts_of(run) == {"0": 3, "1": 3}, run.report["experts"]
     cfg = (run.out / "hf" / "config.json")

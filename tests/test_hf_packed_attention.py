@@ -41,7 +41,7 @@ def _family(tmp_path, source: str, ratio: float = 0.3):
     from families import run_family
 
     run = run_family(tmp_path, source, SHAPES, prompt=_ids(1, 5, 4)["input_ids"],
-                     prune=("--criterion", "l1", "--ratio", str(ratio), "--free-widths"))
+                     prune=("--criterion", "l1", "--ratio", str(ratio), "--round-to", "1", "--free-widths"))
     run.assert_exact()
     assert run.report["user_model"]["built"], run.report["user_model"]
     assert run.report["params"]["after"] < run.report["params"]["before"]

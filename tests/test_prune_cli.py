@@ -71,7 +71,7 @@ def _err(capsys) -> str:
 @pytest.mark.parametrize("criterion", ["apoz", "mean_activation", "taylor", "slim", "level"])
 def test_prune_from_model_py_then_compile(tmp_path, capsys, model_py, criterion):
     masks = tmp_path / "m.pth"
-    assert main(["prune", str(model_py), "--criterion", criterion, "-o", str(masks)]) == 0
+    assert main(["prune", str(model_py), "--criterion", criterion, "--round-to", "1", "-o", str(masks)]) == 0
     out = capsys.readouterr().out
     assert "the masked model is the slim model" in out
     out_dir = tmp_path / "out"
@@ -96,7 +96,7 @@ def test_prune_config_format_and_exclusion(tmp_path, capsys, model_py):
     cfg.write_text("- sparsity: 0.5\n  op_types: [Conv2d]\n- exclude: true\n  op_names: [classifier]\n"
                    "- sparsity: 0.25\n  op_names: [features.0]\n")
     masks = tmp_path / "m.pth"
-    assert main(["prune", str(model_py), "--config", str(cfg), "--format", "nni", "-o", str(masks)]) == 0
+    assert main(["prune", str(model_py), "--config", str(cfg), "--format", "nni", "--round-to", "1", "-o", str(masks)]) == 0
     raw = torch.load(masks, weights_only=True)
     # the classifier (excluded) keeps its full width: the channels it reads (features.3's) stay
     assert set(raw) == {"features.0", "features.1", "features.3"} and set(raw["features.0"]) == {"weight", "bias"}
@@ -136,7 +136,7 @@ def test_prune_never_overwrites_its_model(capsys, model_py):
 
 def test_flops_before_and_after(tmp_path, capsys, model_py):
     masks = tmp_path / "m.pth"
-    assert main(["prune", str(model_py), "-o", str(masks)]) == 0
+    assert main(["prune", str(model_py), "--round-to", "1", "-o", str(masks)]) == 0
     capsys.readouterr()
     assert main(["flops", str(model_py), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
@@ -162,7 +162,7 @@ def test_sensitivity_writes_json_png_and_a_config_that_prunes(tmp_path, capsys, 
     assert (out / "sensitivity.png").stat().st_size > 1000
     capsys.readouterr()
     masks = tmp_path / "m.pth"
-    assert main(["prune", str(model_py), "--config", str(out / "config.yaml"), "-o", str(masks)]) == 0
+    assert main(["prune", str(model_py), "--config", str(out / "config.yaml"), "--round-to", "1", "-o", str(masks)]) == 0
     assert "2 layers pruned" in capsys.readouterr().out
 
 

@@ -41,7 +41,7 @@ def test_op_types_names_and_exclusion(vgg):
     config = [{"sparsity": 0.5, "op_types": ["Conv2d"]},
               {"op_names": ["features.0"], "sparsity": 0.25},
               {"exclude": True, "op_names": ["features.6"]}]
-    masks = prune(m, x, "l1", config)
+    masks = prune(m, x, "l1", config, round_to=1)
     res = assert_contract(m, masks, x)
     w = _widths(res)
     assert w["features.0.weight"] == (12, 3, 3, 3)  # its own sparsity
@@ -53,7 +53,7 @@ def test_op_types_names_and_exclusion(vgg):
 
 def test_output_layer_is_never_pruned_and_linears_follow_op_types(vgg):
     m, x = vgg
-    res = assert_contract(m, prune(m, x, "l1", [{"sparsity": 0.5, "op_types": ["Linear"]}]), x)
+    res = assert_contract(m, prune(m, x, "l1", [{"sparsity": 0.5, "op_types": ["Linear"]}], round_to=1), x)
     w = _widths(res)
     assert w["classifier.0.weight"] == (32, 128) and w["classifier.2.weight"] == (10, 32)
     assert w["features.6.weight"] == (32, 32, 3, 3)
@@ -66,8 +66,8 @@ def test_yaml_and_json_files_and_text(vgg, tmp_path):
     j = tmp_path / "c.json"
     j.write_text(json.dumps({"config_list": [{"sparsity": 0.5, "op_types": ["Conv2d"]},
                                               {"exclude": True, "op_names": ["classifier.0"]}]}))
-    a, b = prune(m, x, "l1", str(y)), prune(m, x, "l1", j)
-    c = prune(m, x, "l1", "[{sparsity: 0.5, op_types: [Conv2d]}, {exclude: true, op_names: [classifier.0]}]")
+    a, b = prune(m, x, "l1", str(y), round_to=1), prune(m, x, "l1", j, round_to=1)
+    c = prune(m, x, "l1", "[{sparsity: 0.5, op_types: [Conv2d]}, {exclude: true, op_names: [classifier.0]}]", round_to=1)
     assert a.keys() == b.keys() == c.keys() and all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
     assert masked_idx(a["features.6.weight"], 0) == set()  # its channels feed classifier.0 (excluded)
     assert masked_idx(a["features.6.weight"], 1)  # its input columns go with features.3's filters
@@ -99,8 +99,8 @@ def test_last_matching_entry_wins():
 
 def test_global_ranking_with_cap():
     m, x = zoo.build("resnet_tiny"), zoo.example_inputs("resnet_tiny")
-    layer = Pruner(m, x, "l1", ratio=0.5).prune()
-    glob = Pruner(m, x, "l1", [{"total_sparsity": 0.5, "max_sparsity_per_layer": 0.6}]).prune()
+    layer = Pruner(m, x, "l1", round_to=1, ratio=0.5).prune()
+    glob = Pruner(m, x, "l1", [{"total_sparsity": 0.5, "max_sparsity_per_layer": 0.6}], round_to=1).prune()
     assert all(abs(s - 0.5) < 0.05 for s in layer.sparsity.values())
     assert max(glob.sparsity.values()) <= 0.6 and len(set(round(s, 2) for s in glob.sparsity.values())) > 1
     sizes = {f.name: len(f) for f in Pruner(m, x).families}
@@ -111,7 +111,7 @@ def test_global_ranking_with_cap():
 @pytest.mark.parametrize("name", ["gpt_tiny", "llama_tiny"])
 def test_uniform_gives_repeated_blocks_one_width(name):
     m, x = zoo.build(name), zoo.example_inputs(name)
-    p = Pruner(m, x, "l1", ratio=0.5, ranking="global", uniform=True)
+    p = Pruner(m, x, "l1", round_to=1, ratio=0.5, ranking="global", uniform=True)
     res = assert_contract(m, p.masks(), x)
     assert res.report["kept"] == []
     by_pattern: dict[str, set] = {}
@@ -129,7 +129,7 @@ def test_nni_layout_round_trips(vgg, tmp_path):
     from slimc.masks import load_masks, normalize, save_masks
 
     m, x = vgg
-    flat = prune(m, x, "l1", ratio=0.5)
+    flat = prune(m, x, "l1", round_to=1, ratio=0.5)
     nni = to_layout(flat, "nni")
     assert set(nni["features.0"]) == {"weight", "bias"}
     save_masks(nni, tmp_path / "m.pth")

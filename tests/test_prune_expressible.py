@@ -147,7 +147,8 @@ def test_free_widths_prunes_what_the_config_cannot_say_and_slimc_load_rebuilds_i
     hidden size that is not a multiple of the head count. prune and the report say why the
     config cannot express it; the compile saves it (no crash); slimc.load rebuilds LLaMA."""
     (tmp_path / "model.py").write_text(_source("llama"))
-    p = _cli(["prune", "model.py", "--free-widths", "--ranking", "global", "--ratio", "0.3", "-o", "masks.pth"],
+    p = _cli(["prune", "model.py", "--free-widths", "--ranking", "global", "--ratio", "0.3", "--round-to", "1",
+              "-o", "masks.pth"],
              tmp_path)
     assert "LlamaConfig cannot express these widths" in p.stdout, p.stdout
     _cli(["compile", "model.py", "--masks", "masks.pth", "-o", "out", "--no-onnx"], tmp_path)
@@ -186,7 +187,7 @@ def test_pruner_keeps_llama_widths_expressible_and_its_check_catches_free_ones()
     must catch it (the config's validation: not a multiple of the head count)."""
     m = _llama()
     x = (_ids(2, 12, 0)["input_ids"],)
-    pr = Pruner(m, x, "l1", ratio=0.3)
+    pr = Pruner(m, x, "l1", round_to=1, ratio=0.3)
     got = pr.prune()
 
     def kept(masks, name, dim):
@@ -197,7 +198,7 @@ def test_pruner_keeps_llama_widths_expressible_and_its_check_catches_free_ones()
     ffn = [kept(got.masks, f"model.layers.{i}.mlp.gate_proj.weight", 0) for i in range(2)]
     assert ffn == [90, 90], ffn
     assert pr.expressible(got) == (True, "")
-    free = Pruner(m, x, "l1", ratio=0.3, expressible=False)
+    free = Pruner(m, x, "l1", round_to=1, ratio=0.3, expressible=False)
     got = free.prune()
     assert kept(got.masks, "model.embed_tokens.weight", 1) == 45
     ok, why = free.expressible(got)
@@ -210,7 +211,7 @@ def test_inexpressible_config_saves_and_reloads_in_process(tmp_path):
     slimc.load rebuilds LLaMA with hidden 45 from the layout, exact."""
     m = _llama()
     x = (_ids(2, 12, 0)["input_ids"],)
-    masks = Pruner(m, x, "l1", ratio=0.3, expressible=False).masks()
+    masks = Pruner(m, x, "l1", round_to=1, ratio=0.3, expressible=False).masks()
     res = slimc.compile(m, masks, x)
     info = res.report["user_model"]["hf"]
     assert not info["expressible"] and "multiple" in info["why_not"], info
@@ -247,7 +248,7 @@ def test_a_check_that_cannot_tell_does_not_stop_pruning(monkeypatch):
 
     monkeypatch.setattr(surgery, "build", broken)
     m = _llama()
-    pr = Pruner(m, (_ids(2, 12, 0)["input_ids"],), "l1", ratio=0.5)
+    pr = Pruner(m, (_ids(2, 12, 0)["input_ids"],), "l1", round_to=1, ratio=0.5)
     got = pr.prune()
     assert not pr.fit.frozen and len(got.sparsity) == 5, got.sparsity  # FFN ×2, hidden, heads ×2
     assert any("is not known" in n and "surgery broke" in n for n in got.notes), got.notes
@@ -261,10 +262,10 @@ def test_default_prune_leaves_what_the_users_class_cannot_follow():
     m = T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(vocab_size=128, n_embd=64, n_layer=2, n_head=4,
                                                    n_positions=64)).eval()
     x = (_ids(2, 12, 0)["input_ids"],)
-    pr = Pruner(m, x, "l1", ratio=0.3)
+    pr = Pruner(m, x, "l1", round_to=1, ratio=0.3)
     got = pr.prune()
     assert any("c_attn" in n and "not pruned" in n for n in got.notes), got.notes
     res = slimc.compile(m, got.masks, x)
     assert res.model is not None and type(res.model) is T.GPTBigCodeForCausalLM, res.report["user_model"]
-    free = slimc.compile(m, Pruner(m, x, "l1", ratio=0.3, expressible=False).masks(), x)
+    free = slimc.compile(m, Pruner(m, x, "l1", round_to=1, ratio=0.3, expressible=False).masks(), x)
     assert free.model is None and "failed to run" in free.report["user_model"]["reason"]

@@ -30,7 +30,7 @@ def test_agp_is_cubic():
 
 def test_agp_steps_grow_monotonically_and_zero_the_model(tiny):
     m, x = copy.deepcopy(tiny[0]), tiny[1]
-    agp = AGP(Pruner(m, x, "l1", ratio=0.5), steps=3)
+    agp = AGP(Pruner(m, x, "l1", round_to=1, ratio=0.5), steps=3)
     prev = set()
     for t in range(3):
         with torch.no_grad():  # "training" between steps changes the scores
@@ -52,7 +52,7 @@ def test_agp_steps_grow_monotonically_and_zero_the_model(tiny):
 def test_lottery_ticket_rate_and_rewind(tiny):
     m, x = copy.deepcopy(tiny[0]), tiny[1]
     init = copy.deepcopy(m.state_dict())
-    lt = LotteryTicket(Pruner(m, x, "l1", ratio=0.75), rounds=2)
+    lt = LotteryTicket(Pruner(m, x, "l1", round_to=1, ratio=0.75), rounds=2)
     assert lt.rate(0.75) == pytest.approx(0.5)
     assert [lt.fraction(0.75, k) for k in (1, 2)] == pytest.approx([0.5, 0.75])
     for k in (1, 2):

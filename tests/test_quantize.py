@@ -210,7 +210,7 @@ def test_pruning_and_qat_compose_into_one_slim_int8_file():
     from slimc.prune import make_pruner
 
     m, x = resnet()
-    masks = make_pruner(m, x, "l1", ratio=0.5).prune().masks
+    masks = make_pruner(m, x, "l1", round_to=1, ratio=0.5).prune().masks
     q = QAT(m, x, method="qat", masks=masks)
     train(q.model, 10)
     res = q.export(data=batches())

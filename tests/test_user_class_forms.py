@@ -42,7 +42,7 @@ def _x(*shape, seed=0):
 
 def _compile(model, x, ratio=0.3, **kw):
     """Complete masks from slimc's pruner, compiled; the slim class must be there."""
-    masks = prune(model, x, "l1", ratio=ratio)
+    masks = prune(model, x, "l1", round_to=1, ratio=ratio)
     res = slimc.compile(model, masks, x, **kw)
     assert res.model is not None, res.report["user_model"]["reason"]
     return res, masks

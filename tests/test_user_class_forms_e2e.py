@@ -68,7 +68,7 @@ def test_hf_olmo_non_affine_norms_end_to_end(tmp_path):
     pytest.importorskip("transformers")
     run = _end_to_end(tmp_path, HF_OLMO, [_ids(2, 12, 1), _ids(3, 20, 2), _ids(1, 5, 3)],
                       prompt=_ids(1, 5, 4)["input_ids"],  # (the hidden size: a width OlmoConfig cannot say)
-                      prune=("--criterion", "l1", "--ratio", "0.3", "--free-widths"))
+                      prune=("--criterion", "l1", "--ratio", "0.3", "--round-to", "1", "--free-widths"))
     assert any("OlmoLayerNorm over" in n for n in run.report["user_model"]["notes"])
     assert run.check["generate"]["equal"]
 
@@ -125,4 +125,4 @@ def test_family_end_to_end(name, tmp_path):
     if "transformers" in imports:
         pytest.importorskip("transformers")
     source = PATTERN.format(tests=TESTS, imports=imports, build=build, example=example)
-    _end_to_end(tmp_path, source, _images(*shapes), prune=("--criterion", "l1", "--ratio", "0.5"))
+    _end_to_end(tmp_path, source, _images(*shapes), prune=("--criterion", "l1", "--ratio", "0.5", "--round-to", "1"))

@@ -77,6 +77,8 @@ class AutoPruner:
         self.callbacks = Callbacks(evaluate, finetune, higher_is_better=higher_is_better, user_data=user_data)
         self.callbacks.require(who, evaluate="evaluate" in self.needs, finetune="finetune" in self.needs)
         self.model = model
+        if pruner_kw.get("round_to", "auto") == "auto":  # a budget is landed unit by unit: no rounding
+            pruner_kw["round_to"] = 1
         self.pruner = Pruner(model, example_inputs, criterion, config_list, seed=seed, user_data=user_data, **pruner_kw)
         self.meter: Meter = meter_for(self.budget, self.pruner.space, model, example_inputs, timer=timer,
                                       latency_inputs=latency_inputs)

@@ -40,8 +40,8 @@ class LevelPruner:
 
     def __init__(self, model: nn.Module, example_inputs: Any, config_list: Any = None, *, ratio: float = 0.5,
                  ranking: str = "layer", max_sparsity_per_layer: float | None = None, front_end: str = "auto",
-                 round_to: int = 1, uniform: bool = False, **_structured_only: Any):
-        if round_to != 1 or uniform:
+                 round_to: int | str = "auto", uniform: bool = False, **_structured_only: Any):
+        if round_to not in (1, "auto") or uniform:
             raise ConfigError("level prunes single weights, not channels: round_to / uniform apply to the "
                               "structured criteria (l1, l2, fpgm, random, slim, apoz, mean_activation, taylor)")
         self.model = model

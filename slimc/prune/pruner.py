@@ -28,7 +28,7 @@ from slimc.masks import MaskSet
 from slimc.prune import experts as moe
 from slimc.prune.emit import complete_masks
 from slimc.prune.expressible import ConfigCheck, measure
-from slimc.prune.select import Selection, select_units
+from slimc.prune.select import Selection, check_round_to, select_units
 from slimc.prune.space import PruneSpace
 from slimc.propagate import plan
 from slimc.surgery.hf import is_hf
@@ -54,7 +54,10 @@ class Pruner:
 
     ``config_list`` (NNI style, a list / YAML / JSON path) or ``ratio`` (every layer) sets the
     sparsities; ``ranking="global"`` ranks units across families (``total_sparsity``);
-    ``max_sparsity_per_layer`` caps a family; ``round_to`` keeps multiples of N channels;
+    ``max_sparsity_per_layer`` caps a family; ``round_to`` keeps multiples of N channels
+    (default ``"auto"``: layers of 16 channels or more keep multiples of 16, what the CPU
+    kernels run fastest; 1: exactly the ratio, :mod:`slimc.prune.select`; the automatic pruners
+    and the sensitivity analysis take ``"auto"`` as 1: they land a budget unit by unit);
     ``uniform`` gives repeated layers the same width; ``data`` / ``loss_fn`` feed the
     data-driven criteria. ``expressible`` (Hugging Face models): only widths the model's
     config can express, measured (:mod:`slimc.prune.expressible`), so ``from_pretrained``
@@ -66,13 +69,12 @@ class Pruner:
 
     def __init__(self, model: nn.Module, example_inputs: Any, criterion: str | Criterion = "l1",
                  config_list: Any = None, *, ratio: float = 0.5, ranking: str = "layer",
-                 max_sparsity_per_layer: float | None = None, round_to: int = 1, uniform: bool = False,
+                 max_sparsity_per_layer: float | None = None, round_to: int | str = "auto", uniform: bool = False,
                  attention: str = "heads", min_channels: int = 1, seed: int = 0, front_end: str = "auto",
                  data: Any = None, loss_fn: Callable | None = None, max_batches: int | None = None,
                  user_data: UserData | None = None, expressible: bool = True, experts: float = 0.0,
                  expert_criterion: str = "l1"):
-        if round_to < 1:
-            raise ConfigError("round_to must be >= 1")
+        round_to = check_round_to(round_to)
         if experts:
             moe.check_args(experts, expert_criterion)
         self.criterion = get_criterion(criterion)

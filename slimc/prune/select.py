@@ -6,7 +6,9 @@
    ``max_sparsity_per_layer`` and by ``min_keep`` units;
 2. ``uniform``: families of repeated layers (same kind, size and layer names up to the
    block number) lose the same number of units — their mean;
-3. ``round_to``: a channel family keeps a multiple of N channels (rounded up), and of what
+3. ``round_to``: a channel family keeps a multiple of N channels (rounded up); ``"auto"``
+   (the default): families of at least :data:`AUTO_MIN` channels keep multiples of
+   :data:`AUTO_BLOCK`, smaller ones are not rounded (see :func:`rounding`); and of what
    the compiler keeps multiples of (``Family.multiple``: transformers' expert kernels);
    ``fit`` (a Hugging Face model's :class:`~slimc.prune.expressible.ConfigFit`): only the
    widths its config can express;
@@ -21,14 +23,41 @@ from typing import Any
 
 import numpy as np
 
+from slimc.errors import ConfigError
 from slimc.prune.config import Target
 from slimc.prune.space import PruneSpace, alike
+
+
+AUTO = "auto"
+#: channels per block of the CPU kernels that a slim layer should keep multiples of: onnxruntime's
+#: NCHWc convolutions and oneDNN's blocked layouts use 16 floats with AVX-512 and 8 with AVX2 (16
+#: serves both); measured: benchmarks/latency_vs_flops.py, README "Speed that follows the FLOPs cut"
+AUTO_BLOCK = 16
+#: families smaller than this are not rounded by ``"auto"`` (an SE block's squeeze of 8): a
+#: 16-channel family keeps 16 — pruned to 8 it ran no faster (EfficientNet-B0, MobileNetV2: the
+#: layers of 8 or 12 channels at 112×112 and 56×56 lost the most time of all)
+AUTO_MIN = 16
+
+
+def check_round_to(round_to: int | str) -> int | str:
+    if round_to == AUTO or (isinstance(round_to, int) and not isinstance(round_to, bool) and round_to >= 1):
+        return round_to
+    raise ConfigError(f"round_to must be an integer >= 1 or '{AUTO}', got {round_to!r}")
+
+
+def rounding(round_to: int | str, f) -> int:
+    """The multiple channel family ``f`` keeps under ``round_to``: ``"auto"`` rounds families of
+    at least :data:`AUTO_MIN` units that are one channel each; a grouped conv's aligned positions
+    (a unit: one channel in every group) are not rounded — 16 of them would keep it all."""
+    if round_to == AUTO:
+        return AUTO_BLOCK if len(f) >= AUTO_MIN and f.per_unit == 1 else 1
+    return int(round_to)
 
 
 @dataclass(frozen=True)
 class Selection:
     min_keep: int = 1
-    round_to: int = 1
+    round_to: int | str = AUTO
     uniform: bool = False
     fit: Any = field(default=None, compare=False)  # ConfigFit: widths an HF config can express
 
@@ -71,12 +100,13 @@ def counts(space: PruneSpace, scores: np.ndarray, targets: dict[int, Target], se
         _equalize(space, k)
     for fi, ki in k.items():
         f = fams[fi]
-        r = math.lcm(sel.round_to, f.multiple)  # (a family the compiler keeps multiples of: aligned kernels)
+        r = math.lcm(rounding(sel.round_to, f), f.multiple)  # (and what the compiler keeps multiples of)
         if f.kind == "channels" and r > 1:
             n = len(f)
             k[fi] = n - min(n, -(-(n - ki) // r) * r)
     if sel.fit is not None:
-        sel.fit.adjust(space, k, sel.round_to)
+        stream = sel.fit.stream
+        sel.fit.adjust(space, k, rounding(sel.round_to, fams[stream]) if stream is not None else 1)
     return {fi: ki for fi, ki in k.items() if ki > 0}
 
 

@@ -67,6 +67,8 @@ def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Mo
     elif evaluate is user.evaluate:
         higher_is_better = user.higher_is_better
     pruner_kw.setdefault("expressible", False)  # each family alone, whatever a config can express
+    if pruner_kw.get("round_to", "auto") == "auto":  # each family at each sparsity asked for, not rounded
+        pruner_kw["round_to"] = 1
     pruner = Pruner(model, example_inputs, criterion, user_data=user, max_batches=max_batches, **pruner_kw)
     fams = [f for f in pruner.families if families is None or f.name in families]
     if families is not None and len(fams) != len(set(families)):

@@ -47,6 +47,7 @@ class Family:
     members: frozenset[str]  # every module holding a slice of them: sources, followers, sinks
     pattern: str  # sources with layer numbers as '#': repeated layers (blocks) share it
     multiple: int = 1  # the compiler keeps a multiple of this many of its channels (an aligned kernel)
+    per_unit: int = 1  # channels one unit is in a layer: > 1 where groups stay aligned (a grouped conv)
 
     def __len__(self) -> int:
         return len(self.units)
@@ -229,6 +230,7 @@ class PruneSpace:
         order = {n: i for i, n in enumerate(self.module_order())}
         leaves = self.leaf_modules()
         multiple = self._multiples(fam_of_group)
+        per_unit = self._per_unit(fam_of_group)
         self.families: list[Family] = []
         seen: dict[str, int] = {}
         for i, (kind, ids) in enumerate(self._family_units):
@@ -239,10 +241,21 @@ class PruneSpace:
             if seen[name] > 1:  # one layer's channels split over several families (a channel shuffle)
                 name = f"{name}[{seen[name] - 1}]"
             self.families.append(Family(i, name, kind, ids, s, frozenset(members[i]), kind + ":" + layer_pattern(s),
-                                        multiple.get(i, 1)))
+                                        multiple.get(i, 1), per_unit.get(i, 1)))
         self.family_of_unit = np.zeros(self.n_units, dtype=np.int64)
         for f in self.families:
             self.family_of_unit[f.units] = f.index
+
+    def _per_unit(self, fam_of_group: np.ndarray) -> dict[int, int]:
+        """Family → the most channels one of its units is in one source layer (a grouped conv's
+        channel position k in every group: one unit, ``groups`` channels)."""
+        out: dict[int, int] = {}
+        for s in self.sources:
+            fams = fam_of_group[s.groups]
+            for fi, n in zip(*np.unique(fams[fams >= 0], return_counts=True)):
+                units = len(self._family_units[fi][1])
+                out[int(fi)] = max(out.get(int(fi), 1), int(n) // max(1, units))
+        return out
 
     def _multiples(self, fam_of_group: np.ndarray) -> dict[int, int]:
         """Family → the multiple the compiler keeps of its channels (:class:`Multiple` constraints
