@@ -23,7 +23,7 @@ from slimc.propagate import RemovalPlan, plan as make_plan
 from slimc.propagate.experts import expert_notes
 from slimc.rerouted import experts_report, routed_away
 from slimc.flops import dg_flops
-from slimc.report import StageClock, count_params, layer_widths
+from slimc.report import StageClock, added_ops, count_params, graph_ops, layer_widths
 from slimc.trace import own_tensors, shapes_of, trace
 from slimc.verify import Masked as _Masked, Reference, masks_cover
 
@@ -191,6 +191,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     cache = cache and not on_meta  # a plan from shapes alone is made once
     an, reused = _analysis(model, inputs, front_end, on_meta, probe, cache, clock)
     traced, dg, flops_before, used_params = an.traced, an.dg, an.flops, an.used_params
+    ops_before = graph_ops(traced.gm)  # (the rewrite may change traced.gm in place: counted first)
 
     p = make_plan(dg, user, mode=mode, allow_empty=allow_empty, experts=experts)
     want_params = expected_params(p)
@@ -231,6 +232,7 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         "kept": p.kept_reasons,
         "barriers": graph_mod.unsupported_table(dg),
         "probed": graph_mod.probed_table(dg),
+        "ops_added": added_ops(ops_before, slim),
         "unstructured_zeros": user.unstructured_zeros({f: list(dg.parts(f)) for f in user.masks if dg.parts(f)}),
         **({"experts": experts_report(dg, p)} if p.dropped_experts else {}),
         "notes": [*traced.notes, *p.notes, *notes, *expert_notes(dg, p, experts),

@@ -3,13 +3,14 @@ stage times. A plain dict (JSON-ready) plus a rich table for humans."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 from slimc.modes import eval_mode
-from slimc.shape_rules import whole_module
+from slimc.shape_rules import op_key, op_name, whole_module
 
 
 class StageClock:
@@ -43,6 +44,18 @@ def count_flops(m: nn.Module, inputs: tuple) -> int | None:
         return int(fc.get_total_flops())
     except Exception:
         return None
+
+
+def graph_ops(gm: fx.GraphModule) -> Counter:
+    """Op name → how many nodes of a traced graph call it (modules by class)."""
+    return Counter(op_name(op_key(n, gm)) for n in gm.graph.nodes
+                   if n.op in ("call_function", "call_method", "call_module"))
+
+
+def added_ops(before: Counter, slim: fx.GraphModule) -> dict[str, int]:
+    """Ops the slim graph calls more often than the original did (a gather of kept slices, an
+    exact-LayerNorm's extra nodes): the runtimes' fast paths were made for the original's ops."""
+    return {k: n - before.get(k, 0) for k, n in sorted(graph_ops(slim).items()) if n > before.get(k, 0)}
 
 
 def layer_widths(before: nn.Module, after: nn.Module) -> list[dict[str, Any]]:

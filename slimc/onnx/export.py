@@ -26,6 +26,7 @@ from slimc.onnx.check import OnnxCheck, compare_with_torch, eval_mode, tensor_le
 from slimc.onnx.quiet import Quiet
 from slimc.onnx.staging import Stage, staging_dir
 from slimc.onnx.shapes import DynamicDims, example_batch, normalize_inputs, resolve_dynamic_dims, without_absent
+from slimc.onnx.identities import drop_ones
 from slimc.onnx.strides import stride_free
 from slimc.onnx.stats import EXPORTER_METADATA_KEY, dynamic_axes, graph_inputs, iter_graphs, load_graph
 
@@ -104,7 +105,7 @@ def _batch_as_symbol(example_inputs: tuple[torch.Tensor, ...], req: _Request) ->
 def _program(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
              req: _Request) -> tuple[torch.nn.Module | torch.export.ExportedProgram, tuple | None]:
     """What the dynamo exporter is given: the exported program, freed of stride decisions
-    (:mod:`slimc.onnx.strides`); where torch.export fails, the module and its dynamic shapes
+    (:mod:`slimc.onnx.strides`) and of eval-mode drop-paths (:mod:`slimc.onnx.identities`); where torch.export fails, the module and its dynamic shapes
     (torch.onnx.export then tries its own ways of capturing it)."""
     dynamic_shapes = None
     if req.dims:
@@ -118,6 +119,7 @@ def _program(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
     except Exception:
         return module, dynamic_shapes
     stride_free(program.graph_module)
+    drop_ones(program.graph_module)
     return program, None
 
 
