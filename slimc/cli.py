@@ -149,6 +149,20 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _round_to(text: str) -> int | str:
+    from slimc.prune.select import AUTO
+
+    if text == AUTO:
+        return AUTO
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer >= 1 or 'auto'")
+    return n
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from slimc import bench as bench_mod
 
@@ -162,7 +176,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from slimc.progress import say
 
     kw = dict(batches=batches, device=a.device, runtimes=tuple(a.runtimes.split(",")), threads=a.threads,
-              dtype=a.dtype, channels_last=a.channels_last, min_time_s=a.min_time, log=say)
+              dtype=a.dtype, channels_last=a.channels_last, min_time_s=a.min_time, layers=a.layers, log=say)
     if a.device == "cuda":
         import torch
 
@@ -409,6 +423,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     b.add_argument("--channels-last", action="store_true")
     b.add_argument("--min-time", type=float, default=1.0, help="seconds of timed runs per measurement")
+    b.add_argument("--layers", action="store_true",
+                   help="also time every layer of original and slim at the first batch and list those whose speedup "
+                   "falls short of their FLOPs cut, with why (channel counts off the SIMD block, narrowed groups, …)")
     b.add_argument("-o", "--output", default="bench_out", help="output folder for bench.json/.md/.png")
     b.set_defaults(fn=cmd_bench)
 
@@ -442,8 +459,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="rank units within each layer (default) or across layers (--ratio as a total)")
     pr.add_argument("--max-sparsity-per-layer", type=float, default=None, metavar="S",
                     help="no layer loses more than this fraction (global ranking)")
-    pr.add_argument("--round-to", type=int, default=1, metavar="N",
-                    help="keep a multiple of N channels in every layer (e.g. 8 for hardware-friendly widths)")
+    pr.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
+                    help="keep a multiple of N channels in every layer; auto (default): layers of 16 channels or more "
+                    "keep multiples of 16, the widths CPU kernels run fastest (measured); 1: exactly the ratio")
     pr.add_argument("--uniform", action="store_true",
                     help="repeated layers (transformer blocks) keep the same number of heads / channels")
     pr.add_argument("--free-widths", action="store_true",
