@@ -95,3 +95,18 @@ def test_cli_round_to_takes_auto_or_n(tmp_path, capsys):
         main(["prune", str(src), "--round-to", "zero", "-o", str(tmp_path / "x.pth")])
     assert e.value.code == 2
     assert "--round-to" in capsys.readouterr().err
+
+
+def test_auto_removes_a_subset_of_what_the_exact_ratio_removes():
+    """Rounding keeps more, never other channels: every unit auto removes, round_to=1 removes too
+    (so before fine-tuning the rounded model is the exact one with channels given back)."""
+    torch.manual_seed(1)
+    m = Wide(72, 40).eval()
+    x = (torch.randn(2, 3, 8, 8),)
+    for ratio in (0.2, 0.3, 0.5, 0.7):
+        auto, exact = prune(m, x, ratio=ratio), prune(m, x, ratio=ratio, round_to=1)
+        for name in ("a.weight", "b.weight"):
+            gone_auto = ~auto[name].flatten(1).any(1)
+            gone_exact = ~exact[name].flatten(1).any(1)
+            assert not (gone_auto & ~gone_exact).any(), (ratio, name)
+            assert int((~gone_auto).sum()) % 16 == 0 or int((~gone_auto).sum()) == auto[name].shape[0]
