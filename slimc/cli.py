@@ -276,7 +276,7 @@ def cmd_flops(a: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(a: argparse.Namespace) -> int:
-    from slimc.atomic import write_text
+    from slimc.atomic import make_dirs, write_text
     from slimc.loading import load_spec
     from slimc.prune.config import dump_config
     from slimc.prune.data import UserData
@@ -292,7 +292,7 @@ def cmd_sensitivity(a: argparse.Namespace) -> int:
     model, inputs, ns = load_spec(a.model)
     result = sensitivity(model, inputs, criterion=a.criterion, sparsities=sparsities, attention=a.attention,
                          front_end=a.front_end, user_data=UserData.from_namespace(ns, a.model), max_batches=a.batches)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     write_text(out / "sensitivity.json", json.dumps(result, indent=2) + "\n")
     plot_sensitivity(result, str(out / "sensitivity.png"))
     config = sensitivity_config(result, a.max_drop)
@@ -499,6 +499,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from slimc.atomic import all_or_nothing
     from slimc.progress import plain_lines
 
     args = _parser().parse_args(argv)
@@ -506,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False) or os.environ.get("SLIMC_DEBUG") == "1"
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
-        return fn(args)
+        with all_or_nothing():  # a command that fails leaves no output behind, half-written or whole
+            return fn(args)
     except SlimcError as e:
         if debug:
             raise

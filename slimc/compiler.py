@@ -50,12 +50,17 @@ class CompileResult:
 
         ``weights``: a safetensors checkpoint (folder or files) to slice shard by shard into
         ``out_dir`` — for a plan made on the meta device, whose slim.pt holds no weights."""
-        from slimc.atomic import atomic_path
+        from slimc.atomic import all_or_nothing
+
+        with all_or_nothing():  # where a write fails, no output is left half-written
+            return self._save(Path(out_dir), onnx, opset, dynamic_batch, weights)
+
+    def _save(self, out: Path, onnx: bool, opset: int | None, dynamic_batch: bool, weights: Any) -> dict[str, str]:
+        from slimc.atomic import atomic_path, make_dirs, remove
         from slimc.masks import save_masks
 
         t_save = time.perf_counter()
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        make_dirs(out)
         on_meta = any(t.is_meta for t in self.module.parameters())
         paths = {"slim.pt": str(out / "slim.pt"), "masks.pth": str(out / "masks.pth")}
         if weights is not None:
@@ -81,7 +86,7 @@ class CompileResult:
             paths.update({Path(f).name: f for f in files})
         self.onnx_error = None
         for stale in (out / "slim.onnx", out / "slim.onnx.data"):  # of an earlier compile: not of this model
-            stale.unlink(missing_ok=True)
+            remove(stale)
         if onnx and on_meta:
             self.report["notes"].append("no ONNX: the slim model's weights are on the meta device")
         elif onnx:

@@ -21,6 +21,10 @@ class LoadError(SlimcError):
     """A model or mask file cannot be read, or does not define what slimc needs."""
 
 
+class WriteError(SlimcError):
+    """An output cannot be written (the disk full, no permission); what the command wrote is undone."""
+
+
 class TraceError(SlimcError):
     """The model cannot be captured as a graph."""
 
