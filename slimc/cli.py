@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from slimc.errors import EXIT_NO_ONNX, ConfigError, LoadError, OnnxWarning, SlimcError, describe
+from slimc.errors import EXIT_NO_ONNX, ConfigError, DamagedOutput, LoadError, OnnxWarning, SlimcError, describe
 
 
 def _console():
@@ -109,13 +109,11 @@ def _load_compiled_dir(path: Path):
         raise LoadError(f"'{path}' is not a slimc compile output (needs slim.pt and inputs.pt): run slimc compile first")
     from slimc.shards import load_slim
 
+    module = load_slim(path)  # weights from sliced shards when slim.pt was planned on meta
     try:
-        module = load_slim(path)  # weights from sliced shards when slim.pt was planned on meta
         inputs = tuple(torch.load(inp, weights_only=True))
-    except SlimcError:
-        raise
     except Exception as e:
-        raise LoadError(f"cannot read '{slim_pt}': {describe(e)}") from e
+        raise DamagedOutput(inp, e) from e
     return module, inputs
 
 
@@ -173,7 +171,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         try:
             spec = json.loads(rep.read_text())["source"]["model"]
         except (OSError, KeyError, TypeError, ValueError):
-            raise LoadError(f"'{src}' is not a `slimc compile` output folder with a report.json naming its model") from None
+            raise LoadError(f"'{src}' is not a `slimc compile` output folder with a report.json naming its model: "
+                            "pass a folder `slimc compile` wrote, or compile again") from None
         result = bench_mod.bench_spec(spec, compiled_dir=src, name=Path(spec).stem, **kw)
     else:
         if not a.masks:
