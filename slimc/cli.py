@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from slimc.errors import EXIT_NO_ONNX, ConfigError, LoadError, OnnxWarning, SlimcError, describe
+from slimc.errors import EXIT_NO_ONNX, ConfigError, DamagedOutput, LoadError, OnnxWarning, SlimcError, describe
 
 
 def _console():
@@ -109,13 +109,11 @@ def _load_compiled_dir(path: Path):
         raise LoadError(f"'{path}' is not a slimc compile output (needs slim.pt and inputs.pt): run slimc compile first")
     from slimc.shards import load_slim
 
+    module = load_slim(path)  # weights from sliced shards when slim.pt was planned on meta
     try:
-        module = load_slim(path)  # weights from sliced shards when slim.pt was planned on meta
         inputs = tuple(torch.load(inp, weights_only=True))
-    except SlimcError:
-        raise
     except Exception as e:
-        raise LoadError(f"cannot read '{slim_pt}': {describe(e)}") from e
+        raise DamagedOutput(inp, e) from e
     return module, inputs
 
 
@@ -187,7 +185,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         try:
             spec = json.loads(rep.read_text())["source"]["model"]
         except (OSError, KeyError, TypeError, ValueError):
-            raise LoadError(f"'{src}' is not a `slimc compile` output folder with a report.json naming its model") from None
+            raise LoadError(f"'{src}' is not a `slimc compile` output folder with a report.json naming its model: "
+                            "pass a folder `slimc compile` wrote, or compile again") from None
         result = bench_mod.bench_spec(spec, compiled_dir=src, name=Path(spec).stem, **kw)
     else:
         if not a.masks:
@@ -290,7 +289,7 @@ def cmd_flops(a: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(a: argparse.Namespace) -> int:
-    from slimc.atomic import write_text
+    from slimc.atomic import make_dirs, write_text
     from slimc.loading import load_spec
     from slimc.prune.config import dump_config
     from slimc.prune.data import UserData
@@ -306,7 +305,7 @@ def cmd_sensitivity(a: argparse.Namespace) -> int:
     model, inputs, ns = load_spec(a.model)
     result = sensitivity(model, inputs, criterion=a.criterion, sparsities=sparsities, attention=a.attention,
                          front_end=a.front_end, user_data=UserData.from_namespace(ns, a.model), max_batches=a.batches)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     write_text(out / "sensitivity.json", json.dumps(result, indent=2) + "\n")
     plot_sensitivity(result, str(out / "sensitivity.png"))
     config = sensitivity_config(result, a.max_drop)
@@ -364,18 +363,24 @@ def cmd_rules(a: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from slimc.prune.criteria import choices as criterion_choices
-
     p = argparse.ArgumentParser(prog="slimc", description="Make pruned (masked) PyTorch models physically smaller, verified exact.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="cmd", required=True)
+    for add in (_compile_parser, _export_parser, _bench_parser, _inspect_parser, _prune_parser, _flops_parser,
+                _sensitivity_parser, _quantize_parser, _rules_parser):
+        add(sub)
+    return p
 
-    def model_args(sp: argparse.ArgumentParser, masks_required: bool = False) -> None:
-        sp.add_argument("model", help="model.py (defines `model` or `build_model()` and `example_inputs`), pkg.module:attr, or zoo:NAME")
-        sp.add_argument("--masks", required=masks_required, help="masks file (.pth/.pt/.safetensors): NNI, flat or torch.nn.utils.prune format")
-        sp.add_argument("--front-end", default="auto", choices=["auto", "fx", "export"], help="how to capture the graph")
-        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
 
+def model_args(sp: argparse.ArgumentParser, masks_required: bool = False) -> None:
+    """The arguments of every command that reads a model and masks."""
+    sp.add_argument("model", help="model.py (defines `model` or `build_model()` and `example_inputs`), pkg.module:attr, or zoo:NAME")
+    sp.add_argument("--masks", required=masks_required, help="masks file (.pth/.pt/.safetensors): NNI, flat or torch.nn.utils.prune format")
+    sp.add_argument("--front-end", default="auto", choices=["auto", "fx", "export"], help="how to capture the graph")
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+
+
+def _compile_parser(sub: Any) -> None:
     c = sub.add_parser("compile", help="model + masks → out/slim.pt, slim.onnx, masks.pth, report.json",
                        epilog=f"exit status: 0 done; 2 an error, nothing written; {EXIT_NO_ONNX} everything "
                               "written but slim.onnx, whose export failed (report.json: onnx.error)")
@@ -402,6 +407,8 @@ def _parser() -> argparse.ArgumentParser:
                         "calibration_batches() of model.py), checked against slim.onnx")
     c.set_defaults(fn=cmd_compile)
 
+
+def _export_parser(sub: Any) -> None:
     e = sub.add_parser("export", help="write an ONNX file (checked with onnxruntime) of the slim model")
     model_args(e)
     e.add_argument("-o", "--output", default="slim.onnx", help="ONNX path (default: slim.onnx)")
@@ -414,6 +421,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--masked", action="store_true", help="also export the masked model (NAME.masked.onnx)")
     e.set_defaults(fn=cmd_export, static_batch=False)
 
+
+def _bench_parser(sub: Any) -> None:
     b = sub.add_parser("bench", help="latency of original vs masked vs slim, torch and onnxruntime")
     model_args(b)
     b.add_argument("--batch", default="1,8,64", help="comma-separated batch sizes (default 1,8,64)")
@@ -429,6 +438,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", default="bench_out", help="output folder for bench.json/.md/.png")
     b.set_defaults(fn=cmd_bench)
 
+
+def _inspect_parser(sub: Any) -> None:
     i = sub.add_parser("inspect", help="channel groups, barriers and their reasons")
     model_args(i)
     i.add_argument("--json", action="store_true")
@@ -438,9 +449,26 @@ def _parser() -> argparse.ArgumentParser:
                    "as GraphML (.graphml) or DOT (.dot)")
     i.set_defaults(fn=cmd_inspect)
 
+
+def _prune_parser(sub: Any) -> None:
     pr = sub.add_parser("prune", help="complete masks of whole channel groups and heads (the masked model is the slim model)")
     pr.add_argument("model", help="model.py, pkg.module:attr or zoo:NAME (data-driven criteria: model.py defines "
                                   "calibration_batches(), and loss_fn(output, target) for taylor)")
+    _prune_choice_args(pr)
+    pr.add_argument("--format", default="flat", choices=["flat", "nni"],
+                    help="masks layout: flat {param: mask} (default) or NNI {module: {weight: mask, bias: mask}}")
+    pr.add_argument("--batches", type=int, default=None, metavar="N", help="calibration batches to use (default: all)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--front-end", default="auto", choices=["auto", "fx", "export"], help="how to capture the graph")
+    pr.add_argument("-o", "--output", default="masks.pth")
+    pr.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    pr.set_defaults(fn=cmd_prune)
+
+
+def _prune_choice_args(pr: argparse.ArgumentParser) -> None:
+    """``slimc prune``'s options that say what goes: criterion, budget, ratio or config, widths, experts."""
+    from slimc.prune.criteria import choices as criterion_choices
+
     pr.add_argument("--criterion", default="l1", metavar="NAME",
                     help=f"how units are chosen (default l1): {criterion_choices()} (data: model.py defines "
                          "calibration_batches(); automatic pruners: evaluate(model) -> float and "
@@ -477,21 +505,17 @@ def _parser() -> argparse.ArgumentParser:
                          "calibration_batches()")
     pr.add_argument("--attention", default="heads", choices=["heads", "dims"],
                     help="attention unit: whole heads (default) or the same channels of every head")
-    pr.add_argument("--format", default="flat", choices=["flat", "nni"],
-                    help="masks layout: flat {param: mask} (default) or NNI {module: {weight: mask, bias: mask}}")
-    pr.add_argument("--batches", type=int, default=None, metavar="N", help="calibration batches to use (default: all)")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--front-end", default="auto", choices=["auto", "fx", "export"], help="how to capture the graph")
-    pr.add_argument("-o", "--output", default="masks.pth")
-    pr.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
-    pr.set_defaults(fn=cmd_prune)
 
+
+def _flops_parser(sub: Any) -> None:
     fl = sub.add_parser("flops", help="params and FLOPs, total and per layer (before/after masks)")
     model_args(fl)
     fl.add_argument("--json", action="store_true", help="print the report as JSON")
     fl.add_argument("--top", type=int, default=40, help="layers to list, by FLOPs (default 40)")
     fl.set_defaults(fn=cmd_flops)
 
+
+def _sensitivity_parser(sub: Any) -> None:
     se = sub.add_parser("sensitivity", help="per-layer sensitivity to pruning (JSON + PNG + a seeded config list)")
     se.add_argument("model", help="model.py defining evaluate(model) -> float (or calibration_batches() and loss_fn)")
     se.add_argument("--criterion", default="l1", metavar="NAME", help="how each layer is pruned (default l1)")
@@ -505,18 +529,22 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     se.set_defaults(fn=cmd_sensitivity)
 
+
+def _quantize_parser(sub: Any) -> None:
     from slimc.quantize.command import add_parser as add_quantize
 
     add_quantize(sub)
     sub.choices["quantize"].set_defaults(fn=cmd_quantize)
 
+
+def _rules_parser(sub: Any) -> None:
     r = sub.add_parser("rules", help="list the ops slimc has shape rules for")
     r.add_argument("--markdown", action="store_true", help="one row per rule family, as in the README")
     r.set_defaults(fn=cmd_rules)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from slimc.atomic import all_or_nothing
     from slimc.progress import plain_lines
 
     args = _parser().parse_args(argv)
@@ -524,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False) or os.environ.get("SLIMC_DEBUG") == "1"
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
-        return fn(args)
+        with all_or_nothing():  # a command that fails leaves no output behind, half-written or whole
+            return fn(args)
     except SlimcError as e:
         if debug:
             raise

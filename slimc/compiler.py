@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 import math
 import time
 from dataclasses import dataclass, field
@@ -50,12 +51,17 @@ class CompileResult:
 
         ``weights``: a safetensors checkpoint (folder or files) to slice shard by shard into
         ``out_dir`` — for a plan made on the meta device, whose slim.pt holds no weights."""
-        from slimc.atomic import atomic_path
+        from slimc.atomic import all_or_nothing
+
+        with all_or_nothing():  # where a write fails, no output is left half-written
+            return self._save(Path(out_dir), onnx, opset, dynamic_batch, weights)
+
+    def _save(self, out: Path, onnx: bool, opset: int | None, dynamic_batch: bool, weights: Any) -> dict[str, str]:
+        from slimc.atomic import atomic_path, make_dirs, remove
         from slimc.masks import save_masks
 
         t_save = time.perf_counter()
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        make_dirs(out)
         on_meta = any(t.is_meta for t in self.module.parameters())
         paths = {"slim.pt": str(out / "slim.pt"), "masks.pth": str(out / "masks.pth")}
         if weights is not None:
@@ -81,7 +87,7 @@ class CompileResult:
             paths.update({Path(f).name: f for f in files})
         self.onnx_error = None
         for stale in (out / "slim.onnx", out / "slim.onnx.data"):  # of an earlier compile: not of this model
-            stale.unlink(missing_ok=True)
+            remove(stale)
         if onnx and on_meta:
             self.report["notes"].append("no ONNX: the slim model's weights are on the meta device")
         elif onnx:
@@ -143,6 +149,10 @@ def expected_params(p: RemovalPlan) -> int:
     return total
 
 
+class _ProbedOpsMix(Exception):
+    """The check failed with the probed ops treated as channel-wise: compile with them as barriers."""
+
+
 @collector_paused_in
 def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, mode: str = "channel",
             verify: bool = True, front_end: str = "auto", renorm: bool = False, allow_empty: bool = False,
@@ -165,24 +175,23 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     with its router row, and the check's reference routes around it (:mod:`slimc.rerouted`);
     ``report["experts"]`` lists them. ``keep``: such experts stay, zero (logit 0).
     """
-    clock = StageClock()
-
-    def unprobed() -> CompileResult:
-        res = compile(model, masks, example_inputs, mode=mode, verify=verify, front_end=front_end, renorm=renorm,
-                      allow_empty=allow_empty, name=name, user_model=user_model, probe=False,
-                      vs_user_masks=vs_user_masks, cache=cache, experts=experts)
+    kw = dict(mode=mode, verify=verify, front_end=front_end, renorm=renorm, allow_empty=allow_empty, name=name,
+              user_model=user_model, vs_user_masks=vs_user_masks, cache=cache, experts=experts)
+    try:
+        return _compile(model, masks, example_inputs, probe=probe, **kw)
+    except _ProbedOpsMix:
+        res = _compile(model, masks, example_inputs, probe=False, **kw)
         res.report["notes"].append("the check failed with the probed ops treated as channel-wise: "
                                    "compiled again with them as barriers")
         return res
 
-    if not isinstance(model, nn.Module):
-        raise SlimcError(f"model is a {type(model).__name__}, not an nn.Module")
-    if example_inputs is None:
-        raise SlimcError("example_inputs are needed to trace the model: pass a tensor or a tuple")
-    inputs = given_inputs = bind(model, example_inputs)
-    on_meta = any(t.is_meta for t in model.parameters())
-    if on_meta:  # shapes only: the example inputs go to the meta device too
-        inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
+
+def _compile(model: nn.Module, masks: Any, example_inputs: Any, *, mode: str, verify: bool, front_end: str,
+             renorm: bool, allow_empty: bool, name: str | None, user_model: bool, probe: bool, vs_user_masks: bool,
+             cache: bool, experts: str) -> CompileResult:
+    """:func:`compile`'s steps: copy, masks, analysis, plan, rewrite, report, check, the user's class."""
+    clock = StageClock()
+    given_inputs, inputs, on_meta = _bound_inputs(model, example_inputs)
     hooks, given = dropped_hooks(model), model
     model = clean(model)  # slimc.copying: reparametrizations made plain params; hooks, caches left out
     clock.lap("copy")
@@ -190,14 +199,57 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
     clock.lap("masks")
     cache = cache and not on_meta  # a plan from shapes alone is made once
     an, reused = _analysis(model, inputs, front_end, on_meta, probe, cache, clock)
-    traced, dg, flops_before, used_params = an.traced, an.dg, an.flops, an.used_params
-    ops_before = graph_ops(traced.gm)  # (the rewrite may change traced.gm in place: counted first)
-
-    p = make_plan(dg, user, mode=mode, allow_empty=allow_empty, experts=experts)
-    want_params = expected_params(p)
+    ops_before = graph_ops(an.traced.gm)  # (the rewrite may change traced.gm in place: counted first)
+    p = make_plan(an.dg, user, mode=mode, allow_empty=allow_empty, experts=experts)
     clock.lap("propagate")
-
     ctx = RewriteContext(p, renorm=renorm)
+    slim, notes = _rewritten(model, an, ctx, cache)
+    clock.lap("rewrite")
+    report = _report(name or type(model).__name__, mode, model, slim, an, reused, p, user, experts, hooks,
+                     notes, clock, ops_before)
+    clock.lap("report")
+    if on_meta:  # a plan from shapes alone (a model larger than memory): nothing to run
+        verify = False
+        report["notes"].append("weights on the meta device: plan from shapes only, not verified; "
+                               "slice a checkpoint with --weights (slimc.shards)")
+    free = p.free_input_dims(inputs, an.traced.dynamic_dims)
+    ref = None
+    if verify:
+        ref = _checked(model, user, slim, p, an, inputs, free, report, approximate=ctx.approximate, cache=cache,
+                       vs_user_masks=vs_user_masks)
+        clock.lap("verify")
+    um = None
+    if user_model:
+        um = _user_model(model, p, slim, ctx, ref, ctx.approximate)
+        if um.model is not None and hooks:
+            copy_hooks(given, um.model)  # checked without them, like the graph; the user's hooks stay
+        report["user_model"] = um.report()
+        clock.lap("model")
+    _measured(report, model, slim, an, p, clock)
+    dynamic = ref.varied_dims if ref is not None else free
+    return CompileResult(slim, p.final_masks, report, p, given_inputs, um.model if um else None, um, model,
+                         {i: ds for i, ds in dynamic.items() if ds})
+
+
+def _bound_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple, tuple, bool]:
+    """The example inputs bound to ``forward``'s arguments; the same on the meta device where the
+    model's weights are (shapes only); and whether they are."""
+    if not isinstance(model, nn.Module):
+        raise SlimcError(f"model is a {type(model).__name__}, not an nn.Module")
+    if example_inputs is None:
+        raise SlimcError("example_inputs are needed to trace the model: pass a tensor or a tuple")
+    given = bind(model, example_inputs)
+    on_meta = any(t.is_meta for t in model.parameters())
+    if not on_meta:
+        return given, given, False
+    return given, tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in given), True
+
+
+def _rewritten(model: nn.Module, an: analysis.Analysis, ctx: RewriteContext,
+               cache: bool) -> tuple[fx.GraphModule, list]:
+    """The slim graph and the passes' notes: the rewrite of the traced graph (of a fork of it where
+    the analysis is kept for the next compile), in the model's train/eval mode, on its own tensors."""
+    traced = an.traced
     try:  # slice_params zeroes kept-but-masked weights as it cuts
         slim, notes = run_pipeline(analysis.fork(traced.gm, model if an.bound else None), ctx, code_from=traced.gm) \
             if cache else run_pipeline(traced.gm, ctx)
@@ -212,21 +264,24 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         from slimc.trace import set_tensor
 
         for name, real in traced.real_tensors.items():
-            set_tensor(slim, name, sliced(p, name, real))
+            set_tensor(slim, name, sliced(ctx.plan, name, real))
+    return slim, notes
 
+
+def _report(name: str, mode: str, model: nn.Module, slim: fx.GraphModule, an: analysis.Analysis, reused: bool,
+            p: RemovalPlan, user: Any, experts: str, hooks: int, notes: list, clock: StageClock,
+            ops_before: Counter) -> dict[str, Any]:
+    """What the compile did, before the check: params, groups, what was kept and why, barriers, notes."""
     bad = masks_cover(p.final_masks, user)
     if bad:
         raise VerifyError(f"internal: final masks would un-zero user-masked entries of {bad[0]}")
-    got_params = count_params(slim)
-    unused = count_params(model) - used_params
-    approximate = ctx.approximate
-    clock.lap("rewrite")
-    report: dict[str, Any] = {
-        "model": name or type(model).__name__,
+    dg, unused = an.dg, count_params(model) - an.used_params
+    return {
+        "model": name,
         "mode": mode,
-        "front_end": traced.front_end,
+        "front_end": an.traced.front_end,
         "analysis": "reused" if reused else "fresh",
-        "params": {"before": used_params, "after": got_params, "expected_after": want_params,
+        "params": {"before": an.used_params, "after": count_params(slim), "expected_after": expected_params(p),
                    "unused_dropped": unused},
         "groups_removed": p.n_groups_removed,
         "kept": p.kept_reasons,
@@ -235,59 +290,54 @@ def compile(model: nn.Module, masks: Any = None, example_inputs: Any = None, *, 
         "ops_added": added_ops(ops_before, slim),
         "unstructured_zeros": user.unstructured_zeros({f: list(dg.parts(f)) for f in user.masks if dg.parts(f)}),
         **({"experts": experts_report(dg, p)} if p.dropped_experts else {}),
-        "notes": [*traced.notes, *p.notes, *notes, *expert_notes(dg, p, experts),
+        "notes": [*an.traced.notes, *p.notes, *notes, *expert_notes(dg, p, experts),
                   *([f"{hooks} hook(s) of the model are not part of the slim graph (res.module); "
                      f"the user's class (res.model) keeps them"] if hooks else []),
                   *([f"{unused:,} params of modules forward() never uses are not in the slim model"] if unused else [])],
         "times_s": clock.times,
     }
-    clock.lap("report")
-    if on_meta:  # a plan from shapes alone (a model larger than memory): nothing to run
-        verify = False
-        report["notes"].append("weights on the meta device: plan from shapes only, not verified; "
-                               "slice a checkpoint with --weights (slimc.shards)")
-    free = p.free_input_dims(inputs, traced.dynamic_dims)
-    if verify:
-        try:
-            ref = Reference(model, p.final_masks, inputs, free, traced.dim_names, around=routed_away(p),
-                            graph=traced.gm if cache else None)  # (without cache the rewrite changed it)
-            chk = ref.check(slim, _Masked(model, user.masks) if vs_user_masks else None)
-        except SlimcError:
-            raise
-        except Exception as e:
-            if report["probed"]:
-                return unprobed()
-            raise VerifyError(f"the slim model failed to run: {describe(e)}") from e
-        if report["probed"] and not chk.ok:
-            return unprobed()
-        report["verify"] = {**chk.to_dict(), "approximate": approximate}
-        if got_params != want_params:
-            raise VerifyError(f"the slim model has {got_params:,} params, the kept indices imply {want_params:,}")
-        if approximate:
-            report["notes"].append(f"--renorm: approximate LayerNorm, measured max abs diff {chk.max_abs_diff:.3g}")
-        elif not chk.ok:
-            raise VerifyError(
-                f"the slim model differs from the masked model by {chk.max_abs_diff:.3g} "
-                f"(tolerance {chk.tolerance:.3g}): please report this model; use --debug for details"
-            )
-        clock.lap("verify")
-    um = None
-    if user_model:
-        um = _user_model(model, p, slim, ctx, ref if verify else None, approximate)
-        if um.model is not None and hooks:
-            copy_hooks(given, um.model)  # checked without them, like the graph; the user's hooks stay
-        report["user_model"] = um.report()
-        clock.lap("model")
-    report["flops"] = {"before": flops_before, "after": dg_flops(dg, p.new_size)}
+
+
+def _checked(model: nn.Module, user: Any, slim: fx.GraphModule, p: RemovalPlan, an: analysis.Analysis,
+             inputs: tuple, free: dict, report: dict, *, approximate: bool, cache: bool,
+             vs_user_masks: bool) -> Reference:
+    """The contract: the slim graph computes what the model with the final masks computes, and has
+    the params the kept indices imply (``report["verify"]``); where probed ops make it fail,
+    :class:`_ProbedOpsMix`. The reference it was checked against (for the user's class)."""
+    try:
+        ref = Reference(model, p.final_masks, inputs, free, an.traced.dim_names, around=routed_away(p),
+                        graph=an.traced.gm if cache else None)  # (without cache the rewrite changed it)
+        chk = ref.check(slim, _Masked(model, user.masks) if vs_user_masks else None)
+    except SlimcError:
+        raise
+    except Exception as e:
+        if report["probed"]:
+            raise _ProbedOpsMix() from e
+        raise VerifyError(f"the slim model failed to run: {describe(e)}") from e
+    if report["probed"] and not chk.ok:
+        raise _ProbedOpsMix()
+    report["verify"] = {**chk.to_dict(), "approximate": approximate}
+    got, want = report["params"]["after"], report["params"]["expected_after"]
+    if got != want:
+        raise VerifyError(f"the slim model has {got:,} params, the kept indices imply {want:,}")
+    if approximate:
+        report["notes"].append(f"--renorm: approximate LayerNorm, measured max abs diff {chk.max_abs_diff:.3g}")
+    elif not chk.ok:
+        raise VerifyError(
+            f"the slim model differs from the masked model by {chk.max_abs_diff:.3g} "
+            f"(tolerance {chk.tolerance:.3g}): please report this model; use --debug for details"
+        )
+    return ref
+
+
+def _measured(report: dict, model: nn.Module, slim: fx.GraphModule, an: analysis.Analysis, p: RemovalPlan,
+              clock: StageClock) -> None:
+    """FLOPs and per-layer widths before and after, in ``report``; the clock's total."""
+    report["flops"] = {"before": an.flops, "after": dg_flops(an.dg, p.new_size)}
     clock.lap("flops")
     report["layers"] = layer_widths(model, slim)
     clock.lap("report")
     clock.total()
-    dynamic = ref.varied_dims if verify else free
-    return CompileResult(slim, p.final_masks, report, p, given_inputs, um.model if um else None, um, model,
-                         {i: ds for i, ds in dynamic.items() if ds})
-
-
 def _analysis(model: nn.Module, inputs: tuple, front_end: str, on_meta: bool, probe: bool, cache: bool,
               clock: StageClock) -> tuple[analysis.Analysis, bool]:
     """Trace, dependency graph and dense FLOPs of ``model`` (the masks-independent stages),

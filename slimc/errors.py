@@ -21,6 +21,10 @@ class LoadError(SlimcError):
     """A model or mask file cannot be read, or does not define what slimc needs."""
 
 
+class WriteError(SlimcError):
+    """An output cannot be written (the disk full, no permission); what the command wrote is undone."""
+
+
 class TraceError(SlimcError):
     """The model cannot be captured as a graph."""
 
@@ -114,3 +118,12 @@ class BudgetError(ConfigError):
 
 class DataError(SlimcError):
     """A data-driven pruner or the sensitivity analysis lacks the data, loss or evaluation it needs."""
+
+
+class DamagedOutput(LoadError):
+    """A file of a ``slimc compile`` output folder is missing or does not read: the folder was
+    edited or cut short after the compile wrote it."""
+
+    def __init__(self, path, cause: BaseException | None = None):
+        what = f"cannot read '{path}' ({describe(cause, 160)})" if cause is not None else f"'{path}' is missing"
+        super().__init__(f"{what}: the `slimc compile` output was edited or cut short; compile again")

@@ -256,7 +256,8 @@ def load_masks(path: str | os.PathLike) -> dict[str, object]:
     if isinstance(obj, Mapping) and "masks" in obj and isinstance(obj["masks"], Mapping):
         obj = obj["masks"]
     if not isinstance(obj, Mapping):
-        raise LoadError(f"masks file '{p}' holds a {type(obj).__name__}, not a dict of tensors")
+        raise LoadError(f"masks file '{p}' holds a {type(obj).__name__}, not a dict of tensors: save masks with "
+                        "torch.save({param_name: 0/1 tensor}) or safetensors")
     return dict(obj)
 
 

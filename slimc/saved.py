@@ -25,8 +25,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from slimc.atomic import atomic_dir, atomic_path, write_text
-from slimc.errors import LoadError, describe
+from slimc.atomic import atomic_dir, atomic_path, remove, write_text
+from slimc.errors import DamagedOutput, LoadError, describe
 from slimc.surgery import structure
 
 LAYOUT = "layout.json"
@@ -93,7 +93,7 @@ def _save_structure(model: nn.Module, lay: dict, out: Path, hf: bool, paths: lis
         lay["structure"] = structure.FILE
         paths.append(str(out / structure.FILE))
         return f"slimc.load: {cls} from {structure.FILE} (in any process where its classes import)"
-    (out / structure.FILE).unlink(missing_ok=True)  # a stale one from an earlier save
+    remove(out / structure.FILE)  # a stale one from an earlier save
     lay["structure_why_not"] = why
     if lay.get("spec"):
         return f"slimc.load: {cls} from the model file {lay['spec']} and layout.json"
@@ -112,13 +112,15 @@ def _state(out: Path, hf_dir: bool) -> dict[str, torch.Tensor]:
 
     files = _weight_files(out, hf_dir)
     if not files:
-        raise LoadError(f"'{out}' has no weights: it was planned on the meta device; slice a checkpoint "
-                        "into it with `slimc compile --weights` (or slimc.shards.slice_checkpoint)")
+        raise LoadError(f"'{out}' has no weights (no {WEIGHTS}, no sliced shards): compile again, or, for a plan "
+                        "made on the meta device, slice a checkpoint into it with `slimc compile --weights` "
+                        "(or slimc.shards.slice_checkpoint)")
     state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    if (out / BUFFERS).is_file():
-        state.update(load_file(str(out / BUFFERS)))
+    for f in [*files, *[p for p in [out / BUFFERS] if p.is_file()]]:
+        try:
+            state.update(load_file(str(f)))
+        except Exception as e:  # cut short, not safetensors
+            raise DamagedOutput(f, e) from e
     return state
 
 
@@ -242,7 +244,7 @@ def load(out_dir: str | Path, base: nn.Module | Callable[[], nn.Module] | str | 
     try:
         lay = json.loads(lay_path.read_text())
     except ValueError as e:
-        raise LoadError(f"cannot read '{lay_path}': {e}") from e
+        raise DamagedOutput(lay_path, e) from e
     if lay.get("hf"):
         return _load_hf(out, lay)
     if base is not None:
@@ -251,8 +253,12 @@ def load(out_dir: str | Path, base: nn.Module | Callable[[], nn.Module] | str | 
     if lay.get("structure"):
         try:
             skel = structure.load(out / lay["structure"])
-        except Exception as e:  # its classes do not import here
+        except (ImportError, AttributeError) as e:  # its classes do not import here
             why.append(f"{structure.FILE} does not load here ({describe(e, 160)})")
+        except FileNotFoundError:
+            raise DamagedOutput(out / lay["structure"]) from None
+        except Exception as e:
+            raise DamagedOutput(out / lay["structure"], e) from e
         else:
             return _fill(skel, lay, _state(out, hf_dir=False))
     spec = lay.get("spec")

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimc.atomic import atomic_path, write_text
+from slimc.atomic import atomic_path, make_dirs, write_text
 from slimc.compact import slice_masked
-from slimc.errors import LoadError
+from slimc.errors import DamagedOutput, LoadError, describe
 from slimc.tensors import set_by_path, tied_groups
 
 INDEX = "model.safetensors.index.json"
@@ -87,8 +87,7 @@ def slice_checkpoint(plan, src, out_dir: str | Path) -> dict:
     from safetensors.torch import save_file
 
     files = checkpoint_files(src)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dirs(out_dir)
     known = {s[1] for s in plan.dg.size if s[0] == "p"}
     before = after = 0
     unknown: list[str] = []
@@ -144,9 +143,18 @@ def fill_weights(module: nn.Module, src) -> nn.Module:
 def load_slim(out_dir: str | Path) -> nn.Module:
     """``slim.pt`` of a compile output; meta-device weights are filled from its shards."""
     out = Path(out_dir)
-    with warnings.catch_warnings():  # torch's deprecation of the pickled pytree spec (LeafSpec): not the user's
-        warnings.simplefilter("ignore", FutureWarning)
-        module = torch.load(out / "slim.pt", weights_only=False, map_location="cpu")
+    path = out / "slim.pt"
+    if not path.is_file():
+        raise LoadError(f"'{out}' has no slim.pt: pass a folder `slimc compile` wrote")
+    try:
+        with warnings.catch_warnings():  # torch's deprecation of the pickled pytree spec (LeafSpec): not the user's
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.load(path, weights_only=False, map_location="cpu")
+    except (ImportError, AttributeError) as e:  # the graph calls code of the model's file
+        raise LoadError(f"'{path}' needs code that does not import here ({describe(e, 160)}): load it where "
+                        "the model's code imports") from e
+    except Exception as e:
+        raise DamagedOutput(path, e) from e
     if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
         fill_weights(module, out)
     return module

@@ -4,7 +4,7 @@ explicit provider; a silent fallback from CUDA to CPU is an error, not a measure
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -17,8 +17,7 @@ from slimc.bench.timing import (
     check_warmup,
     resolve_device,
     resolve_threads,
-    sample_stats,
-    timed_samples,
+    warmed_samples,
 )
 
 __all__ = ["time_ort"]
@@ -45,19 +44,10 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x))
 
 
-def time_ort(
-    onnx_path: str | os.PathLike,
-    inputs: tuple[Any, ...],
-    *,
-    device: str = "cpu",
-    warmup: int = 10,
-    repeats: int | None = None,
-    min_time_s: float = 1.0,
-    max_repeats: int = 200,
-    min_repeats: int = MIN_ADAPTIVE_SAMPLES,
-    threads: int | None = None,
-    session_config: dict[str, str] | None = None,
-) -> Timing:
+def time_ort(onnx_path: str | os.PathLike, inputs: tuple[Any, ...], *, device: str = "cpu", warmup: int = 10,
+             repeats: int | None = None, min_time_s: float = 1.0, max_repeats: int = 200,
+             min_repeats: int = MIN_ADAPTIVE_SAMPLES, threads: int | None = None,
+             session_config: dict[str, str] | None = None) -> Timing:
     """Time an ONNX model with onnxruntime (CPU or CUDA execution provider).
 
     Inputs (numpy arrays or torch tensors) are matched positionally to the
@@ -66,46 +56,56 @@ def time_ort(
     (IOBinding), so host<->device copies are not timed, as for torch. How many calls
     are timed: :class:`~slimc.bench.timing.Repeats`.
     """
-    import onnxruntime as ort
-
     if isinstance(inputs, (np.ndarray, torch.Tensor)):
         inputs = (inputs,)
     inputs = tuple(x for x in inputs if x is not None)  # absent inputs are not in the file (slimc.onnx)
     check_warmup(warmup)
     policy = Repeats(repeats, min_time_s, min_repeats, max_repeats)
     dev, is_cuda = resolve_device(device)
-    device_id = dev.index or 0
     n_threads = resolve_threads(threads)
+    sess = _session(onnx_path, dev, is_cuda, n_threads, session_config)
+    feeds = _feeds(sess, inputs, onnx_path)
+    samples = warmed_samples(_runner(sess, feeds, is_cuda, dev.index or 0), policy, warmup)
+    float_types = [a.dtype for a in feeds.values() if np.issubdtype(a.dtype, np.floating)]
+    return Timing.of(samples, runtime="ort-cuda" if is_cuda else "ort-cpu", device=dev.type,
+                     batch=batch_of(list(feeds.values())), channels_last=False, warmup=warmup, threads=n_threads,
+                     dtype=str(float_types[0]) if float_types else str(next(iter(feeds.values())).dtype))
+
+
+def _session(onnx_path: str | os.PathLike, dev: torch.device, is_cuda: bool, threads: int,
+             session_config: dict[str, str] | None) -> Any:
+    """An InferenceSession: ``threads`` intra-op threads, one inter-op, sequential, every graph
+    optimization, on the CUDA execution provider where asked — a fallback to CPU is an error."""
+    import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = n_threads
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     for key, value in (session_config or {}).items():  # e.g. session.disable_quant_qdq for weight-only int8
         so.add_session_config_entry(key, value)
-
+    providers: list[Any] = ["CPUExecutionProvider"]
     if is_cuda:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeError(
                 "device='cuda' requested but this onnxruntime build has no CUDAExecutionProvider "
                 f"(available: {ort.get_available_providers()}); install onnxruntime-gpu"
             )
-        providers: list[Any] = [
-            ("CUDAExecutionProvider", {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE"}),
-            "CPUExecutionProvider",
-        ]
-    else:
-        providers = ["CPUExecutionProvider"]
-
+        cuda = {"device_id": dev.index or 0, "cudnn_conv_algo_search": "EXHAUSTIVE"}
+        providers.insert(0, ("CUDAExecutionProvider", cuda))
     sess = ort.InferenceSession(os.fspath(onnx_path), sess_options=so, providers=providers)
     if is_cuda and sess.get_providers()[0] != "CUDAExecutionProvider":
         raise RuntimeError(
             f"onnxruntime did not enable CUDAExecutionProvider (got {sess.get_providers()}); "
             "refusing to report a CPU measurement as ort-cuda"
         )
+    return sess
 
+
+def _feeds(sess: Any, inputs: tuple[Any, ...], onnx_path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``inputs`` by the session's input names, in the element types the file declares."""
     sess_inputs = sess.get_inputs()
     if len(inputs) != len(sess_inputs):
         raise ValueError(
@@ -119,42 +119,27 @@ def time_ort(
         if want is not None and arr.dtype != want:
             arr = arr.astype(want)
         feeds[meta.name] = np.ascontiguousarray(arr)
-    float_types = [a.dtype for a in feeds.values() if np.issubdtype(a.dtype, np.floating)]
-    dtype_name = str(float_types[0]) if float_types else str(next(iter(feeds.values())).dtype)
+    return feeds
 
-    if is_cuda:
-        binding = sess.io_binding()
-        keep_alive = []
-        for name, arr in feeds.items():
-            ov = ort.OrtValue.ortvalue_from_numpy(arr, "cuda", device_id)
-            keep_alive.append(ov)
-            binding.bind_ortvalue_input(name, ov)
-        for out in sess.get_outputs():
-            binding.bind_output(out.name, "cuda", device_id)
-        binding.synchronize_inputs()
 
-        def call() -> Any:
-            sess.run_with_iobinding(binding)
-            binding.synchronize_outputs()  # Run() syncs already; be explicit
-
-    else:
+def _runner(sess: Any, feeds: dict[str, np.ndarray], is_cuda: bool, device_id: int) -> Callable[[], Any]:
+    """The call to time: on CUDA, inputs copied to the device once and outputs bound there
+    (IOBinding), so no host<->device copy is timed; on CPU, ``sess.run``."""
+    if not is_cuda:
         out_names = [o.name for o in sess.get_outputs()]
+        return lambda: sess.run(out_names, feeds)
+    import onnxruntime as ort
 
-        def call() -> Any:
-            return sess.run(out_names, feeds)
+    binding = sess.io_binding()
+    on_device = [ort.OrtValue.ortvalue_from_numpy(arr, "cuda", device_id) for arr in feeds.values()]
+    for name, ov in zip(feeds, on_device):
+        binding.bind_ortvalue_input(name, ov)
+    for out in sess.get_outputs():
+        binding.bind_output(out.name, "cuda", device_id)
+    binding.synchronize_inputs()
 
-    for _ in range(warmup):
-        call()
-    samples = timed_samples(call, policy)
+    def call(_inputs_alive: list = on_device) -> None:  # the bound device copies live as long as the call
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()  # Run() syncs already; be explicit
 
-    return Timing(
-        runtime="ort-cuda" if is_cuda else "ort-cpu",
-        device=dev.type,
-        batch=batch_of(list(feeds.values())),
-        dtype=dtype_name,
-        channels_last=False,
-        warmup=int(warmup),
-        repeats=len(samples),
-        threads=n_threads,
-        **sample_stats(samples),
-    )
+    return call

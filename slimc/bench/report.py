@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from slimc.atomic import write_text
+from slimc.atomic import make_dirs, write_text
 from slimc.bench.layers import layers_markdown
 from slimc.bench.machine import machine_info
 from slimc.bench.run import NOISY_RATIO
@@ -206,8 +206,7 @@ def write_outputs(results: dict | Sequence[dict], out_dir: str | os.PathLike, st
     res = _results_list(results)
     if not res:
         raise ValueError("write_outputs: no results")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dirs(out_dir)
     machine = res[0].get("machine") or machine_info()
     doc = {"schema": "slimc-bench/1", "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "machine": machine, "results": res}

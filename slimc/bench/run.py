@@ -423,8 +423,6 @@ def bench_spec(model_spec: str, masks: str | os.PathLike | None = None, *,
     kw.setdefault("name", Path(model_spec).stem if model_spec.endswith(".py") else model_spec.split(":")[-1])
     if compiled_dir is not None:
         d = Path(compiled_dir)
-        if not (d / "slim.pt").is_file():
-            raise FileNotFoundError(f"{d} has no slim.pt: pass the folder `slimc compile` wrote")
         slim = load_slim(d)
         if any(p.is_meta for p in model.parameters()):  # planned on meta: the original's checkpoint
             weights = (json.loads((d / "report.json").read_text()).get("source") or {}).get("weights")

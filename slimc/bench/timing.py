@@ -35,6 +35,7 @@ __all__ = [
     "time_torch",
     "launch_bound",
     "timed_samples",
+    "warmed_samples",
     "cpu_timing",
     "fastest_ms",
     "LAUNCH_BOUND_RATIO",
@@ -108,6 +109,13 @@ class Timing:
     def from_dict(cls, d: dict) -> "Timing":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def of(cls, samples_ns: Sequence[int], *, runtime: str, device: str, batch: int, dtype: str,
+           channels_last: bool, warmup: int, threads: int) -> "Timing":
+        """The timing of per-call samples (ns) that ``warmup`` untimed calls preceded."""
+        return cls(runtime=runtime, device=device, batch=batch, dtype=dtype, channels_last=bool(channels_last),
+                   warmup=int(warmup), repeats=len(samples_ns), threads=threads, **sample_stats(samples_ns))
 
     def summary(self) -> str:
         return (
@@ -223,6 +231,16 @@ def timed_samples(call: Callable[[], Any], policy: Repeats, sync: Callable[[], N
     return samples
 
 
+def warmed_samples(call: Callable[[], Any], policy: Repeats, warmup: int,
+                   sync: Callable[[], None] | None = None) -> list[int]:
+    """``warmup`` untimed calls (then the device synchronized), then :func:`timed_samples`."""
+    for _ in range(warmup):
+        call()
+    if sync is not None:
+        sync()
+    return timed_samples(call, policy, sync)
+
+
 @contextmanager
 def cpu_timing(threads: int) -> Iterator[None]:
     """``threads`` intra-op threads, inference mode, GC paused: where a CPU timing runs."""
@@ -233,9 +251,7 @@ def cpu_timing(threads: int) -> Iterator[None]:
 def fastest_ms(module: torch.nn.Module, inputs: tuple, policy: Repeats, warmup: int = 1) -> float:
     """``warmup`` calls, then the fastest of the calls ``policy`` says, in ms: a short block of
     a longer measurement, inside :func:`cpu_timing` (the module as it is: an eval copy)."""
-    for _ in range(warmup):
-        module(*inputs)
-    return min(timed_samples(lambda: module(*inputs), policy)) / 1e6
+    return min(warmed_samples(lambda: module(*inputs), policy, warmup)) / 1e6
 
 
 # --------------------------------------------------------------------------- torch
@@ -318,39 +334,20 @@ def time_torch(
             if is_cuda:
                 torch.backends.cudnn.benchmark = True
                 with torch.cuda.device(dev):
-                    if cuda_graph:
+                    if cuda_graph:  # warmed up by the capture
                         graph, static_out = _capture_cuda_graph(model, args, warmup, dev)
-                        call = graph.replay
+                        samples = timed_samples(graph.replay, policy, sync)
                     else:
-                        def call() -> Any:
-                            return model(*args)
-
-                        for _ in range(warmup):
-                            call()
-                        sync()
-                    samples = timed_samples(call, policy, sync)
+                        samples = warmed_samples(lambda: model(*args), policy, warmup, sync)
             else:
-                def call() -> Any:
-                    return model(*args)
-
-                for _ in range(warmup):
-                    call()
-                samples = timed_samples(call, policy)
+                samples = warmed_samples(lambda: model(*args), policy, warmup)
     finally:
         torch.backends.cudnn.benchmark = prev_cudnn_benchmark
         del graph, static_out
 
-    return Timing(
-        runtime="torch-cudagraph" if cuda_graph else "torch-eager",
-        device=dev.type,
-        batch=batch_of(inputs),
-        dtype=_dtype_name(dtype),
-        channels_last=bool(channels_last),
-        warmup=int(warmup),
-        repeats=len(samples),
-        threads=n_threads,
-        **sample_stats(samples),
-    )
+    return Timing.of(samples, runtime="torch-cudagraph" if cuda_graph else "torch-eager", device=dev.type,
+                     batch=batch_of(inputs), dtype=_dtype_name(dtype), channels_last=channels_last, warmup=warmup,
+                     threads=n_threads)
 
 
 def _capture_cuda_graph(

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from slimc.errors import ExportError, describe
+from slimc.errors import ExportError, SlimcError, describe
 from slimc.inputs import batch_of_two
 from slimc.onnx.check import OnnxCheck, compare_with_torch, eval_mode, tensor_leaves
 from slimc.onnx.quiet import Quiet
@@ -345,7 +345,7 @@ def export_onnx(
                 result.record(cmp, time.perf_counter() - t1)
             stage.publish()
             return result
-        except ExportError:
+        except SlimcError:  # said in one line already (an output that cannot be written: WriteError)
             raise
         except Exception as e:  # unexpected internal failure: still one line
             raise ExportError(f"ONNX export of {name} failed: {describe(e, 240, innermost=True)}") from e

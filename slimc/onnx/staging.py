@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from typing import Iterator
 
-from slimc.errors import ExportError
+from slimc.atomic import make_dirs, replace
 
 __all__ = ["Stage", "staging_dir"]
 
@@ -36,8 +36,8 @@ class Stage:
         parent = os.path.dirname(self.final)
         for f in os.listdir(self.dir):
             if f != os.path.basename(self.final):
-                os.replace(os.path.join(self.dir, f), os.path.join(parent, f))
-        os.replace(self.path, self.final)
+                replace(os.path.join(self.dir, f), os.path.join(parent, f))
+        replace(self.path, self.final)
         self.published = True
 
 
@@ -51,10 +51,7 @@ def staging_dir(final: str) -> Iterator[Stage]:
     while d and not os.path.isdir(d):
         created.append(d)
         d = os.path.dirname(d)
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"cannot create output directory {parent}: {e.strerror or e}") from e
+    make_dirs(parent)  # folders made for an export that is undone go with it (slimc.atomic)
     stage = Stage(final, tempfile.mkdtemp(prefix=".slimc-export-", dir=parent))
     try:
         yield stage

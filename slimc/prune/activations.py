@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from slimc.prune.criteria import Criterion, ScoreContext, criterion
-from slimc.prune.data import failed
+from slimc.prune.data import batch_failed
 from slimc.prune.space import PruneSpace
 
 Watch = tuple[int | None, int, np.ndarray]  # (item of a tuple output, channel dim, element ids)
@@ -82,8 +82,7 @@ def run_watched(space: PruneSpace, ctx: ScoreContext, inputs: tuple, grad: bool 
         with torch.set_grad_enabled(grad):
             out = rec.run(*codegen.process_inputs(*inputs))
     except Exception as e:
-        raise failed("running the model on a calibration batch", e,
-                     "yield inputs like example_inputs; other batch sizes are fine") from e
+        raise batch_failed(e) from e
     return codegen.process_outputs(out), rec.seen
 
 

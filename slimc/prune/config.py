@@ -235,12 +235,14 @@ class ConfigList:
 def raw_entries(raw: Any, example: str, what: str = "a config list") -> list:
     """The entries of a config list given as a list, a JSON/YAML string, the path of a .json/.yaml
     file, or ``{config_list: [...]}``; a non-empty list, else one line."""
+    where = ""
     if isinstance(raw, (str, Path)):
+        where = f"config file '{raw}': " if Path(raw).is_file() else "the config text: "
         raw = load_config_file(raw)
     if isinstance(raw, dict) and "config_list" in raw:
         raw = raw["config_list"]
     if not isinstance(raw, (list, tuple)) or not raw:
-        raise ConfigError(f"{what} is a non-empty list of entries like {example}")
+        raise ConfigError(f"{where}{what} is a non-empty list of entries like {example}")
     return list(raw)
 
 

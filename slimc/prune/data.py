@@ -28,6 +28,12 @@ def failed(what: str, e: BaseException, hint: str = "") -> DataError:
     return DataError(f"{what} failed: {describe(e, 200)}" + (f" ({hint})" if hint else ""))
 
 
+def batch_failed(e: BaseException) -> DataError:
+    """One line for the model raising on a calibration batch (one unlike the example inputs)."""
+    return failed("running the model on a calibration batch", e,
+                  "yield inputs like example_inputs; other batch sizes are fine")
+
+
 @dataclass
 class Batch:
     inputs: tuple

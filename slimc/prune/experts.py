@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from slimc.errors import ConfigError
-from slimc.prune.data import failed
+from slimc.prune.data import batch_failed
 from slimc.prune.emit import removal_mask
 from slimc.propagate.experts import expert_routes
 from slimc.shape_rules import ExpertRoute
@@ -81,8 +81,7 @@ def routing_counts(space, routes: list[ExpertRoute], model, calibration) -> dict
                 with torch.no_grad():
                     gm(*codegen.process_inputs(*batch.inputs))
             except Exception as e:
-                raise failed("running the model on a calibration batch", e,
-                             "yield inputs like example_inputs; other batch sizes are fine") from e
+                raise batch_failed(e) from e
     finally:
         for h in handles:
             h.remove()

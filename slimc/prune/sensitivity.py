@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from slimc.copying import safe_copy
-from slimc.errors import DataError
+from slimc.errors import ConfigError, DataError
 from slimc.inputs import bind
 from slimc.masks import MaskSet
-from slimc.prune.data import UserData, failed
+from slimc.prune.data import UserData, batch_failed, failed
 from slimc.progress import progress
 from slimc.prune.pruner import Pruner
 
@@ -33,7 +33,11 @@ def _mean_loss(user: UserData, n_inputs: int, max_batches: int | None) -> Callab
         total, n = 0.0, 0
         with torch.no_grad():
             for b in calib.batches("sensitivity: loss"):
-                total += float(calib.loss(model(*b.inputs), b.target))
+                try:
+                    out = model(*b.inputs)
+                except Exception as e:
+                    raise batch_failed(e) from e
+                total += float(calib.loss(out, b.target))
                 n += 1
         return total / max(n, 1)
 
@@ -55,6 +59,11 @@ def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Mo
                 user_data: UserData | None = None, data: Any = None, loss_fn: Callable | None = None,
                 max_batches: int | None = None, **pruner_kw: Any) -> dict:
     """Per family: ``evaluate`` at each sparsity (the family alone pruned by ``criterion``)."""
+    bad = [s for s in sparsities if not 0 < s < 1]
+    if bad or not sparsities:
+        got = f"sparsity {bad[0]} is out of range" if bad else "no sparsity to try"
+        raise ConfigError(f"{got}: give sparsities between 0 and 1 (the fraction of each layer pruned), "
+                          "e.g. 0.25,0.5,0.75")
     user = (user_data or UserData()).with_api(data, loss_fn)
     evaluate = evaluate or user.evaluate
     metric = "evaluate"

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slimc.errors import ConfigError, LoadError
+from slimc.errors import ConfigError, DamagedOutput, LoadError
 
 METHOD_CHOICES = ("auto", "static", "dynamic", "weight", "qat", "dorefa", "bnn")
 
@@ -59,8 +59,8 @@ def _compiled(folder: Path):
     if rep.is_file():
         try:
             spec = (json.loads(rep.read_text()).get("source") or {}).get("model")
-        except ValueError:
-            spec = None
+        except (ValueError, AttributeError) as e:  # not JSON, or not the report's dict
+            raise DamagedOutput(rep, e) from e
     return module, inputs, spec
 
 

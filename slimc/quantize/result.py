@@ -48,7 +48,13 @@ class QuantResult:
         """Write ``<stem>.int8.onnx``, the float ``<stem>.onnx`` unless the folder has one (a compile
         output's slim.onnx), and the ``quantize`` section of ``report.json`` (added to the report a
         compile wrote there, else a report of its own). Every file is written whole or not at all."""
-        from slimc.atomic import atomic_path, write_text
+        from slimc.atomic import all_or_nothing
+
+        with all_or_nothing():  # where a write fails, no output is left half-written
+            return self._save(out_dir)
+
+    def _save(self, out_dir: str | Path) -> dict[str, str]:
+        from slimc.atomic import atomic_path, make_dirs, write_text
 
         f = self.files(out_dir)
         report: dict = {}
@@ -57,7 +63,7 @@ class QuantResult:
                 report = json.loads(f["report"].read_text())
             except ValueError:
                 raise LoadError(f"'{f['report']}' is not JSON: choose another output folder") from None
-        f["int8"].parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(f["int8"].parent)
         paths = {}
         if not f["float"].is_file() and self.float is not None:
             with atomic_path(f["float"]) as tmp:
