@@ -112,10 +112,9 @@ def _interleaved(call_a, call_b, rounds: int, per_round: int) -> dict:
 def _ort_session(path: str, threads: int):
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
+    from slimc.bench.ort_timer import session_options
+
+    so = session_options(threads)
     if not SPIN:  # (onnxruntime's default: the pool's threads spin a while after a run)
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])

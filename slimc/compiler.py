@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

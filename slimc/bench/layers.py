@@ -107,15 +107,11 @@ def ort_layers(onnx_path: str | os.PathLike, inputs: tuple, *, threads: int | No
     import onnx
     import onnxruntime as ort
 
-    from slimc.bench.ort_timer import _to_numpy
+    from slimc.bench.ort_timer import _to_numpy, session_options
     from slimc.bench.timing import resolve_threads
 
     with tempfile.TemporaryDirectory(prefix="slimc-layers-") as td:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = resolve_threads(threads)
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
+        so = session_options(resolve_threads(threads))
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(td, "prof")
         sess = ort.InferenceSession(os.fspath(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])

@@ -72,10 +72,8 @@ def time_ort(onnx_path: str | os.PathLike, inputs: tuple[Any, ...], *, device: s
                      dtype=str(float_types[0]) if float_types else str(next(iter(feeds.values())).dtype))
 
 
-def _session(onnx_path: str | os.PathLike, dev: torch.device, is_cuda: bool, threads: int,
-             session_config: dict[str, str] | None) -> Any:
-    """An InferenceSession: ``threads`` intra-op threads, one inter-op, sequential, every graph
-    optimization, on the CUDA execution provider where asked — a fallback to CPU is an error."""
+def session_options(threads: int, session_config: dict[str, str] | None = None) -> Any:
+    """``threads`` intra-op threads, one inter-op, sequential, every graph optimization, quiet."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -86,6 +84,16 @@ def _session(onnx_path: str | os.PathLike, dev: torch.device, is_cuda: bool, thr
     so.log_severity_level = 3
     for key, value in (session_config or {}).items():  # e.g. session.disable_quant_qdq for weight-only int8
         so.add_session_config_entry(key, value)
+    return so
+
+
+def _session(onnx_path: str | os.PathLike, dev: torch.device, is_cuda: bool, threads: int,
+             session_config: dict[str, str] | None) -> Any:
+    """An InferenceSession of :func:`session_options`, on the CUDA execution provider where
+    asked — a fallback to CPU is an error."""
+    import onnxruntime as ort
+
+    so = session_options(threads, session_config)
     providers: list[Any] = ["CPUExecutionProvider"]
     if is_cuda:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
