@@ -91,9 +91,13 @@ def cmd_compile(a: argparse.Namespace) -> int:
             from slimc.quantize.command import render as render_quantize
 
             render_quantize(quantized.report, _console())
-        shards = [p for n, p in paths.items() if n.endswith(".safetensors")]
+        weights = [p for n, p in paths.items() if n.endswith(".safetensors")]
         named = [p for n, p in paths.items() if not n.endswith(".safetensors")]
-        print("wrote " + ", ".join(named) + (f" and {len(shards)} sliced safetensors shard(s)" if shards else ""))
+        if len(weights) > 2:  # a sharded checkpoint, sliced: one file per shard of the original
+            named.append(f"{len(weights)} safetensors files")
+        else:
+            named += weights
+        print("wrote " + ", ".join(named))
     if res.onnx_error:
         print(f"error: no slim.onnx (everything else is written; the reason is in report.json under onnx.error, "
               f"exit status {EXIT_NO_ONNX}): {res.onnx_error}", file=sys.stderr)

@@ -250,8 +250,11 @@ def load_masks(path: str | os.PathLike) -> dict[str, object]:
             return dict(load_file(str(p)))
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, wrong format, pickled classes
+        why = describe(e, 160)
+        if "WeightsUnpickler error:" in str(e):  # not torch's advice on weights_only=False: masks need no code
+            why = "not a torch.save file of tensors: " + str(e).split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
         raise LoadError(
-            f"cannot read masks file '{p}' ({describe(e, 160)}): save masks with torch.save(dict_of_tensors) or safetensors"
+            f"cannot read masks file '{p}' ({why}): save masks with torch.save(dict_of_tensors) or safetensors"
         ) from e
     if isinstance(obj, Mapping) and "masks" in obj and isinstance(obj["masks"], Mapping):
         obj = obj["masks"]

@@ -63,7 +63,7 @@ def _garble(name: str) -> Callable[[Path], None]:
 
 
 BAD_MASKS = {
-    "corrupt": (lambda p: p.write_bytes(b"not a torch file at all"), ("m.pth", "torch.save")),
+    "corrupt": (lambda p: p.write_bytes(b"not a torch file at all"), ("m.pth", "not a torch.save file of tensors")),
     "not-a-dict": (_saved([torch.ones(3)]), ("m.pth", "holds a list", "torch.save")),
     "other-model": (_saved({"conv1.weight": torch.ones(8, 3, 3, 3), "conv2.weight": torch.ones(4, 8, 3, 3)}),
                     ("conv1.weight", "matches no parameter", "key masks by parameter FQN")),
