@@ -270,12 +270,15 @@ def write_graph(dg: DependencyGraph, path: str | Path, slot_attrs: Mapping[SlotK
         g.add_node(slot_name(s), **{k: v for k, v in {**attrs, **(slot_attrs or {}).get(s, {})}.items() if v is not None})
     for a, b, attrs in dg.nx.edges(data=True):
         g.add_edge(slot_name(a), slot_name(b), **attrs)
-    if path.suffix == ".graphml":
-        nx.write_graphml(g, path)
-    elif path.suffix in (".dot", ".gv"):
-        path.write_text(_dot(g))
-    else:
+    if path.suffix not in (".graphml", ".dot", ".gv"):
         raise ValueError(f"write the graph as .graphml or .dot, not '{path.suffix or path.name}'")
+    from slimc.atomic import atomic_path
+
+    with atomic_path(path) as tmp:  # never a half-written file
+        if path.suffix == ".graphml":
+            nx.write_graphml(g, tmp)
+        else:
+            Path(tmp).write_text(_dot(g))
     return path
 
 
