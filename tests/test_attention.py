@@ -209,6 +209,23 @@ def test_mixed_head_masks_keep_a_rectangle():
     assert "rectangle" in kept_reasons(res)
 
 
+def test_masked_v_channels_do_not_take_q_and_k_along_in_a_shared_view():
+    """timm views q, k and v as (3, heads, head_dim) at once, so channel d of the three is one
+    group. Masking v's channel d in every head made its output channels dead, and the group
+    went — q's and k's channel d too, though they still add to every head's scores: final
+    masks beyond the user's that changed the function (property draws with the shared
+    layout, e.g. seed 33). A contraction reads them: they are kept, and say why."""
+    m = _model(TimmAttention)
+    v_dim3 = [2 * 32 + h * D + 3 for h in range(4)]
+    res = assert_contract(m, {"qkv.weight": _rows(96, v_dim3)}, _x())
+    assert _widths(res, "qkv", "proj") == ((96, 32), (32, 32))
+    assert "held by unmasked source 'qkv.weight'" in kept_reasons(res)
+    # with q's and k's channel 3 masked too, it goes from all three (and from proj's columns)
+    qkv_dim3 = [p * 32 + h * D + 3 for p in range(3) for h in range(4)]
+    res = assert_contract(m, {"qkv.weight": _rows(96, qkv_dim3)}, _x())
+    assert _widths(res, "qkv", "proj") == ((84, 32), (32, 28))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_random_head_and_dim_masks_are_exact(seed):
     g = torch.Generator().manual_seed(seed)

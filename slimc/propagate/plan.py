@@ -133,17 +133,19 @@ class _Decision:
 
 def _removal_candidates(prop: Propagation, mode: str, is_value: np.ndarray, group_has_barrier: np.ndarray) -> np.ndarray:
     """Per group, before any constraint: no barrier, and either its channels are dead
-    (``channel``: every source behind the channels the sinks read is masked) or provably
-    zero in the user-masked model (``exact``), or every sink slice is masked."""
+    (``channel``: every source behind the channels the sinks read is masked, and behind those
+    a contraction reads) or provably zero in the user-masked model (``exact``), or every sink
+    slice is masked."""
     grp, ng = prop.group, prop.ng
     if mode == "channel":
         dead = prop.dead()
-        n_sink_read = count_by_group(prop.sink_consumed, grp, ng)
-        n_sink_read_dead = count_by_group(prop.sink_consumed & dead, grp, ng)
+        read = prop.sink_consumed | prop.contracted
+        n_read = count_by_group(prop.sink_consumed, grp, ng)
+        n_read_dead = count_by_group(read & dead, grp, ng)
+        n_read_all = count_by_group(read, grp, ng)
         n_sources = count_by_group(prop.is_source, grp, ng)
         n_sources_masked = count_by_group(prop.is_source & prop.user_masked, grp, ng)
-        by_source = (n_sources > 0) & np.where(n_sink_read > 0, n_sink_read_dead == n_sink_read,
-                                               n_sources_masked == n_sources)
+        by_source = (n_sources > 0) & np.where(n_read > 0, n_read_dead == n_read_all, n_sources_masked == n_sources)
     else:
         zero_user = prop.zero(prop.user_masked)
         n_values = count_by_group(is_value, grp, ng)
