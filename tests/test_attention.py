@@ -265,6 +265,26 @@ def test_gqa_kv_head_goes_with_its_query_heads(repeat):
     assert _widths(res, "q_proj", "k_proj", "o_proj") == ((16, 32), (8, 32), (32, 16))
 
 
+@pytest.mark.parametrize("repeat", ["repeat_kv", "enable_gqa"])
+def test_exact_mode_keeps_a_query_head_whose_rows_alone_are_masked(repeat):
+    """Multi-query attention, q rows of head 2 masked: its scores are zero, its softmax
+    uniform, its output the mean of v — not zero. Exact mode removed the head's o columns
+    along with its q rows (the head axis had no other source to hold it; property draws
+    seeds 75, 111); the slim model then differed from the user's masked model."""
+    m = _model(GQA, kv_heads=1, repeat=repeat)
+    masks = {"q_proj.weight": _rows(32, head_rows([2]))}
+    res = assert_contract(m, masks, _x(), mode="exact")
+    assert _widths(res, "o_proj") == ((32, 32),)
+    ref = m.__class__(kv_heads=1, repeat=repeat).eval()
+    ref.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        ref.q_proj.weight.mul_(masks["q_proj.weight"])
+        x = torch.randn(3, 7, 32)
+        assert (res.module(x) - ref(x)).abs().max() <= 1e-5 * max(1.0, float(ref(x).abs().max()))
+    # channel mode: the head goes (its q rows are a factor of its output), o columns too
+    assert _widths(assert_contract(m, masks, _x()), "q_proj", "o_proj") == ((24, 32), (32, 24))
+
+
 # --------------------------------------------------------------------------- stream ops
 def test_cls_token_pos_embed_and_functional_layer_norm():
     class M(nn.Module):
