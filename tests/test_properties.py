@@ -2,12 +2,14 @@
 final masks the generator derives itself (tests/randarch, plain torch, no slimc code).
 
 A draw (one seed) is a CNN — plain, grouped and depthwise convs, BatchNorm, residual adds,
-concats, squeeze-excite gates, pooling, a linear head — or a pre-norm transformer —
-multi-head, grouped-query and multi-query attention (fused SDPA, ``repeat_kv``, explicit
-matmul + softmax), LayerNorm / RMSNorm (written out and ``nn.RMSNorm``), residual streams,
-plain and gated FFNs (SwiGLU, GeGLU) — with widths 4–32, 1–4 blocks, 8×8 images,
-sequences ≤ 12. Its masks zero whole channels, heads and head-dim channels, in whole
-coupled groups or in part of one. For every draw:
+concats, squeeze-excite gates, pooling, a linear head — or a pre-norm transformer on
+features, tokens or image patches — multi-head, grouped-query and multi-query attention
+(fused SDPA, ``repeat_kv``, explicit matmul + softmax; q, k, v from three Linears, one
+split in three, or one viewed as (3, heads, head_dim)), LayerNorm / RMSNorm (written out
+and ``nn.RMSNorm``), residual streams with or without layer scale, plain and gated FFNs
+(SwiGLU, GeGLU) — with widths 4–32, 1–4 blocks, 8×8 images, sequences ≤ 12. Its masks
+zero whole channels, heads and head-dim channels, in whole coupled groups or in part of
+one. For every draw:
 
 * ``slimc.compile(model, masks, example)`` (its own check on) succeeds;
 * its final masks equal the generator's, parameter by parameter (DESIGN.md's semantics,
