@@ -1,11 +1,11 @@
 """Normalizations: BatchNorm, InstanceNorm (per channel), GroupNorm (whole groups),
-LayerNorm over the last dim (exact when removed channels are zero at its input)."""
+LayerNorm and RMSNorm over the last dim (exact when removed channels are zero at its input)."""
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import fx, nn
 
-from slimc.shape_rules import Blocks, Coupling, NeedsZero, OpView, Unsupported, aten, resizer, shape_rule
+from slimc.shape_rules import Blocks, Coupling, NeedsZero, OpView, Unsupported, aten, identity_all, resizer, shape_rule
 from slimc.shape_rules.structural import size_query
 
 BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
@@ -118,6 +118,28 @@ def layernorm_functional(op: OpView) -> Coupling | Unsupported:
     if bad:
         return bad
     c.constraints.append(NeedsZero(op.slot(x, -1), f"LayerNorm '{op.node.name}' averages over its channels"))
+    return c
+
+
+RMS_NORMS = (F.rms_norm, *aten("rms_norm.default"))
+
+
+@shape_rule(*RMS_NORMS)
+def rmsnorm_functional(op: OpView) -> Coupling | Unsupported:
+    """F.rms_norm (``nn.RMSNorm``'s forward) over the last dim: x·γ / rms(x), so every dim
+    passes (a zero channel stays zero) and γ follows; the mean of squares reads every
+    channel, so removed channels must be zero at its input (then it is made exact)."""
+    x, shape = op.arg(0, "input"), op.arg(1, "normalized_shape")
+    xs = op.shape(x)
+    if isinstance(shape, fx.Node) and size_query(shape) is not None:
+        shape = op.shape(size_query(shape)[0])
+    if xs is None or not isinstance(shape, (list, tuple)) or len(shape) != 1:
+        return Unsupported("RMSNorm over several dims (only the last dim is supported)")
+    c = identity_all(Coupling(), op, x)
+    bad = _functional_params(c, op, ((2, "weight", 0),), -1, "RMSNorm")
+    if bad:
+        return bad
+    c.constraints.append(NeedsZero(op.slot(x, -1), f"RMSNorm '{op.node.name}' averages squares over its channels"))
     return c
 
 

@@ -1,8 +1,8 @@
-"""Test configuration: make ``helpers`` importable, one torch thread per xdist worker,
-and a CI-stable hypothesis profile.
+"""Test configuration: make ``helpers`` (and the ``randarch`` generator) importable, one
+torch thread per xdist worker.
 
-test_properties.py pins its own settings (25 derandomized examples); for a bug hunt run
-``SLIMC_PROP_EXAMPLES=500 SLIMC_PROP_RANDOM=1 pytest tests/test_properties.py``.
+test_properties.py draws random architectures from fixed seeds; replay one with
+``SLIMC_PROP_SEEDS=123 pytest tests/test_properties.py -k test_draw``.
 """
 from __future__ import annotations
 
@@ -17,14 +17,3 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
     torch.set_num_threads(1)
-
-try:
-    from hypothesis import HealthCheck, settings
-
-    settings.register_profile(
-        "ci", max_examples=25, deadline=None, derandomize=True, print_blob=True,
-        suppress_health_check=[getattr(HealthCheck, n) for n in ("too_slow", "data_too_large") if hasattr(HealthCheck, n)],
-    )
-    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-except ImportError:  # hypothesis is a dev dependency
-    pass

@@ -209,6 +209,23 @@ def test_mixed_head_masks_keep_a_rectangle():
     assert "rectangle" in kept_reasons(res)
 
 
+def test_masked_v_channels_do_not_take_q_and_k_along_in_a_shared_view():
+    """timm views q, k and v as (3, heads, head_dim) at once, so channel d of the three is one
+    group. Masking v's channel d in every head made its output channels dead, and the group
+    went — q's and k's channel d too, though they still add to every head's scores: final
+    masks beyond the user's that changed the function (property draws with the shared
+    layout, e.g. seed 33). A contraction reads them: they are kept, and say why."""
+    m = _model(TimmAttention)
+    v_dim3 = [2 * 32 + h * D + 3 for h in range(4)]
+    res = assert_contract(m, {"qkv.weight": _rows(96, v_dim3)}, _x())
+    assert _widths(res, "qkv", "proj") == ((96, 32), (32, 32))
+    assert "held by unmasked source 'qkv.weight'" in kept_reasons(res)
+    # with q's and k's channel 3 masked too, it goes from all three (and from proj's columns)
+    qkv_dim3 = [p * 32 + h * D + 3 for p in range(3) for h in range(4)]
+    res = assert_contract(m, {"qkv.weight": _rows(96, qkv_dim3)}, _x())
+    assert _widths(res, "qkv", "proj") == ((84, 32), (32, 28))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_random_head_and_dim_masks_are_exact(seed):
     g = torch.Generator().manual_seed(seed)
@@ -246,6 +263,26 @@ def test_gqa_kv_head_goes_with_its_query_heads(repeat):
     # a masked key/value head: the query heads that read it output zeros, so all of them go
     res = assert_contract(m, {"k_proj.weight": kv, "v_proj.weight": kv}, _x())
     assert _widths(res, "q_proj", "k_proj", "o_proj") == ((16, 32), (8, 32), (32, 16))
+
+
+@pytest.mark.parametrize("repeat", ["repeat_kv", "enable_gqa"])
+def test_exact_mode_keeps_a_query_head_whose_rows_alone_are_masked(repeat):
+    """Multi-query attention, q rows of head 2 masked: its scores are zero, its softmax
+    uniform, its output the mean of v — not zero. Exact mode removed the head's o columns
+    along with its q rows (the head axis had no other source to hold it; property draws
+    seeds 75, 111); the slim model then differed from the user's masked model."""
+    m = _model(GQA, kv_heads=1, repeat=repeat)
+    masks = {"q_proj.weight": _rows(32, head_rows([2]))}
+    res = assert_contract(m, masks, _x(), mode="exact")
+    assert _widths(res, "o_proj") == ((32, 32),)
+    ref = m.__class__(kv_heads=1, repeat=repeat).eval()
+    ref.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        ref.q_proj.weight.mul_(masks["q_proj.weight"])
+        x = torch.randn(3, 7, 32)
+        assert (res.module(x) - ref(x)).abs().max() <= 1e-5 * max(1.0, float(ref(x).abs().max()))
+    # channel mode: the head goes (its q rows are a factor of its output), o columns too
+    assert _widths(assert_contract(m, masks, _x()), "q_proj", "o_proj") == ((24, 32), (32, 24))
 
 
 # --------------------------------------------------------------------------- stream ops

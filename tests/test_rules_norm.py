@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import ConvChain, SEEDS, assert_contract, build, check, kept_reasons, mask_rows
-from helpers import masked_idx, n_params, random_filter_masks, removed_idx, run_eval, slim_module, x_
+from helpers import masked_idx, masked_reference, n_params, random_filter_masks, removed_idx, run_eval, slim_module, x_
 import slimc
 from slimc.verify import masked_copy
 
@@ -164,6 +164,37 @@ def test_layernorm_renorm_with_verify_is_reported_approximate():
     res = slimc.compile(m, masks, x_(2, 5, 8), renorm=True)  # verify=True
     assert res.report["verify"]["max_abs_diff"] > 0
     assert "approximate" in str(res.report).lower()
+
+
+class TorchRMSNet(nn.Module):
+    """torch's own nn.RMSNorm (F.rms_norm in the graph) on a pruned hidden size."""
+
+    def __init__(self, eps=1e-6):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.norm = nn.RMSNorm(16, eps=eps)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.norm(self.fc1(x))))
+
+
+@pytest.mark.parametrize("eps", [1e-6, None])
+def test_torch_rmsnorm_is_exact_over_kept_channels(eps):
+    """F.rms_norm had no rule: the norm was a barrier and the hidden size never shrank
+    (property draw seed 8). Now its mean of squares is written out over the original count
+    in the graph, and the user's nn.RMSNorm rescales γ and ε (ε = None: torch's default)."""
+    m = build(TorchRMSNet, eps=eps)
+    with torch.no_grad():
+        m.norm.weight.uniform_(0.5, 1.5)
+    masks = {"fc1.weight": mask_rows(m, "fc1.weight", [1, 4, 9])}
+    res = check(m, x_(2, 5, 8), masks)
+    assert removed_idx(res, m, "fc1.weight") == {1, 4, 9}
+    assert res.model is not None and res.model.norm.normalized_shape == (13,)
+    x = x_(3, 7, 8, seed=1)
+    ref = run_eval(masked_reference(m, res.masks), (x,))[0]
+    for slim in (res.module, res.model):
+        assert (run_eval(slim, (x,))[0] - ref).abs().max() <= 1e-5 * max(1.0, float(ref.abs().max()))
 
 
 class NoAffineNorms(nn.Module):

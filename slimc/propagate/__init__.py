@@ -7,7 +7,8 @@
    channel masked, ``any`` through products), *zero* analysis (is the channel exactly zero
    in the reference) and backward liveness;
 4. the plan (:mod:`.plan`): a group goes iff it has no barrier and either its sink-facing
-   channels are dead or every sink slice is masked (``channel`` mode), or it is provably
+   channels (and those a contraction of two activations reads) are dead or every sink slice
+   is masked (``channel`` mode), or it is provably
    zero/unused in the user-masked model (``exact`` mode); grown by liveness; closed under
    constraints (GroupNorm blocks, rectangles, zero-at-LayerNorm); empty layers; final masks
    (⊇ user masks) and kept indices for every slot.

@@ -132,12 +132,13 @@ class Propagation:
         self.ng = int(self.group.max()) + 1 if n else 0
         self._roles()
         self._schedules()
+        self.contracted = self._contraction_reads()
         for a in (self.barrier, self.group, self.is_source, self.is_sink, self.is_follower, self.sink_consumed,
-                  self.read_as_value):
+                  self.read_as_value, self.contracted):
             a.flags.writeable = False
         keep = ("links", "barrier", "barrier_why", "aliases", "element_groups", "products", "splits", "group", "ng",
                 "is_source", "is_sink", "is_follower", "sink_consumed", "read_as_value", "linked_params",
-                "forward_schedule", "live_schedule")
+                "forward_schedule", "live_schedule", "contracted")
         return {k: self.__dict__[k] for k in keep}
 
     # --- roles --------------------------------------------------------------------
@@ -163,6 +164,29 @@ class Propagation:
                 self.is_follower[a] = True
             if ln.kind in ("source", "sink", "follower"):
                 self.linked_params.add(ln.a)
+
+    def _contraction_reads(self) -> np.ndarray:
+        """Per element: does its value reach a dim that a product of two activations contracts
+        (q·kᵀ, an einsum of two tensors), through flows and reshapes? There it is read as a
+        sink would read it, into every element of the result: q and k rows viewed with v's
+        as (3, heads, head_dim) at once (timm) are read by the scores, whatever v's are."""
+        dg = self.dg
+        reads = np.zeros(dg.n, bool)
+        for f in dg.facts:
+            tied = {s for ln in f.coupling.links if ln.kind == "tie" for s in (ln.a, ln.b)}
+            for contracted, _ in f.coupling.uses:
+                if contracted in tied and contracted in dg.offset:
+                    reads[dg.ids(contracted)] = True
+        if not reads.any():
+            return reads
+        back = [(a, b) for _, ln, a, b in reversed(self.links) if ln.kind == "flow"]  # a split: big ← each axis
+        for _ in range(len(back)):
+            before = int(reads.sum())
+            for a, b in back:
+                np.logical_or.at(reads, a, reads[b])
+            if int(reads.sum()) == before:
+                break
+        return reads
 
     def _schedules(self) -> None:
         """The order the forward and backward analyses visit facts in, with each fact's links

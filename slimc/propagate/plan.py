@@ -133,17 +133,19 @@ class _Decision:
 
 def _removal_candidates(prop: Propagation, mode: str, is_value: np.ndarray, group_has_barrier: np.ndarray) -> np.ndarray:
     """Per group, before any constraint: no barrier, and either its channels are dead
-    (``channel``: every source behind the channels the sinks read is masked) or provably
-    zero in the user-masked model (``exact``), or every sink slice is masked."""
+    (``channel``: every source behind the channels the sinks read is masked, and behind those
+    a contraction reads) or provably zero in the user-masked model (``exact``), or every sink
+    slice is masked."""
     grp, ng = prop.group, prop.ng
     if mode == "channel":
         dead = prop.dead()
-        n_sink_read = count_by_group(prop.sink_consumed, grp, ng)
-        n_sink_read_dead = count_by_group(prop.sink_consumed & dead, grp, ng)
+        read = prop.sink_consumed | prop.contracted
+        n_read = count_by_group(prop.sink_consumed, grp, ng)
+        n_read_dead = count_by_group(read & dead, grp, ng)
+        n_read_all = count_by_group(read, grp, ng)
         n_sources = count_by_group(prop.is_source, grp, ng)
         n_sources_masked = count_by_group(prop.is_source & prop.user_masked, grp, ng)
-        by_source = (n_sources > 0) & np.where(n_sink_read > 0, n_sink_read_dead == n_sink_read,
-                                               n_sources_masked == n_sources)
+        by_source = (n_sources > 0) & np.where(n_read > 0, n_read_dead == n_read_all, n_sources_masked == n_sources)
     else:
         zero_user = prop.zero(prop.user_masked)
         n_values = count_by_group(is_value, grp, ng)
@@ -176,7 +178,7 @@ class _Rectangles:
     follow them and the kept set stays a rectangle. Elements without sources (features of a
     flatten of two channel dims) are *derived*: they go with any of their axes."""
 
-    def __init__(self, prop: Propagation, decision: _Decision, group_has_barrier: np.ndarray):
+    def __init__(self, prop: Propagation, decision: _Decision, group_has_barrier: np.ndarray, mode: str = "channel"):
         grp = prop.group
         self.decision, self.ng, self.group_has_barrier = decision, prop.ng, group_has_barrier
         has_src = any_by_group(prop.is_source, grp, prop.ng)
@@ -184,8 +186,10 @@ class _Rectangles:
         for pf in prop.products:
             big_g = grp[pf.big]
             axes = [grp[c] for c in pf.coords]
-            self.products.append((pf, big_g, ~has_src[big_g] & ~group_has_barrier[big_g], axes,
-                                  [has_src[a] | group_has_barrier[a] for a in axes]))
+            derived = ~has_src[big_g] & ~group_has_barrier[big_g]
+            if mode == "exact":  # one that is neither zero nor unused holds its axes (an attention head's
+                derived &= decision.removed_g[big_g]  # output whose q rows are all masked: uniform, not zero)
+            self.products.append((pf, big_g, derived, axes, [has_src[a] | group_has_barrier[a] for a in axes]))
 
     def projections(self, kept_el: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per group: does a kept primary element of *any* product sit on it (``proj``), and
@@ -380,7 +384,7 @@ def plan(dg: DependencyGraph, masks: MaskSet, mode: str = "channel", allow_empty
     dropped = moe.dropped_experts(dg, grp, removed_g, routes, whole) if experts == "remove" else {}
     skip = moe.own_slots(routes, dropped)
     decision = _Decision(prop, removed_g)
-    rectangles = _Rectangles(prop, decision, group_has_barrier)
+    rectangles = _Rectangles(prop, decision, group_has_barrier, mode)
     _close_under_constraints(dg, prop, decision, rectangles, mode, param_el, skip)
     rectangles.settle_derived()
     removed = _keep_one_in_empty_layers(dg, decision, allow_empty, skip)

@@ -17,12 +17,14 @@ from typing import Any, Callable
 
 from torch import fx, nn
 
+from slimc.graph import source_line
 from slimc.passes.context import TracedShapes
 from slimc.surgery import hf, layout as layout_mod
 from slimc.surgery.derived import follow_derived, refresh_derived
 from slimc.surgery.experts import sync_expert_counts
 from slimc.surgery.leaves import resize_leaves
 from slimc.surgery.mha import fix_multihead_attention
+from slimc.surgery.provenance import line_of
 from slimc.surgery.norms import fix_norms
 from slimc.surgery.sizes import SizeFixes, follow_events, head_splits, sync_attention, sync_heads, sync_widths
 from slimc.surgery.weights import slim_copy
@@ -93,6 +95,7 @@ def build(original: nn.Module, plan, gm: fx.GraphModule, events: list, *, renorm
     resize_leaves(slim, original, {path: new for path, (old, new) in inputs.items() if new != old})
     fixes = SizeFixes()
     follow_events(slim, events, fixes)
+    fixes.read_elsewhere({line for n in gm.graph.nodes if (line := line_of(source_line(n))) is not None})
     norm_notes, norm_blockers, transforms = fix_norms(slim, original, plan.final_masks, events, renorm,
                                                       {path: old for path, (old, _) in inputs.items()})
     splits = head_splits(gm, shapes)

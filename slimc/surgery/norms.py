@@ -120,6 +120,8 @@ def _layernorm(m0: nn.Module | None, m: nn.Module, ev, shape: tuple | None) -> s
 
 
 def _eps_name(m: nn.Module) -> str | None:
+    if isinstance(m, nn.RMSNorm) and m.eps is None:  # F.rms_norm's default: the float32 (input dtype) ε
+        m.eps = torch.finfo(m.weight.dtype).eps
     return next((a for a in EPS_NAMES if isinstance(getattr(m, a, None), float)), None)
 
 

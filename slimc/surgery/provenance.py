@@ -152,4 +152,32 @@ def attributes_in(e: ast.expr) -> list[tuple[str, ...]]:
     return sorted(p for p in paths if not any(q != p and q[: len(p)] == p for q in paths))
 
 
-__all__ = ["Attribute", "Literal", "classify", "size_argument", "attributes_in", "literal_slice"]
+def line_of(source: str) -> tuple[str, int] | None:
+    """(file name, line) of 'file.py:LINE: code'."""
+    parts = source.split(":", 2)
+    return (parts[0], int(parts[1])) if len(parts) == 3 and parts[1].isdigit() else None
+
+
+def other_reads(owner: object, attr: str, lines: set[tuple[str, int]], ran: set[tuple[str, int]]) -> list[str]:
+    """'file.py:LINE: code' of each line of ``owner``'s forward that ran (``ran``) and reads
+    ``self.<attr>``, other than ``lines`` (the size arguments slimc follows): a scale
+    ``self.head_dim ** -0.5`` computed there would change with the attribute."""
+    import inspect
+    import textwrap
+
+    fn = getattr(type(owner), "forward", None)
+    try:
+        src, start = inspect.getsourcelines(fn)
+        fname = (inspect.getsourcefile(fn) or "?").rsplit("/", 1)[-1]
+        tree = ast.parse(textwrap.dedent("".join(src)))
+    except (TypeError, OSError, SyntaxError):
+        return []
+    found = {start + n.lineno - 1 for n in ast.walk(tree)
+             if isinstance(n, ast.Attribute) and n.attr == attr and isinstance(n.ctx, ast.Load)
+             and isinstance(n.value, ast.Name) and n.value.id == "self"}
+    return [f"{fname}:{line}: {src[line - start].strip()}" for line in sorted(found)
+            if (fname, line) in ran and (fname, line) not in lines]
+
+
+__all__ = ["Attribute", "Literal", "classify", "size_argument", "attributes_in", "literal_slice", "line_of",
+           "other_reads"]

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from slimc.surgery.provenance import Attribute, Literal, attributes_in, classify, literal_slice, size_argument
+from slimc.surgery.provenance import (Attribute, Literal, attributes_in, classify, line_of, literal_slice, other_reads,
+                                      size_argument)
 
 HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads", "num_head", "nhead")
 KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head", "num_kv")
@@ -41,6 +42,24 @@ class SizeFixes:
     blockers: list[str] = field(default_factory=list)  # why the user's class cannot be slim
     unresolved: list[str] = field(default_factory=list)  # lines whose sizes the code computes itself
     done: set = field(default_factory=set)  # (id(owner), attr) set here
+    followed: dict = field(default_factory=dict)  # (id(owner), attr) → (owner, attr, old, {(file, line) it is set for})
+
+    def follow(self, owner: Any, path: str, attr: str, new: Any, source: str) -> None:
+        """:meth:`set`, for the size argument on the user's line ``source``."""
+        entry = self.followed.setdefault((id(owner), attr), (owner, attr, getattr(owner, attr), set()))
+        if (line := line_of(source)) is not None:
+            entry[3].add(line)
+        self.set(owner, path, attr, new)
+
+    def read_elsewhere(self, ran: set[tuple[str, int]]) -> None:
+        """An attribute set for the size arguments of forward that forward also reads for
+        something else (a scale from the head dim) blocks the class: that value would change.
+        ``ran``: (file, line) of the lines the graph's nodes come from (not a branch not taken)."""
+        for owner, attr, old, lines in self.followed.values():
+            new = getattr(owner, attr)
+            for where in other_reads(owner, attr, lines, ran)[:1] if new != old else ():
+                self.blockers.append(f"{where}: reads self.{attr}, which the slim class changes ({old} → {new}) "
+                                     "for its sizes; compute this value in __init__, or keep these channels")
 
     def set(self, owner: Any, path: str, attr: str, new: Any) -> None:
         key = (id(owner), attr)
@@ -113,7 +132,7 @@ def follow_events(slim: nn.Module, events: list, fixes: SizeFixes) -> None:
                      and isinstance(getattr(o[0], o[2]), int) and getattr(o[0], o[2]) * ev.new % ev.old == 0]
             if len(owned) == 1:
                 obj, path, attr = owned[0]
-                fixes.set(obj, path, attr, getattr(obj, attr) * ev.new // ev.old)
+                fixes.follow(obj, path, attr, getattr(obj, attr) * ev.new // ev.old, ev.source)
             else:
                 fixes.unresolved.append(where)
             continue
@@ -151,7 +170,7 @@ def _follow(slim: nn.Module, ev, where: str, found, old: Any, new: Any, fixes: S
     obj, path, attr = owner
     cur = getattr(obj, attr)
     if (id(obj), attr) in fixes.done or (isinstance(cur, (int, list, tuple)) and cur == old):
-        fixes.set(obj, path, attr, new)
+        fixes.follow(obj, path, attr, new, ev.source)
     elif not (isinstance(cur, (int, list, tuple)) and cur == new):  # (else set with its module's tensors)
         fixes.unresolved.append(where)
 
