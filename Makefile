@@ -13,12 +13,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml setup.py | $(BIN)/python
-	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -qq $(TORCH)
+	$(BIN)/python -m pip install -qq -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -qq -e ".[dev]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -37,7 +37,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/compile_time.py --models vit_small,bert_small,gpt_small,llama_small --kinds '' --stem compile_time_cpu_transformers
 
 $(VENV)/.installed-digits: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e ".[digits]"
+	$(BIN)/python -m pip install -qq -e ".[digits]"
 	touch $@
 
 # The pruner comparison on scikit-learn's digits (two small CNNs × 8 pruners × 5 compression
