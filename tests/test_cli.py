@@ -194,14 +194,16 @@ def test_bench_model_and_compile_output(tmp_path, capsys, model_py):
     args = ["--batch", "1,2", "--min-time", "0.02", "--runtimes", "torch", "-o", str(out)]
     assert main(["bench", str(model_py), "--masks", str(masks), *args]) == 0
     assert {"bench.json", "bench.md", "bench.png"} <= set(os.listdir(out))
-    rows = json.loads((out / "bench.json").read_text())
+    (res,) = json.loads((out / "bench.json").read_text())["results"]
+    assert {(e["runtime"], e["batch"]) for e in res["speedup"]} == {("torch-eager", 1), ("torch-eager", 2)}
+    assert all(e["masked_ms"] > 0 and e["slim_ms"] > 0 for e in res["speedup"])
+    assert {r["variant"] for r in res["rows"]} == {"original", "masked", "slim"}
     assert "masked ms" in capsys.readouterr().out
     comp = tmp_path / "c"
     assert main(["compile", str(model_py), "--masks", str(masks), "-o", str(comp), "--no-onnx"]) == 0
     assert main(["bench", str(comp), *args]) == 0
     assert main(["bench", str(model_py), "--masks", str(masks), "--batch", "one"]) == 2
     assert "--batch" in _err(capsys)
-    del rows
 
 
 def test_readme_supported_ops_table_is_current():

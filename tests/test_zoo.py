@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import operator
-import time
 
 import pytest
 import torch
@@ -248,13 +247,12 @@ def test_transformer_structure():
 
 
 @pytest.mark.parametrize("name", TRANSFORMER)
-def test_transformer_forward_is_fast(name):
+def test_transformer_forward_is_small(name):
+    """The zoo's transformers are tiny, so that the suite stays fast: a forward of the example
+    (batch 2) costs under 100 MFLOPs (counted, not timed: timing belongs to benchmarks/)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     model, x = _model(name), zoo.example_inputs(name)
-    with torch.no_grad():
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(*x)
-        best = float("inf")
-        for _ in range(5):
-            t = time.perf_counter()
-            model(*x)
-            best = min(best, time.perf_counter() - t)
-    assert best < 0.05, f"{name}: forward of batch 2 took {best * 1e3:.1f} ms"
+    assert 0 < fc.get_total_flops() < 100e6, f"{name}: {fc.get_total_flops() / 1e6:.1f} MFLOPs"
