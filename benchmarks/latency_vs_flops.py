@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import slimc
 from slimc.atomic import write_text
@@ -40,6 +39,7 @@ from slimc.bench.contention import wait_for_quiet_cpu
 from slimc.bench.layers import compare_layers, layers_markdown, ort_layers, torch_layers
 from slimc.onnx import export_onnx
 from slimc.prune import prune
+from slimc.report import count_flops
 from slimc.zoo import randomize_bn
 
 HERE = Path(__file__).resolve().parent
@@ -47,12 +47,6 @@ MODELS = ("resnet50", "resnext50_32x4d", "regnet_y_400mf", "mobilenet_v2", "effi
 ANCHOR = "mobilenet_v2_w050"
 TARGETS = {"resnet50": (0.80, 0.75), "resnext50_32x4d": (0.80, 0.75), "regnet_y_400mf": (0.80, 0.75),
            "vgg16_bn": (0.80, 0.75), "mobilenet_v2": (0.62, 0.70), "efficientnet_b0": (0.62, 0.70)}
-
-
-def flops(m: torch.nn.Module, x: torch.Tensor) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        m(x)
-    return fc.get_total_flops()
 
 
 def build(name: str, seed: int = 0) -> torch.nn.Module:
@@ -78,7 +72,6 @@ def pair(name: str, round_to: int | str, x: torch.Tensor) -> tuple[torch.nn.Modu
                                "compile_s": round(time.perf_counter() - t, 2)}
 
 
-SPIN = True
 PAUSE_S = 0.05
 
 
@@ -109,25 +102,25 @@ def _interleaved(call_a, call_b, rounds: int, per_round: int) -> dict:
             "speedup_iqr": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))]}
 
 
-def _ort_session(path: str, threads: int):
+def _ort_session(path: str, threads: int, spin: bool):
     import onnxruntime as ort
 
     from slimc.bench.ort_timer import session_options
 
     so = session_options(threads)
-    if not SPIN:  # (onnxruntime's default: the pool's threads spin a while after a run)
+    if not spin:  # (onnxruntime's default: the pool's threads spin a while after a run)
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def time_pair(dense, slim, paths: dict, batch: int, threads: int, rounds: int) -> dict:
+def time_pair(dense, slim, paths: dict, batch: int, threads: int, rounds: int, spin: bool = True) -> dict:
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
     per_round = 3 if batch > 1 else 10
     out = {}
     torch.set_num_threads(threads)
     with torch.inference_mode():
         out["eager"] = _interleaved(lambda: dense(x), lambda: slim(x), rounds, per_round)
-    sd, ss = _ort_session(paths["dense"], threads), _ort_session(paths["slim"], threads)
+    sd, ss = (_ort_session(paths[v], threads, spin) for v in ("dense", "slim"))
     feed = {sd.get_inputs()[0].name: x.numpy()}
     out["ort"] = _interleaved(lambda: sd.run(None, feed), lambda: ss.run(None, feed), rounds, per_round)
     return out
@@ -136,7 +129,7 @@ def time_pair(dense, slim, paths: dict, batch: int, threads: int, rounds: int) -
 def run_model(name: str, round_to: int | str, args, wd: Path) -> dict:
     x1 = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     dense, slim, facts = pair(name, round_to, x1)
-    fd, fs = flops(dense, x1), flops(slim, x1)
+    fd, fs = count_flops(dense, (x1,)), count_flops(slim, (x1,))
     pd, ps = (sum(p.numel() for p in m.parameters()) for m in (dense, slim))
     paths = {}
     for v, m in (("dense", dense), ("slim", slim)):
@@ -147,7 +140,7 @@ def run_model(name: str, round_to: int | str, args, wd: Path) -> dict:
            "params_dense": pd, "params_slim": ps, **facts, "batches": {}}
     for b in args.batches:
         wait_for_quiet_cpu(args.wait_idle)
-        t = time_pair(dense, slim, paths, b, args.threads, args.rounds)
+        t = time_pair(dense, slim, paths, b, args.threads, args.rounds, spin=not args.no_spin)
         for rt in t.values():
             rt["efficiency"] = rt["speedup"] / row["flops_cut"]
         row["batches"][str(b)] = t
@@ -202,8 +195,6 @@ def main() -> None:
     ap.add_argument("--stem", default="latency_vs_flops")
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
-    global SPIN
-    SPIN = not args.no_spin
     rounds_to = [r if r == "auto" else int(r) for r in args.round_to.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="slimc-lvf-") as td:

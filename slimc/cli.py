@@ -152,17 +152,12 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def _round_to(text: str) -> int | str:
-    from slimc.prune.select import AUTO
+    from slimc.prune.select import AUTO, check_round_to
 
-    if text == AUTO:
-        return AUTO
     try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer >= 1 or 'auto'")
-    return n
+        return check_round_to(text if text == AUTO else int(text))
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer >= 1 or '{AUTO}'") from None
 
 
 def cmd_bench(a: argparse.Namespace) -> int:

@@ -168,10 +168,6 @@ def _module_of(index: tuple[dict, dict], key: str, op: str) -> str | None:
 
 # -- torch eager ---------------------------------------------------------------------------
 
-def _leaves(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if n and not any(True for _ in m.children())}
-
-
 def _nbytes(xs) -> int:
     if isinstance(xs, torch.Tensor):
         return xs.numel() * xs.element_size()
@@ -188,8 +184,10 @@ def torch_layers(model: nn.Module, inputs: tuple, *, threads: int | None = None,
 
     from slimc.bench.timing import resolve_threads
     from slimc.flops.report import layer_costs
+    from slimc.prune.space import leaf_modules
 
-    leaves = _leaves(model)
+    names = leaf_modules(model)
+    leaves = {n: m for n, m in model.named_modules() if n in names}
     costs = layer_costs(model, inputs)
     times: dict[str, list[float]] = defaultdict(list)
     info: dict[str, Layer] = {}

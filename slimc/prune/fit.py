@@ -58,7 +58,7 @@ class Sizer:
         self._costs: dict[tuple, float] = {}
         self._scores: np.ndarray | None = None
         self._widths: tuple[list, np.ndarray, np.ndarray] | None = None  # the estimate's coefficients
-        self.estimated = meter.weights is not None and pruner.selection.round_to in (1, "auto") and not pruner.selection.uniform
+        self.estimated = meter.weights is not None and pruner.selection.round_to == 1 and not pruner.selection.uniform
 
     def keep(self, pruned: Pruned) -> None:
         """From now on the units of ``pruned`` stay pruned (costs stay valid: they depend on counts)."""
