@@ -180,6 +180,15 @@ def to_markdown(rows: list[dict], layers: list[dict], machine: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _updated(old: dict, rows: list[dict], layers: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The earlier run's rows and per-layer tables with those of this run's models replaced
+    in place (the order of the earlier run kept, new models last)."""
+    new = {(r["model"], str(r["round_to"])): r for r in rows}
+    merged = [new.pop((r["model"], str(r["round_to"])), r) for r in old["rows"]] + list(new.values())
+    ran = {r["model"] for r in rows}
+    return merged, [lv for lv in old.get("layers", []) if lv["model"] not in ran] + layers
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS + (ANCHOR,)))
@@ -193,6 +202,8 @@ def main() -> None:
     ap.add_argument("--wait-idle", type=float, default=60.0)
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--stem", default="latency_vs_flops")
+    ap.add_argument("--update", action="store_true",
+                    help="replace only the rows (and per-layer tables) of the models run in <stem>.json")
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     rounds_to = [r if r == "auto" else int(r) for r in args.round_to.split(",")]
@@ -214,6 +225,8 @@ def main() -> None:
     machine = machine_info()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.update and (out / f"{args.stem}.json").exists():
+        rows, layers = _updated(json.loads((out / f"{args.stem}.json").read_text()), rows, layers)
     write_text(out / f"{args.stem}.json", json.dumps({"machine": machine, "rows": rows, "layers": layers},
                                                      indent=1, default=str))
     md = to_markdown(rows, layers, machine)

@@ -18,7 +18,7 @@ from torch import fx
 from slimc.passes.context import PassResult, RewriteContext, SizeEvent, TracedShapes, node_error
 
 from slimc.shape_rules.attention import SDPA, sdpa_scale
-from slimc.shape_rules.conv import FUNCTIONAL_CONV_TRANSPOSES, FUNCTIONAL_CONVS
+from slimc.shape_rules.conv import FUNCTIONAL_CONV_TRANSPOSES, FUNCTIONAL_CONVS, group_slot
 from slimc.shape_rules.norm import FUNCTIONAL_GROUP_NORMS
 from slimc.shape_rules.reshape import SIZED_RESHAPES, UNFLATTENS
 from slimc.shape_rules.structural import EXPANDS, SPLITS, size_query
@@ -162,21 +162,25 @@ def _sdpa(ctx: RewriteContext, node: fx.Node, old) -> str | None:
 
 
 def _conv_groups(ctx: RewriteContext, node: fx.Node, old) -> str | None:
-    """Functional depthwise conv (groups == in channels): as many groups as channels kept."""
+    """Functional depthwise conv (groups == in channels): as many groups as channels kept;
+    grouped conv: as many groups as its group axis keeps (whole groups went)."""
     shapes = ctx.shapes
     x = node.args[0]
     groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
-    cin_old = shapes.old(x)[1]
-    if not (groups > 1 and groups == cin_old):
-        return None
-    cin_new = shapes.new_size(x, 1)
-    if cin_new == cin_old:
-        return None
-    ctx.events.append(SizeEvent.at(node, "literal", position="groups", old=groups, new=cin_new))
-    if len(node.args) > 6:
-        node.args = (*node.args[:6], cin_new, *node.args[7:])
+    axis = group_slot(shapes.traced_name(node) or node.name)
+    if groups > 1 and groups == shapes.old(x)[1]:
+        new = shapes.new_size(x, 1)
+    elif groups > 1 and axis in ctx.plan.dg.offset:
+        new = ctx.plan.new_size(axis)
     else:
-        node.kwargs = {**node.kwargs, "groups": cin_new}
+        return None
+    if new == groups:
+        return None
+    ctx.events.append(SizeEvent.at(node, "literal", position="groups", old=groups, new=new))
+    if len(node.args) > 6:
+        node.args = (*node.args[:6], new, *node.args[7:])
+    else:
+        node.kwargs = {**node.kwargs, "groups": new}
     return ""
 
 

@@ -111,9 +111,11 @@ class NeedsZero:
 
 @dataclass
 class HeadAxis:
-    """A hint, not a constraint: this dim indexes attention heads (pruners remove whole heads)."""
+    """A hint, not a constraint: this dim indexes attention heads, or a grouped conv's groups
+    (``unit="conv groups"``): pruners remove whole heads (whole groups)."""
 
     slot: SlotKey
+    unit: str = "heads"
 
 
 @dataclass

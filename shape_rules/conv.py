@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from slimc.shape_rules import Coupling, OpView, Unsupported, aten, arange, resizer, shape_rule, tie
+from slimc.shape_rules import Coupling, HeadAxis, OpView, Reshape, Unsupported, aten, arange, resizer, shape_rule, tie
 
 SPATIAL = "spatial dim mixed by the convolution kernel"
 FUNCTIONAL_CONVS = (F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default"))
@@ -47,7 +47,7 @@ def _conv_start(op: OpView, what: str):
 
 @shape_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, *FUNCTIONAL_CONVS)
 def conv(op: OpView) -> Coupling | Unsupported:
-    """out channels ← weight rows (source); in channels → weight cols (sink); bias follows."""
+    """out channels ← weight rows (source); in channels → weight cols (sink); bias follows. Grouped: whole groups go (the group width stays) or the same positions in every group."""
     start = _conv_start(op, "conv")
     if isinstance(start, Unsupported):
         return start
@@ -61,14 +61,29 @@ def conv(op: OpView) -> Coupling | Unsupported:
         c.flow(op.slot(x, 1), op.out(1), o // m, o)  # product of input and weight row
         c.param("source", w(0), op.out(1))
         c.cover(w(1))
-    else:  # grouped: the same in/out positions go in every group, groups stay aligned
-        ci, co = cin // groups, cout // groups
-        cidx = arange(cin)
-        c.param("sink", w(1), op.slot(x, 1), cidx % ci, cidx)
-        c.param("source", w(0), op.out(1))
-        oidx = arange(cout)
-        c.links.append(tie(op.out(1), op.out(1), oidx, oidx % co))
+    else:
+        _grouped(c, op, x, w, groups, cin, cout)
     return c
+
+
+def group_slot(node_name: str) -> tuple:
+    """The virtual slot of a grouped conv's groups (its kept size is the slim ``groups``)."""
+    return ("v", f"{node_name}#groups", 0)
+
+
+def _grouped(c: Coupling, op: OpView, x, w, groups: int, cin: int, cout: int) -> None:
+    """Grouped conv: in and out channels are (group, position) products sharing one group
+    axis, so the kept set is kept groups × kept positions: whole groups go (the group width
+    stays, what the kernels like) and positions go in every group (groups stay aligned)."""
+    name = op.node.name
+    ci, co = cin // groups, cout // groups
+    g, pin, pout = group_slot(name), ("v", f"{name}#in", 0), ("v", f"{name}#out", 0)
+    c.virtual.update({g: groups, pin: ci, pout: co})
+    c.reshapes.append(Reshape(op.slot(x, 1), [g, pin], [groups, ci], True, name))
+    c.reshapes.append(Reshape(op.out(1), [g, pout], [groups, co], False, name))
+    c.param("sink", w(1), pin)
+    c.param("source", w(0), op.out(1))
+    c.constraints.append(HeadAxis(g, unit="conv groups"))
 
 
 @shape_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, *FUNCTIONAL_CONV_TRANSPOSES)
@@ -106,6 +121,8 @@ def _resize_conv(m: nn.Module, new: dict) -> None:
         m.in_channels = w[0] // mult
         m.groups = m.in_channels
     else:
+        if m.groups > 1 and "__input__" in new:  # whole groups went: as many groups as kept
+            m.groups = new["__input__"][1] // w[1]
         m.in_channels = w[1] * m.groups
     m.out_channels = w[0]
 

@@ -43,13 +43,15 @@ def net():
 
 def test_auto_rounds_single_channel_layers_to_16_and_leaves_groups(net):
     x = (torch.randn(2, 3, 8, 8),)
-    # a and g's outputs: 40 = 8 groups × 5 positions; a unit is one position in every group (8
-    # channels): 0.5 of 5 positions → 2 go, 3 stay (24 channels), not rounded; s: 8 channels,
-    # under 16: 4 go
+    # a and g's outputs: 40 = 8 groups × 5 positions; a unit is one whole group (5 channels of a,
+    # 5 of g): 0.5 of 8 groups → 4 go, 4 groups of 5 stay (20 channels; the group width stays,
+    # not rounded); s: 8 channels, under 16: 4 go
     auto = _widths(prune(net, x, ratio=0.5), net)
-    assert auto == {"a": 24, "g": 24, "s": 4}
+    assert auto == {"a": 20, "g": 20, "s": 4}
     exact = _widths(prune(net, x, ratio=0.5, round_to=1), net)
-    assert exact == {"a": 24, "g": 24, "s": 4}
+    assert exact == {"a": 20, "g": 20, "s": 4}
+    g = slimc.compile(net, prune(net, x, ratio=0.5), x).model.g
+    assert (g.groups, g.in_channels // g.groups, g.out_channels // g.groups) == (4, 5, 5)
 
 
 class Wide(nn.Module):

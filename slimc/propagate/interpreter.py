@@ -164,6 +164,9 @@ class Propagation:
                 self.is_follower[a] = True
             if ln.kind in ("source", "sink", "follower"):
                 self.linked_params.add(ln.a)
+        for _, big, parts in self.splits:  # read by the sinks of its axes: a grouped conv's input
+            if any(self.sink_consumed[part].any() for part in parts):  # channel (g, p), by the columns of p
+                self.sink_consumed[big] = True
 
     def _contraction_reads(self) -> np.ndarray:
         """Per element: does its value reach a dim that a product of two activations contracts

@@ -154,7 +154,24 @@ def _removal_candidates(prop: Propagation, mode: str, is_value: np.ndarray, grou
     n_sinks = count_by_group(prop.is_sink, grp, ng)
     n_sinks_masked = count_by_group(prop.is_sink & prop.user_masked, grp, ng)
     by_sink = (n_sinks > 0) & (n_sinks_masked == n_sinks)
+    by_sink &= ~_read_through_axes(prop, n_sinks > 0, by_sink)
     return ~group_has_barrier & (by_source | by_sink)
+
+
+def _read_through_axes(prop: Propagation, sunk: np.ndarray, unread: np.ndarray) -> np.ndarray:
+    """Per group: is it read by sinks of the axes it is split into (none of them unread)? A
+    grouped conv's input channel (group g, position p) is read by the weight columns of
+    position p, which sink the position axis, not the channel: masked sinks of its own
+    elsewhere (an SE gate's columns) do not make it unread."""
+    read = np.zeros(prop.ng, bool)
+    for _, big, parts in prop.splits:
+        if not any(sunk[prop.group[part]].any() for part in parts):
+            continue
+        reads = np.ones(len(big), bool)
+        for part in parts:
+            reads &= ~unread[prop.group[part]]
+        read[prop.group[big[reads]]] = True
+    return read
 
 
 def _grow_by_liveness(prop: Propagation, removed_g: np.ndarray, is_value: np.ndarray,

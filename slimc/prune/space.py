@@ -41,7 +41,7 @@ class Family:
 
     index: int
     name: str  # the first layer that creates the channels, e.g. "layer1.0.conv1"
-    kind: str  # "channels" | "heads" | "head dims"
+    kind: str  # "channels" | "heads" | "head dims" | "conv groups"
     units: np.ndarray  # unit ids, in channel order
     sources: tuple[str, ...]  # layers (module names) whose weights create the channels
     members: frozenset[str]  # every module holding a slice of them: sources, followers, sinks
@@ -70,10 +70,12 @@ def _head_units(P: Propagation, has_src: np.ndarray, attention: str) -> tuple[di
     its members are the groups of every product element on that index."""
     dg, grp = P.dg, P.group
     heads = np.zeros(P.ng, bool)
+    conv_groups = np.zeros(P.ng, bool)
     for f in dg.facts:
         for c in f.coupling.constraints:
             if isinstance(c, HeadAxis) and c.slot in dg.offset:
                 heads[grp[dg.ids(c.slot)]] = True
+                conv_groups[grp[dg.ids(c.slot)]] |= c.unit == "conv groups"
     members: dict[int, set] = {}
     fam: dict[int, tuple] = {}
     for i, pf in enumerate(P.products):
@@ -83,10 +85,12 @@ def _head_units(P: Propagation, has_src: np.ndarray, attention: str) -> tuple[di
         head = next((j for j, a in enumerate(axes) if heads[a].any()), None)
         if head is None:
             continue  # a channel shuffle: ranked per channel
-        k = head if attention == "heads" else len(axes) - 1
+        whole = attention == "heads" or conv_groups[axes[head]].any()  # conv groups go whole either way
+        k = head if whole else len(axes) - 1
+        kind = "conv groups" if conv_groups[axes[head]].any() else "heads" if whole else "head dims"
         for u, m in zip(axes[k].tolist(), grp[pf.big].tolist()):
             members.setdefault(u, {u}).add(m)  # the axis itself may carry sources (GQA's k rows)
-            fam.setdefault(u, ("heads" if attention == "heads" else "head dims", i, k))
+            fam.setdefault(u, (kind, i, k))
     return members, fam
 
 
@@ -175,7 +179,7 @@ class PruneSpace:
         heads = np.zeros(self.ng, bool)
         for f in dg.facts:
             for c in f.coupling.constraints:
-                if isinstance(c, HeadAxis) and c.slot in dg.offset:
+                if isinstance(c, HeadAxis) and c.unit == "heads" and c.slot in dg.offset:
                     heads[grp[dg.ids(c.slot)]] = True
         held = heads & self.barrier
         nodes = {n.name: n for n in dg.gm.graph.nodes}

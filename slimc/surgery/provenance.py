@@ -89,6 +89,9 @@ def classify(e: ast.expr) -> Attribute | Literal | None:
     return None
 
 
+ARG_POSITIONS = {"groups": 6}  # F.conv*d(input, weight, bias, stride, padding, dilation | output_padding, groups)
+
+
 def size_argument(source: str, op: str, position, n_sizes: int, keyword: str | None = None) -> ast.expr | None:
     """The expression at size ``position`` of the call to ``op`` on the user's line, if the
     line shows it unambiguously (one such call; the sizes spelled out or as one tuple)."""
@@ -107,9 +110,11 @@ def size_argument(source: str, op: str, position, n_sizes: int, keyword: str | N
         kw = next((k.value for k in call.keywords if k.arg == keyword), None)
         if kw is not None:
             return kw
+    if isinstance(position, str):  # a named argument passed by position: conv's groups (args[6])
+        at = ARG_POSITIONS.get(position)
+        return call.args[at] if at is not None and len(call.args) > at and not any(
+            isinstance(a, ast.Starred) for a in call.args[: at + 1]) else None
     args = _call_args(call)
-    if isinstance(position, str):
-        return None
     if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)) and len(args[0].elts) == n_sizes:
         args = list(args[0].elts)
     if base in ("split", "split_with_sizes", "chunk", "tensor_split"):

@@ -250,7 +250,7 @@ def attention_counts(plan) -> dict[str, dict[tuple, set[int]]]:
     dg = plan.dg
     for f in dg.facts:
         for c in f.coupling.constraints:
-            names = HEADS if isinstance(c, HeadAxis) and c.slot[2] >= 1 else GROUPS if isinstance(c, Copies) else None
+            names = HEADS if isinstance(c, HeadAxis) and c.unit == "heads" and c.slot[2] >= 1 else GROUPS if isinstance(c, Copies) else None
             if names is None or c.slot not in dg.offset:
                 continue
             stack = f.node.meta.get("nn_module_stack") or {}

@@ -14,7 +14,11 @@ and derives, with no slimc code, which channels go for given user masks (DESIGN.
 * a group goes iff it holds no barrier and either every channel that a sink reads in it
   is dead (every source masked, where no sink reads it), or every sink slice is masked;
 * a removed group zeroes every member slice (sources, sinks, followers); final masks are
-  the user's masks times that, so nothing the user masked comes back.
+  the user's masks times that, so nothing the user masked comes back;
+* a grouped conv's channels are (group, position) pairs, each its own: column j reads
+  position j of every group, an output group whose inputs are all dead is dead, inputs of a
+  group whose outputs all went are read by nothing, and the kept set is kept groups × kept
+  positions (whole groups go, or the same positions in every group).
 
 Attention heads are resolved by :mod:`.heads` (whole heads, key/value groups and
 head-dim channels as rectangles). ``protect`` marks, per tensor, one group that the
@@ -79,6 +83,7 @@ class ChannelIR:
         self.tensors: list[np.ndarray] = []  # every channel dim made, in order
         self.dead_rules: list[Callable[[np.ndarray, UserMasks], None]] = []
         self.heads: list = []  # heads.AttentionHeads of each attention layer
+        self.grouped: list[tuple[str, np.ndarray, np.ndarray]] = []  # grouped convs: weight, in and out (groups × positions)
 
     # --------------------------------------------------------------- building
     def new(self, n: int) -> np.ndarray:
@@ -143,11 +148,15 @@ class ChannelIR:
                 self.join(int(x[o // m]), int(y[o]))
             self.rule(lambda dead, um: dead.__setitem__(y, dead[y] | dead[x[np.arange(cout) // m]]))
             return y
-        ci, co = cin // g, cout // g  # grouped: position j of every group is read by column j
-        self.sinks(w, x, index=np.arange(cin) % ci)
+        # grouped: channel (group k, position j) is its own; column j reads position j of every
+        # group without joining them; the kept set is a rectangle, kept groups × kept positions
+        ci, co = cin // g, cout // g
         y = self.sources(name, cout, bias)
-        for o in range(cout):  # groups stay aligned: position o % co goes in every group or none
-            self.join(int(y[o]), int(y[o % co]))
+        for j in range(ci):
+            self.slice_node.setdefault((w, 1, j), self.uf.add())  # a group of its own: the position
+        self.grouped.append((w, x.reshape(g, ci), y.reshape(g, co)))
+        # an output group whose every input channel is dead makes its bias alone: dead
+        self.rule(lambda dead, um: dead.__setitem__(y, dead[y] | np.repeat(dead[x].reshape(g, ci).all(1), co)))
         return y
 
     def norm(self, name: str, x: np.ndarray, beta: bool = True) -> np.ndarray:
@@ -206,6 +215,10 @@ class ChannelIR:
         masks must leave alone: no layer is ever emptied, so no ``allow_empty`` rule is
         exercised by accident."""
         protected: set[int] = set()
+        for _, x, y in self.grouped:  # one group of a grouped conv keeps an input and an output
+            if not {self.root(int(e)) for e in (*x.flat, *y.flat)} & protected:
+                k = int(rng.integers(len(x)))
+                protected |= {self.root(int(rng.choice(x[k]))), self.root(int(rng.choice(y[k])))}
         for t in self.tensors:
             roots = {self.root(int(e)) for e in t}
             if len(t) > 1 and not roots & protected:
@@ -223,6 +236,26 @@ class ChannelIR:
     def removed_slices(self, um: UserMasks) -> set[Slice]:
         """Every param slice the final masks zero beyond the user's masks' own zeros."""
         dead = self.dead(um)
+        unread: set[tuple[str, int]] = set()  # (grouped conv, group) whose every output went
+        while True:  # channels nothing reads go first, then the rectangles keep what they need
+            gone = self._gone(um, dead, unread)
+            now = {(w, k) for w, _, y in self.grouped for k in range(len(y))
+                   if all(self.root(int(e)) in gone for e in y[k])}
+            if now <= unread:
+                break
+            unread |= now
+        self._rectangles(gone)
+        out = {s for _, s, e in self.roles if self.root(e) in gone}
+        for w, x, _ in self.grouped:  # a column goes where its position went from every group
+            out |= {(w, 1, j) for j in range(x.shape[1]) if all(self.root(int(e)) in gone for e in x[:, j])}
+        for h in self.heads:
+            out |= h.removed_slices(um)
+        return out
+
+    def _gone(self, um: UserMasks, dead: np.ndarray, unread: set) -> set[int]:
+        """The groups that go: no barrier, and every channel a sink reads is dead (every source
+        masked where none reads it), or every sink is masked. A grouped conv's column j reads
+        position j of every group whose outputs are not all gone (``unread``)."""
         info: dict[int, dict] = {}
 
         def of(root: int) -> dict:
@@ -230,12 +263,15 @@ class ChannelIR:
 
         for e in self.barriers:
             of(self.root(e))["barrier"] = True
-        for kind, s, e in self.roles:
+        reads = [(kind, um.masked(s), e) for kind, s, e in self.roles if kind != "follower"]
+        reads += [("sink", um.masked((w, 1, j)) or (w, k) in unread, int(e))
+                  for w, x, _ in self.grouped for (k, j), e in np.ndenumerate(x)]
+        for kind, masked, e in reads:
             g = of(self.root(e))
             if kind == "source":
-                g["src"].append(um.masked(s))
-            elif kind == "sink":
-                g["sink"].append(um.masked(s))
+                g["src"].append(masked)
+            else:
+                g["sink"].append(masked)
                 g["read"].append(bool(dead[e]))
         gone = set()
         for root, g in info.items():
@@ -243,10 +279,23 @@ class ChannelIR:
             by_sink = bool(g["sink"]) and all(g["sink"])
             if not g["barrier"] and (by_source or by_sink):
                 gone.add(root)
-        out = {s for _, s, e in self.roles if self.root(e) in gone}
-        for h in self.heads:
-            out |= h.removed_slices(um)
-        return out
+        return gone
+
+    def _rectangles(self, gone: set[int]) -> None:
+        """A grouped conv keeps kept groups × kept positions (on its input and its output):
+        a channel that goes while its group and its position are both kept elsewhere stays."""
+        changed = True
+        while changed:
+            changed = False
+            for _, x, y in self.grouped:
+                kept_x = np.vectorize(lambda e: self.root(int(e)) not in gone)(x)
+                kept_y = np.vectorize(lambda e: self.root(int(e)) not in gone)(y)
+                groups = kept_x.any(1) | kept_y.any(1)
+                for ids, kept in ((x, kept_x), (y, kept_y)):
+                    back = groups[:, None] & kept.any(0)[None, :] & ~kept
+                    for e in ids[back]:
+                        gone.discard(self.root(int(e)))
+                        changed = True
 
     def final_masks(self, um: UserMasks, removed: set[Slice]) -> dict[str, torch.Tensor]:
         """Full-shape bool final masks (True: kept) of every parameter: the user's, less the
