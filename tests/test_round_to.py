@@ -112,3 +112,29 @@ def test_auto_removes_a_subset_of_what_the_exact_ratio_removes():
             gone_exact = ~exact[name].flatten(1).any(1)
             assert not (gone_auto & ~gone_exact).any(), (ratio, name)
             assert int((~gone_auto).sum()) % 16 == 0 or int((~gone_auto).sum()) == auto[name].shape[0]
+
+
+class Regnetish(nn.Module):
+    """6 groups of 8 (RegNet's group width): a kept count of groups that makes a multiple of 16
+    channels is an even one."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 48, 1)
+        self.g = nn.Conv2d(48, 48, 3, padding=1, groups=6)
+        self.fc = nn.Linear(48, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.g(torch.relu(self.a(x)))).mean((2, 3)))
+
+
+def test_auto_keeps_whole_groups_in_multiples_of_16_channels():
+    torch.manual_seed(0)
+    m = Regnetish().eval()
+    x = (torch.randn(2, 3, 8, 8),)
+    # 0.5 of 6 groups: 3 go, 3 stay (24 channels) → auto keeps 4 groups (32 channels, 2 blocks of 16)
+    assert _widths(prune(m, x, ratio=0.5), m) == {"a": 32, "g": 32}
+    assert _widths(prune(m, x, ratio=0.5, round_to=1), m) == {"a": 24, "g": 24}
+    assert _widths(prune(m, x, ratio=0.5, round_to=32), m) == {"a": 32, "g": 32}  # 4 groups: 32 channels
+    g = slimc.compile(m, prune(m, x, ratio=0.5), x).model.g
+    assert (g.groups, g.in_channels // g.groups) == (4, 8)

@@ -8,7 +8,8 @@
    block number) lose the same number of units — their mean;
 3. ``round_to``: a channel family keeps a multiple of N channels (rounded up); ``"auto"``
    (the default): families of at least :data:`AUTO_MIN` channels keep multiples of
-   :data:`AUTO_BLOCK`, smaller ones are not rounded (see :func:`rounding`); and of what
+   :data:`AUTO_BLOCK`, smaller ones are not rounded, a grouped conv keeps a count of whole
+   groups that makes such a multiple (see :func:`rounding`); and of what
    the compiler keeps multiples of (``Family.multiple``: transformers' expert kernels);
    ``fit`` (a Hugging Face model's :class:`~slimc.prune.expressible.ConfigFit`): only the
    widths its config can express;
@@ -46,9 +47,16 @@ def check_round_to(round_to: int | str) -> int | str:
 
 
 def rounding(round_to: int | str, f) -> int:
-    """The multiple channel family ``f`` keeps under ``round_to``: ``"auto"`` rounds families of
-    at least :data:`AUTO_MIN` units that are one channel each; a grouped conv's aligned positions
-    (a unit: one channel in every group) are not rounded — 16 of them would keep it all."""
+    """The multiple of units family ``f`` keeps under ``round_to``: ``"auto"`` rounds families of
+    at least :data:`AUTO_MIN` units that are one channel each; a grouped conv's family, whose
+    unit is a whole group of ``per_unit`` channels, keeps as many groups as make a multiple of
+    the block (RegNet's groups of 8: an even count; ResNeXt's of 4: a multiple of 4), where
+    the family has more than that many groups; other units of several channels (heads) are
+    not rounded by ``"auto"``."""
+    if f.kind == "conv groups":
+        block = AUTO_BLOCK if round_to == AUTO else int(round_to)
+        m = block // math.gcd(block, f.per_unit)
+        return m if m < len(f) and (round_to != AUTO or len(f) * f.per_unit >= AUTO_MIN) else 1
     if round_to == AUTO:
         return AUTO_BLOCK if len(f) >= AUTO_MIN and f.per_unit == 1 else 1
     return int(round_to)
@@ -101,7 +109,7 @@ def counts(space: PruneSpace, scores: np.ndarray, targets: dict[int, Target], se
     for fi, ki in k.items():
         f = fams[fi]
         r = math.lcm(rounding(sel.round_to, f), f.multiple)  # (and what the compiler keeps multiples of)
-        if f.kind == "channels" and r > 1:
+        if f.kind in ("channels", "conv groups") and r > 1:
             n = len(f)
             k[fi] = n - min(n, -(-(n - ki) // r) * r)
     if sel.fit is not None:
