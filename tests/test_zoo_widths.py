@@ -5,7 +5,8 @@ and DESIGN.md's semantics, then
 * every slim parameter (graph and user's class) has exactly the original's shape less the
   hand-derived removals — nothing more goes, nothing less;
 * the final masks equal the complete masks (the user's zeros and the removed slices),
-  parameter by parameter;
+  parameter by parameter; the groups the user masked but the compiler keeps are the ones
+  the case names, each for the reason it names (held by a writer, a rectangle, the output);
 * the slim graph and the user's class compute the model with those complete masks applied
   by this test (parameters multiplied by 0/1, no slimc code), at the example's shape and at
   a second one (batch 3, and another image size or sequence length where the model takes one).
@@ -112,6 +113,10 @@ def check(name: str, case: Case | None = None, tamper=None) -> list[str]:
         final = torch.ones_like(want) if final is None else (final != 0).expand(want.shape)
         if not torch.equal(final, want):
             lines.append(f"final mask of {fqn} differs from the hand-derived one in {int((final != want).sum())} entries")
+    # what the user masked and the compiler keeps: as many groups as the case says, each for its reason
+    reasons = [k["reason"] for k in res.report["kept"] for _ in range(k["groups"])]
+    if len(reasons) != len(case.kept) or not all(any(w in r for r in reasons) for _, w in case.kept):
+        lines.append(f"kept groups {reasons}, by hand {case.kept}")
     ref = masked(m, want_masks)
     with torch.no_grad():
         for inp in (x, second_input(name, x)):

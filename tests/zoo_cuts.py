@@ -29,7 +29,8 @@ Cut = tuple[str, int, tuple[int, ...]]
 class Case:
     masked: list[Cut]
     removed: list[Cut]
-    kept: list[str] = field(default_factory=list)  # user zeros that stay, and why
+    # user zeros that stay: (what, a word the report's reason must hold: the holding writer, "rectangle", "output")
+    kept: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _r(idx) -> tuple[int, ...]:
@@ -66,8 +67,8 @@ class Cuts:
     def remove(self, *cuts: Cut | list[Cut]) -> None:
         self.case.removed += _flat(cuts)
 
-    def keep(self, why: str) -> None:
-        self.case.kept.append(why)
+    def keep(self, what: str, reason: str) -> None:
+        self.case.kept.append((what, reason))
 
 
 def _flat(cuts) -> list[Cut]:
@@ -101,7 +102,7 @@ def vgg(m: nn.Module) -> Case:
     c.mask(_weight("classifier.0", 0, (2, 9)))
     c.remove(c.rows("classifier.0", (2, 9)), c.cols("classifier.3", (2, 9)))
     c.mask(_weight("classifier.3", 0, (0,)))
-    c.keep("classifier.3 row 0: the output's width is a barrier")
+    c.keep("classifier.3 row 0", "graph output")
     return c.case
 
 
@@ -121,10 +122,10 @@ def resnet_basic(m: nn.Module) -> Case:
     c.remove(c.cols("layer2.0.conv1", (2,)), c.cols("layer2.0.shortcut.0", (2,)))
     # the stem alone: layer1's conv2 still writes channel 5
     c.mask(_weight("conv1", 0, (5,)))
-    c.keep("conv1 row 5: held by layer1's conv2 (residual add)")
+    c.keep("conv1 row 5 (residual add)", "layer1.0.conv2.weight")
     # one branch of stage 3's first block: the projection shortcut still writes channel 10
     c.mask(_weight("layer3.0.conv2", 0, (10,)))
-    c.keep("layer3.0.conv2 row 10: held by layer3.0.shortcut")
+    c.keep("layer3.0.conv2 row 10", "layer3.0.shortcut.0.weight")
     # stage 4's stream: channel 1 by every writer (sources), channel 4 by every reader (sinks)
     first, rest = blocks[4][0], blocks[4][1:]
     c.mask(_weight(f"{first}.conv2", 0, (1,)), _weight(f"{first}.shortcut.0", 0, (1,)),
@@ -167,7 +168,7 @@ def resnet_bottleneck(m: nn.Module) -> Case:
     for b in rest:
         c.remove(c.cols(f"{b}.conv1", (4,)), c.rows(f"{b}.conv3", (4,)), c.norm(f"{b}.bn3", (4,)))
     c.mask(_weight("layer3.0.conv3", 0, (10,)))
-    c.keep("layer3.0.conv3 row 10: held by layer3.0.shortcut")
+    c.keep("layer3.0.conv3 row 10", "layer3.0.shortcut.0.weight")
     return c.case
 
 
@@ -253,7 +254,7 @@ def shufflenetv2(m: nn.Module) -> Case:
     c.mask(_weight("conv5.0", 0, (4,)))
     c.remove(c.rows("conv5.0", (4,)), c.norm("conv5.1", (4,)), c.cols("fc", (4,)))
     c.mask(_weight(f"{s00}.branch2.5", 0, (3,)))
-    c.keep("stages.0.0.branch2.5 row 3: one half of the shuffle's (2, C/2) rectangle")
+    c.keep("stages.0.0.branch2.5 row 3: one half of the shuffle's (2, C/2) view", "rectangle")
     return c.case
 
 
@@ -311,7 +312,7 @@ def unet(m: nn.Module) -> Case:
     c.mask(_weight("up1.reduce", 0, (3,)))
     c.remove(c.rows("up1.reduce", (3,)), c.cols("up1.conv.block.0", (w1 + 3,)))
     c.mask(_weight("head", 0, (0,)))
-    c.keep("head row 0: the output's width is a barrier")
+    c.keep("head row 0", "graph output")
     return c.case
 
 
