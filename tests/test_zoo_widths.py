@@ -3,7 +3,8 @@ masks, the slices the compiler must remove are written out by hand from the mode
 and DESIGN.md's semantics, then
 
 * every slim parameter (graph and user's class) has exactly the original's shape less the
-  hand-derived removals — nothing more goes, nothing less;
+  hand-derived removals — nothing more goes, nothing less; the user's class is built
+  except where the case says why not (a class that ties its head width to the stream's);
 * the final masks equal the complete masks (the user's zeros and the removed slices),
   parameter by parameter; the groups the user masked but the compiler keeps are the ones
   the case names, each for the reason it names (held by a writer, a rectangle, the output);
@@ -80,11 +81,12 @@ def masked(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     return out
 
 
-def second_input(name: str, x: torch.Tensor) -> torch.Tensor:
+def second_input(name: str, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     g = torch.Generator().manual_seed(11)
     size = SECOND.get(name, 40)
-    if x.dtype == torch.long:
-        return torch.randint(0, int(x.max()) + 1, (3, size), generator=g)
+    if x.dtype == torch.long:  # token ids: the vocabulary is the first embedding table's
+        vocab = next(t for t in m.modules() if isinstance(t, nn.Embedding)).num_embeddings
+        return torch.randint(0, vocab, (3, size), generator=g)
     return torch.randn(3, x.shape[1], size, size, generator=g)
 
 
@@ -101,6 +103,9 @@ def check(name: str, case: Case | None = None, tamper=None) -> list[str]:
         tamper(res)
     want_shapes, want_masks = expected_shapes(m, case), complete_masks(m, case)
     lines = []
+    why = (res.report.get("user_model") or {}).get("reason") or ""
+    if (res.model is None) != (case.no_user_class is not None) or (res.model is None and case.no_user_class[1] not in why):
+        lines.append(f"user's class built: {res.model is not None} ({why}); by hand: {case.no_user_class or 'built'}")
     for what, slim in (("graph", res.module), ("user's class", res.model)):
         if slim is None:
             continue
@@ -119,7 +124,7 @@ def check(name: str, case: Case | None = None, tamper=None) -> list[str]:
         lines.append(f"kept groups {reasons}, by hand {case.kept}")
     ref = masked(m, want_masks)
     with torch.no_grad():
-        for inp in (x, second_input(name, x)):
+        for inp in (x, second_input(name, m, x)):
             y = ref(inp)
             scale = max(1.0, float(y.abs().max()))
             for what, slim in (("graph", res.module), ("user's class", res.model)):

@@ -31,6 +31,8 @@ class Case:
     removed: list[Cut]
     # user zeros that stay: (what, a word the report's reason must hold: the holding writer, "rectangle", "output")
     kept: list[tuple[str, str]] = field(default_factory=list)
+    # where the user's class cannot be made slim: (why, a word the report's reason must hold)
+    no_user_class: tuple[str, str] | None = None
 
 
 def _r(idx) -> tuple[int, ...]:
@@ -69,6 +71,9 @@ class Cuts:
 
     def keep(self, what: str, reason: str) -> None:
         self.case.kept.append((what, reason))
+
+    def no_user_class(self, why: str, reason: str) -> None:
+        self.case.no_user_class = (why, reason)
 
 
 def _flat(cuts) -> list[Cut]:
@@ -354,6 +359,8 @@ def vit(m: nn.Module) -> Case:
         c.remove(c.norm(f"{b}.norm1", (ch,)), c.cols(f"{b}.attn.qkv", (ch,)), c.rows(f"{b}.attn.proj", (ch,)),
                  c.norm(f"{b}.norm2", (ch,)), c.cols(f"{b}.mlp.fc1", (ch,)), c.rows(f"{b}.mlp.fc2", (ch,)))
     c.remove(c.norm("norm", (ch,)), c.cols("head", (ch,)))
+    c.no_user_class("Attention reshapes its output to the stream's width C = x.shape[-1] (63), not heads · head_dim",
+                    "failed to run")
     return c.case
 
 
@@ -409,6 +416,8 @@ def gpt(m: nn.Module) -> Case:
         c.mask(_weight(f"{b}.attn.c_proj", 0, (ch,)), _weight(f"{b}.mlp.c_proj", 0, (ch,)))
         c.remove(c.norm(f"{b}.ln_1", (ch,)), c.cols(f"{b}.attn.c_attn", (ch,)), c.rows(f"{b}.attn.c_proj", (ch,)),
                  c.norm(f"{b}.ln_2", (ch,)), c.cols(f"{b}.mlp.c_fc", (ch,)), c.rows(f"{b}.mlp.c_proj", (ch,)))
+    c.no_user_class("CausalSelfAttention splits c_attn by n_embd and takes head_dim = C // n_head from the "
+                    "stream's width C = x.size(-1) (63): heads and hidden size cannot shrink apart", "failed to run")
     return c.case
 
 
