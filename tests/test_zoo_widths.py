@@ -4,7 +4,7 @@ and DESIGN.md's semantics, then
 
 * every slim parameter (graph and user's class) has exactly the original's shape less the
   hand-derived removals — nothing more goes, nothing less; the user's class is built
-  except where the case says why not (a class that ties its head width to the stream's);
+  except where the case says why not (an attention that reads its width from the stream's);
 * the final masks equal the complete masks (the user's zeros and the removed slices),
   parameter by parameter; the groups the user masked but the compiler keeps are the ones
   the case names, each for the reason it names (held by a writer, a rectangle, the output);
@@ -27,7 +27,7 @@ from torch import nn
 import slimc
 from helpers import FULL_SIZE, zoo_params
 from slimc import zoo
-from zoo_cuts import CUTS, Case
+from zoo_cuts import CUTS, FFN_ONLY, Case
 
 TOL = 1e-5
 # a second input: batch 3 and, where the model accepts it, another size (VGG's classifier and
@@ -140,6 +140,15 @@ def check(name: str, case: Case | None = None, tamper=None) -> list[str]:
 @pytest.mark.parametrize("name", zoo_params(zoo.names(), slow_for=FULL_SIZE))
 def test_hand_derived_widths(name):
     lines = check(name)
+    assert not lines, f"{name}:\n  " + "\n  ".join(lines)
+
+
+@pytest.mark.parametrize("name", FFN_ONLY)
+def test_ffn_cut_in_the_users_class(name):
+    """Where cut heads or hidden channels leave no user's class (ViT, nanoGPT: their
+    attention reads its width from the stream), the FFN cut alone: the user's class is
+    built and checked like the graph."""
+    lines = check(name, FFN_ONLY[name](_model(name)))
     assert not lines, f"{name}:\n  " + "\n  ".join(lines)
 
 

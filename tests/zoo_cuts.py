@@ -17,6 +17,7 @@ q/k/v rows and output-projection columns; GQA: a key/value head with all its que
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -334,22 +335,26 @@ def _head(h: int, d: int) -> range:
     return range(h * d, (h + 1) * d)
 
 
-def vit(m: nn.Module) -> Case:
+def vit(m: nn.Module, attention: bool = True) -> Case:
     """timm ViT: qkv viewed as (3, heads, head_dim) at once, so a channel (h, d) of q, k and v
     is one group with proj's column (h, d); the residual stream's channel c is made by the
     patch conv, cls_token, pos_embed and every block's proj and fc2, and read by every
-    norm, qkv, fc1 and the head."""
+    norm, qkv, fc1 and the head. The class reshapes the heads' output to the stream's width
+    (``reshape(B, N, C)``, C = x.shape[-1]): with heads or hidden channels cut it cannot run
+    slim (``attention=False``: the FFN cut alone, which it can)."""
     c = Cuts(m)
     C, H = m.head.in_features, m.blocks[0].attn.num_heads
     D = C // H
+    c.mask(_weight("blocks.1.mlp.fc1", 0, range(10)))
+    c.remove(c.rows("blocks.1.mlp.fc1", range(10)), c.cols("blocks.1.mlp.fc2", range(10)))
+    if not attention:
+        return c.case
     head1 = _head(1, D)
     c.mask(_weight("blocks.0.attn.proj", 1, head1))  # head 1's output columns: the head goes
     c.remove(c.cols("blocks.0.attn.proj", head1), c.rows("blocks.0.attn.qkv", [i + k * C for k in range(3) for i in head1]))
     dim3 = [h * D + 3 for h in range(H)]  # head-dim channel 3 in every head
     c.mask(_weight("blocks.3.attn.proj", 1, dim3))
     c.remove(c.cols("blocks.3.attn.proj", dim3), c.rows("blocks.3.attn.qkv", [i + k * C for k in range(3) for i in dim3]))
-    c.mask(_weight("blocks.1.mlp.fc1", 0, range(10)))
-    c.remove(c.rows("blocks.1.mlp.fc1", range(10)), c.cols("blocks.1.mlp.fc2", range(10)))
     ch = 7
     c.mask(_weight("patch_embed.proj", 0, (ch,)), ("cls_token", 2, (ch,)), ("pos_embed", 2, (ch,)))
     c.remove(c.rows("patch_embed.proj", (ch,)), ("cls_token", 2, (ch,)), ("pos_embed", 2, (ch,)))
@@ -359,7 +364,7 @@ def vit(m: nn.Module) -> Case:
         c.remove(c.norm(f"{b}.norm1", (ch,)), c.cols(f"{b}.attn.qkv", (ch,)), c.rows(f"{b}.attn.proj", (ch,)),
                  c.norm(f"{b}.norm2", (ch,)), c.cols(f"{b}.mlp.fc1", (ch,)), c.rows(f"{b}.mlp.fc2", (ch,)))
     c.remove(c.norm("norm", (ch,)), c.cols("head", (ch,)))
-    c.no_user_class("Attention reshapes its output to the stream's width C = x.shape[-1] (63), not heads · head_dim",
+    c.no_user_class("Attention reshapes its output to the stream's width C = x.shape[-1], not heads · head_dim",
                     "failed to run")
     return c.case
 
@@ -396,18 +401,23 @@ def bert(m: nn.Module) -> Case:
     return c.case
 
 
-def gpt(m: nn.Module) -> Case:
+def gpt(m: nn.Module, attention: bool = True) -> Case:
     """nanoGPT: c_attn split in q, k, v, each viewed as (heads, head_dim); lm_head is wte
-    (tied: one parameter, transformer.wte.weight, a source and a sink of the stream)."""
+    (tied: one parameter, transformer.wte.weight, a source and a sink of the stream). The
+    class takes head_dim = C // n_head and views the heads' output as C, from the stream's
+    width: with heads or hidden channels cut it cannot run slim (``attention=False``: the
+    FFN cut alone)."""
     c = Cuts(m)
     C, H = m.transformer.wte.weight.shape[1], m.transformer.h[0].attn.n_head
     D = C // H
+    c.mask(_weight("transformer.h.1.mlp.c_fc", 0, (1, 2)))
+    c.remove(c.rows("transformer.h.1.mlp.c_fc", (1, 2)), c.cols("transformer.h.1.mlp.c_proj", (1, 2)))
+    if not attention:
+        return c.case
     head3 = _head(3, D)
     a = "transformer.h.0.attn"
     c.mask(_weight(f"{a}.c_proj", 1, head3))
     c.remove(c.cols(f"{a}.c_proj", head3), c.rows(f"{a}.c_attn", [i + k * C for k in range(3) for i in head3]))
-    c.mask(_weight("transformer.h.1.mlp.c_fc", 0, (1, 2)))
-    c.remove(c.rows("transformer.h.1.mlp.c_fc", (1, 2)), c.cols("transformer.h.1.mlp.c_proj", (1, 2)))
     ch = 9
     c.mask(_weight("transformer.wte", 1, (ch,)), _weight("transformer.wpe", 1, (ch,)))
     c.remove(_weight("transformer.wte", 1, (ch,)), _weight("transformer.wpe", 1, (ch,)), c.norm("transformer.ln_f", (ch,)))
@@ -416,8 +426,8 @@ def gpt(m: nn.Module) -> Case:
         c.mask(_weight(f"{b}.attn.c_proj", 0, (ch,)), _weight(f"{b}.mlp.c_proj", 0, (ch,)))
         c.remove(c.norm(f"{b}.ln_1", (ch,)), c.cols(f"{b}.attn.c_attn", (ch,)), c.rows(f"{b}.attn.c_proj", (ch,)),
                  c.norm(f"{b}.ln_2", (ch,)), c.cols(f"{b}.mlp.c_fc", (ch,)), c.rows(f"{b}.mlp.c_proj", (ch,)))
-    c.no_user_class("CausalSelfAttention splits c_attn by n_embd and takes head_dim = C // n_head from the "
-                    "stream's width C = x.size(-1) (63): heads and hidden size cannot shrink apart", "failed to run")
+    c.no_user_class("CausalSelfAttention views its heads' output as the stream's width C = x.size(-1)",
+                    "failed to run")
     return c.case
 
 
@@ -449,4 +459,8 @@ def llama(m: nn.Module) -> Case:
 
 CUTS: dict[str, Callable[[nn.Module], Case]] = {
     **CNN_CUTS, "vit_tiny": vit, "bert_tiny": bert, "gpt_tiny": gpt, "llama_tiny": llama,
+}
+# the FFN cut alone: what ViT's and nanoGPT's own classes can take
+FFN_ONLY: dict[str, Callable[[nn.Module], Case]] = {
+    "vit_tiny": functools.partial(vit, attention=False), "gpt_tiny": functools.partial(gpt, attention=False),
 }
