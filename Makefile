@@ -1,5 +1,10 @@
 # Quick start:  make demo   (venv + install + compile the bundled example)
-#               make test   (venv + dev extras + the test suite)
+#               make test   (venv + dev extras + the default suite: the fast loop, ~10 min on 2 cores)
+# More tests:   make test-slow  (only the tests marked slow: the full-size zoo, the 2000 random
+#                                draws, every pruning criterion on every zoo model, front-end parity)
+#               make test-all   (both at once: every test that is not GPU-only)
+# CI (.ci/run) runs `make test`, then `make test-slow`: every non-GPU test, none twice.
+# PYTEST_ARGS passes more options (e.g. PYTEST_ARGS="--durations=30").
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +12,7 @@ BIN    := $(VENV)/bin
 # spec would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test test-all bench compare-quick compare-quant gpu-check clean
+.PHONY: demo test test-slow test-all bench compare-quick compare-quant gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +29,16 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/slimc compile examples/demo/model.py --masks examples/demo/masks.pth -o out/demo
 
+PYTEST := $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider $(PYTEST_ARGS)
+
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -n 2 -m "not slow and not gpu" -p no:cacheprovider
+	$(PYTEST) -m "not slow and not gpu"
+
+test-slow: $(VENV)/.installed-dev
+	$(PYTEST) -m "slow and not gpu"
 
 test-all: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -n 2 -m "not gpu" -p no:cacheprovider
+	$(PYTEST) -m "not gpu"
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/latency.py

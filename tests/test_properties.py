@@ -12,6 +12,8 @@ zero whole channels, heads and head-dim channels, in whole coupled groups or in 
 one. For every draw:
 
 * ``slimc.compile(model, masks, example)`` (its own check on) succeeds;
+* its coupled channel groups, on the param slices the generator joined by construction
+  (everything but the attention heads' q/k/v rows and o columns), are the generator's;
 * its final masks equal the generator's, parameter by parameter (DESIGN.md's semantics,
   derived by tests/randarch/channels.py and heads.py);
 * every slim parameter is the original times the generator's mask, cut to the kept
@@ -32,6 +34,7 @@ only those)::
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import pytest
@@ -82,6 +85,23 @@ def _mask_diff(d, final: dict[str, torch.Tensor]) -> list[str]:
     return lines + [f"final mask for a parameter the model does not have: {extra}"] * bool(extra)
 
 
+def _group_diff(d, plan) -> list[str]:
+    """The compiler's coupled groups, restricted to the param slices the generator's groups
+    hold, must be the generator's groups: the same partition, no slice missing."""
+    dg, label = plan.dg, plan.group
+    theirs: dict[int, set] = {}
+    for g in d.groups:
+        for fqn, dim, i in g:
+            key = ("p", fqn, dim)
+            if key not in dg.offset:
+                return [f"the compiler's graph has no slot for {fqn} dim {dim}"]
+            theirs.setdefault(int(label[dg.ids(key)[i]]), set()).add((fqn, dim, i))
+    ours = set(d.groups)
+    split = [g for g in ours if g not in {frozenset(t) for t in theirs.values()}]
+    return [f"channel group {sorted(g)[:4]}{' …' * (len(g) > 4)} ({len(g)} slices) is not one of the compiler's groups"
+            for g in sorted(split, key=len)[:3]]
+
+
 def _slim_params(d, slim: torch.nn.Module, values: bool) -> list[str]:
     """Each slim param: the original's shape less the removed slices; ``values``: the
     original times the generator's mask, cut to the kept indices."""
@@ -120,8 +140,9 @@ def _outputs(d, res) -> list[str]:
     return lines
 
 
-def check_draw(seed: int) -> str | None:
-    """Every property of one draw; the failure text, or None."""
+def check_draw(seed: int, tamper=None) -> str | None:
+    """Every property of one draw; the failure text, or None. ``tamper(res)`` plants a fault
+    in the result (test_the_checks_catch_planted_faults)."""
     try:
         d = draw(seed)
     except Exception as e:  # noqa: BLE001
@@ -130,7 +151,9 @@ def check_draw(seed: int) -> str | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = slimc.compile(d.model, d.masks, d.example)
-        lines = _mask_diff(d, res.masks)
+        if tamper is not None:
+            tamper(res)
+        lines = _group_diff(d, res.plan) + _mask_diff(d, res.masks)
         if not lines:
             lines = _slim_params(d, res.module, True) + (_slim_params(d, res.model, False) if res.model else [])
         if not lines:
@@ -211,3 +234,41 @@ def test_generator_draws_what_it_says():
     assert a.masks.keys() == b.masks.keys() and all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
     assert all(torch.equal(p, q) for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()))
     assert torch.equal(a.second[0], b.second[0])
+
+
+# --------------------------------------------------------------------------- the checks themselves
+@torch.no_grad()
+def _plant(fault: str, res) -> None:
+    """One fault in a correct result: a slice more in the final masks, two groups merged,
+    a slim weight changed, a BatchNorm statistic of the slim graph or a weight of the user's
+    class changed (both seen by the outputs only)."""
+    d = draw(PLANT_SEED)
+    if fault == "final mask":
+        fqn = next(k for k, v in d.oracle.items() if v.dim() > 1 and v.any())
+        m = d.oracle[fqn].clone()
+        m[int(_kept(m, 0)[0])] = False
+        res.masks = {**{k: res.masks[k] for k in res.masks}, fqn: m}
+    elif fault == "groups":
+        a, b = (next(iter(g)) for g in sorted(d.groups, key=lambda g: sorted(g))[:2])
+        dg, res.plan.group = res.plan.dg, res.plan.group.copy()
+        res.plan.group[dg.ids(("p", a[0], a[1]))[a[2]]] = res.plan.group[dg.ids(("p", b[0], b[1]))[b[2]]]
+    elif fault == "slim weight":
+        next(p for p in res.module.parameters() if p.dim() > 1)[0].mul_(1.5)
+    elif fault == "graph buffer":
+        next(b for n, b in res.module.named_buffers() if n.endswith("running_mean")).add_(1.0)
+    else:
+        next(p for p in res.model.parameters() if p.dim() > 1)[0].mul_(1.5)
+
+
+PLANT_SEED = 0  # a ConvNet: bottleneck residual blocks, a squeeze-excite gate, BatchNorm
+PLANTED = {"final mask": r"by slimc only \[\d", "groups": "is not one of the compiler's groups",
+           "slim weight": "is not the masked original", "graph buffer": "graph at input",
+           "user's class": "user's class at input"}
+
+
+@pytest.mark.parametrize("fault", PLANTED)
+def test_the_checks_catch_planted_faults(fault):
+    """Each property check fails on a result with one planted fault, and says which."""
+    assert check_draw(PLANT_SEED) is None
+    err = check_draw(PLANT_SEED, lambda res: _plant(fault, res))
+    assert err is not None and re.search(PLANTED[fault], err), err

@@ -210,6 +210,16 @@ class ChannelIR:
         node = self.slice_node.get(s)
         return None if node is None else self.uf.find(node)
 
+    def groups(self) -> list[frozenset[Slice]]:
+        """The coupled channel groups, by construction: every param slice that creates, reads
+        or scales the same channel (adds, concats, products, grouped and depthwise convs
+        joined), one set per group. The attention layers' q/k/v rows and o columns are not
+        here: heads.py resolves them as rectangles of (heads, head_dim)."""
+        by_root: dict[int, set[Slice]] = {}
+        for s, node in self.slice_node.items():
+            by_root.setdefault(self.uf.find(node), set()).add(s)
+        return [frozenset(v) for v in by_root.values()]
+
     def protect(self, rng: np.random.Generator) -> set[int]:
         """One group per tensor (and the attention layers' own units, see heads.py) that
         masks must leave alone: no layer is ever emptied, so no ``allow_empty`` rule is

@@ -1,5 +1,6 @@
-"""One draw: seed → random model, example and second-shape inputs, user masks, and the
-final masks the generator derives for them (:meth:`ChannelIR.final_masks`)."""
+"""One draw: seed → random model, example and second-shape inputs, user masks, the coupled
+channel groups the generator built (:meth:`ChannelIR.groups`) and the final masks it derives
+for the masks (:meth:`ChannelIR.final_masks`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ class Draw:
     second: tuple  # another batch, and another image size or sequence length
     masks: dict[str, torch.Tensor]  # the user's: flat 0/1, full or compact
     user: UserMasks  # the same, full-shape bool
+    groups: list[frozenset[Slice]]  # the coupled channel groups of param slices (ChannelIR.groups)
     removed: set[Slice]  # the param slices that go: (fqn, dim, index)
     oracle: dict[str, torch.Tensor]  # final masks: full-shape bool of every parameter
 
@@ -67,4 +69,4 @@ def draw(seed: int) -> Draw:
     user = UserMasks(masks, shapes)
     removed = ir.removed_slices(user)
     desc = f"seed {seed}: {type(model).__name__}[{', '.join(kinds)}]"
-    return Draw(seed, desc, model, example, second, masks, user, removed, ir.final_masks(user, removed))
+    return Draw(seed, desc, model, example, second, masks, user, ir.groups(), removed, ir.final_masks(user, removed))
