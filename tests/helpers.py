@@ -225,6 +225,17 @@ def masked_reference(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.
     return ref
 
 
+def user_masked(model: nn.Module, masks: Any, final: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+    """``model`` masked with the user's ``masks`` (any accepted format) by the test's own code.
+    ``final``: the compile's final masks, asserted to zero nothing more (complete masks: then
+    this is the model the slim one must equal)."""
+    user = flat_user_masks(masks)
+    if final is not None:
+        extra, where = contract_refs.masks_equal(final, user, dict(model.named_parameters(remove_duplicate=False)))
+        assert not extra, f"the user's masks are not complete: the final masks zero {extra} entries more in {where[:4]}"
+    return masked_reference(model, user)
+
+
 def _expected_slim_param(orig: torch.Tensor, mask: torch.Tensor | None, fqn: str, plan) -> torch.Tensor:
     t = orig.detach()
     if mask is not None:
