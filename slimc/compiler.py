@@ -371,6 +371,7 @@ def _user_model(model: nn.Module, p: RemovalPlan, slim: fx.GraphModule, ctx: Rew
     second input shape: its sizes must follow the input like the graph's); where it cannot
     be built or differs, ``model`` is None with the reason."""
     from slimc.surgery import build
+    from slimc.surgery.consistent import size_mismatches
 
     try:
         um = build(model, p, slim, ctx.events, renorm=ctx.renorm, shapes=ctx.shapes)
@@ -380,6 +381,12 @@ def _user_model(model: nn.Module, p: RemovalPlan, slim: fx.GraphModule, ctx: Rew
         return UserModel(None, f"could not rebuild {type(model).__name__}: {describe(e)}",
                          {"class": type(model).__name__})
     if um.model is None or ref is None:
+        return um
+    wrong = size_mismatches(um.model)
+    if wrong:
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        um.reason = f"the slim {type(model).__name__}'s sizes contradict its weights: {wrong[0]}{more}"
+        um.model = None
         return um
     hint = f" (sizes computed in the code at: {'; '.join(um.unresolved[:3])})" if um.unresolved else ""
     try:  # at the second input shape (the one that varies the dims): the graph was checked at both

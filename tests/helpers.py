@@ -4,7 +4,9 @@
 ``assert_contract`` compiles with ``verify=False`` and then re-derives every claim of
 the contract from first principles:
 
-(a) slim(x) == original-with-FINAL-masks(x) on fresh random inputs
+(a) slim(x) == original-with-FINAL-masks(x) on fresh random inputs at the example's shape and
+    at a second shape the masked original accepts (another batch and every other size it lets
+    vary: image sizes, lengths; see ``contract_refs.second_shape``)
     (max abs diff <= 1e-5 * max(1, output scale), fp32);
 (b) final masks ⊇ user masks (nothing the user zeroed is un-zeroed);
 (c) the slim model holds exactly the parameters the plan's kept indices imply
@@ -12,6 +14,10 @@ the contract from first principles:
     original sliced at the kept indices;
 (d) the original model is unchanged and still runs;
 (e) the slim model comes back in the original's train/eval mode;
+(f) where the final masks zero nothing the user's masks leave (complete masks), slim(x) ==
+    the original masked with the USER's masks, applied by the test, at both shapes; a test
+    that passes complete masks says so (``complete=True``): a plan that removes more than
+    asked, even consistently, then fails;
 plus: every removed slice is zero in the final masks, and no gather/index_select
 is left in the slim graph (removal is physical).
 """
@@ -27,6 +33,7 @@ import torch.nn.functional as F
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
+import contract_refs
 import slimc
 
 TOL = 1e-5
@@ -218,6 +225,17 @@ def masked_reference(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.
     return ref
 
 
+def user_masked(model: nn.Module, masks: Any, final: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+    """``model`` masked with the user's ``masks`` (any accepted format) by the test's own code.
+    ``final``: the compile's final masks, asserted to zero nothing more (complete masks: then
+    this is the model the slim one must equal)."""
+    user = flat_user_masks(masks)
+    if final is not None:
+        extra, where = contract_refs.masks_equal(final, user, dict(model.named_parameters(remove_duplicate=False)))
+        assert not extra, f"the user's masks are not complete: the final masks zero {extra} entries more in {where[:4]}"
+    return masked_reference(model, user)
+
+
 def _expected_slim_param(orig: torch.Tensor, mask: torch.Tensor | None, fqn: str, plan) -> torch.Tensor:
     t = orig.detach()
     if mask is not None:
@@ -230,9 +248,12 @@ def _expected_slim_param(orig: torch.Tensor, mask: torch.Tensor | None, fqn: str
 
 
 def assert_contract(model: nn.Module, masks: Any, inputs: Any, *, n_inputs: int = 3,
-                    check_values: bool = True, **kw) -> "slimc.CompileResult":
+                    check_values: bool = True, complete: bool | None = None, **kw) -> "slimc.CompileResult":
     """Compile ``model`` under ``masks`` (verify=False) and check the DESIGN.md contract
-    independently. Extra keyword arguments go to ``slimc.compile``. Returns the result."""
+    independently. ``complete``: the test says the user's masks are complete (True: the final
+    masks zero nothing more, and slim == the model masked with them) or not (False); None:
+    either (``res.contract`` says which). Extra keyword arguments go to ``slimc.compile``.
+    Returns the result."""
     inputs = as_tuple(inputs)
     state_before = copy.deepcopy(model.state_dict())
     training_before = model.training
@@ -309,11 +330,38 @@ def assert_contract(model: nn.Module, masks: Any, inputs: Any, *, n_inputs: int 
         name = getattr(node.target, "__name__", str(node.target))
         assert name not in ("index_select", "gather", "take"), f"slim graph has {node.format_node()}"
 
-    # (a) slim(x) == original-with-final-masks(x)
+    # (a) slim(x) == original-with-final-masks(x), at the example's shape and a second shape
     ref = masked_reference(model, res.masks)
     diff, scale = outputs_diff(res.module, ref, inputs, n_inputs)
     tol = TOL * max(1.0, scale)
     assert diff <= tol, f"slim differs from masked-with-final-masks by {diff:.3g} (tolerance {tol:.3g})"
+    x2, varied = contract_refs.second_shape(ref.eval(), inputs)
+    if x2 is not None:
+        try:
+            got = run_eval(res.module, x2)
+        except Exception as e:  # only where the trace itself is specialized to the example's sizes
+            assert not contract_refs.runs(res.plan.dg.gm, x2), (
+                f"slim refuses a shape the masked original and the traced graph accept ({varied}): {e}")
+            x2, varied = contract_refs.second_shape(ref, inputs, sizes=False)
+            got = run_eval(res.module, x2)
+        d2, s2 = max_diff(got, run_eval(ref, x2))
+        assert d2 <= TOL * max(1.0, s2), f"slim differs from masked-with-final-masks by {d2:.3g} at {varied}"
+
+    # (f) the user's own masks, applied by the test: where the final masks zero nothing more
+    #     (complete masks), slim == the model masked with the user's masks, at both shapes
+    extra, where = contract_refs.masks_equal(res.masks, user, all_params)
+    res.contract = {"user_masks_complete": not extra, "extra_zeros": extra, "varied": varied}
+    if complete is not None:
+        assert complete == (not extra), (
+            f"the test says the user's masks are {'complete' if complete else 'incomplete'}, but the final masks "
+            f"zero {extra} entries more (in {', '.join(where[:4]) or 'no param'})")
+    if not extra:
+        ref_user = masked_reference(model, user)
+        d, s = outputs_diff(res.module, ref_user, inputs, n_inputs)
+        if x2 is not None:
+            d2, s2 = max_diff(run_eval(res.module, x2), run_eval(ref_user, x2))
+            d, s = max(d, d2), max(s, s2)
+        assert d <= TOL * max(1.0, s), f"slim differs from the model masked with the user's masks by {d:.3g}"
     return res
 
 

@@ -8,9 +8,8 @@ import torch
 from torch import nn
 
 import slimc
-from helpers import assert_contract, random_filter_masks, randomize_norms, run_eval
+from helpers import assert_contract, masked_reference, random_filter_masks, randomize_norms, run_eval
 from slimc import analysis, zoo
-from slimc.verify import masked_copy
 
 
 def model_and_inputs(name: str):
@@ -69,7 +68,7 @@ def _mask(m: nn.Module) -> dict:
 
 
 def _matches_masked(m, res, x) -> bool:
-    ref = masked_copy(m, res.masks)
+    ref = masked_reference(m, res.masks)
     return torch.allclose(run_eval(res.module, (x,))[0], run_eval(ref, (x,))[0], atol=1e-5)
 
 
@@ -272,7 +271,7 @@ def test_a_plain_tensor_attribute_changed_in_place_starts_a_fresh_analysis():
     m.scale.mul_(3.0)
     res = _compile(m, masks, x)
     assert res.report["analysis"] == "fresh"
-    ref = masked_copy(m, res.masks)
+    ref = masked_reference(m, res.masks)
     assert torch.allclose(run_eval(res.module, (x,))[0], run_eval(ref, (x,))[0], atol=1e-5)
 
 

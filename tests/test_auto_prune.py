@@ -14,13 +14,12 @@ import torch
 import torch.nn.functional as F
 
 import slimc
-from helpers import assert_contract, outputs_diff
+from helpers import assert_contract, masked_reference, outputs_diff, user_masked
 from slimc.compare.nets import build
 from slimc.errors import ConfigError, DataError
 from slimc.prune.auto import auto_names, make_auto
 from slimc.prune.budget import ROUNDS, TOLERANCE, Budget, latency_ratio, secant
 from slimc.report import count_flops, count_params
-from slimc.verify import masked_copy
 
 AUTO = ["netadapt", "sa", "autocompress", "admm"]
 KINDS = {"params": 0.3, "flops": 0.5, "latency": 0.6}
@@ -83,7 +82,7 @@ def test_auto_pruner_meets_budget_and_compiles_exactly(name, kind):
     slim = cost(kind, res.module, x) / dense
     assert abs(slim / KINDS[kind] - 1) <= TOLERANCE, (slim, budget)
     assert slim == pytest.approx(result.achieved, rel=1e-6)
-    d, s = outputs_diff(res.module, masked_copy(model, result.masks), x, n=2)
+    d, s = outputs_diff(res.module, user_masked(model, result.masks, res.masks), x, n=2)
     assert d <= 1e-5 * max(1.0, s)
 
 
@@ -128,7 +127,7 @@ def test_finetune_keeps_masked_weights_at_zero():
     torch.manual_seed(0)
     model, x = build("digits_vgg"), (torch.randn(2, 1, 8, 8),)
     result = make_auto("admm", model, x, "params=0.4", finetune=finetune, steps=3, rounds=2).run()
-    finetune_masked = masked_copy(model, result.masks)
+    finetune_masked = masked_reference(model, result.masks)
     for (n, p), (_, q) in zip(model.named_parameters(), finetune_masked.named_parameters()):
         assert torch.equal(p, q), n
 

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import slimc
-from helpers import assert_contract, dense, n_params, random_filter_masks, to_nni
+from helpers import assert_contract, dense, masked_reference, n_params, random_filter_masks, to_nni
 from slimc.compact import FinalMasks, apply_mask, compact, structured_mask
 from slimc.errors import MaskError
 from slimc.masks import MaskSet, load_masks, normalize, save_masks
@@ -161,9 +161,11 @@ def test_final_masks_stay_compact_and_work_everywhere(model, tmp_path):
         assert all(f.numel() < params[k].numel() or params[k].dim() == 1 for f in res.masks.factors(k)), k
     # conv2 loses input channels (conv1's filters): a keep vector over its dim 1, not a tensor of its size
     assert [tuple(f.shape) for f in res.masks.factors("conv2.weight")] == [(1, 8, 1, 1)]
-    # MaskSet.apply / masked_copy, shards.sliced, save_masks all take them
-    ref = masked_copy(model, res.masks)
+    # the test's own masking takes them; so do MaskSet.apply / masked_copy (the same model as the
+    # test's), shards.sliced, save_masks
+    ref = masked_reference(model, res.masks)
     assert torch.allclose(res.module(X), ref(X), atol=1e-6)
+    assert torch.equal(masked_copy(model, res.masks)(X), ref(X))
     w = sliced(res.plan, "conv2.weight", model.conv2.weight.detach())
     assert torch.equal(w, res.module.get_submodule("conv2").weight.detach())
     save_masks(res.masks, tmp_path / "final.pth")

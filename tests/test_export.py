@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -217,13 +218,32 @@ def test_static_batch_checks_example_batch_only(tmp_path):
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
 
 
-def test_broken_check_raises_and_leaves_no_file(tmp_path):
+def test_broken_check_raises_and_leaves_no_file(tmp_path, monkeypatch):
+    """A file that differs from torch (one initializer's first entry changed after the export,
+    before the check; the tolerance as default): the check fails, naming the output and batch."""
+    import onnx
+    from onnx import numpy_helper
+
+    import slimc.onnx.export as export_mod
+
+    real = export_mod._finalize_file
+
+    def finalize_then_corrupt(dest: str) -> None:
+        real(dest)
+        model = onnx.load(dest)
+        init = max(model.graph.initializer, key=lambda i: int(np.prod(i.dims)))
+        arr = numpy_helper.to_array(init).copy()
+        arr.flat[0] += 1.0
+        init.CopyFrom(numpy_helper.from_array(arr, init.name))
+        onnx.save(model, dest)
+
+    monkeypatch.setattr(export_mod, "_finalize_file", finalize_then_corrupt)
     out = tmp_path / "sub" / "net.onnx"
     with pytest.raises(ExportError) as ei:
-        export_onnx(_conv_net(), (torch.randn(2, 3, 16, 16),), out, rtol_scale=-1)
+        export_onnx(_conv_net(), (torch.randn(2, 3, 16, 16),), out)
     msg = str(ei.value)
     assert "\n" not in msg
-    assert "'output'" in msg and "batch 1" in msg
+    assert msg.startswith("onnxruntime output 'output' diverges from torch at batch 1: max |diff| = "), msg
     assert not out.exists()
     assert not (tmp_path / "sub").exists()  # directory created for the export is removed again
     _assert_clean_dir(tmp_path, set())

@@ -15,9 +15,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import slimc  # noqa: E402
-from helpers import n_params, run_eval, max_diff, random_inputs_like  # noqa: E402
+from helpers import max_diff, n_params, random_inputs_like, run_eval, user_masked  # noqa: E402
 from slimc.prune import group_masks  # noqa: E402
-from slimc.verify import masked_copy  # noqa: E402
 
 T = transformers
 V = 100
@@ -99,7 +98,8 @@ def test_hf_model_is_slim_and_stays_an_hf_model(name, tmp_path):
     torch.manual_seed(0)
     m = build().eval()
     x = _inputs(kind, 2, 12 if kind == "ids" else 32)
-    res = slimc.compile(m, group_masks(m, x, 0.5), x)
+    masks = group_masks(m, x, 0.5)
+    res = slimc.compile(m, masks, x)
     assert res.report["front_end"] == "export"
     assert n_params(res.module) * 1.8 < n_params(m), res.report["kept"]  # T5EncoderModel returns the hidden states: only heads and FFN go
 
@@ -107,7 +107,7 @@ def test_hf_model_is_slim_and_stays_an_hf_model(name, tmp_path):
     assert res.model is not None, res.report["user_model"]
     assert type(res.model) is type(m)
     assert n_params(res.model) == n_params(res.module)
-    ref = masked_copy(m, res.masks)
+    ref = user_masked(m, masks, res.masks)  # the pruner's masks are complete: the masks as given
     for xs in [x, *_other_shapes(kind)]:
         want = run_eval(ref, xs)
         for slim in (res.module, res.model):
@@ -143,17 +143,24 @@ def test_hf_model_is_slim_and_stays_an_hf_model(name, tmp_path):
 
 
 def _bert_masks(heads: bool) -> dict:
+    """Complete masks, by hand: heads 1 and 2 of every layer (their query, key and value rows
+    and biases, their columns of the attention output) and every other FFN channel (the
+    intermediate row and bias, the output column)."""
     masks = {}
     for i in range(2):
         pre = f"bert.encoder.layer.{i}"
         if heads:
             for proj in ("query", "key", "value"):
-                w = torch.ones(64, 64)
-                w[16:48] = 0  # heads 1 and 2 of every layer
-                masks[f"{pre}.attention.self.{proj}.weight"] = w
-        w = torch.ones(128, 64)
-        w[::2] = 0
-        masks[f"{pre}.intermediate.dense.weight"] = w
+                w, b = torch.ones(64, 64), torch.ones(64)
+                w[16:48] = b[16:48] = 0  # heads 1 and 2 of every layer
+                masks[f"{pre}.attention.self.{proj}.weight"], masks[f"{pre}.attention.self.{proj}.bias"] = w, b
+            w = torch.ones(64, 64)
+            w[:, 16:48] = 0
+            masks[f"{pre}.attention.output.dense.weight"] = w
+        w, b, out = torch.ones(128, 64), torch.ones(128), torch.ones(64, 128)
+        w[::2] = b[::2] = out[:, ::2] = 0
+        masks[f"{pre}.intermediate.dense.weight"], masks[f"{pre}.intermediate.dense.bias"] = w, b
+        masks[f"{pre}.output.dense.weight"] = out
     return masks
 
 
@@ -170,7 +177,7 @@ def test_what_a_standard_bert_config_can_and_cannot_express(tmp_path):
     assert hf["expressible"] and hf["config_changes"] == ["intermediate_size: 128 → 64"], hf
     res.save(tmp_path / "ffn", onnx=False)
     m2 = T.BertForSequenceClassification.from_pretrained(tmp_path / "ffn" / "hf")
-    d, s = max_diff(run_eval(m2, xs), run_eval(masked_copy(m, res.masks), xs))
+    d, s = max_diff(run_eval(m2, xs), run_eval(user_masked(m, _bert_masks(heads=False), res.masks), xs))
     assert d <= 1e-5 * max(1.0, s)
 
     res = slimc.compile(m, _bert_masks(heads=True), x)
@@ -179,7 +186,7 @@ def test_what_a_standard_bert_config_can_and_cannot_express(tmp_path):
     res.save(tmp_path / "heads", onnx=False)
     m3 = slimc.load(tmp_path / "heads")
     assert type(m3) is type(m) and m3.bert.encoder.layer[0].attention.self.num_attention_heads == 2
-    d, s = max_diff(run_eval(m3, xs), run_eval(masked_copy(m, res.masks), xs))
+    d, s = max_diff(run_eval(m3, xs), run_eval(user_masked(m, _bert_masks(heads=True), res.masks), xs))
     assert d <= 1e-5 * max(1.0, s)
 
 
@@ -190,9 +197,10 @@ def test_attention_mask_and_position_ids_as_the_hf_forward_takes_them():
     mask = torch.ones_like(ids)
     mask[0, :3] = 0  # left padding
     example = {"input_ids": ids, "attention_mask": mask}
-    res = slimc.compile(m, group_masks(m, (ids,), 0.5), example)
+    masks = group_masks(m, (ids,), 0.5)
+    res = slimc.compile(m, masks, example)
     assert res.model is not None, res.report["user_model"]
-    ref = masked_copy(m, res.masks)
+    ref = user_masked(m, masks, res.masks)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         want = ref(input_ids=ids, attention_mask=mask, position_ids=pos).logits
@@ -205,8 +213,9 @@ def test_slim_llama_runs_with_a_cache_from_a_prompt():
     torch.manual_seed(0)
     m = _llama().eval()
     x = _inputs("ids", 1, 8)
-    res = slimc.compile(m, group_masks(m, x, 0.5), x)
-    ref = masked_copy(m, res.masks)
+    masks = group_masks(m, x, 0.5)
+    res = slimc.compile(m, masks, x)
+    ref = user_masked(m, masks, res.masks)
     with torch.no_grad():
         a = res.model(x[0][:, :5], use_cache=True)
         b = ref(x[0][:, :5], use_cache=True)
@@ -232,6 +241,7 @@ def test_meta_plan_of_an_hf_model_loads_with_the_sliced_checkpoint(tmp_path):
     res.save(tmp_path / "out", weights=tmp_path / "ckpt")
     m = slimc.load(tmp_path / "out")
     assert type(m) is T.LlamaForCausalLM and m.config.hidden_size == 32
+    ref = user_masked(real, masks, res.masks)
     for xs in [x, _inputs("ids", 3, 20, 1)]:
-        d, s = max_diff(run_eval(m, xs), run_eval(masked_copy(real, res.masks), xs))
+        d, s = max_diff(run_eval(m, xs), run_eval(ref, xs))
         assert d <= 1e-5 * max(1.0, s)

@@ -11,7 +11,6 @@ from torch import nn
 from helpers import ConvChain, SEEDS, assert_contract, build, check, kept_reasons, mask_rows
 from helpers import masked_idx, masked_reference, n_params, random_filter_masks, removed_idx, run_eval, slim_module, x_
 import slimc
-from slimc.verify import masked_copy
 
 
 # --------------------------------------------------------------------------- linear / norms
@@ -68,7 +67,7 @@ def test_batchnorm_train_mode_batch_statistics():
     m = build(ConvChain, 2, train=True)
     res = check(m, x_(2, 3, 6, 6))
     assert res.module.training
-    ref = masked_copy(m, res.masks).train()
+    ref = masked_reference(m, res.masks).train()
     x = x_(4, 3, 6, 6, seed=5)
     with torch.no_grad():
         a, b = res.module(x), ref(x)

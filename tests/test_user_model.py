@@ -16,10 +16,9 @@ from torch import nn
 import slimc
 from slimc.inputs import as_tuple
 from slimc.verify import shape_text
-from helpers import max_diff, n_params, random_filter_masks, run_eval
+from helpers import masked_reference, max_diff, n_params, random_filter_masks, run_eval, user_masked
 from slimc import zoo
 from slimc.prune import group_masks
-from slimc.verify import masked_copy
 
 
 def _exact(a: nn.Module, b: nn.Module, x: tuple) -> None:
@@ -33,14 +32,15 @@ def test_zoo_model_of_its_own_class(name):
     torch.manual_seed(0)
     m = zoo.build(name).eval()
     x = zoo.example_inputs(name)
-    res = slimc.compile(m, group_masks(m, x, 0.5), x)
+    masks = group_masks(m, x, 0.5)
+    res = slimc.compile(m, masks, x)
     assert res.model is not None, res.report["user_model"]
     assert type(res.model) is type(m)
     assert n_params(res.model) == n_params(res.module) < n_params(m)
     for (p0, m0), (p1, m1) in zip(m.named_modules(), res.model.named_modules()):
         assert p0 == p1 and isinstance(m1, type(m0)), p0  # leaf modules: the same classes (or exact subclasses)
     assert res.report["user_model"]["built"] and "checked like the graph" in " ".join(res.report["user_model"]["notes"])
-    _exact(res.model, masked_copy(m, res.masks), x)
+    _exact(res.model, user_masked(m, masks, res.masks), x)
 
 
 class Attention(nn.Module):
@@ -82,13 +82,14 @@ def test_optional_mask_argument_loses_heads_and_attributes_follow():
     torch.manual_seed(0)
     m = Tagger().eval()
     x = (torch.randn(2, 7, 8),)
-    res = slimc.compile(m, group_masks(m, x, 0.5), x)
+    masks = group_masks(m, x, 0.5)
+    res = slimc.compile(m, masks, x)
     assert res.module.attn.qkv.out_features == 48  # 2 of 4 heads left (plus hidden 32 → 16)
     slim = res.model
     assert slim is not None and type(slim) is Tagger
     assert (slim.attn.num_heads, slim.attn.head_dim, slim.attn.attn_dim) == (2, 8, 16)
     assert slim.attn.scale == m.attn.scale
-    ref = masked_copy(m, res.masks)
+    ref = user_masked(m, masks, res.masks).eval()
     mask = torch.randn(1, 1, 11, 11)
     for xs in [(torch.randn(3, 11, 8), mask), (torch.randn(1, 4, 8),)]:
         _exact(slim, ref, xs)
@@ -135,7 +136,7 @@ def test_a_literal_size_in_the_code_names_the_line():
     assert res.model is None
     why = res.report["user_model"]["reason"]
     assert "test_user_model.py" in why and "x.view(-1, 32 * 4 * 4)" in why and "512 → 256" in why, why
-    _exact(res.module, masked_copy(m, res.masks), x)  # the graph output is still there and exact
+    _exact(res.module, masked_reference(m, res.masks), x)  # the graph output is still there and exact
 
 
 class ScaleFromHeadDim(nn.Module):
@@ -172,7 +173,7 @@ def test_an_attribute_read_for_a_value_as_well_names_the_line():
     assert res.model is None
     why = res.report["user_model"]["reason"]
     assert "test_user_model.py" in why and "* self.d ** -0.5" in why and "(4 → 1)" in why, why
-    _exact(res.module, masked_copy(m, res.masks), x)
+    _exact(res.module, masked_reference(m, res.masks), x)
 
 
 def test_checked_at_a_second_shape_said_in_the_report():

@@ -106,6 +106,13 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     from slimc.errors import LoadError
 
     tied = getattr(model, "_slimc_tied", None) or tied_groups(_tensors(model))
+    shapes = dict(_tensors(model))
+    wrong = [n for n, t in state.items() if n in shapes and tuple(t.shape) != tuple(shapes[n].shape)]
+    if wrong:
+        n = wrong[0]
+        raise LoadError(f"the saved weight '{n}' has shape {tuple(state[n].shape)}, the slim structure "
+                        f"{tuple(shapes[n].shape)}: the `slimc compile` output was edited or mixed with another "
+                        f"compile's files; compile again")
     model.load_state_dict(state, strict=False, assign=True)
     for names in tied:
         src = next((n for n in names if n in state), None)
