@@ -39,6 +39,10 @@ def inspect_model(model: nn.Module, example_inputs: Any, masks: Any = None, fron
         elif ln.kind == "sink":
             for g in np.unique(grp[a]).tolist():
                 group_sinks.setdefault(g, set()).add(ln.a[1])
+    for _, big, parts in prop.splits:  # read through the axes it is split into: a grouped conv's columns
+        names = {n for part in parts for g in np.unique(grp[part]).tolist() for n in group_sinks.get(g, ())}
+        for g in np.unique(grp[big]).tolist() if names else ():
+            group_sinks.setdefault(g, set()).update(names)
     first_bar: dict[int, Any] = {}
     bar_ids = np.nonzero(prop.barrier)[0]
     if len(bar_ids):
