@@ -1,5 +1,6 @@
 # Quick start:  make demo   (venv + install + compile the bundled example)
-#               make test   (venv + dev extras + the test suite)
+#               make test   (venv + dev and docs extras + the test suite, docs examples included)
+#               make docs   (the documentation site, warnings as errors → site/)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN    := $(VENV)/bin
 # spec would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test test-all bench compare-quick compare-quant gpu-check clean
+.PHONY: demo test test-all docs bench compare-quick compare-quant gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +19,7 @@ $(VENV)/.installed: pyproject.toml setup.py | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install -qq -e ".[dev]"
+	$(BIN)/python -m pip install -qq -e ".[dev,docs]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -29,6 +30,11 @@ test: $(VENV)/.installed-dev
 
 test-all: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -n 2 -m "not gpu" -p no:cacheprovider
+
+# The site: docs/ + mkdocs.yml (hooks in docs/hooks.py generate the CLI and rules reference and
+# the measured tables); no network needed.
+docs: $(VENV)/.installed-dev
+	$(BIN)/python -m mkdocs build --strict --site-dir site
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/latency.py
@@ -65,4 +71,4 @@ gpu-check: $(if $(filter $(BIN)/python,$(GPU_PYTHON)),$(VENV)/.installed-dev)
 	$(GPU_PYTHON) benchmarks/gpu_check.py
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) out build site *.egg-info
