@@ -34,7 +34,7 @@ test-all: $(VENV)/.installed-dev
 # The site: docs/ + mkdocs.yml (hooks in docs/hooks.py generate the CLI and rules reference and
 # the measured tables); no network needed.
 docs: $(VENV)/.installed-dev
-	$(BIN)/python -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/latency.py

@@ -79,8 +79,9 @@ def results_table(args: list[str]) -> str:
         if not heads:
             raise DocsError(f"gen:table: no heading {args[2]!r} in benchmarks/results/{name}")
         text = text[heads[0]:]
-        nxt = re.search(r"^#+ ", text[1:], re.M)
-        text = text[: nxt.start() + 1] if nxt else text
+        body = text.index("\n") + 1 if "\n" in text else len(text)
+        nxt = re.search(r"^#+ ", text[body:], re.M)
+        text = text[: body + nxt.start()] if nxt else text
     found = tables(text)
     if not 1 <= n <= len(found):
         raise DocsError(f"gen:table: benchmarks/results/{name} has {len(found)} table(s), not {n}")
@@ -107,7 +108,12 @@ def expand(markdown: str, src_uri: str = "index.md") -> str:
 
 
 def on_page_markdown(markdown, page, config, files):  # noqa: ARG001 (the hook's signature)
-    return expand(markdown, page.file.src_uri)
+    from mkdocs.exceptions import PluginError
+
+    try:
+        return expand(markdown, page.file.src_uri)
+    except DocsError as e:
+        raise PluginError(f"{page.file.src_uri}: {e}") from None
 
 
 def on_files(files, config):

@@ -34,7 +34,7 @@ def slot_graph(model: str, masks: str) -> nx.MultiDiGraph:
 
 def layer_graph(g: nx.MultiDiGraph) -> tuple[nx.DiGraph, dict[str, str]]:
     """Values (fx nodes) as nodes, an edge where a slot of one is coupled to a slot of the other;
-    each value's family: that of its channel dim (dim 1)."""
+    each value's family: that of its channel dim (dim 1), unless a barrier holds it (the logits)."""
     def value(slot: str) -> str | None:
         kind, *name, _dim = slot.split(":")
         return ":".join(name) if kind == "v" else None
@@ -45,8 +45,8 @@ def layer_graph(g: nx.MultiDiGraph) -> tuple[nx.DiGraph, dict[str, str]]:
         v = value(s)
         if v is not None:
             lg.add_node(v)
-            if s.endswith(":1") and attrs.get("families"):
-                fam[v] = attrs["families"].split(",")[0]
+            if s.endswith(":1") and attrs.get("families") and not attrs.get("barrier"):
+                fam[v] = attrs["source"].rsplit(".", 1)[0]  # the family's first source layer
     for a, b in g.edges():
         va, vb = value(a), value(b)
         if va and vb and va != vb:
@@ -54,30 +54,41 @@ def layer_graph(g: nx.MultiDiGraph) -> tuple[nx.DiGraph, dict[str, str]]:
     return lg, fam
 
 
-def draw(lg: nx.DiGraph, fam: dict[str, str]) -> None:
-    order = list(nx.topological_sort(lg)) if nx.is_directed_acyclic_graph(lg) else list(lg)
+def positions(lg: nx.DiGraph, bands: int = 2) -> dict[str, tuple[float, float]]:
+    """Depth (longest path from the input) along x, parallel branches spread along y; the depth
+    range folded into ``bands`` rows so the picture stays wide rather than endless."""
     depth: dict[str, int] = {}
-    for v in order:
-        depth[v] = max((depth[u] + 1 for u in lg.predecessors(v) if u in depth), default=0)
-    rows: dict[int, list[str]] = {}
-    for v in order:
-        rows.setdefault(depth[v], []).append(v)
-    pos = {v: (d, -i + (len(vs) - 1) / 2) for d, vs in rows.items() for i, v in enumerate(vs)}
-    families = sorted(set(fam.values()), key=int)
+    for v in nx.topological_sort(lg):
+        depth[v] = max((depth[u] + 1 for u in lg.predecessors(v)), default=0)
+    per_band = max(depth.values()) // bands + 1
+    cols: dict[int, list[str]] = {}
+    for v in lg:
+        cols.setdefault(depth[v], []).append(v)
+    return {v: (d % per_band, -3.2 * (d // per_band) - i + (len(vs) - 1) / 2)
+            for d, vs in cols.items() for i, v in enumerate(vs)}
+
+
+def draw(lg: nx.DiGraph, fam: dict[str, str]) -> None:
+    pos = positions(lg)
+    families = list(dict.fromkeys(fam[v] for v in nx.topological_sort(lg) if v in fam))
     cmap = plt.get_cmap("tab20")
     colour = {f: cmap(i % 20) for i, f in enumerate(families)}
-    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.55), 4.2), dpi=110)
-    nx.draw_networkx_edges(lg, pos, ax=ax, arrows=True, arrowsize=6, width=0.6, edge_color="#999999",
-                           node_size=260)
-    nx.draw_networkx_nodes(lg, pos, ax=ax, node_size=260, node_shape="s", linewidths=0.4, edgecolors="#333333",
-                           node_color=[colour.get(fam.get(v), (0.85, 0.85, 0.85, 1.0)) for v in lg])
-    nx.draw_networkx_labels(lg, pos, ax=ax, font_size=4.5,
-                            labels={v: v.replace("_", "_\n", 1) if len(v) > 10 else v for v in lg})
-    ax.set_title(f"examples/demo/model.py: {len(lg)} values, {len(families)} channel families "
-                 "(one colour each; grey: none)", fontsize=8)
+    fig, ax = plt.subplots(figsize=(11, 5.2), dpi=130)
+    nx.draw_networkx_edges(lg, pos, ax=ax, arrows=True, arrowsize=7, width=0.7, edge_color="#9a9a9a", node_size=520,
+                           connectionstyle="arc3,rad=0.08")
+    nx.draw_networkx_nodes(lg, pos, ax=ax, node_size=520, node_shape="s", linewidths=0.5, edgecolors="#333333",
+                           node_color=[colour.get(fam.get(v), (0.88, 0.88, 0.88, 1.0)) for v in lg])
+    nx.draw_networkx_labels(lg, pos, ax=ax, font_size=5.2,
+                            labels={v: v.replace("_", "\n", 1) if len(v) > 6 else v for v in lg})
+    handles = [plt.Line2D([], [], marker="s", linestyle="", markersize=7, markerfacecolor=colour[f],
+                          markeredgecolor="#333333", label=f) for f in families]
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, -0.16), ncol=6, fontsize=6.5, frameon=False,
+              title="channel families (by their first source layer); grey: none, or held by a barrier (the input, the logits)", title_fontsize=7)
+    ax.set_title("examples/demo/model.py, as slimc inspect --graph sees it: each value of the traced graph, "
+                 "coloured by the family of its channels", fontsize=8)
     ax.axis("off")
     fig.tight_layout()
-    fig.savefig(OUT)
+    fig.savefig(OUT, bbox_inches="tight")
 
 
 def main() -> None:
