@@ -43,19 +43,15 @@ def test_page_examples_run_with_the_slow_ones(page: Path, tmp_path: Path) -> Non
 
 # --- the runner catches a page that no longer matches the code ---------------------------------
 
-def _first_blocks(page: Path, n: int) -> str:
-    """The page up to the end of its n-th fenced block (a cheap stand-in for the whole page)."""
-    text = page.read_text()
-    ends = [m.end() for m in re.finditer(r"^```[ \t]*$", text, re.M)]
-    return text[: ends[2 * n - 1]] + "\n"
-
-
 def test_runner_fails_on_a_stale_flag(tmp_path: Path) -> None:
-    text = _first_blocks(DOCS / "tutorials" / "cnn.md", 2)
-    assert "--ratio 0.5" in text
-    Page(DOCS / "tutorials" / "cnn.md", tmp_path / "ok", text=text.replace("slimc prune", "slimc flops", 0)).run()
-    with pytest.raises(ExampleError, match="--ration"):
-        Page(DOCS / "tutorials" / "cnn.md", tmp_path / "stale", text=text.replace("--ratio 0.5", "--ration 0.5")).run()
+    """README's first command, with a flag renamed as if the CLI had changed under the page."""
+    readme = (ROOT / "README.md").read_text()
+    cmd = next(b.body for b in blocks(readme) if b.lang == "bash" and "slimc prune" in b.body)
+    first = cmd.strip().splitlines()[0]
+    assert "--ratio 0.5" in first
+    page = f"```bash\n{first.replace('--ratio 0.5', '--ration 0.5')}\n```\n"
+    with pytest.raises(ExampleError, match="unrecognized arguments: --ration"):
+        Page(ROOT / "README.md", tmp_path, text=page).run()
 
 
 def test_runner_fails_on_output_the_page_does_not_show(tmp_path: Path) -> None:
