@@ -201,6 +201,8 @@ def test_generated_parts_are_the_code_and_the_results() -> None:
     assert "## slimc compile" in cli and "--allow-empty" in cli
     latency = hooks.expand((DOCS / "benchmarks" / "latency.md").read_text(), "benchmarks/latency.md")
     assert "<!-- gen:" not in latency and "| vgg16 |" in latency
+    cuda = hooks.cuda_table("../results/")  # gpu_check's own block: its table, or the line saying there is none
+    assert cuda.strip() and cuda in latency
     with pytest.raises(hooks.DocsError, match="no results file"):
         hooks.expand("<!-- gen:table nothing_here.md -->", "x.md")
 
@@ -213,3 +215,10 @@ def test_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 0, p.stderr[-4000:]
     assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file()
+
+
+def test_readme_links_resolve() -> None:
+    """README.md is read on GitHub, outside the site: its relative links and images must exist."""
+    text = (ROOT / "README.md").read_text()
+    targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t]
+    assert targets and not [t for t in targets if t and not (ROOT / t).exists()]
