@@ -20,13 +20,21 @@ An HTML comment on the line before a block changes what happens to it:
 
 Output matching: trailing spaces are ignored; ``...`` in a line matches any text, a line that is
 only ``...`` matches any number of lines.
+
+A command that two pages show alike (the README's commands are the tutorials' first steps) runs
+once per test session when a ``cache`` folder is given: a ``bash`` block of plain one-line
+commands runs line by line, and each command's exit status, output and the files it wrote are
+kept under the hash of the command (its words, without comments) and of every file in the page's
+folder before it ran; a page that reaches the same command in the same state gets them back.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -92,11 +100,51 @@ def _shell(script: str, cwd: Path, strict: bool = True) -> tuple[int, str]:
     return p.returncode, p.stdout
 
 
+def _manifest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder``: its path → the hash of its bytes."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+class ShellCache:
+    """The results of ``bash`` blocks, keyed by their text and the state of the folder they ran in."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def key(self, script: str, folder: Path) -> tuple[str, dict[str, str]]:
+        before = _manifest(folder)
+        return hashlib.sha256((script + repr(sorted(before.items()))).encode()).hexdigest(), before
+
+    def get(self, key: str, folder: Path) -> tuple[int, str] | None:
+        entry = self.root / key
+        if not (entry / "output.txt").is_file():
+            return None
+        shutil.copytree(entry / "files", folder, dirs_exist_ok=True)
+        return int((entry / "rc").read_text()), (entry / "output.txt").read_text()
+
+    def put(self, key: str, folder: Path, before: dict[str, str], rc: int, output: str) -> None:
+        tmp = self.root / f"{key}.{os.getpid()}.tmp"
+        for rel, digest in _manifest(folder).items():
+            if before.get(rel) != digest:
+                (tmp / "files" / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(folder / rel, tmp / "files" / rel)
+        (tmp / "files").mkdir(parents=True, exist_ok=True)
+        (tmp / "output.txt").write_text(output)
+        (tmp / "rc").write_text(str(rc))
+        try:
+            tmp.rename(self.root / key)  # another worker may have stored it first: either will do
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 class Page:
     """One page's examples, run in order in ``workdir``."""
 
-    def __init__(self, path: Path, workdir: Path, text: str | None = None, slow: bool = False):
+    def __init__(self, path: Path, workdir: Path, text: str | None = None, slow: bool = False,
+                 cache: Path | None = None):
         self.path, self.workdir, self.slow = path, workdir, slow
+        self.cache = ShellCache(cache) if cache else None
         self.text = path.read_text() if text is None else text
         self.namespace: dict = {"__name__": "__docs__"}
         self.last_output = ""
@@ -126,11 +174,34 @@ class Page:
                 ran += 1
         return ran
 
+    def _cached(self, cmd: str, strict: bool) -> tuple[int, str]:
+        """``cmd`` run in the page's folder, or its result from the cache."""
+        try:
+            words = " ".join(shlex.split(cmd, comments=True)) if self.cache else ""
+        except ValueError:
+            words = ""
+        if not words:
+            return _shell(cmd, self.workdir, strict)
+        # a pipeline's exit status depends on pipefail, which a bash block sets and a console block does not
+        key, before = self.cache.key(f"{strict}:{words}" if "|" in words else words, self.workdir)
+        hit = self.cache.get(key, self.workdir)
+        if hit is not None:
+            return hit
+        rc, out = _shell(cmd, self.workdir, strict)
+        if rc == 0 or not strict:
+            self.cache.put(key, self.workdir, before, rc, out)
+        return rc, out
+
     def _shell(self, b: Block) -> None:
-        rc, out = _shell(b.body, self.workdir)
+        lines = [ln for ln in b.body.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        one_liners = not any(ln.rstrip().endswith("\\") or "<<" in ln for ln in lines)
+        out = ""
+        for cmd in lines if one_liners else [b.body]:
+            rc, o = self._cached(cmd, strict=True)
+            out += o
+            if rc:
+                raise ExampleError(f"{self.where(b)}: exit status {rc}\n{cmd}\n--- output ---\n{out}")
         self.last_output = out
-        if rc:
-            raise ExampleError(f"{self.where(b)}: exit status {rc}\n{b.body}\n--- output ---\n{out}")
 
     def _console(self, b: Block) -> None:
         cmds: list[tuple[str, list[str]]] = []
@@ -140,7 +211,7 @@ class Page:
             elif cmds:
                 cmds[-1][1].append(ln)
         for cmd, expected in cmds:
-            _, out = _shell(cmd, self.workdir, strict=False)
+            _, out = self._cached(cmd, strict=False)
             if not matches("\n".join(expected), out):
                 raise ExampleError(f"{self.where(b)}: `{cmd}` printed\n{out}\n--- but the page shows ---\n"
                                    + "\n".join(expected))

@@ -29,9 +29,18 @@ def _runnable(p: Path, directives: tuple[str, ...]) -> bool:
                for b in blocks(p.read_text()))
 
 
+@pytest.fixture(scope="session")
+def shell_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the session's workers: a command two pages show alike runs once."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if base.name.startswith("popen-gw") else base) / "docs-shell-cache"
+    root.mkdir(exist_ok=True)
+    return root
+
+
 @pytest.mark.parametrize("page", [pytest.param(p, id=_id(p)) for p in PAGES if _runnable(p, ("", "file"))])
-def test_page_examples_run(page: Path, tmp_path: Path) -> None:
-    assert Page(page, tmp_path).run() > 0
+def test_page_examples_run(page: Path, tmp_path: Path, shell_cache: Path) -> None:
+    assert Page(page, tmp_path, cache=shell_cache).run() > 0
 
 
 @pytest.mark.slow
@@ -67,6 +76,20 @@ def test_runner_fails_on_a_raising_block_and_a_wrong_console_output(tmp_path: Pa
     with pytest.raises(ExampleError, match="printed"):
         Page(tmp_path / "p.md", tmp_path, text="```console\n$ echo hello\nhallo\n```\n").run()
     Page(tmp_path / "p.md", tmp_path, text="```console\n$ echo hello; exit 2\nhel...\n```\n").run()
+
+
+def test_shell_cache_gives_back_output_and_files_for_the_same_block_and_state(tmp_path: Path) -> None:
+    page = "```bash\necho $RANDOM > n.txt; cat n.txt\n```\n```python\nprint(open('n.txt').read())\n```\n"
+    a, b, c = (Page(tmp_path / "p.md", tmp_path / d, text=page, cache=tmp_path / "cache") for d in "abc")
+    (tmp_path / "cache").mkdir()
+    a.run()
+    b.run()
+    n = (tmp_path / "a" / "n.txt").read_text()
+    assert a.last_output == b.last_output == n + "\n" and (tmp_path / "b" / "n.txt").read_text() == n
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "other.txt").write_text("another state")  # another folder state: runs again
+    c.run()
+    assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
 def test_python_blocks_share_state_in_order_and_skip_needs_a_reason(tmp_path: Path) -> None:
