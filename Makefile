@@ -1,10 +1,12 @@
 # Quick start:  make demo   (venv + install + compile the bundled example)
-#               make test   (venv + dev extras + the default suite: the fast loop, ~10 min on 2 cores)
+#               make test   (venv + dev and docs extras + the default suite, docs examples included:
+#                            the fast loop, ~10 min on 2 cores)
 # More tests:   make test-slow  (only the tests marked slow: the full-size zoo, the 2000 random
 #                                draws, every pruning criterion on every zoo model, front-end parity)
 #               make test-all   (both at once: every test that is not GPU-only)
 # CI (.ci/run) runs `make test`, then `make test-slow`: every non-GPU test, none twice.
 # PYTEST_ARGS passes more options (e.g. PYTEST_ARGS="--durations=30").
+# Docs:         make docs   (the documentation site, warnings as errors → site/)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -12,7 +14,7 @@ BIN    := $(VENV)/bin
 # spec would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test test-slow test-all bench compare-quick compare-quant gpu-check clean
+.PHONY: demo test test-slow test-all docs bench compare-quick compare-quant gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +25,7 @@ $(VENV)/.installed: pyproject.toml setup.py | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install -qq -e ".[dev]"
+	$(BIN)/python -m pip install -qq -e ".[dev,docs]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -39,6 +41,11 @@ test-slow: $(VENV)/.installed-dev
 
 test-all: $(VENV)/.installed-dev
 	$(PYTEST) -m "not gpu"
+
+# The site: docs/ + mkdocs.yml (hooks in docs/hooks.py generate the CLI and rules reference and
+# the measured tables); no network needed.
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/latency.py
@@ -75,4 +82,4 @@ gpu-check: $(if $(filter $(BIN)/python,$(GPU_PYTHON)),$(VENV)/.installed-dev)
 	$(GPU_PYTHON) benchmarks/gpu_check.py
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) out build site *.egg-info

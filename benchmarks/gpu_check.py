@@ -6,8 +6,8 @@
    from CUDA graphs (a configuration whose graph time is below 0.7× its eager time is
    flagged launch-bound), onnxruntime on CUDA where onnxruntime-gpu is installed; the zoo
    CNNs at CIFAR shapes and the benchmark-size transformers, batch 1 and 64 →
-   ``benchmarks/results/latency_cuda.{json,md,png}``; its table then goes into README.md
-   (between ``<!-- latency_cuda:start -->`` and ``<!-- latency_cuda:end -->``).
+   ``benchmarks/results/latency_cuda.{json,md,png}``; the docs' latency page shows its table
+   (``readme_block``, called by docs/hooks.py when the site is built).
 
 Without a CUDA device it prints one line, ``no CUDA device: …``, and exits 2.
 
@@ -25,7 +25,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
-README_START, README_END = "<!-- latency_cuda:start -->", "<!-- latency_cuda:end -->"
 NO_RESULTS = ("No CUDA results are committed yet: `make gpu-check` on a machine with a GPU writes "
               "`benchmarks/results/latency_cuda.{json,md,png}` and puts their table here.")
 
@@ -46,7 +45,7 @@ def no_cuda_reason() -> str | None:
 
 
 def readme_block(results_md: Path) -> str:
-    """What README.md shows between its latency_cuda markers: the masked vs slim table of
+    """What the docs' latency page shows for CUDA: the masked vs slim table of
     ``results_md`` (with the machine line), or a line saying there are no CUDA results."""
     if not results_md.is_file():
         return NO_RESULTS
@@ -56,15 +55,6 @@ def readme_block(results_md: Path) -> str:
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
     return "\n".join([f"{machine} Full tables: [{results_md.name}](benchmarks/results/{results_md.name}).", "",
                       *lines[start:end], "", f"![latency on CUDA](benchmarks/results/{results_md.stem}.png)"])
-
-
-def update_readme(readme: Path, results_md: Path) -> None:
-    from slimc.atomic import write_text
-
-    text = readme.read_text()
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    write_text(readme, f"{head}{README_START}\n{readme_block(results_md)}\n{README_END}{tail}")
 
 
 def _step(title: str, cmd: list[str], timeout_s: float) -> bool:
@@ -100,8 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     ok &= _step("latency on cuda", [sys.executable, str(HERE / "latency.py"), "--device", "cuda",
                                     "--models", a.models, "--batch", a.batch, "--min-time", str(a.min_time),
                                     "--out", a.out, "--stem", a.stem], a.timeout)
-    if Path(a.out).resolve() == RESULTS.resolve() and a.stem == "latency_cuda":
-        update_readme(ROOT / "README.md", RESULTS / "latency_cuda.md")
     return 0 if ok else 1
 
 

@@ -326,7 +326,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
 
 
 def rules_markdown() -> str:
-    """The supported-op table of the README, one row per rule family."""
+    """The supported-op table of the docs (docs/reference/rules.md), one row per rule family."""
     from slimc.shape_rules import RULES, op_name
 
     fams: dict = {}
@@ -538,7 +538,7 @@ def _quantize_parser(sub: Any) -> None:
 
 def _rules_parser(sub: Any) -> None:
     r = sub.add_parser("rules", help="list the ops slimc has shape rules for")
-    r.add_argument("--markdown", action="store_true", help="one row per rule family, as in the README")
+    r.add_argument("--markdown", action="store_true", help="one row per rule family, as in the docs (docs/reference/rules.md)")
     r.set_defaults(fn=cmd_rules)
 
 

@@ -200,7 +200,7 @@ def normalize(raw: Mapping[str, object] | MaskSet | None, model: nn.Module) -> M
     if isinstance(raw, MaskSet):
         raw = raw.masks
     if not isinstance(raw, Mapping):
-        raise MaskError(f"masks must be a dict, got {type(raw).__name__}: see the mask formats in the README")
+        raise MaskError(f"masks must be a dict, got {type(raw).__name__}: see the mask formats in docs/how-to/masks.md")
     params = dict(model.named_parameters(remove_duplicate=False))
     # parameters reparametrized by torch.nn.utils.prune live as <name>_orig
     for name in list(params):

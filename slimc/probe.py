@@ -338,7 +338,7 @@ def _coupling(op: OpView, name: str, tensors: list, case: _Inputs, passed: dict[
     return c
 
 
-# ops without a rule, as the tests probe them (tests/test_probe.py); the README lists them
+# ops without a rule, as the tests probe them (tests/test_probe.py); the docs list them (docs/reference/rules.md)
 # beside the rules (`slimc rules --markdown`)
 PROBED_IN_TESTS = (
     ("a user's activation (a `torch.fx.wrap`-ed function)", "channel-wise along every dim"),
@@ -356,7 +356,7 @@ PROBED_IN_TESTS = (
 
 
 def probed_markdown() -> str:
-    """The README's table of probed ops."""
+    """The docs' table of probed ops (docs/reference/rules.md)."""
     lines = ["| op without a rule | what probing finds |", "|---|---|"]
     lines += [f"| {op} | {found} |" for op, found in PROBED_IN_TESTS]
     return "\n".join(lines)

@@ -204,15 +204,3 @@ def test_bench_model_and_compile_output(tmp_path, capsys, model_py):
     assert main(["bench", str(comp), *args]) == 0
     assert main(["bench", str(model_py), "--masks", str(masks), "--batch", "one"]) == 2
     assert "--batch" in _err(capsys)
-
-
-def test_readme_supported_ops_table_is_current():
-    """The README's op table is `slimc rules --markdown`; regenerate it when a rule changes."""
-    from pathlib import Path
-
-    from slimc.cli import rules_markdown
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = readme.index("<!-- rules:start (regenerate: slimc rules --markdown) -->\n")
-    block = readme[readme.index("\n", start) + 1: readme.index("<!-- rules:end -->")]
-    assert block.strip() == rules_markdown().strip()

@@ -52,7 +52,7 @@ class Criterion:
     """Scores channel groups. Subclasses set the class attributes and ``group_scores``."""
 
     name = ""
-    label = ""  # for the README table
+    label = ""  # for the docs' table
     paper = ""
     needs_data = False  # calibration batches
     needs_loss = False  # and a loss to differentiate
@@ -182,8 +182,8 @@ def names() -> list[str]:
 
 
 def choices() -> str:
-    """Every name ``--criterion`` takes, in one phrase: the message, the CLI help and the README
-    read it from here."""
+    """Every name ``--criterion`` takes, in one phrase: the message, the CLI help and the docs'
+    CLI reference read it from here."""
     from slimc.prune.auto import auto_names
 
     every = names()

@@ -32,7 +32,7 @@ from slimc.prune.space import PruneSpace, alike
 AUTO = "auto"
 #: channels per block of the CPU kernels that a slim layer should keep multiples of: onnxruntime's
 #: NCHWc convolutions and oneDNN's blocked layouts use 16 floats with AVX-512 and 8 with AVX2 (16
-#: serves both); measured: benchmarks/latency_vs_flops.py, README "Speed that follows the FLOPs cut"
+#: serves both); measured: benchmarks/latency_vs_flops.py, docs/benchmarks/flops.md
 AUTO_BLOCK = 16
 #: families smaller than this are not rounded by ``"auto"`` (an SE block's squeeze of 8): a
 #: 16-channel family keeps 16 — pruned to 8 it ran no faster (EfficientNet-B0, MobileNetV2: the
