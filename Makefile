@@ -2,7 +2,8 @@
 #               make test   (venv + dev and docs extras + the default suite, docs examples included:
 #                            the fast loop, ~10 min on 2 cores)
 # More tests:   make test-slow  (only the tests marked slow: the full-size zoo, the 2000 random
-#                                draws, every pruning criterion on every zoo model, front-end parity)
+#                                draws, every pruning criterion on every zoo model, front-end parity:
+#                                ~26 CPU-min, so ~13 min on 2 idle cores; measured 2026-12-07)
 #               make test-all   (both at once: every test that is not GPU-only)
 # CI (.ci/run) runs `make test`, then `make test-slow`: every non-GPU test, none twice.
 # PYTEST_ARGS passes more options (e.g. PYTEST_ARGS="--durations=30").
