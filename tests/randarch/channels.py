@@ -84,6 +84,7 @@ class ChannelIR:
         self.dead_rules: list[Callable[[np.ndarray, UserMasks], None]] = []
         self.heads: list = []  # heads.AttentionHeads of each attention layer
         self.grouped: list[tuple[str, np.ndarray, np.ndarray]] = []  # grouped convs: weight, in and out (groups × positions)
+        self.gone: set[int] = set()  # the groups the last removed_slices removed
 
     # --------------------------------------------------------------- building
     def new(self, n: int) -> np.ndarray:
@@ -255,12 +256,17 @@ class ChannelIR:
                 break
             unread |= now
         self._rectangles(gone)
+        self.gone = gone
         out = {s for _, s, e in self.roles if self.root(e) in gone}
         for w, x, _ in self.grouped:  # a column goes where its position went from every group
             out |= {(w, 1, j) for j in range(x.shape[1]) if all(self.root(int(e)) in gone for e in x[:, j])}
         for h in self.heads:
             out |= h.removed_slices(um)
         return out
+
+    def emptied(self) -> bool:
+        """Did the last :meth:`removed_slices` remove every channel of a tensor of several?"""
+        return any(len(t) > 1 and all(self.root(int(e)) in self.gone for e in t) for t in self.tensors)
 
     def _gone(self, um: UserMasks, dead: np.ndarray, unread: set) -> set[int]:
         """The groups that go: no barrier, and every channel a sink reads is dead (every source

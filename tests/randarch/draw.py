@@ -65,8 +65,12 @@ def draw(seed: int) -> Draw:
     shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
     ir = ChannelIR(shapes)
     model.channels(ir)
-    masks = draw_masks(rng, ir, ir.protect(rng))
-    user = UserMasks(masks, shapes)
-    removed = ir.removed_slices(user)
+    protected = ir.protect(rng)
+    for _ in range(20):  # masks that would empty a layer (a grouped conv's group read by nothing, whose
+        masks = draw_masks(rng, ir, protected)  # inputs are a whole branch) are drawn again: no
+        user = UserMasks(masks, shapes)  # allow_empty rule is exercised by accident
+        removed = ir.removed_slices(user)
+        if not ir.emptied():
+            break
     desc = f"seed {seed}: {type(model).__name__}[{', '.join(kinds)}]"
     return Draw(seed, desc, model, example, second, masks, user, ir.groups(), removed, ir.final_masks(user, removed))
