@@ -543,11 +543,19 @@ def _rules_parser(sub: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slimc.atomic import all_or_nothing
     from slimc.progress import plain_lines
 
     args = _parser().parse_args(argv)
-    plain_lines()  # long commands print plain progress lines when stderr is piped
+    plain_lines()  # long commands print plain progress lines when stdout is piped
+    try:
+        return _run(args)
+    finally:
+        plain_lines(False)  # main() called in-process (a test, a notebook): the API stays quiet
+
+
+def _run(args: argparse.Namespace) -> int:
+    from slimc.atomic import all_or_nothing
+
     debug = getattr(args, "debug", False) or os.environ.get("SLIMC_DEBUG") == "1"
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:

@@ -18,7 +18,7 @@ from slimc.errors import PlanError, SlimcError, VerifyError, describe
 from slimc.inputs import bind
 from slimc.masks import normalize
 from slimc.modes import collector_paused_in
-from slimc.passes import RewriteContext, run_pipeline
+from slimc.passes import RewriteContext, adopt_code, run_pipeline
 from slimc.probe import Prober
 from slimc.propagate import RemovalPlan, plan as make_plan
 from slimc.propagate.experts import expert_notes
@@ -298,6 +298,17 @@ def _report(name: str, mode: str, model: nn.Module, slim: fx.GraphModule, an: an
     }
 
 
+def _traced_graph(an: analysis.Analysis, model: nn.Module) -> fx.GraphModule:
+    """The traced graph, runnable on ``model``'s tensors: a kept analysis of another model of
+    the same structure holds that model's tensors, or meta ones once it was freed."""
+    gm = an.traced.gm
+    if not an.bound:
+        return gm
+    g = analysis.fork(gm, model)
+    adopt_code(g, gm)
+    return g
+
+
 def _checked(model: nn.Module, user: Any, slim: fx.GraphModule, p: RemovalPlan, an: analysis.Analysis,
              inputs: tuple, free: dict, report: dict, *, approximate: bool, cache: bool,
              vs_user_masks: bool) -> Reference:
@@ -306,7 +317,7 @@ def _checked(model: nn.Module, user: Any, slim: fx.GraphModule, p: RemovalPlan, 
     :class:`_ProbedOpsMix`. The reference it was checked against (for the user's class)."""
     try:
         ref = Reference(model, p.final_masks, inputs, free, an.traced.dim_names, around=routed_away(p),
-                        graph=an.traced.gm if cache else None)  # (without cache the rewrite changed it)
+                        graph=_traced_graph(an, model) if cache else None)  # (without cache the rewrite changed it)
         chk = ref.check(slim, _Masked(model, user.masks) if vs_user_masks else None)
     except SlimcError:
         raise

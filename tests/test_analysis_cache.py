@@ -238,6 +238,9 @@ def test_kept_analyses_are_bounded_and_hold_no_weights_once_their_model_is_freed
     again = _bn_net(width=4 + analysis.KEEP_MODELS + 1).eval()
     res = assert_contract(again, _mask(again), x)
     assert res.report["analysis"] == "reused" and _matches_masked(again, res, x)
+    # the check still runs the traced graph at a second shape: on this model's weights, not the meta ones
+    varied = _compile(again, _mask(again), x).report["verify"]["varied"]
+    assert varied.startswith("varied input 0"), varied
 
     unbound = [_Scaled().eval() for _ in range(analysis.KEEP_MODELS + 2)]  # kept by identity
     masks = {"conv.weight": torch.ones(8, 1, 1, 1).index_fill_(0, torch.tensor([1, 5]), 0)}

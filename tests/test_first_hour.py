@@ -113,6 +113,9 @@ def test_progress_lines_only_when_asked_and_piped(capsys):
         pg.say("a step")
         out, err = capsys.readouterr()
         assert out.splitlines() == ["loud: 0/3", "loud: 3/3 done (0 s)", "a step"] and err == ""
+        assert main(["rules"]) == 0  # the CLI called in-process leaves the API quiet after it
+        capsys.readouterr()
+        assert list(pg.progress(range(3), "after")) == [0, 1, 2] and capsys.readouterr() == ("", "")
     finally:
         pg.plain_lines(False)
 

@@ -91,6 +91,22 @@ def _head_units(P: Propagation, has_src: np.ndarray, attention: str) -> tuple[di
         for u, m in zip(axes[k].tolist(), grp[pf.big].tolist()):
             members.setdefault(u, {u}).add(m)  # the axis itself may carry sources (GQA's k rows)
             fam.setdefault(u, (kind, i, k))
+    return _separable(members, fam)
+
+
+def _separable(members: dict[int, set], fam: dict[int, tuple]) -> tuple[dict[int, set], dict[int, tuple]]:
+    """The head families whose units are disjoint. Where an op couples the same position of
+    every head (ResNeSt's softmax across its radix groups), one unit's channels are every
+    unit's: removing a head removes them all, so the axis is not a unit; its positions are
+    ranked as channels instead."""
+    by_key: dict[tuple, list[int]] = {}
+    for u, key in fam.items():
+        by_key.setdefault(key, []).append(u)
+    for us in by_key.values():
+        total = sum(len(members[u]) for u in us)
+        if len(set().union(*(members[u] for u in us))) < total:  # a channel in two units
+            for u in us:
+                del members[u], fam[u]
     return members, fam
 
 
