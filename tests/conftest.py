@@ -17,3 +17,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
     torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _api_quiet():
+    """Each test starts with the API quiet: a benchmark's main() run in-process switches the
+    CLI's plain progress lines on for the rest of its process."""
+    from slimc.progress import plain_lines
+
+    plain_lines(False)
+    yield

@@ -153,7 +153,11 @@ class Page:
         return f"{self.path.name}:{b.line}"
 
     def run(self) -> int:
-        """Runs every block; returns how many ran. Raises ExampleError at the first that fails."""
+        """Runs every block; returns how many ran. Raises ExampleError at the first that fails.
+        A page runs as in a fresh Python session: no analysis kept from an earlier compile."""
+        from slimc import analysis
+
+        analysis.clear()
         shutil.copytree(ROOT / "examples", self.workdir / "examples", dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
         ran, skipped = 0, False
