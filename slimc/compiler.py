@@ -285,7 +285,7 @@ def _report(name: str, mode: str, model: nn.Module, slim: fx.GraphModule, an: an
                    "unused_dropped": unused},
         "groups_removed": p.n_groups_removed,
         "kept": p.kept_reasons,
-        "barriers": graph_mod.unsupported_table(dg),
+        "barriers": _barriers(dg, p),
         "probed": graph_mod.probed_table(dg),
         "ops_added": added_ops(ops_before, slim),
         "unstructured_zeros": user.unstructured_zeros({f: list(dg.parts(f)) for f in user.masks if dg.parts(f)}),
@@ -307,6 +307,18 @@ def _traced_graph(an: analysis.Analysis, model: nn.Module) -> fx.GraphModule:
     g = analysis.fork(gm, model)
     adopt_code(g, gm)
     return g
+
+
+def _barriers(dg: graph_mod.DependencyGraph, p: RemovalPlan) -> list[dict]:
+    """The ops without a usable rule, each with ``holds_channels``: does a dim it reads or
+    writes share a group with a parameter's channels (it may hold what the masks remove),
+    or not (positions, an integer mask computed from the input: nothing to prune there)."""
+    rows = graph_mod.unsupported_table(dg)
+    for row, f in zip(rows, dg.unsupported):
+        names = {f.node.name, *(a.name for a in f.node.all_input_nodes)}
+        slots = [s for s in dg.offset if s[0] == "v" and s[1] in names]
+        row["holds_channels"] = p.param_group is None or any(bool(p.param_group[p.group[dg.ids(s)]].any()) for s in slots)
+    return rows
 
 
 def _checked(model: nn.Module, user: Any, slim: fx.GraphModule, p: RemovalPlan, an: analysis.Analysis,

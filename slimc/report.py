@@ -144,8 +144,13 @@ def render(report: dict[str, Any], console=None, max_layers: int = 40) -> None:
         for r in report["kept"][:15]:
             kt.add_row(str(r["groups"]), escape(r["reason"]))
         console.print(kt)
-    if report.get("barriers"):
-        console.print(rows_table("unsupported ops (barriers)", report["barriers"][:15], ["node", "reason", "source"]))
+    holding = [r for r in report.get("barriers", []) if r.get("holds_channels", True)]
+    if holding:
+        console.print(rows_table("unsupported ops (barriers)", holding[:15], ["node", "reason", "source"]))
+    if len(holding) < len(report.get("barriers", [])):
+        n = len(report["barriers"]) - len(holding)
+        console.print(f"{n} op(s) without a rule touch no channel of a layer (positions, masks computed from the "
+                      f"input): nothing to prune there (report.json's barriers; slimc inspect)")
     if report.get("probed"):
         console.print(rows_table("ops without a rule, probed (treated channel-wise where no mixing was found)",
                                  report["probed"][:15], ["node", "found", "source"]))
