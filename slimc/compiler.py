@@ -265,7 +265,24 @@ def _rewritten(model: nn.Module, an: analysis.Analysis, ctx: RewriteContext,
 
         for name, real in traced.real_tensors.items():
             set_tensor(slim, name, sliced(ctx.plan, name, real))
+        _meta_devices_to_cpu(slim)
     return slim, notes
+
+
+def _meta_devices_to_cpu(gm: fx.GraphModule) -> None:
+    """A graph traced on the meta device names it where the model's code moves a tensor to
+    its input's device (HF's rotary ``inv_freq.to(x.device)``, ``arange(device=…)``): the
+    weights it will run with are loaded on the CPU (``slimc.shards.load_slim``), so the graph
+    names that device instead."""
+    meta, cpu = torch.device("meta"), torch.device("cpu")
+    swap = lambda a: cpu if isinstance(a, torch.device) and a == meta else a  # noqa: E731
+    changed = False
+    for n in gm.graph.nodes:
+        args, kwargs = fx.node.map_aggregate(n.args, swap), fx.node.map_aggregate(n.kwargs, swap)
+        if args != n.args or kwargs != n.kwargs:
+            n.args, n.kwargs, changed = args, kwargs, True
+    if changed:
+        gm.recompile()
 
 
 def _report(name: str, mode: str, model: nn.Module, slim: fx.GraphModule, an: analysis.Analysis, reused: bool,

@@ -92,3 +92,29 @@ def test_cli_compile_with_weights_on_a_meta_model(tmp_path):
     assert torch.allclose(slim(*x), ref(*x), atol=1e-6, rtol=0)
     assert main(["bench", str(out), "--batch", "1", "--runtimes", "torch", "--min-time", "0.01",
                  "-o", str(tmp_path / "bench")]) == 0
+
+
+def test_hf_llama_planned_on_meta_loads_as_a_graph_from_its_shards(tmp_path):
+    """An HF LLaMA built on the meta device: the export trace names the meta device where the
+    model moves its rotary inv_freq to the input's device; slim.pt names the CPU instead, so
+    the graph with the sliced shards runs, at other batch sizes and lengths."""
+    transformers = pytest.importorskip("transformers")
+    from helpers import run_eval, user_masked
+
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    real = transformers.LlamaForCausalLM(config).eval()
+    real.save_pretrained(tmp_path / "ckpt", max_shard_size="20KB")
+    x = {"input_ids": torch.randint(0, 64, (1, 8))}
+    masks = group_masks(real, x, 0.5)
+    with empty_weights():
+        meta = transformers.LlamaForCausalLM(config).eval()
+    res = slimc.compile(meta, masks, x)
+    res.save(tmp_path / "out", weights=tmp_path / "ckpt")
+    graph = load_slim(tmp_path / "out")
+    ref = user_masked(real, masks)
+    for shape in [(3, 10), (2, 5)]:
+        ids = torch.randint(0, 64, shape)
+        got, want = run_eval(graph, (ids,)), run_eval(ref, (ids,))
+        assert (got[0] - want[0]).abs().max() < 1e-5, shape
