@@ -274,6 +274,17 @@ def test_structure_is_written_only_where_its_classes_import_by_name(tmp_path):
 
     assert structure.importable("torch.nn.modules.conv") and structure.importable("collections")
     assert not structure.importable("__main__") and not structure.importable("_slimc_user_model_123")
+    assert structure.importable("slimc.zoo.resnet")  # an editable install is found by its meta path finder
+    import importlib.util
+    import sys
+
+    (tmp_path / "m.py").write_text("X = 1\n")
+    spec = importlib.util.spec_from_file_location("_slimc_user_m_1", tmp_path / "m.py")
+    sys.modules["_slimc_user_m_1"] = importlib.util.module_from_spec(spec)  # loaded here, by path, only
+    try:
+        assert not structure.importable("_slimc_user_m_1")
+    finally:
+        del sys.modules["_slimc_user_m_1"]
 
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     assert structure.save(plain, tmp_path / "a.pt") == ""

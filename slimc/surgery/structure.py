@@ -13,7 +13,6 @@ the pickle imports and writes nothing where a name would not import in a fresh p
 """
 from __future__ import annotations
 
-import importlib.machinery
 import io
 import pickle
 import sys
@@ -53,10 +52,13 @@ def importable(module: str) -> bool:
     top = module.partition(".")[0]
     if top in sys.builtin_module_names or top in getattr(sys, "stdlib_module_names", ()):
         return True
-    try:
-        return importlib.machinery.PathFinder.find_spec(top) is not None
-    except (ImportError, ValueError):
-        return False
+    for finder in sys.meta_path:  # as import would search, less sys.modules (the model files' private names)
+        try:  # (an editable install's finder is one of them, not a sys.path entry)
+            if getattr(finder, "find_spec", None) and finder.find_spec(top, None) is not None:
+                return True
+        except (ImportError, ValueError, AttributeError, TypeError):
+            continue
+    return False
 
 
 def _recording_pickle(names: set[str]) -> types.SimpleNamespace:
