@@ -1,6 +1,7 @@
 """``slimc.compile``: model + masks → physically slim, verified model."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -315,6 +316,24 @@ def _report(name: str, mode: str, model: nn.Module, slim: fx.GraphModule, an: an
     }
 
 
+def _reshapes_broken(dg: graph_mod.DependencyGraph, sizes: dict[str, tuple]) -> str:
+    """The first view/reshape of the traced graph whose merged (or split) dim is no longer the
+    product of its parts at ``sizes`` (the nodes' shapes at another input shape): "" if none."""
+    def size(slot):
+        shp = sizes.get(slot[1]) if slot[0] == "v" else None
+        return shp[slot[2]] if isinstance(slot[2], int) and shp is not None and slot[2] < len(shp) else None
+
+    for f in dg.facts:
+        for r in f.coupling.reshapes:
+            big, parts = size(r.big), [size(p) for p in r.parts]
+            if big is None or None in parts or big == math.prod(parts):
+                continue
+            line = graph_mod.source_line(f.node)
+            return (f"{r.node} {'splits' if r.big_is_input else 'merges'} {r.sizes} into one dim only at the traced "
+                    f"sizes" + (f" ({line})" if line else "") + ": a size literal in the code")
+    return ""
+
+
 def _traced_graph(an: analysis.Analysis, model: nn.Module) -> fx.GraphModule:
     """The traced graph, runnable on ``model``'s tensors: a kept analysis of another model of
     the same structure holds that model's tensors, or meta ones once it was freed."""
@@ -346,7 +365,8 @@ def _checked(model: nn.Module, user: Any, slim: fx.GraphModule, p: RemovalPlan, 
     :class:`_ProbedOpsMix`. The reference it was checked against (for the user's class)."""
     try:
         ref = Reference(model, p.final_masks, inputs, free, an.traced.dim_names, around=routed_away(p),
-                        graph=_traced_graph(an, model) if cache else None)  # (without cache the rewrite changed it)
+                        graph=_traced_graph(an, model) if cache else None,  # (without cache the rewrite changed it)
+                        reshapes_broken=functools.partial(_reshapes_broken, an.dg))
         chk = ref.check(slim, _Masked(model, user.masks) if vs_user_masks else None)
     except SlimcError:
         raise

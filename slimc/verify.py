@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from slimc.compact import FinalMasks, apply_mask, factors_of, product
 from slimc.copying import safe_copy
@@ -57,6 +57,30 @@ def run_eval(m: nn.Module, x: tuple) -> list[torch.Tensor]:
     """``m``'s output tensors in eval mode, without grad; every module's mode restored."""
     with eval_mode(m), torch.no_grad():
         return flat_outputs(m(*x))
+
+
+class _Refused(Exception):
+    """A shape the traced graph runs but not as it was traced (a size literal in a view)."""
+
+
+class _Sizes(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.sizes: dict[str, tuple] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            self.sizes[n.name] = tuple(result.shape)
+        return result
+
+
+def node_sizes(gm: nn.Module, x: tuple) -> dict[str, tuple]:
+    """Every tensor node's shape when ``gm`` (a graph module) runs ``x`` (eval, no grad)."""
+    rec = _Sizes(gm)
+    with eval_mode(gm), torch.no_grad():
+        rec.run(*x)
+    return rec.sizes
 
 
 def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float]:
@@ -125,8 +149,15 @@ class Reference:
     the masked original and one of the slim model less."""
 
     def __init__(self, original: nn.Module, final_masks: dict, inputs: tuple, free: dict[int, list[int]],
-                 names: dict[int, dict[int, str]] | None = None, around=None, graph: nn.Module | None = None):
+                 names: dict[int, dict[int, str]] | None = None, around=None, graph: nn.Module | None = None,
+                 reshapes_broken: Callable[[dict[str, tuple]], str] | None = None):
         self.module = Masked(original, final_masks)
+        # ``reshapes_broken(sizes)``: "" where every view of the traced graph still splits or
+        # merges the dims it did at the example (``view(-1, 32 * 4 * 4)`` flattens C × 4 × 4
+        # only at the traced image size: at another the rows mix channels, and no slim model
+        # can compute that); else which one does not. Such a shape is refused like one the
+        # graph cannot run.
+        self.reshapes_broken = reshapes_broken
         self.names = names  # input → {dim: the name of its size}: see slimc.inputs.other_shapes
         # the traced graph: a second shape it refuses is refused (torch.export specializes
         # relations of sizes it could not keep symbolic: HF Swin's height and width tied)
@@ -167,9 +198,12 @@ class Reference:
                 y = run_eval(masked, x)
                 if self.graph is not None:
                     by = f"the traced graph at {shape_text(x)}"
-                    run_eval(self.graph, x)
+                    broken = self.reshapes_broken(node_sizes(self.graph, x)) if self.reshapes_broken else ""
+                    if broken:
+                        raise _Refused(broken)
             except Exception as e:  # the original, or the graph traced from it, refuses that shape
-                self.varied += f"{_dims_text(dims)} refused by {by} ({describe(e)[:160]}); "
+                why = str(e) if isinstance(e, _Refused) else describe(e)[:160]
+                self.varied += f"{_dims_text(dims)} refused by {by} ({why}); "
                 continue
             self.sets.append(x)
             self.outputs.append(y)

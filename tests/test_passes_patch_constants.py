@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import slimc
 from helpers import assert_contract, masked_reference, n_params
 from slimc.passes.patch_constants import PATCHERS, RESHAPES
 from slimc.shape_rules import RULES
@@ -80,3 +81,38 @@ def test_tensor_split_into_sections_of_unequal_width_blocks_the_user_class():
     res = assert_contract(m, _stem_mask([0, 5]), (torch.randn(2, 3, 8, 8),))
     assert res.model is None
     assert "equal pieces" in res.report["user_model"]["reason"], res.report["user_model"]
+
+
+class LiteralFlatten(nn.Module):
+    """``view(-1, 32 * 4 * 4)``: a flatten of C × 4 × 4 at 32×32 images; at 64×64 the same
+    line makes four rows per image, each mixing two channels' planes."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.MaxPool2d(2),
+                               nn.MaxPool2d(2))
+        self.fc = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(self.f(x).view(-1, 32 * 4 * 4))
+
+
+def test_a_literal_flatten_is_checked_where_it_flattens_and_says_so():
+    """The check varies only what keeps the view a flatten of the channels (the batch), and
+    the report names the line; slim == the model masked by the test at other batch sizes."""
+    from helpers import user_masked
+
+    torch.manual_seed(0)
+    m = LiteralFlatten().eval()
+    rows = torch.ones(32, 1, 1, 1)
+    rows[::2] = 0
+    masks = {"f.0.weight": rows, "f.0.bias": rows.flatten()}
+    res = slimc.compile(m, masks, torch.randn(8, 3, 32, 32))
+    v = res.report["verify"]
+    assert v["ok"] and res.module.fc.in_features == 256
+    assert "view merges [32, 4, 4] into one dim only at the traced sizes" in v["varied"], v["varied"]
+    assert "view(-1, 32 * 4 * 4)" in v["varied"] and v["varied"].endswith("varied input 0 dims [0]"), v["varied"]
+    ref = user_masked(m, masks)
+    for b in (1, 5):
+        x = torch.randn(b, 3, 32, 32)
+        assert (res.module(x) - ref(x)).abs().max() <= 1e-5
