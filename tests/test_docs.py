@@ -172,7 +172,7 @@ def _numbers(text: str, rounded: bool) -> set[str]:
 def cited_results(text: str) -> list[Path]:
     """The results files a page draws on: its gen:table directives and its links into results/
     (with the JSON beside a table, and the records of a folder)."""
-    names = re.findall(r"<!-- gen:table (\S+)", text) + re.findall(r"\(\.\./results/([^)#]+)\)", text)
+    names = re.findall(r"<!-- gen:table (\S+)", text) + re.findall(r"\((?:\.\./|benchmarks/)results/([^)#]+)\)", text)
     files = set()
     for name in names:
         path = RESULTS / name
@@ -245,3 +245,14 @@ def test_readme_links_resolve() -> None:
     text = (ROOT / "README.md").read_text()
     targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t]
     assert targets and not [t for t in targets if t and not (ROOT / t).exists()]
+
+
+def test_readme_benchmark_table_rows_are_rows_of_the_results_file() -> None:
+    """README is read on GitHub, where no hook expands a table: its benchmark rows are copied,
+    so each must still be a row of the results file it links to."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Benchmarks", 1)[1].split("\n## ", 1)[0]
+    (name,) = set(re.findall(r"\(benchmarks/results/([^)#]+\.md)\)", section))
+    rows = {ln for ln in (RESULTS / name).read_text().splitlines() if ln.startswith("| ")}
+    mine = [ln for ln in section.splitlines() if ln.startswith("| ")]
+    assert len(mine) > 3 and not [ln for ln in mine if ln not in rows], [ln for ln in mine if ln not in rows]
