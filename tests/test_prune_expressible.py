@@ -269,3 +269,19 @@ def test_default_prune_leaves_what_the_users_class_cannot_follow():
     assert res.model is not None and type(res.model) is T.GPTBigCodeForCausalLM, res.report["user_model"]
     free = slimc.compile(m, Pruner(m, x, "l1", round_to=1, ratio=0.3, expressible=False).masks(), x)
     assert free.model is None and "failed to run" in free.report["user_model"]["reason"]
+
+
+def test_a_norm_whose_form_needs_values_is_measured_on_the_pruners_weights():
+    """ConvNeXt-V2's channels run through LayerNorms and GRNs, whose form the check cannot tell
+    on the meta device: it asks again with the weights the pruner holds, so the default prune
+    keeps what the config cannot say (the notes say why) instead of pruning on "not known",
+    and the compile of its masks reloads with from_pretrained."""
+    cfg = T.ConvNextV2Config(hidden_sizes=[16, 24, 32, 40], depths=[1, 1, 2, 1], num_labels=5)
+    torch.manual_seed(0)
+    m = T.ConvNextV2ForImageClassification(cfg).eval()
+    x = (torch.randn(2, 3, 64, 64),)
+    got = Pruner(m, x, "l1", round_to=1, ratio=0.3).prune()
+    assert not any("is not known" in n for n in got.notes), got.notes
+    assert any("cannot express it" in n for n in got.notes), got.notes
+    res = slimc.compile(m, got.masks, x)
+    assert res.report["user_model"]["hf"]["expressible"], res.report["user_model"]["hf"]

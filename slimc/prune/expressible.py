@@ -54,20 +54,25 @@ class ConfigCheck:
         space = self.space
         if self._meta is None:
             self._meta = skeleton(space.model)
-        try:
-            em = complete_masks(space, space.groups_of(units))
-            ctx = RewriteContext(em.plan)
+        real = False
+        while True:
             try:
-                gm, original = fork(space.gm, self._meta), self._meta
-            except KeyError:  # a traced tensor the model does not hold by that name: the real weights
-                gm, original = fork(space.gm), space.model
-            slim, _ = run_pipeline(gm, ctx, code_from=space.gm)
-            um = build(original, em.plan, slim, ctx.events)
-        except Exception as e:  # the rewrite or the surgery of a model slimc does not know
-            return None, f"making the slim model failed: {describe(e)}"
-        if um.model is None:
+                em = complete_masks(space, space.groups_of(units))
+                ctx = RewriteContext(em.plan)
+                try:
+                    gm, original = (fork(space.gm), space.model) if real else (fork(space.gm, self._meta), self._meta)
+                except KeyError:  # a traced tensor the model does not hold by that name: the real weights
+                    gm, original, real = fork(space.gm), space.model, True
+                slim, _ = run_pipeline(gm, ctx, code_from=space.gm)
+                um = build(original, em.plan, slim, ctx.events)
+            except Exception as e:  # the rewrite or the surgery of a model slimc does not know
+                return None, f"making the slim model failed: {describe(e)}"
             reason = um.reason or "the user's class cannot be made slim"
-            if "meta device" in reason:  # a form measured on real values (a layer norm's): cannot tell here
+            if um.model is not None or real or "meta device" not in reason:
+                break
+            real = True  # a form measured on values (a layer norm's): ask again with the weights the pruner holds
+        if um.model is None:
+            if "meta device" in reason:  # (real weights on the meta device too: a plan from shapes)
                 return None, reason
             # the class cannot follow these widths (GPT-BigCode's value head size under its one kv_dim)
             return False, f"{type(space.model).__name__} cannot be made slim so: {reason}"
@@ -148,21 +153,33 @@ def measure(space: PruneSpace, families: list[int], check: ConfigCheck) -> Confi
         fit.stream_multiple |= bool(ok) and multiple
         if ok is None:
             fit.notes.append(f"whether {type(space.model.config).__name__} can express pruning {label(f, fit.stream)} "
-                             f"is not known ({why}): pruned")
+                             f"is not known ({_per_pattern(why)}): pruned")
         elif not ok:
             fit.frozen.update(dict.fromkeys(cls, why))
             if not multiple:
                 failed.setdefault((f.kind, len(f)), []).append(cls)
     _tie(space, check, fit, failed)
+    kept: dict[str, list[str]] = {}  # label → why, per class (repeated blocks share a label)
     for cls in space.classes(fi for fi in families if fi in fit.frozen):
-        f, why = fams[cls[0]], fit.frozen[cls[0]]
-        fit.notes.append(f"{label(f, fit.stream)} not pruned: {type(space.model.config).__name__} cannot "
-                         f"express it ({why}); --free-widths (expressible=False) prunes it, and slimc.load "
-                         "rebuilds the class")
+        kept.setdefault(label(fams[cls[0]], fit.stream), []).append(_per_pattern(fit.frozen[cls[0]]))
+    for what, whys in kept.items():
+        more = f"; {len(whys) - 1} more alike" if len(whys) > 1 else ""
+        fit.notes.append(f"{what} not pruned: {type(space.model.config).__name__} cannot express it ({whys[0]}{more}); "
+                         "--free-widths (expressible=False) prunes it, and slimc.load rebuilds the class")
     if fit.stream_multiple:
         fit.notes.append("the hidden size is kept a multiple of the number of heads (transformers' configs "
                          "validate it)")
     return fit
+
+
+def _per_pattern(why: str) -> str:
+    """A reason of one part per layer ('…(encoder.stages.1.layers.0.grn); …(….layers.1.grn)') as
+    one part per layer pattern, the layer numbers as '#'."""
+    out: list[str] = []
+    for part in (re.sub(r"\.\d+(?=[.)\s])", ".#", p) for p in re.split(r"; (?!use )", why)):
+        if not any(o.endswith(part) for o in out):  # (the first part may carry a lead-in)
+            out.append(part)
+    return "; ".join(out)
 
 
 def _tie(space: PruneSpace, check: ConfigCheck, fit: ConfigFit, failed: dict[tuple, list[list[int]]]) -> None:
