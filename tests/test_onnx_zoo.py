@@ -126,3 +126,17 @@ def test_multiple_inputs_and_outputs(tmp_path):
     ref = res.module(*(torch.from_numpy(v) for v in feeds.values()))
     for o, r in zip(out, ref):
         assert np.abs(o - r.detach().numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("name,ndim", [("resnet_tiny", 4), (zoo.names("transformer")[0], 2)])
+def test_a_changed_initializer_in_a_zoo_export_is_caught_and_nothing_written(name, ndim, tmp_path, monkeypatch):
+    """The exporter's onnxruntime check, planted with one weight's rows swapped in the written
+    file (tests/test_planted_faults_outputs.py): it must refuse the file and leave none behind."""
+    from slimc.errors import ExportError
+    from test_planted_faults_outputs import plant_in_onnx, swap_rows
+
+    _, x, res = _compile(name)
+    plant_in_onnx(monkeypatch, swap_rows, ndim)
+    with pytest.raises(ExportError, match="diverges from torch"):
+        export_onnx(res.module, x, tmp_path / "slim.onnx")
+    assert not list(tmp_path.iterdir())
