@@ -547,10 +547,44 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     plain_lines()  # long commands print plain progress lines when stdout is piped
+    stdout = sys.stdout
+    sys.stdout = _ReaderMayLeave(stdout)
     try:
         return _run(args)
     finally:
+        sys.stdout = stdout
         plain_lines(False)  # main() called in-process (a test, a notebook): the API stays quiet
+
+
+class _ReaderMayLeave:
+    """stdout for a command: where its reader goes away (`slimc prune … | head -2`), what is
+    left to print goes nowhere and the command finishes — its outputs written, not undone
+    half-way as a failed command's are."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def _gone(self) -> None:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError, AttributeError):  # no file descriptor (captured): drop what is left
+            self._stream = open(os.devnull, "w")  # noqa: SIM115
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -204,3 +204,35 @@ def test_bench_model_and_compile_output(tmp_path, capsys, model_py):
     assert main(["bench", str(comp), *args]) == 0
     assert main(["bench", str(model_py), "--masks", str(masks), "--batch", "one"]) == 2
     assert "--batch" in _err(capsys)
+
+
+class _ReaderLeavesAfterOneLine:
+    """A pipe whose reader goes away after the first write (`slimc prune … | head -1`)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> int:
+        if self.lines:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.lines.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_a_reader_that_leaves_early_loses_nothing_the_command_wrote(model_py, tmp_path, monkeypatch):
+    """The masks are written, then the summary is printed into a closed pipe: the command
+    finishes with 0 and its file stays (a failed command's outputs are undone; this is none)."""
+    import sys
+
+    pipe = _ReaderLeavesAfterOneLine()
+    monkeypatch.setattr(sys, "stdout", pipe)
+    out = tmp_path / "m.pth"
+    assert main(["prune", str(model_py), "-o", str(out), "--ratio", "0.5"]) == 0
+    assert pipe.lines and out.is_file() and torch.load(out)
+    assert sys.stdout is pipe  # put back
