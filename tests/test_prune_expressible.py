@@ -283,5 +283,7 @@ def test_a_norm_whose_form_needs_values_is_measured_on_the_pruners_weights():
     got = Pruner(m, x, "l1", round_to=1, ratio=0.3).prune()
     assert not any("is not known" in n for n in got.notes), got.notes
     assert any("cannot express it" in n for n in got.notes), got.notes
+    grn = [n for n in got.notes if "GRN" in n]  # no class can be made slim with the GRN's channels pruned
+    assert grn and all("the graph (slim.pt), not your class" in n for n in grn), grn
     res = slimc.compile(m, got.masks, x)
     assert res.report["user_model"]["hf"]["expressible"], res.report["user_model"]["hf"]

@@ -162,10 +162,13 @@ def measure(space: PruneSpace, families: list[int], check: ConfigCheck) -> Confi
     kept: dict[str, list[str]] = {}  # label → why, per class (repeated blocks share a label)
     for cls in space.classes(fi for fi in families if fi in fit.frozen):
         kept.setdefault(label(fams[cls[0]], fit.stream), []).append(_per_pattern(fit.frozen[cls[0]]))
+    no_class = f"{type(space.model).__name__} cannot be made slim so"
     for what, whys in kept.items():
         more = f"; {len(whys) - 1} more alike" if len(whys) > 1 else ""
+        then = ("the slim model is then the graph (slim.pt), not your class" if whys[0].startswith(no_class)
+                else "and slimc.load rebuilds the class")
         fit.notes.append(f"{what} not pruned: {type(space.model.config).__name__} cannot express it ({whys[0]}{more}); "
-                         "--free-widths (expressible=False) prunes it, and slimc.load rebuilds the class")
+                         f"--free-widths (expressible=False) prunes it, {then}")
     if fit.stream_multiple:
         fit.notes.append("the hidden size is kept a multiple of the number of heads (transformers' configs "
                          "validate it)")
