@@ -116,6 +116,15 @@ def on_page_markdown(markdown, page, config, files):  # noqa: ARG001 (the hook's
         raise PluginError(f"{page.file.src_uri}: {e}") from None
 
 
+ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|attr|data|exc|obj|const):(?=<code)")
+
+
+def on_page_content(html, page, config, files):  # noqa: ARG001 (the hook's signature)
+    """The docstrings name code with Sphinx roles (``:func:`slimc.load` ``); the API reference
+    shows the name as code, without the role."""
+    return ROLE.sub("", html)
+
+
 def on_files(files, config):
     """Publish benchmarks/results/ at results/ (tables, records and plots the pages link to)."""
     from mkdocs.structure.files import File

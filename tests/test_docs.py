@@ -238,6 +238,8 @@ def test_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 0, p.stderr[-4000:]
     assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file()
+    api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
+    assert "slimc.load" in api and not re.search(r":(func|class|meth|mod):<code", api)  # roles rendered as code
 
 
 def test_readme_links_resolve() -> None:
