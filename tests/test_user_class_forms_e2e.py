@@ -55,9 +55,12 @@ def _end_to_end(tmp_path, source, shapes, **kw):
 
 def test_hf_convnext_channels_first_norms_end_to_end(tmp_path):
     """HF ConvNeXt: ``ConvNextLayerNorm(data_format="channels_first")`` (permute → layer norm →
-    permute) in the embeddings and every downsampling layer."""
+    permute) in the embeddings and every downsampling layer. (ConvNextConfig can say none of
+    these widths — its stage widths run through LayerNorms — so the default prune keeps them;
+    --free-widths prunes them and slimc.load rebuilds the class.)"""
     pytest.importorskip("transformers")
-    run = _end_to_end(tmp_path, HF_CONVNEXT, _images((2, 3, 64, 64), (3, 3, 96, 96), (1, 3, 32, 32)))
+    run = _end_to_end(tmp_path, HF_CONVNEXT, _images((2, 3, 64, 64), (3, 3, 96, 96), (1, 3, 32, 32)),
+                      prune=("--criterion", "l1", "--ratio", "0.3", "--round-to", "1", "--free-widths"))
     notes = run.report["user_model"]["notes"]
     assert any(n.startswith("convnext.embeddings.layernorm: ConvNextLayerNorm") for n in notes), notes
 
