@@ -316,12 +316,16 @@ def _report(name: str, mode: str, model: nn.Module, slim: fx.GraphModule, an: an
     }
 
 
-def _reshapes_broken(dg: graph_mod.DependencyGraph, sizes: dict[str, tuple]) -> str:
+def _reshapes_broken(dg: graph_mod.DependencyGraph, shapes: dict[str, Any]) -> str:
     """The first view/reshape of the traced graph whose merged (or split) dim is no longer the
-    product of its parts at ``sizes`` (the nodes' shapes at another input shape): "" if none."""
+    product of its parts at ``shapes`` (the nodes' shapes at another input shape): "" if none."""
+    from slimc.shape_rules import tensor_leaves
+
+    values = {v: shp for name, s in shapes.items() for v, shp in tensor_leaves(name, s)}
+
     def size(slot):
-        shp = sizes.get(slot[1]) if slot[0] == "v" else None
-        return shp[slot[2]] if isinstance(slot[2], int) and shp is not None and slot[2] < len(shp) else None
+        shp = values.get(slot[1]) if slot[0] == "v" else None
+        return shp[slot[2]] if shp is not None and isinstance(slot[2], int) and slot[2] < len(shp) else None
 
     for f in dg.facts:
         for r in f.coupling.reshapes:
@@ -338,7 +342,7 @@ def _traced_graph(an: analysis.Analysis, model: nn.Module) -> fx.GraphModule:
     """The traced graph, runnable on ``model``'s tensors: a kept analysis of another model of
     the same structure holds that model's tensors, or meta ones once it was freed."""
     gm = an.traced.gm
-    if not an.bound:
+    if not an.bound or analysis.bindable(gm, model):  # (a fresh analysis: the model's own tensors)
         return gm
     g = analysis.fork(gm, model)
     adopt_code(g, gm)
@@ -351,8 +355,7 @@ def _barriers(dg: graph_mod.DependencyGraph, p: RemovalPlan) -> list[dict]:
     or not (positions, an integer mask computed from the input: nothing to prune there)."""
     rows = graph_mod.unsupported_table(dg)
     for row, f in zip(rows, dg.unsupported):
-        names = {f.node.name, *(a.name for a in f.node.all_input_nodes)}
-        slots = [s for s in dg.offset if s[0] == "v" and s[1] in names]
+        slots = [s for n in (f.node, *f.node.all_input_nodes) for s in dg.value_slots(n)]
         row["holds_channels"] = p.param_group is None or any(bool(p.param_group[p.group[dg.ids(s)]].any()) for s in slots)
     return rows
 

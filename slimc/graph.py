@@ -97,6 +97,11 @@ class DependencyGraph:
         counts = np.add.reduceat(flags, np.minimum(starts, len(flags) - 1), dtype=np.int64)
         return np.where(sizes > 0, counts, 0)
 
+    def value_slots(self, node: fx.Node) -> list[SlotKey]:
+        """``node``'s value dims (tuple items as ``name#i``) that are slots of the graph."""
+        return [("v", v, d) for v, shp in _value_shapes(node, self.shapes) for d in range(len(shp))
+                if ("v", v, d) in self.offset]
+
     @property
     def unsupported(self) -> list[NodeFacts]:
         return [f for f in self.facts if f.unsupported]

@@ -42,15 +42,19 @@ class ShapeRecorder(fx.Interpreter):
 
     same_shape: tuple[type, ...] = ()
 
-    def __init__(self, gm: fx.GraphModule, skip_same_shape: bool):
+    def __init__(self, gm: fx.GraphModule, skip_same_shape: bool, into: dict[str, Any] | None = None):
         super().__init__(gm)
         self.skip = skip_same_shape
+        self.into = into  # node name → shape here instead of node.meta (a graph whose meta is kept)
         if skip_same_shape and not ShapeRecorder.same_shape:
             ShapeRecorder.same_shape = _same_shape_modules()
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
-        n.meta["shape"] = shape(result)
+        if self.into is None:
+            n.meta["shape"] = shape(result)
+        else:
+            self.into[n.name] = shape(result)
         return result
 
     def call_module(self, target, args, kwargs):
@@ -129,4 +133,13 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
             ShapeRecorder(gm, skip_same_shape=False).run(*example_inputs)
 
 
-__all__ = ["ShapeRecorder", "node_shape", "propagate_shapes", "shape", "tensors_on_meta"]
+def shapes_at(gm: fx.GraphModule, inputs: tuple) -> dict[str, Any]:
+    """Every node's shape (as :func:`shape`) when ``gm`` runs ``inputs`` (eval mode, no grad),
+    without touching the graph's recorded ones."""
+    out: dict[str, Any] = {}
+    with eval_mode(gm), torch.no_grad():
+        ShapeRecorder(gm, skip_same_shape=False, into=out).run(*inputs)
+    return out
+
+
+__all__ = ["ShapeRecorder", "node_shape", "propagate_shapes", "shape", "shapes_at", "tensors_on_meta"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from slimc.compact import FinalMasks, apply_mask, factors_of, product
 from slimc.copying import safe_copy
@@ -15,6 +15,7 @@ from slimc.errors import VerifyError, describe
 from slimc.inputs import other_shapes, random_like
 from slimc.masks import MaskSet
 from slimc.modes import eval_mode
+from slimc.shapes import shapes_at
 
 TOLERANCE = 1e-5  # max abs diff ≤ TOLERANCE × output scale (fp32)
 
@@ -61,26 +62,6 @@ def run_eval(m: nn.Module, x: tuple) -> list[torch.Tensor]:
 
 class _Refused(Exception):
     """A shape the traced graph runs but not as it was traced (a size literal in a view)."""
-
-
-class _Sizes(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule):
-        super().__init__(gm)
-        self.sizes: dict[str, tuple] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n)
-        if isinstance(result, torch.Tensor):
-            self.sizes[n.name] = tuple(result.shape)
-        return result
-
-
-def node_sizes(gm: nn.Module, x: tuple) -> dict[str, tuple]:
-    """Every tensor node's shape when ``gm`` (a graph module) runs ``x`` (eval, no grad)."""
-    rec = _Sizes(gm)
-    with eval_mode(gm), torch.no_grad():
-        rec.run(*x)
-    return rec.sizes
 
 
 def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float]:
@@ -150,7 +131,7 @@ class Reference:
 
     def __init__(self, original: nn.Module, final_masks: dict, inputs: tuple, free: dict[int, list[int]],
                  names: dict[int, dict[int, str]] | None = None, around=None, graph: nn.Module | None = None,
-                 reshapes_broken: Callable[[dict[str, tuple]], str] | None = None):
+                 reshapes_broken: Callable[[dict[str, Any]], str] | None = None):
         self.module = Masked(original, final_masks)
         # ``reshapes_broken(sizes)``: "" where every view of the traced graph still splits or
         # merges the dims it did at the example (``view(-1, 32 * 4 * 4)`` flattens C × 4 × 4
@@ -198,7 +179,8 @@ class Reference:
                 y = run_eval(masked, x)
                 if self.graph is not None:
                     by = f"the traced graph at {shape_text(x)}"
-                    broken = self.reshapes_broken(node_sizes(self.graph, x)) if self.reshapes_broken else ""
+                    sizes = shapes_at(self.graph, x)
+                    broken = self.reshapes_broken(sizes) if self.reshapes_broken else ""
                     if broken:
                         raise _Refused(broken)
             except Exception as e:  # the original, or the graph traced from it, refuses that shape

@@ -43,39 +43,44 @@ class ConfigCheck:
         self.space = space
         self._meta: nn.Module | None = None
 
-    def __call__(self, units: np.ndarray) -> tuple[bool | None, str]:
-        """(True, ""), (False, why the config cannot express it), or (None, why slimc cannot
-        tell: the user's class itself cannot be made slim)."""
+    def _slim_class(self, units: np.ndarray, real: bool):
+        """The user's-class surgery on the slim graph of removing ``units``: on the meta copy, or
+        (``real``, or where the copy lacks a traced tensor by its name) on the model itself."""
         from slimc.analysis import fork
         from slimc.passes import RewriteContext, run_pipeline
         from slimc.surgery import build
         from slimc.surgery.structure import skeleton
 
         space = self.space
-        if self._meta is None:
-            self._meta = skeleton(space.model)
-        real = False
-        while True:
+        em = complete_masks(space, space.groups_of(units))
+        ctx = RewriteContext(em.plan)
+        if not real:
+            if self._meta is None:
+                self._meta = skeleton(space.model)
             try:
-                em = complete_masks(space, space.groups_of(units))
-                ctx = RewriteContext(em.plan)
-                try:
-                    gm, original = (fork(space.gm), space.model) if real else (fork(space.gm, self._meta), self._meta)
-                except KeyError:  # a traced tensor the model does not hold by that name: the real weights
-                    gm, original, real = fork(space.gm), space.model, True
-                slim, _ = run_pipeline(gm, ctx, code_from=space.gm)
-                um = build(original, em.plan, slim, ctx.events)
-            except Exception as e:  # the rewrite or the surgery of a model slimc does not know
-                return None, f"making the slim model failed: {describe(e)}"
-            reason = um.reason or "the user's class cannot be made slim"
-            if um.model is not None or real or "meta device" not in reason:
-                break
-            real = True  # a form measured on values (a layer norm's): ask again with the weights the pruner holds
+                gm, original = fork(space.gm, self._meta), self._meta
+            except KeyError:  # a traced tensor the model does not hold by that name: the real weights
+                real = True
+        if real:
+            gm, original = fork(space.gm), space.model
+        slim, _ = run_pipeline(gm, ctx, code_from=space.gm)
+        return build(original, em.plan, slim, ctx.events)
+
+    def __call__(self, units: np.ndarray) -> tuple[bool | None, str]:
+        """(True, ""), (False, why the config cannot express it), or (None, why slimc cannot
+        tell: the user's class itself cannot be made slim)."""
+        try:
+            um = self._slim_class(units, real=False)
+            if um.model is None and "meta device" in (um.reason or ""):
+                um = self._slim_class(units, real=True)  # a form measured on values (a layer norm's): the pruner's weights
+        except Exception as e:  # the rewrite or the surgery of a model slimc does not know
+            return None, f"making the slim model failed: {describe(e)}"
+        reason = um.reason or "the user's class cannot be made slim"
         if um.model is None:
             if "meta device" in reason:  # (real weights on the meta device too: a plan from shapes)
                 return None, reason
             # the class cannot follow these widths (GPT-BigCode's value head size under its one kv_dim)
-            return False, f"{type(space.model).__name__} cannot be made slim so: {reason}"
+            return False, f"{type(self.space.model).__name__} cannot be made slim so: {reason}"
         info = um.hf or {}
         return bool(info.get("expressible")), info.get("why_not", "")
 
